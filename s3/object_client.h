@@ -41,6 +41,8 @@ struct CallOptions {
 };
 
 // A write precondition. S3 supports If-None-Match: * (create only) and If-Match: <etag>.
+// A failed condition is kPreconditionFailed; If-Match on a key that does not exist is
+// kNotFound (AWS answers 404 NoSuchKey there), so callers treat both as "not what I saw".
 struct WriteCondition {
   enum class Kind { kNone, kIfNoneMatchAny, kIfMatch };
   Kind kind = Kind::kNone;
@@ -102,8 +104,10 @@ struct CopyRequest {
   MetadataDirective directive = MetadataDirective::kCopy;
   UserMetadata metadata;
   std::string content_type;
-  std::string source_if_match;  // x-amz-copy-source-if-match.
-  WriteCondition condition;     // On the destination.
+  // x-amz-copy-source-if-match. Ceph RGW 16 ignores it on CopyObject (see
+  // docs/S3-COMPATIBILITY.md): HEAD the source first where it matters.
+  std::string source_if_match;
+  WriteCondition condition;  // On the destination.
 };
 
 struct DeleteError {

@@ -17,11 +17,21 @@ jobs=$(nproc)
 
 scripts/setup-deps.sh
 
+# ctest's rgw_stop fixture stops the S3 server after the tests; this trap covers Ctrl-C and
+# failures in between, stopping it by the PIDs in its state directory.
+rgw_state=""
+stop_rgw() {
+  if [[ -n $rgw_state ]]; then tests/s3server/rgw.sh stop "$rgw_state" >/dev/null 2>&1 || true; fi
+}
+trap stop_rgw EXIT
+trap 'stop_rgw; exit 130' INT TERM
+
 summary=()
 status=0
 for preset in "${presets[@]}"; do
   echo "=== [$preset] configure and build"
   cmake --preset "$preset" -DBUCKETFS_RGW_PORT="$port" >/dev/null
+  rgw_state=$(sed -n 's/^BUCKETFS_RGW_STATE:PATH=//p' "build/$preset/CMakeCache.txt")
   cmake --build --preset "$preset" -j "$jobs"
   echo "=== [$preset] tests"
   # TSan needs the address space layout it expects on newer kernels.

@@ -37,6 +37,21 @@ std::string Md5Hex(const std::string& s) { return HexLower(Md5({s.data(), s.size
 
 std::span<const char> AsSpan(const std::string& s) { return {s.data(), s.size()}; }
 
+// A TCP socket bound to a free loopback port; listening or not. Returns the fd and port.
+std::pair<int, int> LoopbackSocket(bool listening) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  if (listening) {
+    EXPECT_EQ(::listen(fd, 16), 0);
+  }
+  EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  return {fd, ntohs(addr.sin_port)};
+}
+
 class ObjectClientTest : public S3IntegrationTest {
  protected:
   std::string Put(const std::string& key, const std::string& body, UserMetadata md = {}) {
@@ -423,16 +438,10 @@ TEST_F(ObjectClientTest, VirtualHostAddressingReachesTheSameBucket) {
 // A port with nothing listening stands for a stopped server: the call retries, then fails
 // with a Network error within its deadline.
 TEST_F(ObjectClientTest, StoppedServerGivesNetworkErrorWithinDeadline) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  auto [fd, port] = LoopbackSocket(/*listening=*/false);
   ::close(fd);  // Nothing listens there now.
   ClientConfig config = BaseConfig();
-  config.endpoint = fmt::format("http://127.0.0.1:{}", ntohs(addr.sin_port));
+  config.endpoint = fmt::format("http://127.0.0.1:{}", port);
   auto dead = MakeClient(nullptr, config);
   auto start = std::chrono::steady_clock::now();
   auto deadline = start + std::chrono::seconds(3);
@@ -448,16 +457,9 @@ TEST_F(ObjectClientTest, StoppedServerGivesNetworkErrorWithinDeadline) {
 
 // A server that accepts the connection and never answers: the deadline ends the call.
 TEST_F(ObjectClientTest, SilentServerTimesOutAtTheDeadline) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(::listen(fd, 16), 0);
-  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  auto [fd, port] = LoopbackSocket(/*listening=*/true);
   ClientConfig config = BaseConfig();
-  config.endpoint = fmt::format("http://127.0.0.1:{}", ntohs(addr.sin_port));
+  config.endpoint = fmt::format("http://127.0.0.1:{}", port);
   auto silent = MakeClient(nullptr, config);
   auto start = std::chrono::steady_clock::now();
   auto r = silent->Head({"k", ""}, {start + std::chrono::milliseconds(1500)});

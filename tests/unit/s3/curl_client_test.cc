@@ -55,8 +55,11 @@ class ScriptedServer {
     port_ = ntohs(addr.sin_port);
     thread_ = std::thread([this] { Run(); });
   }
-  ~ScriptedServer() {
-    stop_ = true;
+  ~ScriptedServer() { Stop(); }
+
+  // Stops serving: closes the listener and every connection, as a killed server would.
+  void Stop() {
+    if (stop_.exchange(true)) return;
     thread_.join();
     ::close(listen_fd_);
   }
@@ -294,6 +297,22 @@ TEST_F(CurlClientScriptedTest, NoSuchKeyOnAnUploadMeansTheUploadIsGone) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), ErrorCode::kNoSuchUpload);
   EXPECT_NE(r.status().message().find("upload-9"), std::string::npos);
+}
+
+// The server answers once, then stops: later calls retry, then fail with a Network error
+// that names the endpoint, within their deadline.
+TEST_F(CurlClientScriptedTest, ServerStoppedMidTestGivesNetworkErrorWithinDeadline) {
+  server_.Push(Http(200, "", "ETag: \"e\"\r\n"));
+  ASSERT_TRUE(client_->Head({"k", ""}).ok());
+  server_.Stop();
+  auto start = std::chrono::steady_clock::now();
+  auto r = client_->Head({"k", ""}, {start + std::chrono::seconds(3)});
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kNetwork) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("127.0.0.1"), std::string::npos);
+  EXPECT_NE(r.status().message().find("after 4 attempts"), std::string::npos);
+  EXPECT_LT(elapsed, std::chrono::seconds(3));
 }
 
 TEST_F(CurlClientScriptedTest, RangeLongerThanBufferFailsCleanly) {
