@@ -6,13 +6,13 @@
 #
 #   scripts/test.sh            everything (release, asan, tsan)
 #   scripts/test.sh --quick    release build only
-#   BUCKETFS_RGW_PORT=7490 scripts/test.sh   use another port for the S3 server
+#   BUCKETFS_RGW_PORT=7500 scripts/test.sh   S3 server port (default 7490; monitor on PORT-691)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 presets=(release asan tsan)
 if [[ ${1:-} == --quick ]]; then presets=(release); fi
-port=${BUCKETFS_RGW_PORT:-7480}
+port=${BUCKETFS_RGW_PORT:-7490}
 jobs=$(nproc)
 
 scripts/setup-deps.sh
