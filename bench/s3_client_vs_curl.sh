@@ -33,7 +33,13 @@ head -c "$((size_mib << 20))" /dev/urandom >"$data"
 
 now() { date +%s.%N; }
 mbps() { awk -v s="$((size_mib << 20))" -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", s / 1e6 / (b - a) }'; }
-curl_s3() { curl -sS --fail --aws-sigv4 "aws:amz:${S3_REGION}:s3" --user "${S3_ACCESS_KEY}:${S3_SECRET_KEY}" "$@"; }
+# curl 7.88's --aws-sigv4 sends no x-amz-content-sha256 (RGW then refuses the request) and
+# cannot hash a streamed upload: it is given UNSIGNED-PAYLOAD, written without a space after
+# the colon because curl signs the value exactly as written.
+curl_s3() {
+  curl -sS --fail --aws-sigv4 "aws:amz:${S3_REGION}:s3" --user "${S3_ACCESS_KEY}:${S3_SECRET_KEY}" \
+    -H "x-amz-content-sha256:UNSIGNED-PAYLOAD" "$@"
+}
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 declare -A results
