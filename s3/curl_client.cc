@@ -107,8 +107,7 @@ class CurlObjectClient::Impl {
         clock_(clock),
         transport_(TransportOptions{config_.max_connections, config_.ca_bundle,
                                     config_.verify_tls, config_.user_agent}),
-        log_(Logger("s3")),
-        rng_(std::random_device{}()) {
+        log_(Logger("s3")) {
     bool aws = endpoint_.host.ends_with("amazonaws.com");
     virtual_host_ = config_.addressing == Addressing::kVirtualHost ||
                     (config_.addressing == Addressing::kAuto && aws &&
@@ -176,7 +175,7 @@ class CurlObjectClient::Impl {
                     r->Header("x-amz-request-id"));
         return r;
       }
-      Duration backoff = config_.retry.Backoff(attempt, status, RngLocked());
+      Duration backoff = config_.retry.Backoff(attempt, status, JitterRng());
       if (!config_.retry.ShouldRetry(attempt, status, clock_.Now(), backoff, deadline)) {
         failures_.fetch_add(1, std::memory_order_relaxed);
         if (status.retryable() && attempt > 1) {
@@ -226,8 +225,8 @@ class CurlObjectClient::Impl {
     return out;
   }
 
-  std::mt19937_64& RngLocked() {
-    // Jitter quality does not matter; contention does not either (one draw per retry).
+  // Backoff jitter: one generator per thread, so retries never contend on a lock.
+  static std::mt19937_64& JitterRng() {
     thread_local std::mt19937_64 rng(std::random_device{}());
     return rng;
   }
@@ -277,7 +276,6 @@ class CurlObjectClient::Impl {
   HttpTransport transport_;
   std::shared_ptr<spdlog::logger> log_;
   bool virtual_host_ = false;
-  std::mt19937_64 rng_;
   std::atomic<uint64_t> requests_{0}, retries_{0}, failures_{0}, bytes_sent_{0},
       bytes_received_{0};
 };
