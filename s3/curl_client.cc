@@ -84,6 +84,13 @@ void AddMetadata(const UserMetadata& md, HeaderList* headers) {
   for (const auto& [k, v] : md) headers->emplace_back("x-amz-meta-" + k, v);
 }
 
+Status CheckPartNumber(std::string_view op, const std::string& key, int part_number) {
+  if (part_number >= 1 && part_number <= kMaxParts) return Status::Ok();
+  return Status(ErrorCode::kInvalidArgument,
+                fmt::format("{} {}: part number {} outside 1..{}", op, key, part_number,
+                            kMaxParts));
+}
+
 // Requests addressed to a multipart upload id: a 404 means the upload is gone. S3 says
 // NoSuchUpload; Ceph RGW says NoSuchKey for some of them (ListParts). One code for callers.
 Status UploadGone(Status s, const std::string& upload_id) {
@@ -480,11 +487,7 @@ Result<std::string> CurlObjectClient::CreateMultipart(const CreateMultipartReque
 
 Result<PartInfo> CurlObjectClient::UploadPart(const UploadPartRequest& req,
                                               const CallOptions& opts) {
-  if (req.part_number < 1 || req.part_number > kMaxParts) {
-    return Status(ErrorCode::kInvalidArgument,
-                  fmt::format("UploadPart {}: part number {} outside 1..{}", req.key,
-                              req.part_number, kMaxParts));
-  }
+  BFS_RETURN_IF_ERROR(CheckPartNumber("UploadPart", req.key, req.part_number));
   Operation op = ObjectOp("UploadPart", "PUT", req.key);
   op.query = {{"partNumber", std::to_string(req.part_number)}, {"uploadId", req.upload_id}};
   op.body = req.body;
@@ -496,11 +499,7 @@ Result<PartInfo> CurlObjectClient::UploadPart(const UploadPartRequest& req,
 
 Result<PartInfo> CurlObjectClient::UploadPartCopy(const UploadPartCopyRequest& req,
                                                   const CallOptions& opts) {
-  if (req.part_number < 1 || req.part_number > kMaxParts) {
-    return Status(ErrorCode::kInvalidArgument,
-                  fmt::format("UploadPartCopy {}: part number {} outside 1..{}", req.key,
-                              req.part_number, kMaxParts));
-  }
+  BFS_RETURN_IF_ERROR(CheckPartNumber("UploadPartCopy", req.key, req.part_number));
   Operation op = ObjectOp("UploadPartCopy", "PUT", req.key);
   op.query = {{"partNumber", std::to_string(req.part_number)}, {"uploadId", req.upload_id}};
   op.headers.emplace_back("x-amz-copy-source",

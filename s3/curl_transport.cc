@@ -54,6 +54,7 @@ struct Transfer {
   CURL* easy = nullptr;
   curl_slist* header_list = nullptr;
   size_t read_offset = 0;
+  long body_status = 0;  // HTTP status of the reply whose body is arriving.
   bool overflow = false;
   CURLcode result = CURLE_OK;
   char error_buffer[CURL_ERROR_SIZE] = {};
@@ -68,6 +69,7 @@ struct Transfer {
     if (line.rfind("HTTP/", 0) == 0) {
       // A new status line (after 100-continue or a redirect) starts a new header block.
       t->response.headers.clear();
+      t->body_status = 0;
       return size * n;
     }
     auto colon = line.find(':');
@@ -88,9 +90,9 @@ struct Transfer {
   static size_t OnBody(char* data, size_t size, size_t n, void* self) {
     auto* t = static_cast<Transfer*>(self);
     size_t len = size * n;
-    long code = 0;
-    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
-    bool success = code >= 200 && code < 300;
+    // The status is final once the body starts; ask curl once, not for every chunk.
+    if (t->body_status == 0) curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->body_status);
+    bool success = t->body_status >= 200 && t->body_status < 300;
     if (success && t->request->response_buffer.data() != nullptr) {
       auto& buf = t->request->response_buffer;
       if (t->response.buffer_bytes + len > buf.size()) {

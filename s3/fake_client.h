@@ -67,7 +67,7 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "s3/crypto.h"
-#include "s3/fault_client.h"  // Op.
+#include "s3/operation.h"
 #include "s3/object_client.h"
 
 namespace bucketfs::s3 {

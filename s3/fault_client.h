@@ -43,31 +43,11 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "s3/object_client.h"
+#include "s3/operation.h"
 
 namespace bucketfs::s3 {
 
-// The ObjectClient operations, for call counters and fault rules. Shared with the fake
-// client (s3/fake_client.h).
-enum class Op {
-  kHead,
-  kGet,
-  kPut,
-  kCopy,
-  kDelete,
-  kDeleteMany,
-  kList,
-  kCreateMultipart,
-  kUploadPart,
-  kUploadPartCopy,
-  kCompleteMultipart,
-  kAbortMultipart,
-  kListParts,
-  kListMultipartUploads,
-};
-inline constexpr size_t kOpCount = static_cast<size_t>(Op::kListMultipartUploads) + 1;
 
-// "GetObject", "PutObject", ... (the S3 API names), for messages.
-std::string_view OpName(Op op);
 
 // A Status like the one a real client returns for `code` after its retries: the S3 error
 // code and HTTP status where there is one (kServerError: 500 InternalError, kSlowDown: 503
