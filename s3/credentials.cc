@@ -103,6 +103,12 @@ std::string FileCredentialsProvider::Describe() const {
   return fmt::format("credentials file {} (profile {})", path_, profile_);
 }
 
+FileCredentialsProvider::FileStamp FileCredentialsProvider::StampOf(const struct stat& st) {
+  return FileStamp{static_cast<long long>(st.st_mtim.tv_sec) * 1'000'000'000LL +
+                       st.st_mtim.tv_nsec,
+                   static_cast<long long>(st.st_size), static_cast<long long>(st.st_ino)};
+}
+
 Status FileCredentialsProvider::ReloadLocked() {
   struct stat st {};
   if (::stat(path_.c_str(), &st) != 0) {
@@ -118,9 +124,7 @@ Status FileCredentialsProvider::ReloadLocked() {
   auto parsed = ParseCredentialsFile(text.str(), profile_);
   if (!parsed.ok()) return Status(parsed.status()).Annotate(Describe());
   creds_ = std::move(parsed).value();
-  stamp_ = FileStamp{static_cast<long long>(st.st_mtim.tv_sec) * 1'000'000'000LL +
-                         st.st_mtim.tv_nsec,
-                     static_cast<long long>(st.st_size), static_cast<long long>(st.st_ino)};
+  stamp_ = StampOf(st);
   return Status::Ok();
 }
 
@@ -137,9 +141,7 @@ Result<Credentials> FileCredentialsProvider::Current() {
     struct stat st {};
     FileStamp current;
     if (::stat(path_.c_str(), &st) == 0) {
-      current = FileStamp{static_cast<long long>(st.st_mtim.tv_sec) * 1'000'000'000LL +
-                              st.st_mtim.tv_nsec,
-                          static_cast<long long>(st.st_size), static_cast<long long>(st.st_ino)};
+      current = StampOf(st);
     }
     if (!creds_ || !(current == stamp_)) {
       Status s = ReloadLocked();

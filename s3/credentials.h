@@ -21,6 +21,8 @@
 #include "common/clock.h"
 #include "common/status.h"
 
+struct stat;  // <sys/stat.h>, used only by the .cc.
+
 namespace bucketfs::s3 {
 
 struct Credentials {
@@ -77,6 +79,7 @@ class FileCredentialsProvider final : public CredentialsProvider {
     long long mtime_ns = 0, size = -1, inode = 0;
     bool operator==(const FileStamp&) const = default;
   };
+  static FileStamp StampOf(const struct stat& st);
   Status ReloadLocked();
 
   const std::string path_;
