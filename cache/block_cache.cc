@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
@@ -12,10 +15,52 @@ namespace bucketfs::cache {
 
 namespace block_cache_internal {
 
-struct FreeDeleter {
-  void operator()(char* p) const { std::free(p); }
+// Block buffers are mappings of their own, not malloc'd: freeing one gives its memory back to
+// the system at once (RSS follows the budget, with no allocator arenas holding freed blocks),
+// and a mapping aligned to 2 MiB can be backed by transparent huge pages, which turns the 512
+// page faults of 2 MiB (each zeroing and charging a 4 KiB page) into one. Measured on a cold
+// 1 GiB read: page faults were ~20% of the daemon's CPU with malloc'd 4 MiB blocks.
+constexpr size_t kPageSize = 4096;
+constexpr size_t kHugePageSize = 2u << 20;
+
+size_t RoundUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+struct UnmapDeleter {
+  size_t mapped = 0;
+  void operator()(char* p) const {
+    if (p != nullptr) munmap(p, mapped);
+  }
 };
-using Buffer = std::unique_ptr<char, FreeDeleter>;
+using Buffer = std::unique_ptr<char, UnmapDeleter>;
+
+Buffer AllocateBuffer(size_t bytes) {
+  const size_t length = RoundUp(bytes, kPageSize);
+  const bool huge = length >= kHugePageSize;
+  const size_t request = huge ? length + kHugePageSize : length;
+  void* raw = mmap(nullptr, request, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return Buffer(nullptr, UnmapDeleter{0});
+  char* base = static_cast<char*>(raw);
+  if (!huge) return Buffer(base, UnmapDeleter{length});
+  // Trim the mapping to a 2 MiB-aligned start.
+  const auto addr = reinterpret_cast<uintptr_t>(base);
+  char* aligned = base + (RoundUp(addr, kHugePageSize) - addr);
+  const size_t head = static_cast<size_t>(aligned - base);
+  const size_t tail = request - head - length;
+  if (head > 0) munmap(base, head);
+  if (tail > 0) munmap(aligned + length, tail);
+  madvise(aligned, length, MADV_HUGEPAGE);  // A hint: failure only costs speed.
+  return Buffer(aligned, UnmapDeleter{length});
+}
+
+// Gives back the pages past `keep` bytes.
+void ShrinkBuffer(Buffer& buffer, size_t keep) {
+  const size_t mapped = buffer.get_deleter().mapped;
+  const size_t kept = RoundUp(keep, kPageSize);
+  if (kept < mapped) {
+    munmap(buffer.get() + kept, mapped - kept);
+    buffer.get_deleter().mapped = kept;
+  }
+}
 
 // One block. Alive while it is in the index or pinned; every field but `key` and `hash` is
 // guarded by BlockCache::mu_, and `buffer`/`size` are immutable once `state` is kReady.
@@ -243,6 +288,10 @@ Result<BlockHandle> BlockCache::GetOrFetch(const BlockKey& key, const FetchFn& f
   std::unique_lock lock(mu_);
   if (auto it = index_.find(KeyRef{&key, hash}); it != index_.end()) {
     Entry* e = it->second;
+    if (e->state != Entry::State::kReady && options.skip_if_in_flight) {
+      ++stats_.coalesced;
+      return BlockHandle();
+    }
     PinLocked(e);
     if (e->state == Entry::State::kReady) {
       ++stats_.hits;
@@ -325,7 +374,7 @@ Result<BlockHandle> BlockCache::Fill(Entry* e, uint64_t bytes, const FetchFn& fe
     error.Annotate(fmt::format("caching {}", Describe(e->key)));
     return fail(std::move(error));
   }
-  block_cache_internal::Buffer buffer(static_cast<char*>(std::malloc(bytes)));
+  block_cache_internal::Buffer buffer = block_cache_internal::AllocateBuffer(bytes);
   if (buffer == nullptr) {
     return fail(Status(ErrorCode::kInternal, fmt::format("block cache: cannot allocate {} for {}",
                                                          FormatBytes(bytes), Describe(e->key))));
@@ -351,13 +400,12 @@ Result<BlockHandle> BlockCache::Fill(Entry* e, uint64_t bytes, const FetchFn& fe
 
   uint64_t charged = bytes;
   if (n < bytes) {
-    // A short (last) block: give the unused tail back. glibc shrinks in place.
+    // A short (last) block: give the unused whole pages back.
     if (n == 0) {
       buffer.reset();
       charged = 0;
-    } else if (void* smaller = std::realloc(buffer.get(), n); smaller != nullptr) {
-      (void)buffer.release();
-      buffer.reset(static_cast<char*>(smaller));
+    } else {
+      block_cache_internal::ShrinkBuffer(buffer, n);
       charged = n;
     }
     (void)reservation->Shrink(bytes - charged);

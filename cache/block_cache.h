@@ -58,11 +58,13 @@
 //    count and the fill state still need a lock of their own, which is two locks per
 //    operation instead of one. Keys are hashed with XXH3, so sharding the index later, if a
 //    profile asks for it, is a local change behind this interface.
+//  - Buffers are anonymous mappings of their own (2 MiB-aligned with a transparent-huge-page
+//    hint from 2 MiB up), so freeing one returns its memory to the system at once. They are
+//    charged their data bytes; the rest of the last 4 KiB page is bookkeeping, like the key.
 //  - Short blocks: FetchOptions::size_hint (the caller knows the object's size) sizes the
 //    buffer of a last block exactly. If a fetch still returns less than the buffer, the
-//    buffer is shrunk in place with realloc (glibc does not move a shrinking block) and the
-//    unused bytes go back to the cache and the budget, so a small file costs its size, not
-//    a block.
+//    pages past the data are unmapped and the unused bytes go back to the cache and the
+//    budget, so a small file costs its size, not a block.
 //  - InvalidateObject() scans the index: O(cached blocks), which at 1 MiB blocks is a few
 //    thousand entries, on a rare event (an object replaced, renamed or deleted).
 //
@@ -120,6 +122,9 @@ struct FetchOptions {
   // Bytes this block will hold, when the caller knows (the object's last block); 0: a whole
   // block. Larger than block_size: block_size.
   uint64_t size_hint = 0;
+  // For prefetches: when another caller is already fetching the block, return an empty
+  // handle at once (the block will land in the cache) instead of waiting for that fetch.
+  bool skip_if_in_flight = false;
 };
 
 struct BlockCacheStats {

@@ -23,6 +23,7 @@ int ToErrno(const Status& status) {
     case ErrorCode::kNotEmpty: return ENOTEMPTY;
     case ErrorCode::kNotDirectory: return ENOTDIR;
     case ErrorCode::kIsDirectory: return EISDIR;
+    case ErrorCode::kNameTooLong: return ENAMETOOLONG;
     case ErrorCode::kNotSupported:
     case ErrorCode::kNotImplemented: return ENOTSUP;
     case ErrorCode::kBusy: return EBUSY;

@@ -40,6 +40,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kStale: return "Stale";
     case ErrorCode::kNotSupported: return "NotSupported";
     case ErrorCode::kBusy: return "Busy";
+    case ErrorCode::kNameTooLong: return "NameTooLong";
     case ErrorCode::kInternal: return "Internal";
   }
   return "Unknown";

@@ -50,6 +50,7 @@ enum class ErrorCode {
   kNotEmpty,      // Directory not empty.
   kNotDirectory,  // A path component is not a directory.
   kIsDirectory,
+  kNameTooLong,  // A file name or key over the limits (255-byte names, 1024-byte keys).
   kStale,  // The object changed underneath an open handle.
   kNotSupported,
   kBusy,

@@ -140,6 +140,42 @@ TEST(BlockCacheTest, LookupOfAMissingBlockNeitherFetchesNorBlocks) {
   EXPECT_EQ(budget.used(), 0u);
 }
 
+TEST(BlockCacheTest, SkipIfInFlightReturnsAnEmptyHandleInsteadOfWaiting) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(8));
+  BlockKey k{"obj", "e1", 0};
+  std::atomic<bool> in_fetch{false};
+  std::atomic<bool> release{false};
+  std::thread fetcher([&] {
+    BlockHandle h = Must(cache.GetOrFetch(
+        k,
+        [&](std::span<char> into) -> Result<size_t> {
+          in_fetch.store(true);
+          while (!release.load()) std::this_thread::sleep_for(1ms);
+          std::memset(into.data(), 'x', into.size());
+          return into.size();
+        },
+        Within(10s)));
+    EXPECT_EQ(h.size(), kBlock);
+  });
+  ASSERT_TRUE(Eventually([&] { return in_fetch.load(); }));
+
+  FetchOptions skip = Within(10s);
+  skip.skip_if_in_flight = true;
+  Result<BlockHandle> joined = cache.GetOrFetch(k, NoFetch, skip);
+  ASSERT_TRUE(joined.ok()) << joined.status().ToString();
+  EXPECT_FALSE(*joined) << "an in-flight block gives an empty handle, not a wait";
+  EXPECT_EQ(cache.Stats().coalesced, 1u);
+
+  release.store(true);
+  fetcher.join();
+  // Ready blocks are returned as usual.
+  Result<BlockHandle> ready = cache.GetOrFetch(k, NoFetch, skip);
+  ASSERT_TRUE(ready.ok());
+  ASSERT_TRUE(*ready);
+  EXPECT_EQ(Str(*ready), std::string(kBlock, 'x'));
+}
+
 TEST(BlockCacheTest, ShortLastBlockCostsOnlyItsBytes) {
   MemoryBudget budget(4 * kBlock);
   BlockCache cache(budget, Options(4));
