@@ -29,6 +29,7 @@ check_up() {
 check_up common 's3|cache|fuse|mountd'
 check_up s3 'cache|fuse|mountd'
 check_up cache 'fuse|mountd'
+check_up fuse 'mountd|cli'
 check_up mountd 'cache|fuse'
 
 if [ $fail -ne 0 ]; then exit 1; fi

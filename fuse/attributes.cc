@@ -1,0 +1,75 @@
+#include "fuse/attributes.h"
+
+#include <sys/stat.h>
+
+#include <charconv>
+#include <cmath>
+
+namespace bucketfs::fs {
+namespace {
+
+template <typename T>
+bool ParseDecimal(const std::string& s, T* out) {
+  T v{};
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size()) return false;
+  *out = v;
+  return true;
+}
+
+const std::string* Find(const s3::UserMetadata& md, const char* name) {
+  auto it = md.find(name);
+  return it == md.end() ? nullptr : &it->second;
+}
+
+}  // namespace
+
+uint32_t Attributes::Mode() const {
+  uint32_t type_bits = S_IFREG;
+  if (type == FileType::kDirectory) type_bits = S_IFDIR;
+  if (type == FileType::kSymlink) type_bits = S_IFLNK;
+  return type_bits | (permissions & 07777);
+}
+
+Attributes ObjectAttributes(const s3::ObjectInfo& info, const AttributeDefaults& defaults) {
+  Attributes a;
+  a.type = FileType::kRegular;
+  a.size = info.size;
+  a.mtime = info.last_modified;
+  a.permissions = defaults.file_mode & 07777;
+  a.uid = defaults.uid;
+  a.gid = defaults.gid;
+  if (const auto* mode = Find(info.metadata, "mode")) {
+    uint32_t m = 0;
+    if (ParseDecimal(*mode, &m)) {
+      a.permissions = m & 07777;
+      if ((m & S_IFMT) == S_IFLNK) a.type = FileType::kSymlink;
+    }
+  }
+  if (const auto* uid = Find(info.metadata, "uid")) ParseDecimal(*uid, &a.uid);
+  if (const auto* gid = Find(info.metadata, "gid")) ParseDecimal(*gid, &a.gid);
+  if (const auto* mtime = Find(info.metadata, "mtime")) {
+    // Seconds, possibly with a fraction ("1700000000" or "1700000000.25").
+    char* end = nullptr;
+    double secs = std::strtod(mtime->c_str(), &end);
+    if (end != mtime->c_str() && *end == '\0' && std::isfinite(secs) && secs >= 0) {
+      a.mtime = WallTime(std::chrono::duration_cast<WallTime::duration>(
+          std::chrono::duration<double>(secs)));
+    }
+  }
+  return a;
+}
+
+Attributes DirectoryAttributes(WallTime mtime, const AttributeDefaults& defaults) {
+  Attributes a;
+  a.type = FileType::kDirectory;
+  a.permissions = defaults.dir_mode & 07777;
+  a.uid = defaults.uid;
+  a.gid = defaults.gid;
+  a.size = 4096;
+  a.mtime = mtime;
+  a.nlink = 2;
+  return a;
+}
+
+}  // namespace bucketfs::fs

@@ -1,0 +1,202 @@
+// Filesystem: the mount's operations on inode numbers, free of libfuse.
+//
+// Contract:
+//  - Every method is thread-safe and maps one kernel request; the adapter (fuse/adapter.cc)
+//    turns replies and Status into libfuse calls, and a Status into an errno only through
+//    ToErrno() (common/errno_map.h). Unit tests drive it with the in-memory fake client.
+//  - Names and keys: see fuse/names.h. Directories are prefixes: common prefixes and `dir/`
+//    markers both count (fuse/directory_listing.h). Attributes: fuse/attributes.h.
+//  - Lookup counts follow the kernel's rules (fuse/inode_table.h): each successful Lookup and
+//    each readdirplus entry the filler accepts (except "." and "..") adds one; Forget
+//    subtracts.
+//  - Metadata caching, all bounded by `metadata_ttl` (the kernel's entry and attribute
+//    timeouts are the same value): a directory listing serves lookups of its names, positive
+//    and negative, while fresh; a node's attributes serve GetAttr and Open while fresh; a
+//    name found missing is remembered as missing. A Lookup outside a fresh listing costs one
+//    HEAD of the key and, concurrently, one single-key listing of `key/` (to see a
+//    directory, and a file/directory clash); a listing costs ListObjectsV2 pages, never a
+//    HEAD per entry. The mount is the bucket's single writer (the lease), so caching for
+//    the TTL does not hide anyone else's writes that should have been seen.
+//  - Reads: Open pins the ETag (and size) it sees (fresh attributes, or a HEAD); the handle
+//    reads that version only, through a ReadAhead (cache/read_ahead.h). If it is replaced or
+//    deleted remotely, reads fail with kStale (ESTALE), the node's attributes are expired,
+//    and the next Open sees the new version. keep_cache is set when the ETag is the one the
+//    previous open of the same inode read, so the kernel's page cache survives reopening an
+//    unchanged file and is dropped when it changed.
+//  - Writing is not built yet (the writeback issue): with `read_only` (the only mode today)
+//    Open for writing is kReadOnly, and the adapter mounts read-only, so the kernel itself
+//    answers EROFS to every modifying call.
+//  - Symlinks (s3fs convention: x-amz-meta-mode with S_IFLNK, body = target) are recognised
+//    from HEAD. Entries filled from a listing (readdirplus) cannot know it, since listings
+//    carry no metadata: such a name shows as a file until its attributes are next fetched
+//    with HEAD (after metadata_ttl), when it gets a new inode as a symlink.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "cache/read_ahead.h"
+#include "common/clock.h"
+#include "common/status.h"
+#include "fuse/attributes.h"
+#include "fuse/directory_listing.h"
+#include "fuse/inode_table.h"
+#include "fuse/names.h"
+#include "s3/object_client.h"
+
+namespace bucketfs::fs {
+
+struct FilesystemOptions {
+  AttributeDefaults defaults;
+  Duration metadata_ttl = std::chrono::seconds(60);
+  bool read_only = true;
+  cache::ReadAheadOptions read_ahead;
+  Duration request_timeout = std::chrono::seconds(60);  // Bounds each operation's S3 calls.
+  size_t max_cached_listings = 256;
+  size_t max_negative_entries = 100000;
+  WallTime mount_time{};  // Directories without a marker show this mtime.
+  uint64_t generation = 0;
+};
+
+struct EntryReply {
+  Attributes attr;
+  uint64_t generation = 0;
+  Duration ttl{};  // Entry and attribute timeout.
+};
+
+struct AttrReply {
+  Attributes attr;
+  Duration ttl{};
+};
+
+struct OpenReply {
+  uint64_t handle = 0;
+  bool keep_cache = false;
+};
+
+// One directory entry offered to the adapter's buffer.
+struct DirEntryView {
+  std::string_view name;
+  Attributes attr;           // attr.ino is the entry's inode (plus) or a placeholder.
+  uint64_t next_offset = 0;  // The offset to resume after this entry.
+  bool counts_lookup = false;  // readdirplus entry that adds to nlookup when accepted.
+};
+
+struct StatFsReply {
+  uint64_t block_size = 4096;
+  uint64_t blocks = 0;
+  uint64_t blocks_free = 0;
+  uint64_t files = 0;
+  uint64_t files_free = 0;
+  uint32_t name_max = kMaxNameBytes;
+};
+
+struct FilesystemStats {
+  uint64_t lookups = 0;
+  uint64_t lookups_from_listing = 0;
+  uint64_t negative_hits = 0;
+  uint64_t probes = 0;    // Lookups that asked the server (HEAD + single-key list).
+  uint64_t listings = 0;  // Directory listings fetched.
+  uint64_t heads = 0;     // Attribute refreshes by HEAD.
+  uint64_t inodes = 0;
+  uint64_t open_files = 0;
+};
+
+class Filesystem {
+ public:
+  // Returns false when the adapter's buffer is full: the entry was not taken.
+  using DirFiller = std::function<bool(const DirEntryView&)>;
+
+  // `client` and everything in `reads` must outlive the Filesystem.
+  Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads,
+             FilesystemOptions options);
+  Filesystem(const Filesystem&) = delete;
+  Filesystem& operator=(const Filesystem&) = delete;
+  ~Filesystem();
+
+  Result<EntryReply> Lookup(InodeId parent, std::string_view name);
+  void Forget(InodeId ino, uint64_t nlookup);
+  Result<AttrReply> GetAttr(InodeId ino);
+  Result<std::string> ReadLink(InodeId ino);
+
+  Result<uint64_t> OpenDir(InodeId ino);
+  // Offers entries from `offset` (0: the start; else a next_offset given earlier) until the
+  // filler refuses one or the directory ends.
+  Status ReadDir(uint64_t dir_handle, uint64_t offset, bool plus, const DirFiller& fill);
+  void ReleaseDir(uint64_t dir_handle);
+
+  // `flags` as open(2) passes them (O_ACCMODE, O_TRUNC, ...).
+  Result<OpenReply> Open(InodeId ino, int flags);
+  Result<cache::ReadReply> Read(uint64_t handle, uint64_t offset, size_t size);
+  void Release(uint64_t handle);
+
+  StatFsReply StatFs() const;
+  FilesystemStats Stats() const;
+  const FilesystemOptions& options() const { return options_; }
+
+ private:
+  struct FileHandle {
+    InodeId ino = 0;
+    std::string key;
+    std::unique_ptr<cache::ReadAhead> reader;
+  };
+  struct DirHandle {
+    InodeId ino = 0;
+    std::string path;
+    Attributes self;
+    std::shared_ptr<const DirectoryListing> listing;
+  };
+
+  MonoTime Now() const { return clock_.Now(); }
+  MonoTime Deadline() const { return Now() + options_.request_timeout; }
+  MonoTime Expiry() const { return Now() + options_.metadata_ttl; }
+  EntryReply MakeEntry(const Node& node) const;
+
+  // The cached listing of `dir_path` if younger than the TTL, else nullptr.
+  std::shared_ptr<const DirectoryListing> FreshListing(const std::string& dir_path);
+  // Lists `dir_path` from the server and caches the result.
+  Result<std::shared_ptr<const DirectoryListing>> FetchListing(const std::string& dir_path);
+  void ForgetListing(const std::string& dir_path);
+  // The node for a listed entry, with `lookups` added. Keeps a fresh node's attributes when
+  // they describe the same version (they may hold metadata a listing lacks).
+  Node EnterListed(const std::string& path, const ListedEntry& entry, uint64_t lookups);
+  // Asks the server what `path` is: HEAD and a single-key listing, concurrently.
+  Result<Node> Probe(const std::string& path);
+  // Fresh attributes of `node`: as cached, or refreshed by HEAD.
+  Result<Node> Refresh(const Node& node);
+
+  bool IsNegative(const std::string& path);
+  void RememberMissing(const std::string& path);
+  void ForgetMissing(const std::string& path);
+
+  s3::ObjectClient& client_;
+  const cache::ReadContext reads_;
+  const FilesystemOptions options_;
+  Clock& clock_;
+  InodeTable inodes_;
+  OnceLog problems_;
+
+  mutable std::mutex mu_;
+  uint64_t next_handle_ = 1;                                                  // Guarded by mu_.
+  std::unordered_map<uint64_t, std::shared_ptr<FileHandle>> files_;           // Guarded by mu_.
+  std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;             // Guarded by mu_.
+  // Listings, least recently fetched first in `listing_order_`.
+  std::unordered_map<std::string, std::shared_ptr<const DirectoryListing>> listings_;  // mu_
+  std::list<std::string> listing_order_;                                      // Guarded by mu_.
+  std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
+
+  struct Counters {
+    std::atomic<uint64_t> lookups{0}, lookups_from_listing{0}, negative_hits{0}, probes{0},
+        listings{0}, heads{0};
+  };
+  mutable Counters counters_;
+};
+
+}  // namespace bucketfs::fs

@@ -1,0 +1,148 @@
+#include "fuse/inode_table.h"
+
+#include "common/log.h"
+
+namespace bucketfs::fs {
+
+InodeTable::InodeTable(Attributes root_attributes, uint64_t generation) : generation_(generation) {
+  auto root = std::make_unique<Node>();
+  root->ino = kRootInode;
+  root->attr = root_attributes;
+  root->attr.ino = kRootInode;
+  root->attr.type = FileType::kDirectory;
+  root->attr_expiry = MonoTime::max();
+  root->nlookup = 1;  // The kernel never forgets the root.
+  by_path_.emplace("", kRootInode);
+  nodes_.emplace(kRootInode, std::move(root));
+}
+
+Node InodeTable::Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
+                        MonoTime expiry, uint64_t lookups) {
+  std::lock_guard lock(mu_);
+  Node* node = nullptr;
+  if (auto p = by_path_.find(path); p != by_path_.end()) {
+    Node* existing = nodes_.at(p->second).get();
+    if (existing->attr.type == attr.type || existing->ino == kRootInode) {
+      node = existing;
+    } else {
+      // Type changed: detach the old node from the path; the kernel keeps its number until
+      // it forgets it.
+      existing->path.clear();
+      by_path_.erase(p);
+      MaybeDropLocked(nodes_.find(existing->ino));
+    }
+  }
+  if (node == nullptr) {
+    auto fresh = std::make_unique<Node>();
+    fresh->ino = next_ino_++;
+    fresh->path = path;
+    node = fresh.get();
+    by_path_.emplace(path, node->ino);
+    nodes_.emplace(node->ino, std::move(fresh));
+  }
+  if (node->ino != kRootInode) {
+    if (node->etag != etag) node->symlink_target.clear();
+    node->attr = attr;
+    node->attr.ino = node->ino;
+    node->etag = etag;
+    node->attr_expiry = expiry;
+  }
+  node->nlookup += lookups;
+  return *node;
+}
+
+std::optional<Node> InodeTable::Get(InodeId ino) const {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end()) return std::nullopt;
+  return *it->second;
+}
+
+std::optional<Node> InodeTable::GetByPath(const std::string& path) const {
+  std::lock_guard lock(mu_);
+  auto p = by_path_.find(path);
+  if (p == by_path_.end()) return std::nullopt;
+  return *nodes_.at(p->second);
+}
+
+bool InodeTable::AddLookups(InodeId ino, uint64_t n) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end()) return false;
+  it->second->nlookup += n;
+  return true;
+}
+
+void InodeTable::Forget(InodeId ino, uint64_t n) {
+  if (ino == kRootInode) return;
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end()) {
+    Logger("fuse")->warn("FORGET of unknown inode {} ignored", ino);
+    return;
+  }
+  Node& node = *it->second;
+  if (n > node.nlookup) {
+    Logger("fuse")->warn("FORGET of {} lookups on inode {} that has {}; clamped", n, ino,
+                         node.nlookup);
+    n = node.nlookup;
+  }
+  node.nlookup -= n;
+  MaybeDropLocked(it);
+}
+
+void InodeTable::DropIfUnused(InodeId ino) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it != nodes_.end()) MaybeDropLocked(it);
+}
+
+void InodeTable::MaybeDropLocked(std::unordered_map<InodeId, std::unique_ptr<Node>>::iterator it) {
+  Node& node = *it->second;
+  if (node.ino == kRootInode || node.nlookup > 0 || node.open_handles > 0) return;
+  if (auto p = by_path_.find(node.path); p != by_path_.end() && p->second == node.ino) {
+    by_path_.erase(p);
+  }
+  nodes_.erase(it);
+}
+
+void InodeTable::OpenHandle(InodeId ino, const std::string& etag) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end()) return;
+  ++it->second->open_handles;
+  it->second->last_open_etag = etag;
+}
+
+void InodeTable::CloseHandle(InodeId ino) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end() || it->second->open_handles == 0) return;
+  --it->second->open_handles;
+  MaybeDropLocked(it);
+}
+
+std::string InodeTable::PreviousOpenEtag(InodeId ino) const {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  return it == nodes_.end() ? std::string() : it->second->last_open_etag;
+}
+
+void InodeTable::Expire(InodeId ino) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it != nodes_.end() && ino != kRootInode) it->second->attr_expiry = MonoTime::min();
+}
+
+void InodeTable::SetSymlinkTarget(InodeId ino, std::string target) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it != nodes_.end()) it->second->symlink_target = std::move(target);
+}
+
+size_t InodeTable::size() const {
+  std::lock_guard lock(mu_);
+  return nodes_.size();
+}
+
+}  // namespace bucketfs::fs

@@ -1,0 +1,87 @@
+// InodeTable: the inode numbers the kernel knows, with the kernel's lookup counts.
+//
+// Contract:
+//  - Thread-safe (one mutex; every method is a hash lookup or two).
+//  - Inode numbers are never reused within a daemon's life (a 64-bit counter), so a stale
+//    inode number can never reach another file. The generation (the mount's start time in
+//    seconds) separates the numbers of one daemon run from the next.
+//  - nlookup is the kernel's count: every reply that hands the kernel an inode (lookup,
+//    readdirplus entry, create) adds one through Upsert(...lookups=1) or AddLookups(); the
+//    kernel's FORGET subtracts. A node is dropped when its count reaches zero and no handle
+//    has it open; the root is never dropped. Forgetting more than was looked up, or an
+//    unknown inode, is logged and ignored (never a crash or a use-after-free).
+//  - A path maps to at most one live node. When a path's type changes (a file became a
+//    directory, or a HEAD shows a listed file is a symlink), Upsert gives the path a new
+//    inode number: the kernel must never see one inode change type. The old node stays
+//    until the kernel forgets it, reachable only by its number.
+//  - Accessors return copies (Node by value), never pointers into the table.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "common/clock.h"
+#include "fuse/attributes.h"
+
+namespace bucketfs::fs {
+
+struct Node {
+  InodeId ino = 0;
+  std::string path;   // Empty for the root; see fuse/names.h.
+  Attributes attr;    // attr.ino == ino.
+  std::string etag;   // Files: the version the attributes describe.
+  MonoTime attr_expiry{};
+  uint64_t nlookup = 0;
+  uint32_t open_handles = 0;
+  std::string last_open_etag;  // The version the previous open read (for keep_cache).
+  std::string symlink_target;  // Symlinks, once read.
+};
+
+class InodeTable {
+ public:
+  InodeTable(Attributes root_attributes, uint64_t generation);
+
+  uint64_t generation() const { return generation_; }
+
+  // The node of `path`, created if missing, with `attr`/`etag`/`expiry` stored and
+  // `lookups` added to its count. Returns the node after the update.
+  Node Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
+              MonoTime expiry, uint64_t lookups);
+  std::optional<Node> Get(InodeId ino) const;
+  std::optional<Node> GetByPath(const std::string& path) const;
+
+  // Adds to the count of a live node; false if it is gone.
+  bool AddLookups(InodeId ino, uint64_t n);
+  // The kernel's FORGET.
+  void Forget(InodeId ino, uint64_t n);
+  // Drops a node that has no lookups and no open handles (an entry the kernel refused).
+  void DropIfUnused(InodeId ino);
+
+  // Open handles keep a node alive after the kernel forgets it.
+  void OpenHandle(InodeId ino, const std::string& etag);
+  void CloseHandle(InodeId ino);
+  // The ETag the previous open of `ino` read (before this one), for keep_cache.
+  std::string PreviousOpenEtag(InodeId ino) const;
+
+  // Marks the attributes stale, so the next GetAttr/Open asks the server.
+  void Expire(InodeId ino);
+  void SetSymlinkTarget(InodeId ino, std::string target);
+
+  size_t size() const;
+
+ private:
+  // Requires mu_.
+  void MaybeDropLocked(std::unordered_map<InodeId, std::unique_ptr<Node>>::iterator it);
+
+  const uint64_t generation_;
+  mutable std::mutex mu_;
+  InodeId next_ino_ = kRootInode + 1;                             // Guarded by mu_.
+  std::unordered_map<InodeId, std::unique_ptr<Node>> nodes_;      // Guarded by mu_.
+  std::unordered_map<std::string, InodeId> by_path_;              // Guarded by mu_.
+};
+
+}  // namespace bucketfs::fs

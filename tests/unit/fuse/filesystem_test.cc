@@ -1,0 +1,517 @@
+#include "fuse/filesystem.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cache/block_cache.h"
+#include "cache/memory_budget.h"
+#include "common/clock.h"
+#include "common/task_pool.h"
+#include "s3/fake_client.h"
+
+namespace bucketfs::fs {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uint64_t kBlock = 64 * 1024;
+constexpr Duration kTtl = 60s;
+
+std::string Body(size_t n, uint64_t seed = 1) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+struct Entry {
+  std::string name;
+  Attributes attr;
+  uint64_t next_offset = 0;
+  bool counts_lookup = false;
+};
+
+class FilesystemTest : public ::testing::Test {
+ protected:
+  FilesystemTest()
+      : budget_(64 * kBlock, clock_),
+        cache_(budget_, CacheOptions(&clock_)),
+        pool_(std::make_unique<TaskPool>("fs-test", 2, 64)) {
+    FilesystemOptions o;
+    o.defaults.uid = 1000;
+    o.defaults.gid = 1000;
+    o.metadata_ttl = kTtl;
+    o.read_ahead.initial_window = kBlock;
+    o.read_ahead.max_window = 4 * kBlock;
+    o.read_ahead.timeout = 30s;
+    o.mount_time = clock_.WallNow();
+    o.generation = 42;
+    fs_ = std::make_unique<Filesystem>(
+        server_, cache::ReadContext{&server_, &cache_, &budget_, pool_.get(), &clock_}, o);
+  }
+  ~FilesystemTest() override {
+    fs_.reset();
+    pool_.reset();  // Drains prefetches before the cache goes.
+  }
+
+  static cache::BlockCacheOptions CacheOptions(Clock* clock) {
+    cache::BlockCacheOptions o;
+    o.capacity_bytes = 32 * kBlock;
+    o.block_size = kBlock;
+    o.clock = clock;
+    return o;
+  }
+
+  InodeId MustLookup(InodeId parent, const std::string& name) {
+    auto r = fs_->Lookup(parent, name);
+    EXPECT_TRUE(r.ok()) << name << ": " << r.status().ToString();
+    return r.ok() ? r->attr.ino : 0;
+  }
+
+  std::vector<Entry> ReadDirAll(uint64_t handle, uint64_t offset, bool plus,
+                                size_t accept = SIZE_MAX) {
+    std::vector<Entry> out;
+    Status st = fs_->ReadDir(handle, offset, plus, [&](const DirEntryView& v) {
+      if (out.size() >= accept) return false;
+      out.push_back(Entry{std::string(v.name), v.attr, v.next_offset, v.counts_lookup});
+      return true;
+    });
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return out;
+  }
+
+  static std::vector<std::string> Names(const std::vector<Entry>& v) {
+    std::vector<std::string> n;
+    for (const auto& e : v) n.push_back(e.name);
+    return n;
+  }
+
+  std::string MustRead(uint64_t handle, uint64_t offset, size_t size) {
+    auto r = fs_->Read(handle, offset, size);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->ToString() : "<error>";
+  }
+
+  FakeClock clock_;
+  s3::FakeObjectClient server_{clock_};
+  cache::MemoryBudget budget_;
+  cache::BlockCache cache_;
+  std::unique_ptr<TaskPool> pool_;
+  std::unique_ptr<Filesystem> fs_;
+};
+
+// --- Lookup --------------------------------------------------------------------------------
+
+TEST_F(FilesystemTest, LookupOfFileDirectoryAndMissingName) {
+  server_.PutDirect("a.txt", "hello");
+  server_.PutDirect("d/x", "inner");
+  server_.PutDirect(".bucketfs/lease", "lease");
+
+  auto file = fs_->Lookup(kRootInode, "a.txt");
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_EQ(file->attr.type, FileType::kRegular);
+  EXPECT_EQ(file->attr.size, 5u);
+  EXPECT_NE(file->attr.ino, kRootInode);
+  EXPECT_EQ(file->attr.uid, 1000u);
+  EXPECT_EQ(file->generation, 42u);
+  EXPECT_EQ(file->ttl, kTtl);
+
+  auto dir = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  EXPECT_EQ(dir->attr.type, FileType::kDirectory);
+  auto inner = fs_->Lookup(dir->attr.ino, "x");
+  ASSERT_TRUE(inner.ok());
+  EXPECT_EQ(inner->attr.size, 5u);
+
+  auto missing = fs_->Lookup(kRootInode, "nope");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), ErrorCode::kNotFound);
+
+  auto reserved = fs_->Lookup(kRootInode, ".bucketfs");
+  ASSERT_FALSE(reserved.ok());
+  EXPECT_EQ(reserved.status().code(), ErrorCode::kNotFound);
+
+  auto under_file = fs_->Lookup(file->attr.ino, "x");
+  ASSERT_FALSE(under_file.ok());
+  EXPECT_EQ(under_file.status().code(), ErrorCode::kNotDirectory);
+
+  auto too_long = fs_->Lookup(kRootInode, std::string(256, 'n'));
+  ASSERT_FALSE(too_long.ok());
+  EXPECT_EQ(too_long.status().code(), ErrorCode::kNameTooLong);
+
+  auto dotdot = fs_->Lookup(kRootInode, "..");
+  ASSERT_FALSE(dotdot.ok());
+  EXPECT_EQ(dotdot.status().code(), ErrorCode::kNotFound);
+}
+
+TEST_F(FilesystemTest, LookupOutsideAListingIsOneHeadAndOneSingleKeyList) {
+  server_.PutDirect("f", "x");
+  server_.ResetCounters();
+  MustLookup(kRootInode, "f");
+  EXPECT_EQ(server_.calls(s3::Op::kHead), 1u);
+  EXPECT_EQ(server_.calls(s3::Op::kList), 1u);
+  EXPECT_EQ(server_.total_calls(), 2u);
+  EXPECT_EQ(fs_->Stats().probes, 1u);
+  // Fresh attributes serve the next lookup without a call.
+  MustLookup(kRootInode, "f");
+  EXPECT_EQ(server_.total_calls(), 2u);
+}
+
+TEST_F(FilesystemTest, MarkerOnlyDirectoryIsFoundByLookup) {
+  server_.PutDirect("m/", "");
+  auto m = fs_->Lookup(kRootInode, "m");
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->attr.type, FileType::kDirectory);
+}
+
+TEST_F(FilesystemTest, NegativeEntryLastsUntilTheTtlPasses) {
+  auto miss = fs_->Lookup(kRootInode, "late");
+  ASSERT_FALSE(miss.ok());
+  EXPECT_EQ(miss.status().code(), ErrorCode::kNotFound);
+
+  server_.PutDirect("late", "now here");
+  server_.ResetCounters();
+  clock_.Advance(kTtl - 1s);
+  miss = fs_->Lookup(kRootInode, "late");
+  ASSERT_FALSE(miss.ok());
+  EXPECT_EQ(miss.status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(server_.total_calls(), 0u) << "a negative hit asks nobody";
+  EXPECT_EQ(fs_->Stats().negative_hits, 1u);
+
+  clock_.Advance(2s);
+  auto hit = fs_->Lookup(kRootInode, "late");
+  ASSERT_TRUE(hit.ok()) << hit.status().ToString();
+  EXPECT_EQ(hit->attr.size, 8u);
+}
+
+TEST_F(FilesystemTest, LookupsAreServedFromAFreshListingWithoutCalls) {
+  for (const char* k : {"a", "b", "c", "sub/x"}) server_.PutDirect(k, "data");
+  auto dh = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dh.ok()) << dh.status().ToString();
+  EXPECT_EQ(fs_->Stats().listings, 1u);
+  server_.ResetCounters();
+
+  for (const char* n : {"a", "b", "c"}) {
+    auto r = fs_->Lookup(kRootInode, n);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->attr.type, FileType::kRegular);
+    EXPECT_EQ(r->attr.size, 4u);
+  }
+  auto sub = fs_->Lookup(kRootInode, "sub");
+  ASSERT_TRUE(sub.ok());
+  EXPECT_EQ(sub->attr.type, FileType::kDirectory);
+  auto missing = fs_->Lookup(kRootInode, "zzz");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), ErrorCode::kNotFound);
+
+  EXPECT_EQ(server_.total_calls(), 0u);
+  EXPECT_EQ(fs_->Stats().lookups_from_listing, 5u);
+  EXPECT_EQ(fs_->Stats().probes, 0u);
+  fs_->ReleaseDir(*dh);
+
+  // Once the listing is stale, a lookup asks the server again.
+  clock_.Advance(kTtl + 1s);
+  MustLookup(kRootInode, "a");
+  EXPECT_GT(server_.total_calls(), 0u);
+}
+
+// --- ReadDir -------------------------------------------------------------------------------
+
+TEST_F(FilesystemTest, ReadDirOffsetsAndResuming) {
+  for (const char* k : {"a", "b", "c", "d/x"}) server_.PutDirect(k, "1");
+  auto dh = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dh.ok());
+
+  std::vector<Entry> all = ReadDirAll(*dh, 0, false);
+  EXPECT_EQ(Names(all), (std::vector<std::string>{".", "..", "a", "b", "c", "d"}));
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(all[i].next_offset, i + 1) << all[i].name;
+    EXPECT_FALSE(all[i].counts_lookup);
+  }
+  EXPECT_EQ(all[0].attr.ino, kRootInode);
+  EXPECT_EQ(all[0].attr.type, FileType::kDirectory);
+  EXPECT_EQ(all[5].attr.type, FileType::kDirectory);
+  EXPECT_EQ(all[2].attr.type, FileType::kRegular);
+  EXPECT_EQ(fs_->Stats().inodes, 1u) << "plain readdir enters no inodes";
+
+  // A filler that takes three, then resume from the last accepted offset.
+  std::vector<Entry> first = ReadDirAll(*dh, 0, false, 3);
+  ASSERT_EQ(first.size(), 3u);
+  std::vector<Entry> rest = ReadDirAll(*dh, first.back().next_offset, false);
+  EXPECT_EQ(Names(rest), (std::vector<std::string>{"b", "c", "d"}));
+  EXPECT_EQ(Names(ReadDirAll(*dh, 4, false)), (std::vector<std::string>{"c", "d"}));
+  EXPECT_TRUE(ReadDirAll(*dh, 6, false).empty());
+  EXPECT_TRUE(ReadDirAll(*dh, 100, false).empty());
+
+  // Plus: the same names and offsets, with real inode numbers.
+  std::vector<Entry> plus = ReadDirAll(*dh, 0, true);
+  EXPECT_EQ(Names(plus), Names(all));
+  for (size_t i = 0; i < plus.size(); ++i) EXPECT_EQ(plus[i].next_offset, i + 1);
+  EXPECT_FALSE(plus[0].counts_lookup);
+  EXPECT_FALSE(plus[1].counts_lookup);
+  for (size_t i = 2; i < plus.size(); ++i) {
+    EXPECT_TRUE(plus[i].counts_lookup) << plus[i].name;
+    EXPECT_NE(plus[i].attr.ino, kRootInode);
+    EXPECT_EQ(plus[i].attr.ino >> 63, 0u) << "a real inode, not a placeholder";
+  }
+  EXPECT_EQ(Names(ReadDirAll(*dh, 3, true)), (std::vector<std::string>{"b", "c", "d"}));
+  fs_->ReleaseDir(*dh);
+
+  Status st = fs_->ReadDir(*dh, 0, false, [](const DirEntryView&) { return true; });
+  EXPECT_FALSE(st.ok()) << "a released handle is unknown";
+}
+
+TEST_F(FilesystemTest, ReadDirPlusCountsLookupsOnlyForAcceptedEntries) {
+  for (const char* k : {"f0", "f1", "f2", "f3"}) server_.PutDirect(k, "1");
+  auto dh = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dh.ok());
+  // Accept ".", "..", f0 and f1; refuse f2 (the third real entry).
+  std::vector<Entry> got = ReadDirAll(*dh, 0, true, 4);
+  ASSERT_EQ(Names(got), (std::vector<std::string>{".", "..", "f0", "f1"}));
+  EXPECT_EQ(fs_->Stats().inodes, 3u) << "root, f0, f1; the refused f2 is not kept";
+
+  // One lookup each: a single FORGET of 1 drops each of them.
+  fs_->Forget(got[2].attr.ino, 1);
+  EXPECT_EQ(fs_->Stats().inodes, 2u);
+  fs_->Forget(got[3].attr.ino, 1);
+  EXPECT_EQ(fs_->Stats().inodes, 1u);
+
+  // Resuming at f2 and taking the rest counts those.
+  std::vector<Entry> rest = ReadDirAll(*dh, got.back().next_offset, true);
+  EXPECT_EQ(Names(rest), (std::vector<std::string>{"f2", "f3"}));
+  EXPECT_EQ(fs_->Stats().inodes, 3u);
+  for (const auto& e : rest) fs_->Forget(e.attr.ino, 1);
+  EXPECT_EQ(fs_->Stats().inodes, 1u);
+  fs_->ReleaseDir(*dh);
+}
+
+TEST_F(FilesystemTest, OpenDirOfAVanishedDirectoryIsStale) {
+  server_.PutDirect("gone/x", "1");
+  InodeId d = MustLookup(kRootInode, "gone");
+  server_.DeleteDirect("gone/x");
+  clock_.Advance(kTtl + 1s);
+  auto dh = fs_->OpenDir(d);
+  ASSERT_FALSE(dh.ok());
+  EXPECT_EQ(dh.status().code(), ErrorCode::kStale);
+}
+
+// --- Files ---------------------------------------------------------------------------------
+
+TEST_F(FilesystemTest, OpenReadReleaseAreByteExact) {
+  const std::string body = Body(3 * kBlock + 123);
+  server_.PutDirect("dir/data.bin", body);
+  InodeId dir = MustLookup(kRootInode, "dir");
+  InodeId ino = MustLookup(dir, "data.bin");
+  auto open = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(open.ok()) << open.status().ToString();
+  EXPECT_EQ(fs_->Stats().open_files, 1u);
+
+  std::string all;
+  for (uint64_t off = 0; off < body.size(); off += 40000) all += MustRead(open->handle, off, 40000);
+  EXPECT_EQ(all, body);
+  EXPECT_EQ(MustRead(open->handle, kBlock - 1, 2), body.substr(kBlock - 1, 2));
+  EXPECT_EQ(MustRead(open->handle, body.size() - 5, 100), body.substr(body.size() - 5));
+  EXPECT_EQ(MustRead(open->handle, body.size(), 100), "");
+  EXPECT_EQ(MustRead(open->handle, body.size() + 1000, 100), "");
+
+  fs_->Release(open->handle);
+  EXPECT_EQ(fs_->Stats().open_files, 0u);
+  auto after = fs_->Read(open->handle, 0, 10);
+  ASSERT_FALSE(after.ok());
+  EXPECT_EQ(after.status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(FilesystemTest, OpenForWritingIsReadOnlyAndDirectoriesCannotBeOpened) {
+  server_.PutDirect("f", "x");
+  server_.PutDirect("d/y", "x");
+  InodeId f = MustLookup(kRootInode, "f");
+  for (int flags : {O_WRONLY, O_RDWR, O_RDONLY | O_TRUNC, O_WRONLY | O_APPEND}) {
+    auto r = fs_->Open(f, flags);
+    ASSERT_FALSE(r.ok()) << flags;
+    EXPECT_EQ(r.status().code(), ErrorCode::kReadOnly) << flags;
+  }
+  EXPECT_EQ(fs_->Stats().open_files, 0u);
+  InodeId d = MustLookup(kRootInode, "d");
+  auto r = fs_->Open(d, O_RDONLY);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kIsDirectory);
+}
+
+TEST_F(FilesystemTest, KeepCacheOnlyWhenReopeningTheSameVersion) {
+  server_.PutDirect("f", "version one");
+  InodeId ino = MustLookup(kRootInode, "f");
+
+  auto o1 = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o1.ok());
+  EXPECT_FALSE(o1->keep_cache) << "first open";
+  fs_->Release(o1->handle);
+
+  auto o2 = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o2.ok());
+  EXPECT_TRUE(o2->keep_cache) << "same ETag as the previous open";
+  fs_->Release(o2->handle);
+
+  // Unchanged after the TTL (re-HEAD): still the same version.
+  clock_.Advance(kTtl + 1s);
+  auto o3 = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o3.ok());
+  EXPECT_TRUE(o3->keep_cache);
+  fs_->Release(o3->handle);
+
+  server_.PutDirect("f", "version two, longer");
+  clock_.Advance(kTtl + 1s);
+  auto o4 = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o4.ok()) << o4.status().ToString();
+  EXPECT_FALSE(o4->keep_cache) << "the object changed";
+  EXPECT_EQ(MustRead(o4->handle, 0, 100), "version two, longer");
+  fs_->Release(o4->handle);
+}
+
+TEST_F(FilesystemTest, RemoteReplacementWhileOpenIsStaleAndTheNextOpenReadsTheNewBytes) {
+  const std::string v1 = Body(2 * kBlock, 1);
+  const std::string v2 = Body(kBlock + 7, 2);
+  server_.PutDirect("f", v1);
+  InodeId ino = MustLookup(kRootInode, "f");
+  auto o1 = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o1.ok());
+  server_.PutDirect("f", v2);
+
+  auto r = fs_->Read(o1->handle, 0, 4096);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kStale) << r.status().ToString();
+  r = fs_->Read(o1->handle, kBlock + 100, 10);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kStale);
+  fs_->Release(o1->handle);
+
+  // No TTL has passed: the stale read expired the attributes, so Open asks the server.
+  auto o2 = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o2.ok()) << o2.status().ToString();
+  EXPECT_FALSE(o2->keep_cache);
+  std::string all = MustRead(o2->handle, 0, 4 * kBlock);
+  EXPECT_EQ(all, v2);
+  auto attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok());
+  EXPECT_EQ(attr->attr.size, v2.size());
+  fs_->Release(o2->handle);
+}
+
+TEST_F(FilesystemTest, OpenHandleKeepsTheInodeAfterForget) {
+  server_.PutDirect("f", "contents");
+  InodeId ino = MustLookup(kRootInode, "f");
+  auto o = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(o.ok());
+  fs_->Forget(ino, 1);
+  EXPECT_EQ(fs_->Stats().inodes, 2u);
+  EXPECT_EQ(MustRead(o->handle, 0, 100), "contents");
+  fs_->Release(o->handle);
+  EXPECT_EQ(fs_->Stats().inodes, 1u);
+}
+
+// --- Symlinks, attributes, statfs, forget ------------------------------------------------
+
+TEST_F(FilesystemTest, ReadLinkOfAnS3fsSymlinkFoundByLookup) {
+  server_.PutDirect("link", "target/file.txt", {{"mode", std::to_string(0120777)}});
+  server_.PutDirect("plain", "x");
+  auto l = fs_->Lookup(kRootInode, "link");
+  ASSERT_TRUE(l.ok()) << l.status().ToString();
+  EXPECT_EQ(l->attr.type, FileType::kSymlink);
+  EXPECT_EQ(l->attr.permissions, 0777u);
+
+  auto target = fs_->ReadLink(l->attr.ino);
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  EXPECT_EQ(*target, "target/file.txt");
+  const uint64_t gets = server_.calls(s3::Op::kGet);
+  target = fs_->ReadLink(l->attr.ino);
+  ASSERT_TRUE(target.ok());
+  EXPECT_EQ(*target, "target/file.txt");
+  EXPECT_EQ(server_.calls(s3::Op::kGet), gets) << "the target is remembered";
+
+  auto not_link = fs_->ReadLink(MustLookup(kRootInode, "plain"));
+  ASSERT_FALSE(not_link.ok());
+  EXPECT_EQ(not_link.status().code(), ErrorCode::kInvalidArgument);
+}
+
+TEST_F(FilesystemTest, GetAttrIsCachedForTheTtlThenReHeads) {
+  server_.PutDirect("f", "12345");
+  InodeId ino = MustLookup(kRootInode, "f");
+  server_.ResetCounters();
+  auto a = fs_->GetAttr(ino);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->attr.size, 5u);
+  EXPECT_EQ(a->ttl, kTtl);
+  EXPECT_EQ(server_.total_calls(), 0u);
+  EXPECT_EQ(fs_->Stats().heads, 0u);
+
+  server_.PutDirect("f", "1234567890", {{"uid", "7"}});
+  clock_.Advance(kTtl + 1s);
+  a = fs_->GetAttr(ino);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(server_.calls(s3::Op::kHead), 1u);
+  EXPECT_EQ(fs_->Stats().heads, 1u);
+  EXPECT_EQ(a->attr.size, 10u);
+  EXPECT_EQ(a->attr.uid, 7u);
+  EXPECT_EQ(a->attr.ino, ino);
+
+  // Fresh again: no further HEAD.
+  ASSERT_TRUE(fs_->GetAttr(ino).ok());
+  EXPECT_EQ(server_.calls(s3::Op::kHead), 1u);
+
+  // Deleted remotely: after the TTL, GetAttr says stale.
+  server_.DeleteDirect("f");
+  clock_.Advance(kTtl + 1s);
+  a = fs_->GetAttr(ino);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), ErrorCode::kStale);
+
+  auto root = fs_->GetAttr(kRootInode);
+  ASSERT_TRUE(root.ok());
+  EXPECT_EQ(root->attr.type, FileType::kDirectory);
+  EXPECT_EQ(root->attr.ino, kRootInode);
+}
+
+TEST_F(FilesystemTest, StatFsReportsSaneValues) {
+  StatFsReply s = fs_->StatFs();
+  EXPECT_GT(s.block_size, 0u);
+  EXPECT_GT(s.blocks, 0u);
+  EXPECT_GT(s.blocks_free, 0u);
+  EXPECT_LE(s.blocks_free, s.blocks);
+  EXPECT_GT(s.files, 0u);
+  EXPECT_LE(s.files_free, s.files);
+  EXPECT_EQ(s.name_max, kMaxNameBytes);
+}
+
+TEST_F(FilesystemTest, ForgetAccountingReturnsToTheRootAlone) {
+  server_.PutDirect("d/f", "x");
+  server_.PutDirect("g", "y");
+  EXPECT_EQ(fs_->Stats().inodes, 1u);
+  InodeId d = MustLookup(kRootInode, "d");
+  InodeId f = 0;
+  for (int i = 0; i < 3; ++i) f = MustLookup(d, "f");
+  InodeId g = MustLookup(kRootInode, "g");
+  EXPECT_EQ(MustLookup(kRootInode, "g"), g) << "same node for the same name";
+  EXPECT_EQ(fs_->Stats().inodes, 4u);
+
+  fs_->Forget(f, 2);
+  EXPECT_EQ(fs_->Stats().inodes, 4u) << "one lookup of f left";
+  fs_->Forget(f, 1);
+  EXPECT_EQ(fs_->Stats().inodes, 3u);
+  fs_->Forget(g, 5);  // Over-forget: clamped, logged.
+  fs_->Forget(d, 1);
+  fs_->Forget(kRootInode, 1);     // Never drops the root.
+  fs_->Forget(999999, 1);         // Unknown: ignored.
+  EXPECT_EQ(fs_->Stats().inodes, 1u);
+  EXPECT_TRUE(fs_->GetAttr(kRootInode).ok());
+
+  auto gone = fs_->GetAttr(f);
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.status().code(), ErrorCode::kStale);
+}
+
+}  // namespace
+}  // namespace bucketfs::fs
