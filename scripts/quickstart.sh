@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian 12 machine: installs what bucketfs needs, builds it, starts a
 # local S3 server (Ceph RGW on 127.0.0.1:7480, state in /tmp/bucketfs-demo), creates the
-# bucket "demo" with a sample object, and prints how to look into it.
+# bucket "demo" with sample objects, and mounts it with bucketfs at ./mnt (or $1).
 #
-#   scripts/quickstart.sh          set up and start
-#   scripts/quickstart.sh stop     stop the server it started (by PID) and remove its state
+#   scripts/quickstart.sh [MOUNTPOINT]   set up, start the server, mount (default ./mnt)
+#   scripts/quickstart.sh stop           unmount, stop the server (by PID), remove its state
 #
-# The FUSE mount (`bucketfs mount demo ./mnt`) is being built (issue: "Mount a bucket and
-# read it fast"); until it lands this stops after the bucket is ready.
+# The mount is read-only until writing lands (issue: "Write anything, lose nothing").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=/tmp/bucketfs-demo
 port=${BUCKETFS_DEMO_PORT:-7480}
 
+mountpoint_file=$state/mountpoint
 if [[ ${1:-} == stop ]]; then
+  if [[ -f $mountpoint_file ]]; then
+    mnt=$(cat "$mountpoint_file")
+    if mountpoint -q "$mnt"; then
+      # The daemon exits by itself once its mount is gone; wait for it by PID.
+      pid=$(cat "$state/bucketfs.pid" 2>/dev/null || true)
+      fusermount3 -u "$mnt" && echo "quickstart: unmounted $mnt"
+      for _ in $(seq 100); do
+        [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+    fi
+  fi
   tests/s3server/rgw.sh stop "$state"
   rm -rf "$state"
   echo "quickstart: stopped the demo S3 server and removed $state"
@@ -36,10 +48,27 @@ export S3_BUCKET=demo
 build/release/bench/s3_throughput --size-mib 8 --key hello/sample.bin --mode putget >/dev/null
 env -u AWS_CA_BUNDLE /usr/bin/aws --endpoint-url "$S3_ENDPOINT" s3 cp README.md s3://demo/hello/README.md >/dev/null
 
+mnt=$(realpath -m "${1:-mnt}")
+mkdir -p "$mnt"
+echo "$mnt" > "$mountpoint_file"
+if mountpoint -q "$mnt"; then
+  echo "quickstart: $mnt is already mounted"
+else
+  # Without -f, `bucketfs mount` returns once the mount answers; the daemon stays behind.
+  build/release/cli/bucketfs mount demo "$mnt" --log-file "$state/bucketfs.log"
+  # Its PID, for `stop`: the process whose command line names this mountpoint.
+  for p in /proc/[0-9]*; do
+    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "bucketfs mount demo $mnt"; then
+      basename "$p" > "$state/bucketfs.pid"
+    fi
+  done
+fi
+
 cat <<MSG
 
-bucketfs quick start: S3 server on $S3_ENDPOINT, bucket "demo" ready.
-  Credentials:  source $state/env
-  Look inside:  source $state/env && env -u AWS_CA_BUNDLE /usr/bin/aws --endpoint-url \$S3_ENDPOINT s3 ls --recursive s3://demo
+bucketfs quick start: S3 server on $S3_ENDPOINT, bucket "demo" mounted at $mnt.
+  Look inside:  ls -lR $mnt
+  Credentials:  source $state/env   (for aws/boto3: --endpoint-url \$S3_ENDPOINT)
+  Daemon log:   $state/bucketfs.log
   Stop:         scripts/quickstart.sh stop
 MSG
