@@ -6,11 +6,9 @@
 
 namespace bucketfs {
 
-TaskPool::TaskPool(std::string name, size_t threads, size_t max_queued) : name_(std::move(name)) {
-  // Exactly max_queued tasks may wait, for Submit() as for TrySubmit(). The destructor's
-  // stop signals wait for room like any task: the workers keep draining the queue.
-  queue_.set_capacity(static_cast<std::ptrdiff_t>(std::max<size_t>(max_queued, 1)));
-  threads_.reserve(threads);
+TaskPool::TaskPool(std::string name, size_t threads, size_t max_queued)
+    : name_(std::move(name)), max_queued_(std::max<size_t>(max_queued, 1)) {
+  threads_.reserve(std::max<size_t>(threads, 1));
   for (size_t i = 0; i < std::max<size_t>(threads, 1); ++i) {
     threads_.emplace_back([this] { Run(); });
     // Thread names are limited to 15 bytes; they show in top -H and in gdb.
@@ -19,24 +17,50 @@ TaskPool::TaskPool(std::string name, size_t threads, size_t max_queued) : name_(
 }
 
 TaskPool::~TaskPool() {
-  // The stop signals queue behind every task already submitted, so those all run.
-  for (size_t i = 0; i < threads_.size(); ++i) queue_.push(Task());
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  has_task_.notify_all();
+  // Workers leave only once the queue is empty, so every task already submitted runs.
   for (auto& t : threads_) t.join();
 }
 
-bool TaskPool::TrySubmit(Task task) { return queue_.try_push(std::move(task)); }
+bool TaskPool::TrySubmit(Task task) {
+  {
+    std::lock_guard lock(mu_);
+    if (queue_.size() >= max_queued_) return false;
+    queue_.push_back(std::move(task));
+  }
+  has_task_.notify_one();
+  return true;
+}
 
-void TaskPool::Submit(Task task) { queue_.push(std::move(task)); }
+void TaskPool::Submit(Task task) {
+  {
+    std::unique_lock lock(mu_);
+    has_room_.wait(lock, [this] { return queue_.size() < max_queued_; });
+    queue_.push_back(std::move(task));
+  }
+  has_task_.notify_one();
+}
 
 size_t TaskPool::queued() const {
-  return static_cast<size_t>(std::max<std::ptrdiff_t>(queue_.size(), 0));
+  std::lock_guard lock(mu_);
+  return queue_.size();
 }
 
 void TaskPool::Run() {
   for (;;) {
     Task task;
-    queue_.pop(task);
-    if (!task) return;
+    {
+      std::unique_lock lock(mu_);
+      has_task_.wait(lock, [this] { return !queue_.empty() || stopping_; });
+      if (queue_.empty()) return;  // Stopping, and nothing left to run.
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    has_room_.notify_one();
     task();
   }
 }
