@@ -16,6 +16,7 @@
 #include "s3/fake_client.h"
 #include "s3/fault_client.h"
 #include "s3/object_client.h"
+#include "tests/support/eventually.h"
 
 namespace bucketfs::cache {
 namespace {
@@ -26,15 +27,7 @@ constexpr uint64_t kBlock = 4096;
 
 MonoTime Soon(Duration d) { return RealClock().Now() + d; }
 
-template <typename Pred>
-bool Eventually(Pred pred, Duration timeout = 10s) {
-  MonoTime end = RealClock().Now() + timeout;
-  while (!pred()) {
-    if (RealClock().Now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using testing::Eventually;
 
 BlockCacheOptions Options(uint64_t capacity_blocks) {
   BlockCacheOptions o;

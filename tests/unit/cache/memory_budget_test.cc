@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "tests/support/eventually.h"
 
 namespace bucketfs::cache {
 namespace {
@@ -24,15 +25,7 @@ constexpr uint64_t kGiB = 1ull << 30;
 MonoTime Soon(Duration d) { return RealClock().Now() + d; }
 
 // Polls `pred` until it holds or `timeout` passes; for waiting on another thread's progress.
-template <typename Pred>
-bool Eventually(Pred pred, Duration timeout = 10s) {
-  MonoTime end = RealClock().Now() + timeout;
-  while (!pred()) {
-    if (RealClock().Now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using testing::Eventually;
 
 TEST(MemoryBudgetTest, ReserveThatFitsIsGrantedAtOnceAndCounted) {
   MemoryBudget budget(1000);

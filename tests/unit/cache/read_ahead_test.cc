@@ -19,6 +19,7 @@
 #include "s3/fake_client.h"
 #include "s3/fault_client.h"
 #include "s3/object_client.h"
+#include "tests/support/eventually.h"
 
 namespace bucketfs::cache {
 namespace {
@@ -30,15 +31,7 @@ using namespace std::chrono_literals;
 constexpr uint64_t kBlock = 16 * 1024;
 constexpr uint64_t kAlign = 4096;
 
-template <typename Pred>
-bool Eventually(Pred pred, Duration timeout = 10s) {
-  MonoTime end = RealClock().Now() + timeout;
-  while (!pred()) {
-    if (RealClock().Now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using testing::Eventually;
 
 std::string Body(size_t n, uint64_t seed = 1) {
   std::mt19937_64 rng(seed);

@@ -11,21 +11,14 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "tests/support/eventually.h"
 
 namespace bucketfs {
 namespace {
 
 using namespace std::chrono_literals;
 
-template <typename Pred>
-bool Eventually(Pred pred, Duration timeout = 10s) {
-  MonoTime end = RealClock().Now() + timeout;
-  while (!pred()) {
-    if (RealClock().Now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using testing::Eventually;
 
 TEST(TaskPoolTest, EveryTaskRuns) {
   std::atomic<int> ran{0};
