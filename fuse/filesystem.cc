@@ -393,7 +393,9 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
   handle->key = fresh.path;
   handle->reader = std::make_unique<cache::ReadAhead>(
       reads_, cache::ObjectVersion{fresh.path, fresh.etag, fresh.attr.size}, options_.read_ahead);
-  const bool keep_cache = inodes_.PreviousOpenEtag(ino) == fresh.etag;
+  const std::string previous_etag = inodes_.PreviousOpenEtag(ino);
+  const bool keep_cache = previous_etag == fresh.etag;
+  if (!previous_etag.empty() && !keep_cache) InvalidateKernelCache(ino);
   inodes_.OpenHandle(ino, fresh.etag);
   std::lock_guard lock(mu_);
   const uint64_t id = next_handle_++;
@@ -430,6 +432,25 @@ void Filesystem::Release(uint64_t handle) {
     files_.erase(it);
   }
   inodes_.CloseHandle(file->ino);
+}
+
+void Filesystem::SetInvalidator(Invalidator invalidate) {
+  std::lock_guard lock(mu_);
+  invalidate_ = std::move(invalidate);
+}
+
+void Filesystem::InvalidateKernelCache(InodeId ino) {
+  Invalidator invalidate;
+  {
+    std::lock_guard lock(mu_);
+    invalidate = invalidate_;
+  }
+  if (!invalidate) return;
+  // Not on this thread: it is serving a request, and the kernel may hold locks that the
+  // invalidation needs until that request is answered.
+  if (reads_.pool == nullptr || !reads_.pool->TrySubmit([invalidate, ino] { invalidate(ino); })) {
+    Logger("fuse")->debug("kernel cache of inode {} not invalidated (I/O pool busy)", ino);
+  }
 }
 
 StatFsReply Filesystem::StatFs() const {

@@ -20,7 +20,8 @@
 //  - Reads: Open pins the ETag (and size) it sees (fresh attributes, or a HEAD); the handle
 //    reads that version only, through a ReadAhead (cache/read_ahead.h). If it is replaced or
 //    deleted remotely, reads fail with kStale (ESTALE), the node's attributes are expired,
-//    and the next Open sees the new version. keep_cache is set when the ETag is the one the
+//    and the next Open sees the new version; an Open that finds a new ETag also has the
+//    kernel drop the inode's cached attributes (the old size) through the Invalidator. keep_cache is set when the ETag is the one the
 //    previous open of the same inode read, so the kernel's page cache survives reopening an
 //    unchanged file and is dropped when it changed.
 //  - Writing is not built yet (the writeback issue): with `read_only` (the only mode today)
@@ -138,6 +139,12 @@ class Filesystem {
   void Release(uint64_t handle);
 
   StatFsReply StatFs() const;
+
+  // How the Filesystem tells the kernel to drop what it caches of an inode (attributes and
+  // pages): set by the session once the mount exists. Called from an I/O pool thread, never
+  // from inside a request, so it may block on the kernel.
+  using Invalidator = std::function<void(InodeId)>;
+  void SetInvalidator(Invalidator invalidate);
   FilesystemStats Stats() const;
   const FilesystemOptions& options() const { return options_; }
 
@@ -172,6 +179,10 @@ class Filesystem {
   // Fresh attributes of `node`: as cached, or refreshed by HEAD.
   Result<Node> Refresh(const Node& node);
 
+  // Asks the kernel, asynchronously, to forget the attributes and pages of `ino`: its object
+  // changed (the kernel would otherwise keep the old size until its attribute timeout).
+  void InvalidateKernelCache(InodeId ino);
+
   bool IsNegative(const std::string& path);
   void RememberMissing(const std::string& path);
   void ForgetMissing(const std::string& path);
@@ -191,6 +202,7 @@ class Filesystem {
   std::unordered_map<std::string, std::shared_ptr<const DirectoryListing>> listings_;  // mu_
   std::list<std::string> listing_order_;                                      // Guarded by mu_.
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
+  Invalidator invalidate_;                                                    // Guarded by mu_.
 
   struct Counters {
     std::atomic<uint64_t> lookups{0}, lookups_from_listing{0}, negative_hits{0}, probes{0},

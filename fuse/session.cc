@@ -6,10 +6,12 @@
 #include <cstdlib>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <fstream>
 #include <sstream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -95,6 +97,23 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
   Logger("fuse")->info("mounted {} at {}{}", options.fsname, options.mountpoint,
                        options.read_only ? " (read-only)" : "");
   RaiseKernelReadAhead(options, real_mountpoint);
+  // Invalidations run on I/O pool threads and may still be queued when the session ends:
+  // they reach the session only through this guard, which the teardown clears first.
+  struct SessionGuard {
+    std::mutex mu;
+    fuse_session* session = nullptr;  // Guarded by mu; null once the session ends.
+  };
+  auto guard = std::make_shared<SessionGuard>();
+  guard->session = se;
+  fs.SetInvalidator([guard](InodeId ino) {
+    std::lock_guard lock(guard->mu);
+    if (guard->session == nullptr) return;
+    // Attributes and every cached page; ENOENT means the kernel had forgotten it already.
+    const int rc = fuse_lowlevel_notify_inval_inode(guard->session, ino, 0, 0);
+    if (rc != 0 && rc != -ENOENT) {
+      Logger("fuse")->debug("invalidating inode {} in the kernel: error {}", ino, rc);
+    }
+  });
   if (on_mounted) on_mounted();
 
   fuse_loop_config* config = fuse_loop_cfg_create();
@@ -104,6 +123,11 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
   const int rc = fuse_session_loop_mt(se, config);
   fuse_loop_cfg_destroy(config);
 
+  fs.SetInvalidator(nullptr);  // The session is going away.
+  {
+    std::lock_guard lock(guard->mu);  // Waits for an invalidation in progress.
+    guard->session = nullptr;
+  }
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);

@@ -281,17 +281,30 @@ TEST_F(FuseReadTest, RemoteReplacementWhileOpenGivesEstaleAndReopenReadsNewVersi
   int fd = open(m->Path("victim.bin").c_str(), O_RDONLY);
   ASSERT_GE(fd, 0) << strerror(errno);
   EXPECT_TRUE(PRead(fd, 0, 4096) == Pattern(21, 0, 4096));
-  PutPattern("victim.bin", 22, size);  // Same size, other bytes: a new ETag.
+  const uint64_t new_size = size + 2 * kMiB + 5;
+  PutPattern("victim.bin", 22, new_size);  // Other bytes and size: a new ETag.
   char buf[4096];
   errno = 0;
   EXPECT_EQ(pread(fd, buf, sizeof buf, static_cast<off_t>(7 * kMiB)), -1);
   EXPECT_EQ(errno, ESTALE);
   close(fd);
-  // The next open sees the new version, all of it (the kernel's cached pages of the old one
-  // are dropped because the ETag changed).
+  // The next open sees the new version. It also has the kernel drop the old size it caches
+  // for the attribute TTL (60 s): asynchronously, so stat may need a moment to show it.
+  fd = open(m->Path("victim.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  EXPECT_TRUE(PRead(fd, 0, 4096) == Pattern(22, 0, 4096));
+  struct stat st {};
+  for (int i = 0; i < 250; ++i) {
+    ASSERT_EQ(stat(m->Path("victim.bin").c_str(), &st), 0);
+    if (static_cast<uint64_t>(st.st_size) == new_size) break;
+    usleep(20000);
+  }
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), new_size) << "the kernel kept the old size";
+  close(fd);
+  // All of it, every byte of the new version (the old version's cached pages were dropped).
   const std::string now = ReadFile(m->Path("victim.bin"));
-  ASSERT_EQ(now.size(), size);
-  EXPECT_TRUE(now == Pattern(22, 0, size));
+  ASSERT_EQ(now.size(), new_size);
+  EXPECT_TRUE(now == Pattern(22, 0, new_size));
   EXPECT_EQ(m->Unmount(), 0) << m->Log();
 }
 
