@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole bucketfs test suite, from a fresh Debian 12 machine to a verdict:
 # installs the packages it needs, builds, starts a real S3 server (Ceph RGW on 127.0.0.1,
-# stopped by PID afterwards), and runs every tier (unit, integration) in the release build,
-# then again under AddressSanitizer+UBSan and under ThreadSanitizer.
+# stopped by PID afterwards), and runs every tier (unit, integration, fuse: real mounts
+# through /dev/fuse) in the release build, then again under AddressSanitizer+UBSan and under
+# ThreadSanitizer; last, the end-to-end benchmark's smoke run (bench/e2e/smoke.sh: bucketfs,
+# s3fs, rclone and curl on small data, so the harness never rots).
 #
-#   scripts/test.sh            everything (release, asan, tsan)
+#   scripts/test.sh            everything (release, asan, tsan, benchmark smoke)
 #   scripts/test.sh --quick    release build only
 #   BUCKETFS_RGW_PORT=7500 scripts/test.sh   S3 server port (default 7490; monitor on PORT-691)
 set -euo pipefail
@@ -45,6 +47,15 @@ for preset in "${presets[@]}"; do
     status=1
   fi
 done
+if [[ ${1:-} != --quick ]]; then
+  echo "=== benchmark harness smoke run"
+  if bench/e2e/smoke.sh; then
+    summary+=("bench smoke: passed")
+  else
+    summary+=("bench smoke: FAILED")
+    status=1
+  fi
+fi
 echo "=== summary"
 printf '  %s\n' "${summary[@]}"
 exit $status
