@@ -101,41 +101,47 @@ Result<BlockHandle> ReadAhead::GetBlock(const Shared& shared, uint64_t index,
       fetch_options);
 }
 
+bool ReadAhead::SubmitPrefetch(uint64_t index) {
+  if (shared_->inflight.load(std::memory_order_relaxed) >= options_.max_parallel_gets) {
+    return false;
+  }
+  shared_->inflight.fetch_add(1);
+  shared_->issued.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<Shared> shared = shared_;
+  bool queued = shared_->context.pool->TrySubmit([shared, index] {
+    Clock& clock = shared->context.clock ? *shared->context.clock : RealClock();
+    const MonoTime now = clock.Now();
+    // No waiting for room or budget (deadline now): under memory pressure a prefetch is
+    // the first thing to give up, and the handle's window shrinks. Nor for a fetch of the
+    // block already in flight (a reader's): that is no failure, the block is coming.
+    FetchOptions prefetch_options{now, 0};
+    prefetch_options.skip_if_in_flight = true;
+    auto block = GetBlock(*shared, index, prefetch_options, now + shared->timeout);
+    if (!block.ok()) {
+      shared->failed.fetch_add(1, std::memory_order_relaxed);
+      const ErrorCode code = block.status().code();
+      if (code == ErrorCode::kBusy || code == ErrorCode::kTimeout) {
+        shared->pressure.store(true);
+      }
+      Logger("cache")->debug("prefetch of block {} of '{}' failed: {}", index,
+                             shared->object.key, block.status().ToString());
+    }
+    shared->inflight.fetch_sub(1);
+  });
+  if (!queued) {
+    // The pool's queue is full: every GET thread is busy.
+    shared_->inflight.fetch_sub(1);
+    shared_->issued.fetch_sub(1, std::memory_order_relaxed);
+  }
+  return queued;
+}
+
 void ReadAhead::Prefetch(uint64_t last_block) {
   // Requires mu_ (called with it held): next_prefetch_ is ours.
   last_block = std::min(last_block, block_count_ - 1);
-  while (next_prefetch_ <= last_block &&
-         shared_->inflight.load(std::memory_order_relaxed) < options_.max_parallel_gets) {
-    const uint64_t index = next_prefetch_;
-    shared_->inflight.fetch_add(1);
-    shared_->issued.fetch_add(1, std::memory_order_relaxed);
-    std::shared_ptr<Shared> shared = shared_;
-    bool queued = shared_->context.pool->TrySubmit([shared, index] {
-      Clock& clock = shared->context.clock ? *shared->context.clock : RealClock();
-      const MonoTime now = clock.Now();
-      // No waiting for room or budget (deadline now): under memory pressure a prefetch is
-      // the first thing to give up, and the handle's window shrinks. Nor for a fetch of the
-      // block already in flight (a reader's): that is no failure, the block is coming.
-      FetchOptions prefetch_options{now, 0};
-      prefetch_options.skip_if_in_flight = true;
-      auto block = GetBlock(*shared, index, prefetch_options, now + shared->timeout);
-      if (!block.ok()) {
-        shared->failed.fetch_add(1, std::memory_order_relaxed);
-        const ErrorCode code = block.status().code();
-        if (code == ErrorCode::kBusy || code == ErrorCode::kTimeout) {
-          shared->pressure.store(true);
-        }
-        Logger("cache")->debug("prefetch of block {} of '{}' failed: {}", index,
-                               shared->object.key, block.status().ToString());
-      }
-      shared->inflight.fetch_sub(1);
-    });
-    if (!queued) {
-      // The pool's queue is full: every GET thread is busy. Try again on the next read.
-      shared_->inflight.fetch_sub(1);
-      shared_->issued.fetch_sub(1, std::memory_order_relaxed);
-      return;
-    }
+  while (next_prefetch_ <= last_block) {
+    // Refused (GETs in flight at the cap, or the pool full): try again on the next read.
+    if (!SubmitPrefetch(next_prefetch_)) return;
     ++next_prefetch_;
   }
 }
@@ -204,7 +210,19 @@ Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
     return reply;
   }
   reply.pins.clear();
-  return ReadDirect(offset, end - offset, deadline);
+  auto direct = ReadDirect(offset, end - offset, deadline);
+  // An object that fits in half the cache and is read at random (an index, a database
+  // file, fio) gets the blocks it touches filled in the background, so that it soon reads
+  // from memory. Larger objects do not: random reads over a big dataset would fetch a block
+  // for every 4 KiB asked and evict everything else.
+  // One fill at a time per handle, so that the fills never crowd out the small GETs that
+  // answer the reader.
+  if (direct.ok() && options_.random_fill && size <= shared_->context.cache->capacity() / 2 &&
+      shared_->inflight.load(std::memory_order_relaxed) == 0) {
+    std::lock_guard lock(mu_);
+    if (SubmitPrefetch(first_block)) ++stats_.random_fills;
+  }
+  return direct;
 }
 
 Result<ReadReply> ReadAhead::ReadFromBlocks(uint64_t offset, uint64_t length, MonoTime deadline) {

@@ -83,6 +83,7 @@ struct MountArgs {
   std::string block_size = "4M";
   std::string read_ahead = "64M";
   unsigned read_parallelism = 8;
+  bool random_fill = false;
   unsigned io_threads = 32;
   unsigned fuse_threads = 16;
   bool unsigned_payload = false;
@@ -184,6 +185,7 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   options.read_only = true;  // Writing lands with the writeback issue.
   options.read_ahead.max_window = read_ahead;
   options.read_ahead.max_parallel_gets = std::max(1u, a.read_parallelism);
+  options.read_ahead.random_fill = a.random_fill;
   options.mount_time = RealClock().WallNow();
   options.generation = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(options.mount_time.time_since_epoch())
@@ -349,6 +351,9 @@ int main(int argc, char** argv) {
   mount->add_option("--read-parallelism", a.read_parallelism,
                     "Ranged GETs in flight per file being read sequentially")
       ->capture_default_str();
+  mount->add_flag("--random-fill", a.random_fill,
+                  "Files read at random that fit in half the cache fill whole blocks in the "
+                  "background (many more IOPS on re-reads; slower cold random reads)");
   mount->add_option("--io-threads", a.io_threads, "Threads for background S3 requests")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1024u));

@@ -460,6 +460,57 @@ TEST(ReadAheadTest, RandomReadOfCachedBlocksIssuesNoGet) {
   EXPECT_EQ(env.client.get_count(), 8u);
 }
 
+TEST(ReadAheadTest, RandomReadsOfAnObjectThatFitsFillItsBlocksInTheBackground) {
+  Env env(64);  // Half the cache: 32 blocks.
+  const std::string body = Body(8 * kBlock);
+  ObjectVersion v = env.Put("small-random", body);
+  ReadAheadOptions options = Options(8);
+  options.random_fill = true;
+  ReadAhead ra(env.Context(), v, options);
+  const uint64_t offset = 5 * kBlock + 100;
+  // Answered by one small GET, then block 5 is filled behind it.
+  EXPECT_EQ(MustRead(ra, offset, 4096), body.substr(offset, 4096));
+  EXPECT_EQ(ra.Stats().direct_gets, 1u);
+  EXPECT_EQ(ra.Stats().random_fills, 1u);
+  ASSERT_TRUE(Eventually([&] {
+    return env.cache.Lookup(BlockKey{v.key, v.etag, 5}).has_value();
+  }));
+  const size_t gets = env.client.get_count();
+  // Another random read in that block: from memory, no GET.
+  const uint64_t again = 5 * kBlock + 3 * kAlign + 1;
+  EXPECT_EQ(MustRead(ra, again, 100), body.substr(again, 100));
+  EXPECT_EQ(ra.Stats().direct_gets, 1u);
+  EXPECT_EQ(env.client.get_count(), gets);
+}
+
+TEST(ReadAheadTest, RandomReadsOfAnObjectLargerThanHalfTheCacheFillNothing) {
+  Env env(16);  // Half the cache: 8 blocks.
+  const std::string body = Body(9 * kBlock);
+  ObjectVersion v = env.Put("big-random", body);
+  ReadAheadOptions options = Options(8);
+  options.random_fill = true;
+  ReadAhead ra(env.Context(), v, options);
+  const uint64_t offset = 3 * kBlock + 100;
+  EXPECT_EQ(MustRead(ra, offset, 4096), body.substr(offset, 4096));
+  EXPECT_EQ(ra.Stats().random_fills, 0u);
+  std::this_thread::sleep_for(20ms);  // Anything queued would have run by now.
+  EXPECT_EQ(env.client.get_count(), 1u);
+  EXPECT_EQ(env.cache.Stats().blocks, 0u);
+}
+
+TEST(ReadAheadTest, RandomFillIsOffByDefault) {
+  Env env(64);
+  const std::string body = Body(8 * kBlock);
+  ObjectVersion v = env.Put("small-random", body);
+  ReadAhead ra(env.Context(), v, Options(8));
+  const uint64_t offset = 5 * kBlock + 100;
+  EXPECT_EQ(MustRead(ra, offset, 4096), body.substr(offset, 4096));
+  EXPECT_EQ(ra.Stats().random_fills, 0u);
+  std::this_thread::sleep_for(20ms);  // Anything queued would have run by now.
+  EXPECT_EQ(env.client.get_count(), 1u);
+  EXPECT_EQ(env.cache.Stats().blocks, 0u);
+}
+
 // --- Versions --------------------------------------------------------------------------
 
 TEST(ReadAheadTest, ObjectReplacedAfterOpenIsStale) {
