@@ -20,6 +20,16 @@ Status StaleError(const ObjectVersion& object, const Status& cause) {
                     "); close and reopen the file to read the new version");
 }
 
+// What a failed If-Match GET of the handle's version means to the reader: gone (stale) when
+// the server found another version or none, else the error with the key.
+Status GetFailure(const ObjectVersion& object, const Status& st) {
+  if (st.code() == ErrorCode::kPreconditionFailed || st.code() == ErrorCode::kNotFound ||
+      st.code() == ErrorCode::kInvalidRange) {
+    return StaleError(object, st);
+  }
+  return Status(st).Annotate("reading '" + object.key + "'");
+}
+
 }  // namespace
 
 size_t ReadReply::size() const {
@@ -72,14 +82,7 @@ Result<size_t> ReadAhead::FetchBlock(const Shared& shared, uint64_t index, std::
   req.range = s3::ByteRange{index * block_size, into.size()};
   req.if_match = shared.object.etag;
   auto got = shared.context.client->Get(req, into, {deadline});
-  if (!got.ok()) {
-    const Status& st = got.status();
-    if (st.code() == ErrorCode::kPreconditionFailed || st.code() == ErrorCode::kNotFound ||
-        st.code() == ErrorCode::kInvalidRange) {
-      return StaleError(shared.object, st);
-    }
-    return Status(st).Annotate("reading '" + shared.object.key + "'");
-  }
+  if (!got.ok()) return GetFailure(shared.object, got.status());
   return static_cast<size_t>(got->bytes_read);
 }
 
@@ -278,14 +281,7 @@ Result<ReadReply> ReadAhead::ReadDirect(uint64_t offset, uint64_t length, MonoTi
     std::lock_guard lock(mu_);
     ++stats_.direct_gets;
   }
-  if (!got.ok()) {
-    const Status& st = got.status();
-    if (st.code() == ErrorCode::kPreconditionFailed || st.code() == ErrorCode::kNotFound ||
-        st.code() == ErrorCode::kInvalidRange) {
-      return StaleError(shared_->object, st);
-    }
-    return Status(st).Annotate("reading '" + shared_->object.key + "'");
-  }
+  if (!got.ok()) return GetFailure(shared_->object, got.status());
   if (got->bytes_read < offset + length - begin) {
     return StaleError(shared_->object, Status(ErrorCode::kInvalidRange, "short read"));
   }

@@ -106,14 +106,6 @@ struct Daemon {
   std::unique_ptr<cache::BlockCache> cache;
   std::unique_ptr<TaskPool> pool;
   std::unique_ptr<fs::Filesystem> filesystem;
-
-  ~Daemon() {
-    filesystem.reset();
-    pool.reset();
-    cache.reset();
-    budget.reset();
-    client.reset();
-  }
 };
 
 Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsname) {
