@@ -27,6 +27,8 @@
 #include "cache/block_cache.h"
 #include "cache/memory_budget.h"
 #include "cache/read_ahead.h"
+#include "cache/spool.h"
+#include "cache/writeback.h"
 #include "common/log.h"
 #include "common/task_pool.h"
 #include "fuse/filesystem.h"
@@ -87,6 +89,11 @@ struct MountArgs {
   unsigned io_threads = 32;
   unsigned fuse_threads = 16;
   bool unsigned_payload = false;
+  std::string spool_dir = "/var/lib/bucketfs/spool";
+  std::string part_size = "8M";
+  unsigned upload_parallelism = 8;
+  bool sync_on_close = false;
+  double drain_timeout = 600;  // Seconds unmount waits for uploads.
 };
 
 Result<uint32_t> ParseMode(const std::string& text) {
@@ -105,6 +112,8 @@ struct Daemon {
   std::unique_ptr<cache::MemoryBudget> budget;
   std::unique_ptr<cache::BlockCache> cache;
   std::unique_ptr<TaskPool> pool;
+  std::unique_ptr<cache::Spool> spool;
+  std::unique_ptr<cache::Writeback> writeback;
   std::unique_ptr<fs::Filesystem> filesystem;
 };
 
@@ -174,7 +183,8 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   options.defaults = fs::AttributeDefaults{a.uid, a.gid, file_mode, dir_mode};
   options.metadata_ttl = std::chrono::duration_cast<Duration>(
       std::chrono::duration<double>(std::max(0.0, a.metadata_ttl)));
-  options.read_only = true;  // Writing lands with the writeback issue.
+  options.read_only = a.read_only;
+  options.sync_on_close = a.sync_on_close;
   options.read_ahead.max_window = read_ahead;
   options.read_ahead.max_parallel_gets = std::max(1u, a.read_parallelism);
   options.read_ahead.random_fill = a.random_fill;
@@ -184,12 +194,40 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
           .count());
   cache::ReadContext reads{d->client.get(), d->cache.get(), d->budget.get(), d->pool.get(),
                            nullptr};
-  d->filesystem = std::make_unique<fs::Filesystem>(*d->client, reads, options);
+  if (!a.read_only) {
+    BFS_ASSIGN_OR_RETURN(d->spool, cache::Spool::Open(a.spool_dir, settings.config.bucket));
+    BFS_ASSIGN_OR_RETURN(uint64_t part_size, ParseSize(a.part_size));
+    if (part_size < s3::kMinPartSize || part_size > s3::kMaxPartSize) {
+      return Status(ErrorCode::kInvalidArgument, "--part-size must be between 5M and 5G");
+    }
+    if (part_size * 2 > budget_bytes / 4) {
+      return Status(ErrorCode::kInvalidArgument,
+                    "--part-size " + cache::FormatBytes(part_size) + " leaves no room for two "
+                    "parts in flight in the quarter of --max-memory " +
+                        cache::FormatBytes(budget_bytes) + " kept for them; lower it or raise "
+                        "--max-memory");
+    }
+    cache::WritebackOptions wb;
+    wb.part_size = part_size;
+    wb.upload_parallelism = std::max(1u, a.upload_parallelism);
+    wb.commit_parallelism = 2 * wb.upload_parallelism;
+    d->writeback = std::make_unique<cache::Writeback>(
+        cache::WriteContext{d->client.get(), d->budget.get(), d->spool.get(), nullptr}, wb);
+    // What a previous daemon left: uploaded before the first file is served, so nobody
+    // reads an old object that a closed file should have replaced.
+    if (const size_t recovered = d->writeback->Recover(); recovered > 0) {
+      Logger("writeback")->info("{} file(s) from the previous mount are now in the bucket",
+                                recovered);
+    }
+  }
+  d->filesystem =
+      std::make_unique<fs::Filesystem>(*d->client, reads, d->writeback.get(), options);
   Logger("fuse")->info(
-      "bucket {} at {}: memory budget {}, block cache {}, read-ahead up to {}, metadata TTL {}s",
+      "bucket {} at {}: memory budget {}, block cache {}, read-ahead up to {}, metadata TTL {}s, "
+      "{}",
       settings.config.bucket, settings.config.endpoint, cache::FormatBytes(budget_bytes),
       cache::FormatBytes(cache_options.capacity_bytes), cache::FormatBytes(read_ahead),
-      a.metadata_ttl);
+      a.metadata_ttl, a.read_only ? "read-only" : "spool " + d->spool->directory());
   return d;
 }
 
@@ -206,14 +244,10 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
     report(daemon.status().ToString());
     return 1;
   }
-  if (!a.read_only) {
-    Logger("fuse")->warn(
-        "this build mounts read-only: writing through the mount is not built yet");
-  }
   fs::SessionOptions session;
   session.mountpoint = a.mountpoint;
   session.fsname = fsname;
-  session.read_only = true;
+  session.read_only = a.read_only;
   session.allow_other = a.allow_other;
   session.debug = a.fuse_debug;
   session.max_threads = a.fuse_threads;
@@ -222,12 +256,25 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
     mounted = true;
     report("");
   });
+  int rc = 0;
   if (!st.ok()) {
     if (!mounted) report(st.ToString());
     Logger("fuse")->error("{}", st.ToString());
-    return 1;
+    rc = 1;
   }
-  return 0;
+  if ((*daemon)->writeback) {
+    // Unmounted (or stopped by a signal): every closed file goes to S3 before we exit.
+    const auto deadline = RealClock().Now() + std::chrono::duration_cast<Duration>(
+                                                  std::chrono::duration<double>(a.drain_timeout));
+    Status drained = (*daemon)->writeback->Drain(deadline);
+    if (!drained.ok()) {
+      Logger("writeback")->error("unmounted with uploads unfinished: {}", drained.ToString());
+      rc = 1;
+    } else {
+      Logger("writeback")->info("every written file is in the bucket");
+    }
+  }
+  return rc;
 }
 
 // Forks before any thread exists (the client's event loop, the I/O pool): the child becomes
@@ -354,6 +401,24 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 1024u));
   mount->add_flag("--unsigned-payload", a.unsigned_payload,
                   "Send UNSIGNED-PAYLOAD instead of hashing bodies (only over https)");
+
+  mount->add_option("--spool-dir", a.spool_dir,
+                    "Local directory where written data waits for its upload (survives a "
+                    "daemon crash; one per mount)")
+      ->capture_default_str();
+  mount->add_option("--part-size", a.part_size,
+                    "Multipart part size (grows past 500 parts, so 5 TiB fits)")
+      ->capture_default_str();
+  mount->add_option("--upload-parallelism", a.upload_parallelism,
+                    "Part uploads in flight across all files")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 256u));
+  mount->add_flag("--sync-on-close", a.sync_on_close,
+                  "close() returns only once the file is in the bucket, as fsync() does");
+  mount->add_option("--drain-timeout", a.drain_timeout,
+                    "Seconds an unmount waits for uploads still running (the rest resume on "
+                    "the next mount)")
+      ->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
   ConfigureLogging(a.debug ? "debug" : a.log_level);

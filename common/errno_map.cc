@@ -27,6 +27,7 @@ int ToErrno(const Status& status) {
     case ErrorCode::kNotSupported:
     case ErrorCode::kNotImplemented: return ENOTSUP;
     case ErrorCode::kBusy: return EBUSY;
+    case ErrorCode::kNotPermitted: return EPERM;
     case ErrorCode::kCancelled: return EINTR;
     case ErrorCode::kTimeout: return ETIMEDOUT;
     case ErrorCode::kNoSuchUpload:

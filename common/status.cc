@@ -39,6 +39,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kIsDirectory: return "IsDirectory";
     case ErrorCode::kStale: return "Stale";
     case ErrorCode::kNotSupported: return "NotSupported";
+    case ErrorCode::kNotPermitted: return "NotPermitted";
     case ErrorCode::kBusy: return "Busy";
     case ErrorCode::kNameTooLong: return "NameTooLong";
     case ErrorCode::kInternal: return "Internal";

@@ -53,6 +53,7 @@ enum class ErrorCode {
   kNameTooLong,  // A file name or key over the limits (255-byte names, 1024-byte keys).
   kStale,  // The object changed underneath an open handle.
   kNotSupported,
+  kNotPermitted,  // The operation is never allowed here (hard links).
   kBusy,
   kInternal,
 };

@@ -54,8 +54,30 @@ fuse_entry_param ToEntry(const EntryReply& e) {
 // normal answer to a lookup, everything else says what went wrong.
 void ReplyError(fuse_req_t req, const char* op, const Status& status) {
   const int err = ToErrno(status);
-  if (err != ENOENT) Logger("fuse")->warn("{}: {} ({})", op, status.ToString(), strerror(err));
+  // The normal answers of a namespace (mkdir -p, rm -r, O_EXCL) are not problems.
+  const bool expected = err == ENOENT || err == EEXIST || err == ENOTEMPTY;
+  if (expected) {
+    Logger("fuse")->debug("{}: {} ({})", op, status.ToString(), strerror(err));
+  } else {
+    Logger("fuse")->warn("{}: {} ({})", op, status.ToString(), strerror(err));
+  }
   fuse_reply_err(req, err);
+}
+
+Caller CallerOf(fuse_req_t req) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  return Caller{static_cast<uint32_t>(ctx->uid), static_cast<uint32_t>(ctx->gid)};
+}
+
+void ReplyEntry(fuse_req_t req, const char* op, const Result<EntryReply>& r) {
+  if (!r.ok()) return ReplyError(req, op, r.status());
+  fuse_entry_param e = ToEntry(*r);
+  if (fuse_reply_entry(req, &e) != 0) Fs(req).Forget(e.ino, 1);
+}
+
+void ReplyStatus(fuse_req_t req, const char* op, const Status& status) {
+  if (!status.ok()) return ReplyError(req, op, status);
+  fuse_reply_err(req, 0);
 }
 
 void Init(void* userdata, fuse_conn_info* conn) {
@@ -72,6 +94,12 @@ void Init(void* userdata, fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
   conn->max_readahead = context->max_read;
+  // 1 MiB writes (the kernel splits larger ones): fewer round trips per byte.
+  conn->max_write = context->max_read;
+  // open(O_TRUNC) arrives as one OPEN, not an OPEN then a SETATTR(size=0).
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  // No FUSE_CAP_POSIX_LOCKS: the kernel keeps locks local to the mount, which is right
+  // because the lease makes the mount the bucket's only writer.
 }
 
 void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -127,6 +155,83 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
 void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   Fs(req).Release(fi->fh);
   fuse_reply_err(req, 0);
+}
+
+void Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+            fuse_file_info* fi) {
+  auto r = Fs(req).Create(parent, name, mode & 07777, fi->flags, CallerOf(req));
+  if (!r.ok()) return ReplyError(req, "create", r.status());
+  fuse_entry_param e = ToEntry(r->entry);
+  fi->fh = r->open.handle;
+  fi->keep_cache = r->open.keep_cache ? 1 : 0;
+  if (fuse_reply_create(req, &e, fi) != 0) {
+    Fs(req).Release(r->open.handle);
+    Fs(req).Forget(e.ino, 1);
+  }
+}
+
+void Write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t off,
+           fuse_file_info* fi) {
+  auto r = Fs(req).Write(fi->fh, static_cast<uint64_t>(off), {buf, size});
+  if (!r.ok()) return ReplyError(req, "write", r.status());
+  fuse_reply_write(req, *r);
+}
+
+void Flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  ReplyStatus(req, "close", Fs(req).Flush(fi->fh));
+}
+
+void Fsync(fuse_req_t req, fuse_ino_t /*ino*/, int /*datasync*/, fuse_file_info* fi) {
+  ReplyStatus(req, "fsync", Fs(req).Fsync(fi->fh));
+}
+
+WallTime ToWallTime(const timespec& ts) {
+  return WallTime(std::chrono::duration_cast<WallTime::duration>(
+      std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
+}
+
+void SetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  SetAttrRequest r;
+  if (to_set & FUSE_SET_ATTR_MODE) r.permissions = attr->st_mode & 07777;
+  if (to_set & FUSE_SET_ATTR_UID) r.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) r.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_SIZE) r.size = static_cast<uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+    r.mtime = std::chrono::time_point_cast<WallTime::duration>(std::chrono::system_clock::now());
+  } else if (to_set & FUSE_SET_ATTR_MTIME) {
+    r.mtime = ToWallTime(attr->st_mtim);
+  }
+  if (fi != nullptr) r.handle = fi->fh;
+  // Only the access time (or ctime) changing: nothing is stored for them.
+  auto result = Fs(req).SetAttr(ino, r);
+  if (!result.ok()) return ReplyError(req, "setattr", result.status());
+  struct stat st = ToStat(result->attr);
+  fuse_reply_attr(req, &st, Seconds(result->ttl));
+}
+
+void MkDir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  ReplyEntry(req, "mkdir", Fs(req).MkDir(parent, name, mode & 07777, CallerOf(req)));
+}
+
+void RmDir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  ReplyStatus(req, "rmdir", Fs(req).RmDir(parent, name));
+}
+
+void Unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  ReplyStatus(req, "unlink", Fs(req).Unlink(parent, name));
+}
+
+void Symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  ReplyEntry(req, "symlink", Fs(req).Symlink(target, parent, name, CallerOf(req)));
+}
+
+void Rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+            const char* new_name, unsigned int flags) {
+  ReplyStatus(req, "rename", Fs(req).Rename(parent, name, new_parent, new_name, flags));
+}
+
+void Link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
+  ReplyError(req, "link", Fs(req).Link(ino, new_parent, new_name));
 }
 
 void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -222,6 +327,20 @@ fuse_lowlevel_ops MakeOps() {
   ops.readdirplus = ReadDirPlus;
   ops.releasedir = ReleaseDir;
   ops.statfs = StatFs;
+  ops.create = Create;
+  ops.write = Write;
+  ops.flush = Flush;
+  ops.fsync = Fsync;
+  ops.setattr = SetAttr;
+  ops.mkdir = MkDir;
+  ops.rmdir = RmDir;
+  ops.unlink = Unlink;
+  ops.symlink = Symlink;
+  ops.rename = Rename;
+  ops.link = Link;
+  // No xattr operations: libfuse answers ENOSYS, after which the kernel stops asking and
+  // answers EOPNOTSUPP (ENOTSUP) itself. S3 metadata is not a fit for arbitrary binary
+  // attributes, and `cp -a`/`rsync -X` handle ENOTSUP (docs/SEMANTICS.md).
   return ops;
 }
 

@@ -60,6 +60,16 @@ Attributes ObjectAttributes(const s3::ObjectInfo& info, const AttributeDefaults&
   return a;
 }
 
+s3::UserMetadata AttributeMetadata(FileType type, uint32_t permissions, uint32_t uid, uint32_t gid) {
+  uint32_t mode = permissions & 07777;
+  switch (type) {
+    case FileType::kRegular: mode |= S_IFREG; break;
+    case FileType::kDirectory: mode |= S_IFDIR; break;
+    case FileType::kSymlink: mode |= S_IFLNK; break;
+  }
+  return {{"mode", std::to_string(mode)}, {"uid", std::to_string(uid)}, {"gid", std::to_string(gid)}};
+}
+
 Attributes DirectoryAttributes(WallTime mtime, const AttributeDefaults& defaults) {
   Attributes a;
   a.type = FileType::kDirectory;

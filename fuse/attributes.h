@@ -48,6 +48,11 @@ struct AttributeDefaults {
 
 // Attributes of an object seen by HEAD or GET (metadata present) or in a listing (absent).
 Attributes ObjectAttributes(const s3::ObjectInfo& info, const AttributeDefaults& defaults);
+// The x-amz-meta-mode|uid|gid that store `type`, `permissions`, `uid` and `gid` (s3fs's
+// convention: decimal, the mode with its file type bits). The mtime is added by whoever
+// writes the object (cache::EncodeMtime).
+s3::UserMetadata AttributeMetadata(FileType type, uint32_t permissions, uint32_t uid, uint32_t gid);
+
 // Attributes of a directory; `mtime` from its marker object, or the mount's start.
 Attributes DirectoryAttributes(WallTime mtime, const AttributeDefaults& defaults);
 

@@ -29,14 +29,25 @@ bool IsWriteOpen(int flags) {
 
 Filesystem::Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads,
                        FilesystemOptions options)
+    : Filesystem(client, reads, nullptr, std::move(options)) {}
+
+Filesystem::Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads,
+                       cache::Writeback* writeback, FilesystemOptions options)
     : client_(client),
       reads_(reads),
+      writeback_(writeback),
       options_(std::move(options)),
       clock_(reads.clock ? *reads.clock : RealClock()),
       inodes_(DirectoryAttributes(options_.mount_time, options_.defaults),
-              options_.generation) {}
+              options_.generation) {
+  if (writeback_ != nullptr) {
+    writeback_->SetListener([this](const cache::CommittedObject& c) { OnCommitted(c); });
+  }
+}
 
-Filesystem::~Filesystem() = default;
+Filesystem::~Filesystem() {
+  if (writeback_ != nullptr) writeback_->SetListener(nullptr);
+}
 
 EntryReply Filesystem::MakeEntry(const Node& node) const {
   return EntryReply{node.attr, inodes_.generation(), options_.metadata_ttl};
@@ -178,36 +189,48 @@ Result<Node> Filesystem::Probe(const std::string& path) {
                         0);
 }
 
-Result<EntryReply> Filesystem::Lookup(InodeId parent, std::string_view name) {
-  counters_.lookups.fetch_add(1, std::memory_order_relaxed);
+Result<std::string> Filesystem::ChildKey(InodeId parent, std::string_view name, Node* parent_node) {
   auto dir = inodes_.Get(parent);
   if (!dir) return Status(ErrorCode::kStale, "directory inode " + std::to_string(parent) + " is gone");
   if (dir->attr.type != FileType::kDirectory) {
     return Status(ErrorCode::kNotDirectory, "'" + dir->path + "' is not a directory");
   }
+  if (dir->unlinked) return Status(ErrorCode::kNotFound, "the directory was removed");
   if (NameProblem p = CheckName(name); p != NameProblem::kNone) {
     if (p == NameProblem::kTooLong) {
       return Status(ErrorCode::kNameTooLong, "file names are limited to 255 bytes");
     }
-    return NotFound(ChildPath(dir->path, name));
+    return Status(ErrorCode::kInvalidArgument,
+                  "'" + std::string(name) + "' cannot be a name in an S3 bucket");
   }
-  const std::string path = ChildPath(dir->path, name);
+  std::string path = ChildPath(dir->path, name);
   if (path.size() + 1 > kMaxKeyBytes) {
     return Status(ErrorCode::kNameTooLong, "S3 keys are limited to 1024 bytes");
   }
-  if (dir->path.empty() && IsReservedKey(path + "/")) return NotFound(path);
+  if (dir->path.empty() && IsReservedKey(path + "/")) {
+    return Status(ErrorCode::kAccessDenied, "'" + path + "' is reserved for bucketfs");
+  }
+  if (parent_node != nullptr) *parent_node = *dir;
+  return path;
+}
 
+Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view name,
+                                 const std::string& path) {
+  // 0. Names unlinked while open are gone; dirty files are what the spool says.
+  {
+    std::lock_guard lock(mu_);
+    if (hidden_.contains(path)) return NotFound(path);
+  }
+  if (auto dirty = FindDirty(path)) return EnterDirty(path, *dirty, 0);
   // 1. A fresh listing of the parent knows every name in it, and every name not in it.
-  if (auto listing = FreshListing(dir->path)) {
+  if (auto listing = FreshListing(dir_path)) {
     counters_.lookups_from_listing.fetch_add(1, std::memory_order_relaxed);
     const ListedEntry* entry = listing->Find(name);
     if (entry == nullptr) return NotFound(path);
-    return MakeEntry(EnterListed(path, *entry, 1));
+    return EnterListed(path, *entry, 0);
   }
   // 2. A node whose attributes are fresh.
-  if (auto node = inodes_.GetByPath(path); node && Now() < node->attr_expiry) {
-    if (inodes_.AddLookups(node->ino, 1)) return MakeEntry(*node);
-  }
+  if (auto node = inodes_.GetByPath(path); node && Now() < node->attr_expiry) return *node;
   // 3. A name recently found missing.
   if (IsNegative(path)) {
     counters_.negative_hits.fetch_add(1, std::memory_order_relaxed);
@@ -215,16 +238,28 @@ Result<EntryReply> Filesystem::Lookup(InodeId parent, std::string_view name) {
   }
   // 4. Ask the server.
   auto probed = Probe(path);
-  if (!probed.ok()) {
-    if (probed.status().code() == ErrorCode::kNotFound) RememberMissing(path);
-    return std::move(probed).TakeStatus();
+  if (!probed.ok() && probed.status().code() == ErrorCode::kNotFound) RememberMissing(path);
+  return probed;
+}
+
+Result<EntryReply> Filesystem::Lookup(InodeId parent, std::string_view name) {
+  counters_.lookups.fetch_add(1, std::memory_order_relaxed);
+  Node dir;
+  auto path = ChildKey(parent, name, &dir);
+  if (!path.ok()) {
+    // A name S3 cannot hold, or the reserved prefix: simply not there.
+    const ErrorCode code = path.status().code();
+    if (code == ErrorCode::kInvalidArgument || code == ErrorCode::kAccessDenied) {
+      return NotFound(std::string(name));
+    }
+    return std::move(path).TakeStatus();
   }
-  if (!inodes_.AddLookups(probed->ino, 1)) {
-    // Forgotten in between (the kernel cannot have forgotten what it never had: only a
-    // racing type change can do this); enter it again.
-    return MakeEntry(inodes_.Upsert(path, probed->attr, probed->etag, Expiry(), 1));
+  BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, *path));
+  if (!inodes_.AddLookups(node.ino, 1)) {
+    // Dropped in between (it had no lookups yet): enter it again, with this one.
+    node = inodes_.Upsert(*path, node.attr, node.etag, node.attr_expiry, 1);
   }
-  return MakeEntry(*probed);
+  return MakeEntry(node);
 }
 
 void Filesystem::Forget(InodeId ino, uint64_t nlookup) { inodes_.Forget(ino, nlookup); }
@@ -258,8 +293,29 @@ Result<Node> Filesystem::Refresh(const Node& node) {
 Result<AttrReply> Filesystem::GetAttr(InodeId ino) {
   auto node = inodes_.Get(ino);
   if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
+  if (node->unlinked) {
+    // Unlinked while open (fstat on the descriptor): what it was, with no links. A dirty
+    // one still grows through its handles.
+    Attributes attr = node->attr;
+    std::shared_ptr<FileHandle> open;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [id, f] : files_) {
+        if (f->ino == ino && f->dirty) open = f;
+      }
+    }
+    if (open) {
+      attr = DirtyAttributesOf(*open->dirty);
+      attr.ino = ino;
+    }
+    attr.nlink = 0;
+    return AttrReply{attr, Duration::zero()};
+  }
   if (node->path.empty() && ino != kRootInode) {
     return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " was replaced");
+  }
+  if (auto dirty = FindDirty(node->path)) {
+    return AttrReply{EnterDirty(node->path, *dirty, 0).attr, options_.metadata_ttl};
   }
   BFS_ASSIGN_OR_RETURN(Node fresh, Refresh(*node));
   return AttrReply{fresh.attr, options_.metadata_ttl};
@@ -308,6 +364,39 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
     inodes_.Expire(ino);
     return Status(ErrorCode::kStale, "directory '" + node->path + "' was removed from the bucket");
   }
+  // What the server does not know yet: files still in the spool; and what it still shows
+  // but is gone: files unlinked while open.
+  const std::string prefix = DirectoryPrefix(node->path);
+  std::vector<ListedEntry> extra;
+  if (writeback_ != nullptr) {
+    for (const auto& dirty : writeback_->Under(prefix)) {
+      const std::string key = dirty->key();
+      const std::string name = key.substr(prefix.size());
+      if (name.empty() || name.find('/') != std::string::npos || listing->Find(name)) continue;
+      const auto attrs = dirty->Attributes();
+      extra.push_back(ListedEntry{name, FileType::kRegular, attrs.size, attrs.mtime, ""});
+    }
+  }
+  bool hides = false;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [path, ino_hidden] : hidden_) {
+      if (path.compare(0, prefix.size(), prefix) == 0) hides = true;
+    }
+  }
+  if (!extra.empty() || hides) {
+    auto merged = std::make_shared<DirectoryListing>(*listing);
+    if (hides) {
+      std::lock_guard lock(mu_);
+      std::erase_if(merged->entries, [&](const ListedEntry& e) {
+        return hidden_.contains(ChildPath(node->path, e.name));
+      });
+    }
+    merged->entries.insert(merged->entries.end(), extra.begin(), extra.end());
+    std::sort(merged->entries.begin(), merged->entries.end(),
+              [](const ListedEntry& a, const ListedEntry& b) { return a.name < b.name; });
+    listing = std::move(merged);
+  }
   auto handle = std::make_shared<DirHandle>();
   handle->ino = ino;
   handle->path = node->path;
@@ -345,7 +434,8 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
     view.name = entry.name;
     if (plus) {
       // The node is entered with no lookup; the accepted entry adds one.
-      Node node = EnterListed(path, entry, 0);
+      auto dirty = FindDirty(path);
+      Node node = dirty ? EnterDirty(path, *dirty, 0) : EnterListed(path, entry, 0);
       view.attr = node.attr;
       view.counts_lookup = true;
       if (!fill(view)) {
@@ -382,14 +472,55 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
   if (node->attr.type == FileType::kDirectory) {
     return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
   }
-  if (IsWriteOpen(flags) && options_.read_only) {
-    return Status(ErrorCode::kReadOnly, "the mount is read-only");
+  if (IsWriteOpen(flags)) BFS_RETURN_IF_ERROR(CheckWritable());
+  if (node->unlinked || node->path.empty()) {
+    return Status(ErrorCode::kStale, "'" + node->path + "' was removed or replaced");
+  }
+  auto handle = std::make_shared<FileHandle>();
+  handle->ino = ino;
+  handle->key = node->path;
+  if (IsWriteOpen(flags)) {
+    if (node->attr.type != FileType::kRegular) {
+      return Status(ErrorCode::kInvalidArgument, "'" + node->path + "' is not a regular file");
+    }
+    std::optional<cache::BaseObject> base;
+    s3::UserMetadata metadata;
+    if (!FindDirty(node->path)) {
+      // The version to keep untouched bytes of and to If-Match on commit, with all of its
+      // metadata (a rewrite must not drop what another tool stored there).
+      auto head = client_.Head(s3::HeadRequest{node->path, {}}, {Deadline()});
+      if (!head.ok() && head.status().code() != ErrorCode::kNotFound) {
+        return std::move(head).TakeStatus();
+      }
+      if (head.ok()) {
+        base = cache::BaseObject{head->etag, head->size};
+        metadata = head->metadata;
+      }
+      const auto own = AttributeMetadata(FileType::kRegular, node->attr.permissions,
+                                         node->attr.uid, node->attr.gid);
+      for (const auto& [k, v] : own) metadata.try_emplace(k, v);
+    }
+    BFS_ASSIGN_OR_RETURN(handle->dirty,
+                         writeback_->OpenForWrite(node->path, base, metadata, false));
+    handle->writer = true;
+    if ((flags & O_TRUNC) != 0) {
+      Status truncated = handle->dirty->Truncate(0);
+      if (!truncated.ok()) {
+        writeback_->ReleaseWriter(handle->dirty);
+        return truncated;
+      }
+    }
+    inodes_.OpenHandle(ino, "");
+    InvalidateKernelCache(ino);  // Its pages were of the old object's size, perhaps.
+    return OpenReply{AddFile(std::move(handle)), false};
+  }
+  if (auto dirty = FindDirty(node->path)) {
+    handle->dirty = std::move(dirty);
+    inodes_.OpenHandle(ino, "");
+    return OpenReply{AddFile(std::move(handle)), false};
   }
   BFS_ASSIGN_OR_RETURN(Node fresh, Refresh(*node));
   if (fresh.path.empty()) return Status(ErrorCode::kStale, "inode was replaced");
-
-  auto handle = std::make_shared<FileHandle>();
-  handle->ino = ino;
   handle->key = fresh.path;
   handle->reader = std::make_unique<cache::ReadAhead>(
       reads_, cache::ObjectVersion{fresh.path, fresh.etag, fresh.attr.size}, options_.read_ahead);
@@ -397,21 +528,51 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
   const bool keep_cache = previous_etag == fresh.etag;
   if (!previous_etag.empty() && !keep_cache) InvalidateKernelCache(ino);
   inodes_.OpenHandle(ino, fresh.etag);
+  return OpenReply{AddFile(std::move(handle)), keep_cache};
+}
+
+uint64_t Filesystem::AddFile(std::shared_ptr<FileHandle> handle) {
   std::lock_guard lock(mu_);
   const uint64_t id = next_handle_++;
   files_.emplace(id, std::move(handle));
-  return OpenReply{id, keep_cache};
+  return id;
+}
+
+std::shared_ptr<Filesystem::FileHandle> Filesystem::FindFile(uint64_t handle) {
+  std::lock_guard lock(mu_);
+  auto it = files_.find(handle);
+  return it == files_.end() ? nullptr : it->second;
 }
 
 Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size_t size) {
-  std::shared_ptr<FileHandle> file;
-  {
-    std::lock_guard lock(mu_);
-    auto it = files_.find(handle);
-    if (it == files_.end()) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
-    file = it->second;
+  std::shared_ptr<FileHandle> file = FindFile(handle);
+  if (!file) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
+  if (file->dirty) return file->dirty->Read(offset, size);
+  // Written through another handle since this one opened: read what was written.
+  const auto node = inodes_.Get(file->ino);
+  if (node && !node->path.empty()) {
+    if (auto dirty = FindDirty(node->path)) return dirty->Read(offset, size);
   }
-  auto reply = file->reader->Read(offset, size);
+  cache::ReadAhead* reader = nullptr;
+  {
+    std::lock_guard lock(file->reader_mu);
+    reader = file->reader.get();
+  }
+  auto reply = reader->Read(offset, size);
+  if (!reply.ok() && reply.status().code() == ErrorCode::kStale && node && !node->path.empty() &&
+      (node->path != reader->object().key || node->etag != reader->object().etag) &&
+      !node->etag.empty() && Now() < node->attr_expiry) {
+    // This mount renamed or rewrote the file (its node says so, freshly): follow it, as a
+    // local file's descriptor would.
+    std::lock_guard lock(file->reader_mu);
+    if (file->reader.get() == reader) {
+      file->reader = std::make_unique<cache::ReadAhead>(
+          reads_, cache::ObjectVersion{node->path, node->etag, node->attr.size},
+          options_.read_ahead);
+    }
+    reader = file->reader.get();
+    reply = reader->Read(offset, size);
+  }
   if (!reply.ok() && reply.status().code() == ErrorCode::kStale) {
     // The object was replaced or deleted: the next open must ask the server.
     inodes_.Expire(file->ino);
@@ -431,7 +592,9 @@ void Filesystem::Release(uint64_t handle) {
     file = std::move(it->second);
     files_.erase(it);
   }
+  if (file->writer) writeback_->ReleaseWriter(file->dirty);
   inodes_.CloseHandle(file->ino);
+  FinishDeferredDelete(file->ino);
 }
 
 void Filesystem::SetInvalidator(Invalidator invalidate) {

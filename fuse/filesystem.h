@@ -24,9 +24,20 @@
 //    kernel drop the inode's cached attributes (the old size) through the Invalidator. keep_cache is set when the ETag is the one the
 //    previous open of the same inode read, so the kernel's page cache survives reopening an
 //    unchanged file and is dropped when it changed.
-//  - Writing is not built yet (the writeback issue): with `read_only` (the only mode today)
-//    Open for writing is kReadOnly, and the adapter mounts read-only, so the kernel itself
-//    answers EROFS to every modifying call.
+//  - Writing (cache/writeback.h): a file opened for writing, or created, becomes a
+//    DirtyFile whose bytes live in the spool until committed; while it is dirty its size,
+//    mtime and mode come from it (a listing or HEAD would show the old object), and every
+//    handle of the file reads through it. Release of the last writer starts the commit;
+//    Fsync waits for it; Flush reports the sticky error (and, with `sync_on_close`,
+//    commits). With `read_only`, or without a Writeback, every modifying call is kReadOnly.
+//  - Namespace operations (docs/SEMANTICS.md): mkdir writes a `dir/` marker; rmdir is
+//    kNotEmpty while anything is under the prefix; rename copies server-side then deletes
+//    (directories key by key), and is not atomic; unlink of a file that is open defers the
+//    DELETE to the last close, and hides the name at once; hard links are kNotPermitted;
+//    RENAME_EXCHANGE is kInvalidArgument. A mutation updates the cached listing of its
+//    directory in place instead of dropping it, so `ls` after a burst of creates costs
+//    nothing.
+//  - The caller's uid and gid (Caller) are stored as the new object's x-amz-meta-uid|gid.
 //  - Symlinks (s3fs convention: x-amz-meta-mode with S_IFLNK, body = target) are recognised
 //    from HEAD. Entries filled from a listing (readdirplus) cannot know it, since listings
 //    carry no metadata: such a name shows as a file until its attributes are next fetched
@@ -44,6 +55,7 @@
 #include <unordered_map>
 
 #include "cache/read_ahead.h"
+#include "cache/writeback.h"
 #include "common/clock.h"
 #include "common/status.h"
 #include "fuse/attributes.h"
@@ -58,6 +70,7 @@ struct FilesystemOptions {
   AttributeDefaults defaults;
   Duration metadata_ttl = std::chrono::seconds(60);
   bool read_only = true;
+  bool sync_on_close = false;  // Flush (close) commits and waits, as fsync does.
   cache::ReadAheadOptions read_ahead;
   Duration request_timeout = std::chrono::seconds(60);  // Bounds each operation's S3 calls.
   size_t max_cached_listings = 256;
@@ -90,6 +103,31 @@ struct DirEntryView {
   bool counts_lookup = false;  // readdirplus entry that adds to nlookup when accepted.
 };
 
+struct CreateReply {
+  EntryReply entry;
+  OpenReply open;
+};
+
+// Who asks: the owner of what they create.
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+};
+
+// SETATTR: the fields present are changed.
+struct SetAttrRequest {
+  std::optional<uint32_t> permissions;
+  std::optional<uint32_t> uid;
+  std::optional<uint32_t> gid;
+  std::optional<uint64_t> size;
+  std::optional<WallTime> mtime;
+  std::optional<uint64_t> handle;  // ftruncate/futimens: the handle it came through.
+};
+
+// rename(2) flags (the values of <linux/fs.h>, which the adapter passes through).
+inline constexpr unsigned kRenameNoReplace = 1u << 0;
+inline constexpr unsigned kRenameExchange = 1u << 1;
+
 struct StatFsReply {
   uint64_t block_size = 4096;
   uint64_t blocks = 0;
@@ -115,9 +153,12 @@ class Filesystem {
   // Returns false when the adapter's buffer is full: the entry was not taken.
   using DirFiller = std::function<bool(const DirEntryView&)>;
 
-  // `client` and everything in `reads` must outlive the Filesystem.
+  // `client`, everything in `reads` and `writeback` must outlive the Filesystem. Without a
+  // writeback the mount is read-only whatever the options say.
   Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads,
              FilesystemOptions options);
+  Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads,
+             cache::Writeback* writeback, FilesystemOptions options);
   Filesystem(const Filesystem&) = delete;
   Filesystem& operator=(const Filesystem&) = delete;
   ~Filesystem();
@@ -138,6 +179,26 @@ class Filesystem {
   Result<cache::ReadReply> Read(uint64_t handle, uint64_t offset, size_t size);
   void Release(uint64_t handle);
 
+  // --- Writing (fuse/filesystem_write.cc) ---
+  Result<CreateReply> Create(InodeId parent, std::string_view name, uint32_t permissions,
+                             int flags, const Caller& caller);
+  // Returns the bytes written (all of them, or an error).
+  Result<size_t> Write(uint64_t handle, uint64_t offset, std::span<const char> data);
+  Status Flush(uint64_t handle);
+  Status Fsync(uint64_t handle);
+  Result<AttrReply> SetAttr(InodeId ino, const SetAttrRequest& request);
+
+  // --- Namespace (fuse/filesystem_write.cc) ---
+  Result<EntryReply> MkDir(InodeId parent, std::string_view name, uint32_t permissions,
+                           const Caller& caller);
+  Status RmDir(InodeId parent, std::string_view name);
+  Status Unlink(InodeId parent, std::string_view name);
+  Result<EntryReply> Symlink(std::string_view target, InodeId parent, std::string_view name,
+                             const Caller& caller);
+  Status Rename(InodeId parent, std::string_view name, InodeId new_parent,
+                std::string_view new_name, unsigned flags);
+  Status Link(InodeId ino, InodeId new_parent, std::string_view new_name);
+
   StatFsReply StatFs() const;
 
   // How the Filesystem tells the kernel to drop what it caches of an inode (attributes and
@@ -152,7 +213,10 @@ class Filesystem {
   struct FileHandle {
     InodeId ino = 0;
     std::string key;
-    std::unique_ptr<cache::ReadAhead> reader;
+    std::unique_ptr<cache::ReadAhead> reader;  // Reads of the clean object, if any.
+    std::shared_ptr<cache::DirtyFile> dirty;   // Set for writers (and readers of a dirty file).
+    bool writer = false;
+    std::mutex reader_mu;  // Guards replacing `reader` (a file renamed or rewritten here).
   };
   struct DirHandle {
     InodeId ino = 0;
@@ -160,6 +224,38 @@ class Filesystem {
     Attributes self;
     std::shared_ptr<const DirectoryListing> listing;
   };
+
+  // The path of child `name` of directory `parent`, checked (name rules, key length, the
+  // reserved prefix).
+  Result<std::string> ChildKey(InodeId parent, std::string_view name, Node* parent_node = nullptr);
+  // What `path` (child `name` of `dir_path`) is, with no lookup counted; kNotFound if nothing.
+  Result<Node> Resolve(const std::string& dir_path, std::string_view name, const std::string& path);
+  // The node of a dirty file, its attributes from the spool.
+  Node EnterDirty(const std::string& path, const cache::DirtyFile& dirty, uint64_t lookups);
+  Attributes DirtyAttributesOf(const cache::DirtyFile& dirty) const;
+  std::shared_ptr<cache::DirtyFile> FindDirty(const std::string& path) const;
+  Status CheckWritable() const;
+  std::shared_ptr<FileHandle> FindFile(uint64_t handle);
+  uint64_t AddFile(std::shared_ptr<FileHandle> handle);
+  // Updates cached listings after a mutation: the entry `name` of `dir_path` set (or
+  // removed, when `entry` is null). Listings not cached are left to the next fetch.
+  void PatchListing(const std::string& dir_path, const std::string& name, const ListedEntry* entry);
+  // Drops every cached listing of `dir_path` and of the directories under it.
+  void ForgetListingsUnder(const std::string& dir_path);
+  // Installs an empty fresh listing of a directory just made (it has nothing in it).
+  void RememberEmptyDirectory(const std::string& dir_path);
+  // The writeback's listener: a commit finished.
+  void OnCommitted(const cache::CommittedObject& committed);
+  // Deletes what must go once nothing has `ino` open (an unlinked open file).
+  void FinishDeferredDelete(InodeId ino);
+  // `path` is about to be used again: if it is hidden (unlinked while open), its old object
+  // is deleted now instead of at the last close.
+  Status Unhide(const std::string& path);
+  Status RenameFile(const Node& source, const std::string& from, const std::string& to);
+  Status RenameDirectory(const std::string& from, const std::string& to);
+  // Writes an object with no data body besides `body` (markers, symlinks).
+  Result<std::string> PutSmallObject(const std::string& key, std::string_view body,
+                                     s3::UserMetadata metadata);
 
   MonoTime Now() const { return clock_.Now(); }
   MonoTime Deadline() const { return Now() + options_.request_timeout; }
@@ -189,6 +285,7 @@ class Filesystem {
 
   s3::ObjectClient& client_;
   const cache::ReadContext reads_;
+  cache::Writeback* const writeback_;
   const FilesystemOptions options_;
   Clock& clock_;
   InodeTable inodes_;
@@ -203,6 +300,9 @@ class Filesystem {
   std::list<std::string> listing_order_;                                      // Guarded by mu_.
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
   Invalidator invalidate_;                                                    // Guarded by mu_.
+  // Unlinked while open: the key to DELETE when the last handle closes.     // Guarded by mu_.
+  std::unordered_map<InodeId, std::string> deferred_deletes_;
+  std::unordered_map<std::string, InodeId> hidden_;  // Their paths, hidden meanwhile. mu_.
 
   struct Counters {
     std::atomic<uint64_t> lookups{0}, lookups_from_listing{0}, negative_hits{0}, probes{0},

@@ -1,5 +1,7 @@
 #include "fuse/inode_table.h"
 
+#include <vector>
+
 #include "common/log.h"
 
 namespace bucketfs::fs {
@@ -126,6 +128,45 @@ std::string InodeTable::PreviousOpenEtag(InodeId ino) const {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
   return it == nodes_.end() ? std::string() : it->second->last_open_etag;
+}
+
+void InodeTable::Detach(const std::string& path) {
+  if (path.empty()) return;
+  std::lock_guard lock(mu_);
+  auto p = by_path_.find(path);
+  if (p == by_path_.end()) return;
+  auto it = nodes_.find(p->second);
+  by_path_.erase(p);
+  it->second->path.clear();
+  it->second->unlinked = true;
+  MaybeDropLocked(it);
+}
+
+void InodeTable::Rename(const std::string& from, const std::string& to) {
+  if (from.empty() || to.empty() || from == to) return;
+  auto under = [](const std::string& path, const std::string& dir) {
+    return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+                           path[dir.size()] == '/');
+  };
+  std::lock_guard lock(mu_);
+  std::vector<std::pair<std::string, InodeId>> moving, replaced;
+  for (const auto& [path, ino] : by_path_) {
+    if (under(path, from)) moving.emplace_back(path, ino);
+    else if (under(path, to)) replaced.emplace_back(path, ino);
+  }
+  for (const auto& [path, ino] : replaced) {
+    by_path_.erase(path);
+    auto it = nodes_.find(ino);
+    it->second->path.clear();
+    it->second->unlinked = true;
+    MaybeDropLocked(it);
+  }
+  for (const auto& [path, ino] : moving) by_path_.erase(path);
+  for (const auto& [path, ino] : moving) {
+    const std::string moved = to + path.substr(from.size());
+    nodes_.at(ino)->path = moved;
+    by_path_[moved] = ino;
+  }
 }
 
 void InodeTable::Expire(InodeId ino) {

@@ -39,6 +39,7 @@ struct Node {
   uint32_t open_handles = 0;
   std::string last_open_etag;  // The version the previous open read (for keep_cache).
   std::string symlink_target;  // Symlinks, once read.
+  bool unlinked = false;       // Removed from the namespace while the kernel or a handle had it.
 };
 
 class InodeTable {
@@ -66,6 +67,13 @@ class InodeTable {
   void CloseHandle(InodeId ino);
   // The ETag the previous open of `ino` read (before this one), for keep_cache.
   std::string PreviousOpenEtag(InodeId ino) const;
+
+  // Takes `path` out of the namespace (unlink, rmdir): its node stays, unlinked and reachable
+  // only by number, until the kernel forgets it and its handles close.
+  void Detach(const std::string& path);
+  // Moves the node of `from` and every node under `from/` to `to` (and under `to/`),
+  // keeping their numbers; nodes that were at those paths are detached.
+  void Rename(const std::string& from, const std::string& to);
 
   // Marks the attributes stale, so the next GetAttr/Open asks the server.
   void Expire(InodeId ino);

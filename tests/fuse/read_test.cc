@@ -367,9 +367,9 @@ TEST_F(FuseReadTest, MetadataAttributesAndSymlinksInS3fsConvention) {
   EXPECT_EQ(m->Unmount(), 0) << m->Log();
 }
 
-TEST_F(FuseReadTest, MountIsReadOnlyForNowAndStatfsAnswers) {
+TEST_F(FuseReadTest, ReadOnlyMountRefusesWritesAndStatfsAnswers) {
   PutBytes("exists.txt", "x");
-  auto m = MountBucket();
+  auto m = MountBucket({"--read-only"});
   ASSERT_NE(m, nullptr);
   int fd = open(m->Path("new.txt").c_str(), O_WRONLY | O_CREAT, 0644);
   EXPECT_EQ(fd, -1);

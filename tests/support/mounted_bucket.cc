@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -77,6 +78,7 @@ MountedBucket::~MountedBucket() {
   }
   std::error_code ec;
   std::filesystem::remove(dir_, ec);
+  std::filesystem::remove_all(dir_ + ".spool", ec);
   std::filesystem::remove(log_path_, ec);
 }
 
@@ -96,6 +98,11 @@ bool MountedBucket::Mount(const std::vector<std::string>& extra_args) {
   std::vector<std::string> args = {BUCKETFS_BINARY, "mount", bucket_, dir_, "-f",
                                    "--endpoint", server_.endpoint, "--region", server_.region};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
+  if (std::find(extra_args.begin(), extra_args.end(), "--spool-dir") == extra_args.end()) {
+    // Each mount its own spool, removed with it (tests that remount pass their own).
+    args.push_back("--spool-dir");
+    args.push_back(dir_ + ".spool");
+  }
   pid_ = fork();
   if (pid_ == 0) {
     int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -152,6 +159,15 @@ int MountedBucket::Signal(int signal) {
   if (pid_ <= 0) return -1;
   kill(pid_, signal);
   return WaitExit(30);
+}
+
+int MountedBucket::Kill() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGKILL);
+  const int status = WaitExit(30);
+  CommandResult r = RunCommand("fusermount3 -u -z " + dir_);
+  EXPECT_EQ(r.exit_code, 0) << "fusermount3 -u -z " << dir_ << ": " << r.output;
+  return status;
 }
 
 std::string MountedBucket::Log() const {

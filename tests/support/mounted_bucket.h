@@ -41,6 +41,11 @@ class MountedBucket {
   int Unmount();
   // Sends `signal` to the daemon and waits for it; returns its exit status.
   int Signal(int signal);
+  // A crash: SIGKILL to the daemon (nothing flushed, nothing cleaned up), wait for it, then
+  // detach the dead mount (`fusermount3 -u -z`) so that Mount() can mount here again, e.g.
+  // with the same spool directory. Returns the daemon's exit status (128 + SIGKILL).
+  // The log of the killed run is replaced by the next Mount(): read Log() before.
+  int Kill();
 
   const std::string& dir() const { return dir_; }
   std::string Path(const std::string& relative) const { return dir_ + "/" + relative; }

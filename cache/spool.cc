@@ -1,0 +1,223 @@
+#include "cache/spool.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "common/log.h"
+
+namespace bucketfs::cache {
+namespace {
+
+namespace stdfs = std::filesystem;
+using nlohmann::json;
+
+Status ErrnoStatus(int err, const std::string& what) {
+  const ErrorCode code = err == ENOSPC || err == EDQUOT ? ErrorCode::kNoSpace
+                         : err == EACCES || err == EPERM ? ErrorCode::kAccessDenied
+                                                         : ErrorCode::kInternal;
+  return Status(code, what + ": " + std::strerror(err));
+}
+
+// A bucket name as a directory name: bucket names are already safe, but an alias or an
+// odd endpoint must never reach outside the spool root.
+std::string SafeName(const std::string& bucket) {
+  std::string out;
+  for (char c : bucket) {
+    out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_') ? c : '_';
+  }
+  if (out.empty() || out == "." || out == "..") out = "_" + out;
+  return out;
+}
+
+json ToJson(const SpoolRecord& r) {
+  json present = json::array();
+  for (const Extent& e : r.present) present.push_back({e.begin, e.end});
+  return json{{"version", 1},
+              {"id", r.id},
+              {"key", r.key},
+              {"base_etag", r.base_etag},
+              {"base_limit", r.base_limit},
+              {"create_only", r.create_only},
+              {"size", r.size},
+              {"present", present},
+              {"metadata", r.metadata},
+              {"closed", r.closed}};
+}
+
+SpoolRecord FromJson(const json& j) {
+  SpoolRecord r;
+  r.id = j.at("id").get<std::string>();
+  r.key = j.at("key").get<std::string>();
+  r.base_etag = j.at("base_etag").get<std::string>();
+  r.base_limit = j.at("base_limit").get<uint64_t>();
+  r.create_only = j.at("create_only").get<bool>();
+  r.size = j.at("size").get<uint64_t>();
+  for (const auto& e : j.at("present")) r.present.push_back({e.at(0).get<uint64_t>(), e.at(1).get<uint64_t>()});
+  r.metadata = j.at("metadata").get<s3::UserMetadata>();
+  r.closed = j.at("closed").get<bool>();
+  return r;
+}
+
+std::string NewId() {
+  static std::atomic<uint64_t> counter{0};
+  static const uint64_t salt = std::random_device{}();
+  const auto now = std::chrono::system_clock::now().time_since_epoch().count();
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%016llx-%08llx-%06llx", static_cast<unsigned long long>(now),
+                static_cast<unsigned long long>(salt & 0xffffffffu),
+                static_cast<unsigned long long>(counter.fetch_add(1)));
+  return buf;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Spool>> Spool::Open(const std::string& root, const std::string& bucket) {
+  const std::string dir = (stdfs::path(root) / SafeName(bucket)).string();
+  std::error_code ec;
+  for (const char* sub : {"files", "lost+found"}) {
+    stdfs::create_directories(stdfs::path(dir) / sub, ec);
+    if (ec) {
+      return ErrnoStatus(ec.value(), "cannot create the spool directory '" + dir + "/" + sub +
+                                         "' (set --spool-dir to a writable local directory)");
+    }
+  }
+  const std::string lock_path = dir + "/lock";
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open '" + lock_path + "'");
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      return Status(ErrorCode::kBusy, "the spool '" + dir +
+                                          "' is in use by another bucketfs daemon; give each "
+                                          "mount its own --spool-dir");
+    }
+    return ErrnoStatus(err, "cannot lock '" + lock_path + "'");
+  }
+  return std::unique_ptr<Spool>(new Spool(dir, fd));
+}
+
+Spool::Spool(std::string dir, int lock_fd) : dir_(std::move(dir)), lock_fd_(lock_fd) {}
+
+Spool::~Spool() { ::close(lock_fd_); }
+
+std::string Spool::DataPath(const std::string& id) const { return dir_ + "/files/" + id + ".data"; }
+
+Result<std::pair<std::string, int>> Spool::CreateData() {
+  const std::string id = NewId();
+  const std::string path = DataPath(id);
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, "cannot create spool file '" + path + "'");
+  return std::make_pair(id, fd);
+}
+
+Result<int> Spool::OpenData(const std::string& id) const {
+  const std::string path = DataPath(id);
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open spool file '" + path + "'");
+  return fd;
+}
+
+Status Spool::WriteRecord(const SpoolRecord& record) const {
+  const std::string path = dir_ + "/files/" + record.id + ".json";
+  const std::string tmp = path + ".tmp";
+  const std::string text = ToJson(record).dump();
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, "cannot write spool journal '" + tmp + "'");
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return ErrnoStatus(err, "cannot write spool journal '" + tmp + "'");
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(err, "cannot replace spool journal '" + path + "'");
+  }
+  return Status::Ok();
+}
+
+void Spool::RemoveRecord(const std::string& id) const {
+  ::unlink((dir_ + "/files/" + id + ".json").c_str());
+}
+
+void Spool::Remove(const std::string& id) const {
+  RemoveRecord(id);
+  ::unlink(DataPath(id).c_str());
+}
+
+void Spool::Quarantine(const std::string& id, const std::string& why) const {
+  for (const char* ext : {".data", ".json"}) {
+    const std::string from = dir_ + "/files/" + id + ext;
+    const std::string to = dir_ + "/lost+found/" + id + ext;
+    ::rename(from.c_str(), to.c_str());
+  }
+  Logger("writeback")->error("spool file {} moved to {}/lost+found/: {}", id, dir_, why);
+}
+
+std::vector<SpoolRecord> Spool::Scan() const {
+  std::vector<SpoolRecord> records;
+  std::vector<std::string> data_ids;
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(stdfs::path(dir_) / "files", ec)) {
+    const std::string name = entry.path().filename().string();
+    const std::string ext = entry.path().extension().string();
+    const std::string id = entry.path().stem().string();
+    if (ext == ".data") {
+      data_ids.push_back(id);
+      continue;
+    }
+    if (ext == ".tmp") {  // A record replacement cut short; the old record still stands.
+      stdfs::remove(entry.path(), ec);
+      continue;
+    }
+    if (ext != ".json") continue;
+    std::ifstream in(entry.path());
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+      SpoolRecord record = FromJson(json::parse(text.str()));
+      if (record.id != id) throw std::runtime_error("its id does not match the file name");
+      records.push_back(std::move(record));
+    } catch (const std::exception& e) {
+      Quarantine(id, std::string("unreadable journal record: ") + e.what());
+    }
+  }
+  for (const std::string& id : data_ids) {
+    const bool has_record = std::any_of(records.begin(), records.end(),
+                                        [&](const SpoolRecord& r) { return r.id == id; });
+    if (!has_record && stdfs::exists(stdfs::path(dir_) / "files" / (id + ".data"), ec)) {
+      ::unlink(DataPath(id).c_str());  // Committed or unlinked before the daemon stopped.
+    }
+  }
+  return records;
+}
+
+uint64_t Spool::FreeBytes() const {
+  struct statvfs st {};
+  if (::statvfs(dir_.c_str(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+}  // namespace bucketfs::cache

@@ -1,0 +1,83 @@
+// Spool: the local directory where the dirty data of files waits for its upload, with a
+// journal that lets the next daemon finish what a killed one left.
+//
+// Layout under `<spool-dir>/<bucket>/`:
+//   lock          flock()ed while a daemon uses the spool: two daemons never share it.
+//   files/ID.data the file's bytes at their offsets (sparse: holes read as zeros).
+//   files/ID.json its journal record (SpoolRecord), replaced atomically (write + rename).
+//   lost+found/   records the daemon would not upload (a writer never closed the file, or
+//                 the record is unreadable), kept for a person to look at, never deleted.
+//
+// Contract:
+//  - Thread-safe: every method touches only its own files; ids are unique per spool.
+//  - A record marked `closed` describes data a program wrote and closed: the next mount
+//    uploads it before serving (Writeback::Recover). A daemon killed by SIGKILL loses
+//    nothing written through write(2): the bytes are in the kernel's page cache and reach
+//    the spool file regardless. A node crash (power loss) before the upload can lose them;
+//    the spool is not fsync()ed on every close, as that would cost a disk flush per file.
+//  - Errors are Status; a full disk is kNoSpace, never a silent loss.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/extent_set.h"
+#include "common/status.h"
+#include "s3/object_client.h"
+
+namespace bucketfs::cache {
+
+struct SpoolRecord {
+  std::string id;
+  std::string key;
+  std::string base_etag;    // The object the file started as; empty for a new file.
+  uint64_t base_limit = 0;  // Bytes of that object still part of the file.
+  bool create_only = false;  // O_EXCL: commit with If-None-Match: *.
+  uint64_t size = 0;
+  std::vector<Extent> present;  // Bytes held in the data file.
+  s3::UserMetadata metadata;
+  bool closed = false;  // Every writer closed it: safe to upload after a crash.
+};
+
+class Spool {
+ public:
+  // Creates the directories if needed and locks the spool; kBusy if another daemon holds
+  // it, kNoSpace / kAccessDenied / kInvalidArgument with the path when it cannot be used.
+  static Result<std::unique_ptr<Spool>> Open(const std::string& root, const std::string& bucket);
+  ~Spool();
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+
+  const std::string& directory() const { return dir_; }
+
+  // A new, empty data file: its id and an O_RDWR descriptor the caller owns.
+  Result<std::pair<std::string, int>> CreateData();
+  // Opens an existing data file (recovery).
+  Result<int> OpenData(const std::string& id) const;
+  std::string DataPath(const std::string& id) const;
+
+  Status WriteRecord(const SpoolRecord& record) const;
+  // Removes the record (the data file stays: an open handle may still use it).
+  void RemoveRecord(const std::string& id) const;
+  // Removes the data file and the record.
+  void Remove(const std::string& id) const;
+  // Moves a file's data and record to lost+found/, logging `why`.
+  void Quarantine(const std::string& id, const std::string& why) const;
+
+  // Every readable record; unreadable ones are quarantined. Data files without a record
+  // (a file unlinked or committed, whose data removal was cut short) are removed.
+  std::vector<SpoolRecord> Scan() const;
+
+  // Bytes free on the spool's filesystem (for the log and the status).
+  uint64_t FreeBytes() const;
+
+ private:
+  Spool(std::string dir, int lock_fd);
+
+  const std::string dir_;
+  const int lock_fd_;
+};
+
+}  // namespace bucketfs::cache

@@ -1,0 +1,1061 @@
+#include "cache/writeback.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <latch>
+
+#include "cache/object_copy.h"
+#include "common/log.h"
+#include "s3/crypto.h"
+
+namespace bucketfs::cache {
+namespace {
+
+Status SpoolIoError(int err, const std::string& what, const Spool& spool) {
+  if (err == ENOSPC || err == EDQUOT) {
+    return Status(ErrorCode::kNoSpace, what + ": the spool disk is full (" + spool.directory() +
+                                           "); free space there or give --spool-dir more room");
+  }
+  return Status(ErrorCode::kInternal, what + ": " + std::strerror(err));
+}
+
+Status PwriteAll(int fd, const char* data, size_t size, uint64_t offset, const Spool& spool) {
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return SpoolIoError(errno, "writing the spool file", spool);
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+// Reads [offset, offset + size); bytes past the spool file's end read as zeros (a file
+// truncated meanwhile: the part's version check discards what this read).
+Status PreadAll(int fd, char* data, size_t size, uint64_t offset, const Spool& spool) {
+  while (size > 0) {
+    const ssize_t n = ::pread(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return SpoolIoError(errno, "reading the spool file", spool);
+    }
+    if (n == 0) {
+      std::memset(data, 0, size);
+      return Status::Ok();
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+// The ETag S3 gives a multipart object: MD5 of the parts' binary MD5s, then "-N".
+std::string MultipartEtag(const std::vector<s3::PartInfo>& parts) {
+  std::string digests;
+  for (const auto& p : parts) {
+    for (size_t i = 0; i + 1 < p.etag.size(); i += 2) {
+      digests.push_back(static_cast<char>(std::stoi(p.etag.substr(i, 2), nullptr, 16)));
+    }
+  }
+  const s3::Md5Digest md5 = s3::Md5({digests.data(), digests.size()});
+  return s3::HexLower(md5) + "-" + std::to_string(parts.size());
+}
+
+}  // namespace
+
+std::string EncodeMtime(WallTime t) {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  const long long secs = ns / 1'000'000'000;
+  const long long frac = ns % 1'000'000'000;
+  if (frac == 0) return std::to_string(secs);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld.%09lld", secs, frac);
+  std::string s = buf;
+  while (s.back() == '0') s.pop_back();
+  return s;
+}
+
+namespace {
+
+// A failed commit, as the program and the log should see it.
+Status Explain(const Status& s, const std::string& key, const std::string& spool_path) {
+  switch (s.code()) {
+    case ErrorCode::kPreconditionFailed:
+    case ErrorCode::kNotFound:
+      return Status(ErrorCode::kStale,
+                    "'" + key + "' was changed or deleted in the bucket by someone else while "
+                    "it was being written here; not overwritten. The data written here is "
+                    "kept in " + spool_path);
+    default:
+      return s;
+  }
+}
+
+}  // namespace
+
+// --- DirtyFile ---------------------------------------------------------------------------
+
+DirtyFile::DirtyFile(Writeback& owner, std::string key, std::string id, int fd)
+    : owner_(owner), id_(std::move(id)), fd_(fd), key_(std::move(key)) {}
+
+DirtyFile::~DirtyFile() {
+  ::close(fd_);
+  if (remove_on_destroy_) owner_.spool_.Remove(id_);
+}
+
+std::string DirtyFile::key() const {
+  std::lock_guard lock(mu_);
+  return key_;
+}
+
+DirtyAttributes DirtyFile::Attributes() const {
+  std::lock_guard lock(mu_);
+  return DirtyAttributes{size_, mtime_, metadata_};
+}
+
+Status DirtyFile::Error() const {
+  std::lock_guard lock(mu_);
+  return error_;
+}
+
+void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
+  if (begin >= end) return;
+  const int first = owner_.layout_.PartAt(begin).number;
+  const int last = owner_.layout_.PartAt(end - 1).number;
+  for (int n = first; n <= last; ++n) ++parts_[n].version;
+}
+
+std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
+  std::vector<int> eager;
+  if (unlinked_ || committing_ || begin >= end) return eager;
+  const size_t cap = owner_.options_.upload_parallelism * 2;
+  for (PartSpan span = owner_.layout_.PartAt(begin); span.offset < end;
+       span = owner_.layout_.Part(span.number + 1)) {
+    if (span.number > s3::kMaxParts) break;
+    // Only parts this write finished, that lie wholly inside the file and are all here.
+    if (span.end() > end || span.end() > size_) continue;
+    if (!present_.Covers(span.offset, span.end())) continue;
+    PartState& part = parts_[span.number];
+    if (part.eager_in_flight) continue;
+    if (!part.etag.empty() && part.uploaded_version == part.version) continue;
+    if (static_cast<size_t>(eager_in_flight_) >= cap) break;  // The commit will send it.
+    part.eager_in_flight = true;
+    ++eager_in_flight_;
+    eager.push_back(span.number);
+  }
+  return eager;
+}
+
+Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
+  if (offset + data.size() > PartLayout::kMaxObjectSize) {
+    return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
+  }
+  std::vector<int> eager;
+  {
+    std::lock_guard lock(mu_);
+    if (!error_.ok() && !unlinked_) return error_;
+    if (closed_ && !unlinked_) {
+      // Written again after a close (through a dup'd descriptor): a crash now must not
+      // upload a half-rewritten file.
+      closed_ = false;
+      BFS_RETURN_IF_ERROR(JournalLocked());
+    }
+    const uint64_t end = offset + data.size();
+    Status written = PwriteAll(fd_, data.data(), data.size(), offset, owner_.spool_);
+    if (!written.ok()) {
+      // What reached the spool may be any prefix: keep the file consistent by treating the
+      // whole range as written (its bytes are whatever the spool holds, as on a local disk
+      // after a failed write).
+      if (end > size_) {
+        (void)::ftruncate(fd_, static_cast<off_t>(size_));
+      } else {
+        present_.Add(offset, end);
+        TouchLocked(offset, end);
+        ++data_generation_;
+      }
+      return written;
+    }
+    present_.Add(offset, end);
+    TouchLocked(offset, end);
+    size_ = std::max(size_, end);
+    mtime_ = owner_.clock_.WallNow();
+    ++data_generation_;
+    eager = EagerPartsLocked(offset, end);
+  }
+  for (int number : eager) {
+    owner_.parts_pool_->Submit([self = shared_from_this(), number] { self->RunEagerPart(number); });
+  }
+  return Status::Ok();
+}
+
+Status DirtyFile::Truncate(uint64_t size) {
+  if (size > PartLayout::kMaxObjectSize) {
+    return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
+  }
+  std::lock_guard lock(mu_);
+  mtime_ = owner_.clock_.WallNow();
+  if (size == size_) return Status::Ok();
+  if (closed_ && !unlinked_) {
+    closed_ = false;
+    BFS_RETURN_IF_ERROR(JournalLocked());
+  }
+  if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+    return SpoolIoError(errno, "truncating the spool file", owner_.spool_);
+  }
+  if (size < size_) {
+    present_.TruncateTo(size);
+    base_limit_ = std::min(base_limit_, size);
+    TouchLocked(size, size_);
+  } else {
+    TouchLocked(size_, size);  // Zeros now follow the old end: its part changed.
+  }
+  size_ = size;
+  min_size_since_snapshot_ = std::min(min_size_since_snapshot_, size);
+  ++data_generation_;
+  return Status::Ok();
+}
+
+void DirtyFile::SetMetadata(const s3::UserMetadata& changes, std::optional<WallTime> mtime) {
+  std::lock_guard lock(mu_);
+  for (const auto& [k, v] : changes) metadata_[k] = v;
+  if (mtime) mtime_ = *mtime;
+  ++meta_generation_;
+}
+
+s3::UserMetadata DirtyFile::UploadMetadataLocked() const {
+  s3::UserMetadata md = metadata_;
+  md["mtime"] = EncodeMtime(mtime_);
+  return md;
+}
+
+Status DirtyFile::Fill(uint64_t begin, uint64_t end, std::span<char> scratch) {
+  std::vector<Extent> gaps;
+  std::string key, etag;
+  {
+    std::lock_guard lock(mu_);
+    const uint64_t limit = std::min(end, base_limit_);
+    if (begin < limit) gaps = present_.Gaps(begin, limit);
+    key = key_;
+    etag = base_etag_;
+  }
+  for (const Extent& gap : gaps) {
+    std::span<char> into = scratch.subspan(gap.begin - begin, gap.end - gap.begin);
+    s3::GetRequest get{key, s3::ByteRange{gap.begin, gap.end - gap.begin}, etag};
+    auto got = owner_.client_.Get(get, into, {owner_.Deadline()});
+    if (!got.ok()) return Explain(got.status(), key, owner_.spool_.DataPath(id_));
+    if (got->bytes_read < into.size()) {
+      return Status(ErrorCode::kMalformedResponse,
+                    "short read of '" + key + "' while filling the spool");
+    }
+    std::lock_guard lock(mu_);
+    // Only what is still missing: the program may have written some of it meanwhile.
+    const uint64_t limit = std::min(gap.end, base_limit_);
+    if (gap.begin >= limit) continue;
+    for (const Extent& missing : present_.Gaps(gap.begin, limit)) {
+      BFS_RETURN_IF_ERROR(PwriteAll(fd_, scratch.data() + (missing.begin - begin),
+                                    missing.end - missing.begin, missing.begin, owner_.spool_));
+      present_.Add(missing.begin, missing.end);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<ReadReply> DirtyFile::Read(uint64_t offset, size_t size) {
+  uint64_t end = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (offset >= size_ || size == 0) return ReadReply{};
+    end = std::min<uint64_t>(offset + size, size_);
+  }
+  const size_t n = end - offset;
+  ReadReply reply;
+  reply.owned = std::make_unique<char[]>(n);
+  std::span<char> buffer(reply.owned.get(), n);
+  BFS_RETURN_IF_ERROR(Fill(offset, end, buffer));
+  BFS_RETURN_IF_ERROR(PreadAll(fd_, buffer.data(), n, offset, owner_.spool_));
+  reply.pieces.push_back({buffer.data(), n});
+  return reply;
+}
+
+Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation) {
+  std::unique_lock lock(mu_);
+  changed_.wait(lock, [&] { return !creating_upload_; });
+  if (!upload_id_.empty()) return Status::Ok();
+  creating_upload_ = true;
+  const std::string key = key_;
+  lock.unlock();
+  auto created = owner_.client_.CreateMultipart({key, "", metadata}, {owner_.Deadline()});
+  lock.lock();
+  creating_upload_ = false;
+  changed_.notify_all();
+  if (!created.ok()) return created.status();
+  upload_id_ = *created;
+  upload_meta_generation_ = meta_generation;
+  highest_part_sent_ = 0;
+  return Status::Ok();
+}
+
+Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
+  const PartSpan span = owner_.layout_.Part(number);
+  const uint64_t end = std::min(span.end(), file_size);
+  const uint64_t length = end - span.offset;
+  uint64_t version = 0;
+  std::string key, upload_id, base_etag;
+  {
+    std::lock_guard lock(mu_);
+    version = parts_[number].version;
+    key = key_;
+    upload_id = upload_id_;
+    base_etag = base_etag_;
+  }
+  Result<s3::PartInfo> sent = Status(ErrorCode::kInternal, "part not sent");
+  if (copy) {
+    s3::UploadPartCopyRequest req{key, upload_id, number, key, s3::ByteRange{span.offset, length},
+                                  base_etag};
+    sent = owner_.client_.UploadPartCopy(req, {owner_.Deadline()});
+    if (sent.ok()) owner_.counters_.parts_copied.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    BFS_ASSIGN_OR_RETURN(Reservation charge, owner_.budget_.Reserve(length, owner_.Deadline()));
+    auto buffer = std::make_unique<char[]>(length);
+    std::span<char> bytes(buffer.get(), length);
+    BFS_RETURN_IF_ERROR(Fill(span.offset, end, bytes));
+    BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), length, span.offset, owner_.spool_));
+    sent = owner_.client_.UploadPart({key, upload_id, number, bytes}, {owner_.Deadline()});
+    if (sent.ok()) {
+      owner_.counters_.parts_uploaded.fetch_add(1, std::memory_order_relaxed);
+      owner_.counters_.bytes_uploaded.fetch_add(length, std::memory_order_relaxed);
+    }
+  }
+  if (!sent.ok()) return Explain(sent.status(), key, owner_.spool_.DataPath(id_));
+  std::lock_guard lock(mu_);
+  PartState& part = parts_[number];
+  if (upload_id_ == upload_id) highest_part_sent_ = std::max(highest_part_sent_, number);
+  if (part.version == version && upload_id_ == upload_id) {
+    part.etag = sent->etag;
+    part.uploaded_version = version;
+    part.uploaded_size = length;
+  }
+  return Status::Ok();
+}
+
+void DirtyFile::RunEagerPart(int number) {
+  s3::UserMetadata metadata;
+  uint64_t size = 0, meta_generation = 0;
+  {
+    std::lock_guard lock(mu_);
+    metadata = UploadMetadataLocked();
+    meta_generation = meta_generation_;
+    size = size_;
+  }
+  Status s = EnsureUpload(metadata, meta_generation);
+  if (s.ok()) s = UploadPart(number, size, /*copy=*/false);
+  if (!s.ok()) {
+    Logger("writeback")->debug("early upload of part {} of '{}' failed (the commit sends it): {}",
+                               number, key(), s.ToString());
+  }
+  std::lock_guard lock(mu_);
+  parts_[number].eager_in_flight = false;
+  --eager_in_flight_;
+  changed_.notify_all();
+}
+
+Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
+                                        const s3::UserMetadata& metadata,
+                                        const s3::WriteCondition& condition) {
+  BFS_ASSIGN_OR_RETURN(Reservation charge, owner_.budget_.Reserve(size, owner_.Deadline()));
+  auto buffer = std::make_unique<char[]>(std::max<uint64_t>(size, 1));
+  std::span<char> bytes(buffer.get(), size);
+  BFS_RETURN_IF_ERROR(Fill(0, size, bytes));
+  BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), size, 0, owner_.spool_));
+  s3::PutRequest put;
+  put.key = key;
+  put.body = bytes;
+  put.metadata = metadata;
+  put.condition = condition;
+  BFS_ASSIGN_OR_RETURN(s3::PutResult done, owner_.client_.Put(put, {owner_.Deadline()}));
+  owner_.counters_.bytes_uploaded.fetch_add(size, std::memory_order_relaxed);
+  return done.etag;
+}
+
+Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t size,
+                                               const s3::UserMetadata& metadata,
+                                               uint64_t meta_generation,
+                                               const s3::WriteCondition& condition) {
+  const int count = owner_.layout_.PartCount(size);
+  if (count > s3::kMaxParts) {
+    return Status(ErrorCode::kEntityTooLarge, "'" + key + "' needs more than 10,000 parts");
+  }
+  std::string dropped_upload;
+  {
+    std::lock_guard lock(mu_);
+    if (highest_part_sent_ > count) {
+      // The file shrank below parts already sent early. S3 would complete with just the
+      // parts listed, but RGW refuses (InvalidPart) while others exist: start over.
+      dropped_upload = std::exchange(upload_id_, std::string());
+      parts_.clear();
+      highest_part_sent_ = 0;
+    }
+  }
+  if (!dropped_upload.empty()) {
+    (void)owner_.client_.AbortMultipart(key, dropped_upload, {owner_.Deadline()});
+  }
+  BFS_RETURN_IF_ERROR(EnsureUpload(metadata, meta_generation));
+  // Which parts to send, and how.
+  struct Job {
+    int number;
+    bool copy;
+    Status result;
+  };
+  std::vector<Job> jobs;
+  {
+    std::lock_guard lock(mu_);
+    for (int n = 1; n <= count; ++n) {
+      const PartSpan span = owner_.layout_.Part(n);
+      const uint64_t end = std::min(span.end(), size);
+      const PartState& part = parts_[n];
+      if (!part.etag.empty() && part.uploaded_version == part.version &&
+          part.uploaded_size == end - span.offset) {
+        continue;  // Sent early and unchanged since.
+      }
+      // Untouched bytes of the object the file started as: copy them server-side.
+      const bool copy = !base_etag_.empty() && end <= base_limit_ &&
+                        !present_.Intersects(span.offset, end) &&
+                        (end - span.offset >= s3::kMinPartSize || n == count);
+      jobs.push_back({n, copy, Status::Ok()});
+    }
+  }
+  if (!jobs.empty()) {
+    std::latch done(static_cast<std::ptrdiff_t>(jobs.size()));
+    for (Job& job : jobs) {
+      owner_.parts_pool_->Submit([this, &job, &done, size] {
+        job.result = UploadPart(job.number, size, job.copy);
+        done.count_down();
+      });
+    }
+    done.wait();
+    for (const Job& job : jobs) {
+      if (!job.result.ok()) return job.result;
+    }
+  }
+  s3::CompleteMultipartRequest complete;
+  complete.key = key;
+  complete.condition = condition;
+  {
+    std::lock_guard lock(mu_);
+    complete.upload_id = upload_id_;
+    for (int n = 1; n <= count; ++n) {
+      const PartState& part = parts_[n];
+      if (part.etag.empty()) {
+        return Status(ErrorCode::kCancelled,
+                      "part " + std::to_string(n) + " of '" + key + "' changed while uploading");
+      }
+      complete.parts.push_back({n, part.etag, part.uploaded_size});
+    }
+  }
+  auto completed = owner_.client_.CompleteMultipart(complete, {owner_.Deadline()});
+  if (completed.ok()) return completed->etag;
+  if (completed.status().code() == ErrorCode::kNoSuchUpload) {
+    // A retried Complete whose first attempt succeeded finds the upload gone: the object
+    // is there if its ETag is the one these parts make.
+    const std::string expected = MultipartEtag(complete.parts);
+    auto head = owner_.client_.Head({key, ""}, {owner_.Deadline()});
+    if (head.ok() && head->etag == expected) return head->etag;
+    std::lock_guard lock(mu_);
+    upload_id_.clear();  // Gone: the next attempt starts a new upload.
+    parts_.clear();
+  }
+  return completed.status();
+}
+
+Status DirtyFile::CommitOnce() {
+  std::string key;
+  uint64_t size = 0, data_generation = 0, meta_generation = 0;
+  bool data_dirty = false, meta_dirty = false;
+  s3::UserMetadata metadata;
+  s3::WriteCondition condition;
+  bool multipart = false;
+  {
+    std::unique_lock lock(mu_);
+    changed_.wait(lock, [&] { return eager_in_flight_ == 0; });
+    key = key_;
+    size = size_;
+    min_size_since_snapshot_ = size_;
+    data_generation = data_generation_;
+    meta_generation = meta_generation_;
+    data_dirty = data_generation_ != committed_data_generation_ || !exists_remotely_;
+    meta_dirty = meta_generation_ != committed_meta_generation_;
+    metadata = UploadMetadataLocked();
+    if (create_only_ && !exists_remotely_) {
+      condition = s3::WriteCondition::CreateOnly();
+    } else if (!base_etag_.empty()) {
+      condition = s3::WriteCondition::IfMatch(base_etag_);
+    }
+    multipart = size > owner_.layout_.first_part_size() || !upload_id_.empty();
+  }
+  if (!data_dirty && !meta_dirty) return Status::Ok();
+  Logger("writeback")->debug("commit of '{}' ({} bytes, spool {}): {}{}{}", key, size, id_,
+                             data_dirty ? "data" : "", meta_dirty ? " metadata" : "",
+                             condition.kind == s3::WriteCondition::Kind::kIfNoneMatchAny
+                                 ? ", if none match"
+                                 : condition.kind == s3::WriteCondition::Kind::kIfMatch
+                                       ? ", if match " + condition.etag
+                                       : "");
+
+  std::string etag;
+  // Whether the object will lack metadata set since its upload began (or, with no data to
+  // upload, since the last commit).
+  bool stale_metadata = !data_dirty;
+  if (data_dirty) {
+    Result<std::string> uploaded =
+        multipart ? UploadMultipart(key, size, metadata, meta_generation, condition)
+                  : PutWhole(key, size, metadata, condition);
+    if (!uploaded.ok()) return Explain(uploaded.status(), key, owner_.spool_.DataPath(id_));
+    etag = *uploaded;
+    if (multipart) {
+      // The upload carries the metadata of its creation: the mtime of the first part (not
+      // worth a copy), and mode/uid/gid unless set since (worth one).
+      std::lock_guard lock(mu_);
+      stale_metadata = upload_meta_generation_ != meta_generation;
+    }
+    if (etag.empty()) {
+      // RGW answers CompleteMultipartUpload with an empty ETag (docs/S3-COMPATIBILITY.md).
+      auto head = owner_.client_.Head({key, ""}, {owner_.Deadline()});
+      if (head.ok()) etag = head->etag;
+    }
+  } else {
+    std::lock_guard lock(mu_);
+    etag = base_etag_;
+  }
+  if (stale_metadata) {
+    // Set it by copying the object onto itself, server-side.
+    CopySpec spec{key, key, size, etag, metadata, s3::WriteCondition::IfMatch(etag)};
+    auto copied = CopyObject(owner_.client_, spec, owner_.Deadline());
+    if (!copied.ok()) return Explain(copied.status(), key, owner_.spool_.DataPath(id_));
+    etag = *copied;
+  }
+
+  CommittedObject committed{key, etag, size, metadata};
+  {
+    std::lock_guard lock(mu_);
+    base_etag_ = etag;
+    base_limit_ = std::min(size, min_size_since_snapshot_);
+    exists_remotely_ = true;
+    create_only_ = false;
+    committed_data_generation_ = data_generation;
+    committed_meta_generation_ = meta_generation;
+    upload_id_.clear();
+    parts_.clear();
+    error_ = Status::Ok();
+    conflict_ = false;
+    retry_delay_ = {};
+    if (!unlinked_ && (writers_ > 0 || data_generation_ != data_generation)) {
+      (void)JournalLocked();  // The next commit must If-Match this version.
+    }
+  }
+  owner_.Notify(committed);
+  return Status::Ok();
+}
+
+Status DirtyFile::Commit() {
+  {
+    std::unique_lock lock(mu_);
+    changed_.wait(lock, [&] { return !committing_; });
+    if (unlinked_) return Status::Ok();
+    committing_ = true;
+  }
+  Status result = CommitOnce();
+  std::lock_guard lock(mu_);
+  committing_ = false;
+  if (!result.ok()) {
+    error_ = result;
+    conflict_ = result.code() == ErrorCode::kStale;
+    if (result.code() == ErrorCode::kCancelled) error_ = Status::Ok();  // Changed: retry.
+  }
+  changed_.notify_all();
+  return result;
+}
+
+SpoolRecord DirtyFile::RecordLocked() const {
+  SpoolRecord r;
+  r.id = id_;
+  r.key = key_;
+  r.base_etag = exists_remotely_ ? base_etag_ : "";
+  r.base_limit = base_limit_;
+  r.create_only = create_only_;
+  r.size = size_;
+  r.present = present_.Extents();
+  r.metadata = UploadMetadataLocked();
+  r.closed = closed_;
+  return r;
+}
+
+Status DirtyFile::JournalLocked() { return owner_.spool_.WriteRecord(RecordLocked()); }
+
+// --- Writeback ---------------------------------------------------------------------------
+
+Writeback::Writeback(const WriteContext& context, WritebackOptions options)
+    : client_(*context.client),
+      budget_(*context.budget),
+      spool_(*context.spool),
+      clock_(context.clock ? *context.clock : RealClock()),
+      options_(options),
+      layout_(options.part_size),
+      parts_pool_(std::make_unique<TaskPool>("upload", std::max<size_t>(1, options.upload_parallelism),
+                                             4 * std::max<size_t>(1, options.upload_parallelism))),
+      commit_pool_(std::make_unique<TaskPool>("commit", std::max<size_t>(1, options.commit_parallelism),
+                                              1 << 20)) {
+  retry_thread_ = std::thread([this] { RetryLoop(); });
+}
+
+Writeback::~Writeback() {
+  {
+    std::unique_lock lock(mu_);
+    stopping_ = true;
+    settled_.notify_all();
+  }
+  retry_thread_.join();
+  commit_pool_.reset();  // Runs the commits already queued.
+  parts_pool_.reset();
+}
+
+void Writeback::SetListener(Listener listener) {
+  std::lock_guard lock(mu_);
+  listener_ = std::move(listener);
+}
+
+void Writeback::Notify(const CommittedObject& committed) {
+  counters_.commits.fetch_add(1, std::memory_order_relaxed);
+  Listener listener;
+  {
+    std::lock_guard lock(mu_);
+    listener = listener_;
+  }
+  if (listener) listener(committed);
+}
+
+Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& key,
+                                                           const std::optional<BaseObject>& base,
+                                                           const s3::UserMetadata& metadata,
+                                                           bool create_only) {
+  std::lock_guard lock(mu_);
+  if (auto it = files_.find(key); it != files_.end()) {
+    auto file = it->second;
+    std::lock_guard file_lock(file->mu_);
+    ++file->writers_;  // Journaled as open again only by a write (DirtyFile::Write).
+    return file;
+  }
+  BFS_ASSIGN_OR_RETURN(auto created, spool_.CreateData());
+  auto file = std::shared_ptr<DirtyFile>(new DirtyFile(*this, key, created.first, created.second));
+  std::lock_guard file_lock(file->mu_);
+  file->metadata_ = metadata;
+  file->metadata_.erase("mtime");
+  file->mtime_ = clock_.WallNow();
+  file->create_only_ = create_only;
+  if (base) {
+    if (::ftruncate(file->fd_, static_cast<off_t>(base->size)) != 0) {
+      file->remove_on_destroy_ = true;
+      return SpoolIoError(errno, "sizing the spool file", spool_);
+    }
+    file->base_etag_ = base->etag;
+    file->base_limit_ = base->size;
+    file->size_ = base->size;
+    file->exists_remotely_ = true;
+  } else {
+    file->data_generation_ = 1;  // A new file is committed even if nothing is written.
+  }
+  file->writers_ = 1;
+  Status journaled = file->JournalLocked();
+  if (!journaled.ok()) {
+    file->remove_on_destroy_ = true;
+    return journaled;
+  }
+  files_.emplace(key, file);
+  return file;
+}
+
+void Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
+  {
+    std::lock_guard lock(file->mu_);
+    if (file->writers_ != 1 || file->unlinked_) return;
+    if (!file->closed_) {
+      file->closed_ = true;
+      Status journaled = file->JournalLocked();
+      if (!journaled.ok()) {
+        Logger("writeback")->error("cannot journal '{}' as closed: {}", file->key_,
+                                   journaled.ToString());
+      }
+    }
+    if (file->data_generation_ == file->committed_data_generation_ &&
+        file->meta_generation_ == file->committed_meta_generation_ && file->exists_remotely_) {
+      return;
+    }
+  }
+  StartCommit(file);
+}
+
+void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {
+  {
+    std::lock_guard lock(file->mu_);
+    if (--file->writers_ > 0 || file->unlinked_) return;
+    if (!file->closed_) {
+      file->closed_ = true;
+      Status journaled = file->JournalLocked();
+      if (!journaled.ok()) {
+        Logger("writeback")->error("cannot journal '{}' as closed: {}", file->key_,
+                                   journaled.ToString());
+      }
+    }
+  }
+  StartCommit(file);
+}
+
+void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file) {
+  {
+    std::lock_guard lock(mu_);
+    ++commits_in_flight_;
+  }
+  commit_pool_->Submit([this, file] { Settle(file, file->Commit()); });
+}
+
+Status Writeback::Sync(const std::shared_ptr<DirtyFile>& file) {
+  {
+    std::lock_guard lock(mu_);
+    ++commits_in_flight_;
+  }
+  Status result = file->Commit();
+  Settle(file, result);
+  return result;
+}
+
+void Writeback::Settle(const std::shared_ptr<DirtyFile>& file, const Status& result) {
+  bool commit_again = false;
+  {
+    std::lock_guard lock(mu_);
+    --commits_in_flight_;
+    std::lock_guard file_lock(file->mu_);
+    if (!result.ok()) {
+      counters_.failed_commits.fetch_add(1, std::memory_order_relaxed);
+      if (result.code() == ErrorCode::kCancelled) {
+        commit_again = file->writers_ == 0;
+      } else if (!file->conflict_) {
+        file->retry_delay_ = file->retry_delay_ == Duration::zero()
+                                 ? options_.first_retry
+                                 : std::min(file->retry_delay_ * 2, options_.max_retry);
+        file->next_retry_ = clock_.Now() + file->retry_delay_;
+        Logger("writeback")->error("upload of '{}' failed, retrying in {} s (data kept in {}): {}",
+                                   file->key_,
+                                   std::chrono::duration_cast<std::chrono::seconds>(file->retry_delay_).count(),
+                                   spool_.DataPath(file->id_), result.ToString());
+      } else {
+        Logger("writeback")->error("{}", result.ToString());
+      }
+    } else if (!file->unlinked_ && file->writers_ == 0 && !file->committing_) {
+      const bool clean = file->data_generation_ == file->committed_data_generation_ &&
+                         file->meta_generation_ == file->committed_meta_generation_;
+      if (clean) {
+        auto it = files_.find(file->key_);
+        if (it != files_.end() && it->second == file) files_.erase(it);
+        spool_.RemoveRecord(file->id_);
+        file->remove_on_destroy_ = true;
+      } else {
+        commit_again = true;  // Changed while committing (a chmod after close).
+      }
+    }
+    settled_.notify_all();
+  }
+  if (commit_again) StartCommit(file);
+}
+
+void Writeback::RetryLoop() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    settled_.wait_for(lock, std::chrono::seconds(1));
+    if (stopping_) break;
+    const MonoTime now = clock_.Now();
+    std::vector<std::shared_ptr<DirtyFile>> due;
+    for (const auto& [key, file] : files_) {
+      std::lock_guard file_lock(file->mu_);
+      if (!file->error_.ok() && !file->conflict_ && !file->committing_ && file->writers_ == 0 &&
+          now >= file->next_retry_) {
+        file->next_retry_ = now + options_.max_retry;  // Until Settle sets the real one.
+        due.push_back(file);
+      }
+    }
+    lock.unlock();
+    for (const auto& file : due) StartCommit(file);
+    lock.lock();
+  }
+}
+
+std::shared_ptr<DirtyFile> Writeback::Find(const std::string& key) const {
+  std::lock_guard lock(mu_);
+  auto it = files_.find(key);
+  return it == files_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<DirtyFile>> Writeback::Under(const std::string& prefix) const {
+  std::vector<std::shared_ptr<DirtyFile>> out;
+  std::lock_guard lock(mu_);
+  for (const auto& [key, file] : files_) {
+    if (key.compare(0, prefix.size(), prefix) == 0) out.push_back(file);
+  }
+  return out;
+}
+
+void Writeback::Unlink(const std::string& key) {
+  std::shared_ptr<DirtyFile> file;
+  {
+    std::lock_guard lock(mu_);
+    auto it = files_.find(key);
+    if (it == files_.end()) return;
+    file = it->second;
+    files_.erase(it);
+  }
+  std::string upload_id;
+  {
+    std::unique_lock lock(file->mu_);
+    file->unlinked_ = true;
+    file->remove_on_destroy_ = true;
+    spool_.RemoveRecord(file->id_);
+    file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
+    upload_id = std::exchange(file->upload_id_, std::string());
+  }
+  if (!upload_id.empty()) (void)client_.AbortMultipart(key, upload_id, {Deadline()});
+}
+
+Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
+                                                   const std::string& to) {
+  auto file = Find(from);
+  if (!file) return RenameOutcome::kNotDirty;
+  // Make the object at `from` (if any) hold the file's current bytes, so that one
+  // server-side copy carries them; a file never committed needs no server work at all.
+  bool exists_remotely = false;
+  {
+    std::lock_guard lock(file->mu_);
+    exists_remotely = file->exists_remotely_;
+  }
+  if (exists_remotely) {
+    {
+      std::lock_guard lock(mu_);
+      ++commits_in_flight_;
+    }
+    Status committed = file->Commit();
+    Settle(file, committed);
+    if (!committed.ok()) return committed;
+  }
+  // Hold the file's commits off while its key changes.
+  std::string upload_id;
+  {
+    std::unique_lock lock(file->mu_);
+    file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
+    file->committing_ = true;
+    exists_remotely = file->exists_remotely_;
+    upload_id = std::exchange(file->upload_id_, std::string());
+    file->parts_.clear();
+  }
+  if (!upload_id.empty()) (void)client_.AbortMultipart(from, upload_id, {Deadline()});
+  Status copied = Status::Ok();
+  std::string etag;
+  uint64_t size = 0;
+  if (exists_remotely) {
+    std::string base_etag;
+    {
+      std::lock_guard lock(file->mu_);
+      base_etag = file->base_etag_;
+      size = file->base_limit_;
+    }
+    auto copy = CopyObject(client_, CopySpec{from, to, size, base_etag, std::nullopt, {}}, Deadline());
+    if (copy.ok()) {
+      etag = *copy;
+    } else {
+      copied = copy.status();
+    }
+  }
+  std::shared_ptr<DirtyFile> replaced;
+  {
+    std::lock_guard lock(mu_);
+    std::lock_guard file_lock(file->mu_);
+    file->committing_ = false;
+    file->changed_.notify_all();
+    if (!copied.ok()) return copied;
+    auto it = files_.find(from);
+    if (it != files_.end() && it->second == file) files_.erase(it);
+    if (auto target = files_.find(to); target != files_.end()) replaced = target->second;
+    if (replaced) files_.erase(to);
+    file->key_ = to;
+    file->create_only_ = false;
+    if (exists_remotely) {
+      file->base_etag_ = etag;
+    } else {
+      ++file->data_generation_;  // Nothing at `to` yet: it must be uploaded.
+    }
+    const bool clean = exists_remotely && file->writers_ == 0 &&
+                       file->data_generation_ == file->committed_data_generation_ &&
+                       file->meta_generation_ == file->committed_meta_generation_;
+    if (clean) {
+      // Its bytes are all in the copy: nothing left to upload.
+      spool_.RemoveRecord(file->id_);
+      file->remove_on_destroy_ = true;
+    } else {
+      files_[to] = file;
+      file->remove_on_destroy_ = false;
+      (void)file->JournalLocked();
+    }
+  }
+  if (replaced) {
+    std::lock_guard lock(replaced->mu_);
+    replaced->unlinked_ = true;
+    replaced->remove_on_destroy_ = true;
+    spool_.RemoveRecord(replaced->id_);
+  }
+  if (exists_remotely) {
+    // The copy's ETag from RGW may be empty on some paths; the next commit would then
+    // If-Match nothing: learn it.
+    if (etag.empty()) {
+      auto head = client_.Head({to, ""}, {Deadline()});
+      if (head.ok()) {
+        std::lock_guard lock(file->mu_);
+        file->base_etag_ = head->etag;
+      }
+    }
+  }
+  return exists_remotely ? RenameOutcome::kCopied : RenameOutcome::kMoved;
+}
+
+std::shared_ptr<DirtyFile> Writeback::Adopt(const SpoolRecord& record, int fd) {
+  auto file = std::shared_ptr<DirtyFile>(new DirtyFile(*this, record.key, record.id, fd));
+  std::lock_guard lock(file->mu_);
+  file->base_etag_ = record.base_etag;
+  file->base_limit_ = record.base_limit;
+  file->exists_remotely_ = !record.base_etag.empty();
+  file->create_only_ = record.create_only;
+  file->size_ = record.size;
+  for (const Extent& e : record.present) file->present_.Add(e.begin, e.end);
+  file->metadata_ = record.metadata;
+  if (auto it = file->metadata_.find("mtime"); it != file->metadata_.end()) {
+    char* end = nullptr;
+    const double secs = std::strtod(it->second.c_str(), &end);
+    if (end != it->second.c_str()) {
+      file->mtime_ = WallTime(std::chrono::duration_cast<WallTime::duration>(
+          std::chrono::duration<double>(secs)));
+    }
+    file->metadata_.erase(it);
+  }
+  file->data_generation_ = 1;
+  file->closed_ = true;
+  return file;
+}
+
+size_t Writeback::Recover() {
+  std::vector<SpoolRecord> records = spool_.Scan();
+  // Oldest first (ids start with their creation time): a newer record of a key wins.
+  std::sort(records.begin(), records.end(),
+            [](const SpoolRecord& a, const SpoolRecord& b) { return a.id < b.id; });
+  std::vector<std::shared_ptr<DirtyFile>> adopted;
+  for (const SpoolRecord& record : records) {
+    if (!record.closed) {
+      spool_.Quarantine(record.id, "'" + record.key +
+                                       "' was still open for writing when the previous daemon "
+                                       "stopped; it was not uploaded, to not replace the object "
+                                       "with a half-written file");
+      continue;
+    }
+    auto fd = spool_.OpenData(record.id);
+    if (!fd.ok()) {
+      spool_.Quarantine(record.id, fd.status().ToString());
+      continue;
+    }
+    auto file = Adopt(record, *fd);
+    std::shared_ptr<DirtyFile> superseded;
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = files_.find(record.key); it != files_.end()) superseded = it->second;
+      files_[record.key] = file;
+    }
+    if (superseded) {
+      std::erase(adopted, superseded);
+      spool_.Quarantine(superseded->id_, "superseded by a newer spool record of '" + record.key + "'");
+    }
+    adopted.push_back(file);
+  }
+  if (adopted.empty()) return 0;
+  Logger("writeback")->info("finishing {} upload(s) left in the spool by the previous daemon",
+                            adopted.size());
+  for (const auto& file : adopted) StartCommit(file);
+  size_t committed = 0;
+  std::unique_lock lock(mu_);
+  settled_.wait(lock, [&] { return commits_in_flight_ == 0; });
+  for (const auto& file : adopted) {
+    std::lock_guard file_lock(file->mu_);
+    if (file->error_.ok()) ++committed;
+  }
+  return committed;
+}
+
+Status Writeback::Drain(MonoTime deadline) {
+  std::vector<std::shared_ptr<DirtyFile>> pending;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [key, file] : files_) pending.push_back(file);
+  }
+  for (const auto& file : pending) {
+    bool needs_commit = false;
+    {
+      std::lock_guard lock(file->mu_);
+      needs_commit = !file->unlinked_ && !file->committing_ &&
+                     (!file->error_.ok() ? !file->conflict_
+                                         : file->data_generation_ != file->committed_data_generation_ ||
+                                               file->meta_generation_ != file->committed_meta_generation_);
+    }
+    if (needs_commit) StartCommit(file);
+  }
+  std::unique_lock lock(mu_);
+  while (commits_in_flight_ > 0) {
+    const Duration left = deadline - clock_.Now();
+    if (left <= Duration::zero()) {
+      return Status(ErrorCode::kTimeout, std::to_string(commits_in_flight_) +
+                                             " upload(s) still running at the deadline; their "
+                                             "data stays in the spool for the next mount");
+    }
+    settled_.wait_for(lock, std::min<Duration>(left, std::chrono::seconds(1)));
+  }
+  size_t failed = 0;
+  for (const auto& [key, file] : files_) {
+    std::lock_guard file_lock(file->mu_);
+    if (!file->error_.ok()) ++failed;
+  }
+  if (failed > 0) {
+    return Status(ErrorCode::kServerError,
+                  std::to_string(failed) + " file(s) could not be uploaded; their data stays in " +
+                      spool_.directory() + " and the next mount retries");
+  }
+  return Status::Ok();
+}
+
+Writeback::Stats Writeback::GetStats() const {
+  Stats s;
+  {
+    std::lock_guard lock(mu_);
+    s.dirty_files = files_.size();
+    for (const auto& [key, file] : files_) {
+      std::lock_guard file_lock(file->mu_);
+      s.dirty_bytes += file->size_;
+    }
+  }
+  s.commits = counters_.commits.load();
+  s.failed_commits = counters_.failed_commits.load();
+  s.parts_uploaded = counters_.parts_uploaded.load();
+  s.parts_copied = counters_.parts_copied.load();
+  s.bytes_uploaded = counters_.bytes_uploaded.load();
+  return s;
+}
+
+}  // namespace bucketfs::cache

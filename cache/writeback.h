@@ -1,0 +1,293 @@
+// Writeback: every file being written, from the first write(2) until its bytes are an object
+// in S3: spooled on local disk, uploaded in parallel parts while the program still writes,
+// committed on close, durable on fsync, resumed after a crash.
+//
+// Contract:
+//  - Thread-safe. One DirtyFile per key at a time; every handle writing the key shares it.
+//  - Data path: write() puts the bytes in the file's spool file (cache/spool.h) and returns;
+//    nothing is held in memory. A part (cache/part_layout.h) whose bytes are all written is
+//    uploaded at once, in the background, while the program writes on ("eager" parts);
+//    on commit the rest of the parts are uploaded in parallel and the upload completed. A
+//    file of at most one part is a single PUT. Part buffers are charged to the global
+//    MemoryBudget: writers wait for memory instead of the daemon growing.
+//  - Files that started as an existing object (opened without O_TRUNC): the bytes not
+//    written stay in S3; reads fill them into the spool on demand (GET with If-Match of the
+//    base ETag); on commit, a part no byte of which was written is copied server-side
+//    (UploadPartCopy) instead of being downloaded and sent again.
+//  - Commit: when the last writer releases the file (close), a commit starts at once in
+//    the background; Sync() (fsync) commits now and returns only when S3 has the object,
+//    or with the error. The first failed commit's error is sticky: Write(), Sync() and the
+//    next close report it (EIO, ENOSPC, EACCES, ESTALE as fits) until a retry succeeds;
+//    the data stays in the spool and failed commits are retried in the background with
+//    backoff (a precondition failure — someone else changed the object — is not retried:
+//    it needs a person, and the spool file is kept for them).
+//  - Preconditions: a file created with O_EXCL commits with If-None-Match: *; a file that
+//    started as an existing object commits with If-Match of that object's ETag (of the
+//    version this daemon last committed, after the first commit).
+//  - Journal: the spool record of a file is "open" while a writer has it and "closed" after
+//    the last release; Recover() (before the mount is served) commits every closed record
+//    a previous daemon left. Records still "open" (their writer never closed) are moved to
+//    the spool's lost+found/ and logged: uploading them could replace a good object with a
+//    half-written one.
+//  - Integrity: every part and PUT is sent with its SHA-256 payload hash in the SigV4
+//    signature, which the server verifies (a mismatch is kBadDigest, retried by the client,
+//    then reported).
+//  - Listener: after each successful commit the listener hears the key's new ETag, size and
+//    metadata (the filesystem updates its inode and listings from it).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/extent_set.h"
+#include "cache/memory_budget.h"
+#include "cache/part_layout.h"
+#include "cache/read_ahead.h"
+#include "cache/spool.h"
+#include "common/clock.h"
+#include "common/status.h"
+#include "common/task_pool.h"
+#include "s3/object_client.h"
+
+namespace bucketfs::cache {
+
+struct WritebackOptions {
+  uint64_t part_size = 8ull << 20;    // The first parts' size; see PartLayout.
+  size_t upload_parallelism = 8;      // Part uploads in flight, across all files.
+  size_t commit_parallelism = 16;     // Files committing at once (a small file is one PUT).
+  Duration request_timeout = std::chrono::seconds(120);  // Deadline of each S3 call.
+  Duration first_retry = std::chrono::seconds(5);        // Then doubling, up to max_retry.
+  Duration max_retry = std::chrono::minutes(5);
+};
+
+struct WriteContext {
+  s3::ObjectClient* client = nullptr;
+  MemoryBudget* budget = nullptr;
+  Spool* spool = nullptr;
+  Clock* clock = nullptr;  // nullptr: RealClock().
+};
+
+// x-amz-meta-mtime as s3fs writes it: decimal seconds, with a fraction only when needed.
+std::string EncodeMtime(WallTime t);
+
+// What a file starts as when opened for writing without O_TRUNC.
+struct BaseObject {
+  std::string etag;
+  uint64_t size = 0;
+};
+
+// What the listener hears after a commit.
+struct CommittedObject {
+  std::string key;
+  std::string etag;
+  uint64_t size = 0;
+  s3::UserMetadata metadata;
+};
+
+// The attributes a dirty file shows.
+struct DirtyAttributes {
+  uint64_t size = 0;
+  WallTime mtime{};
+  s3::UserMetadata metadata;  // As it will be stored (mode, uid, gid; mtime added on commit).
+};
+
+class Writeback;
+
+class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
+ public:
+  const std::string& id() const { return id_; }
+  std::string key() const;
+
+  // Writes `data` at `offset`. kNoSpace when the spool disk is full; the sticky error of a
+  // failed commit otherwise.
+  Status Write(uint64_t offset, std::span<const char> data);
+  Status Truncate(uint64_t size);
+  // Reads [offset, offset + size) clipped to the file's size.
+  Result<ReadReply> Read(uint64_t offset, size_t size);
+  // Replaces the stored metadata entries in `changes` (mode, uid, gid) and the mtime.
+  void SetMetadata(const s3::UserMetadata& changes, std::optional<WallTime> mtime);
+
+  DirtyAttributes Attributes() const;
+  // The sticky error, if a commit failed.
+  Status Error() const;
+
+  ~DirtyFile();
+
+ private:
+  friend class Writeback;
+  struct PartState {
+    uint64_t version = 0;           // Bumped by every change to the part's bytes.
+    uint64_t uploaded_version = 0;  // The version `etag` holds (valid when etag is set).
+    uint64_t uploaded_size = 0;
+    std::string etag;
+    bool eager_in_flight = false;
+  };
+  struct CommitPlan;
+
+  DirtyFile(Writeback& owner, std::string key, std::string id, int fd);
+
+  // Requires mu_. Marks [begin, end) changed: bumps the versions of the parts it touches.
+  void TouchLocked(uint64_t begin, uint64_t end);
+  // Requires mu_. Parts completely written by now that are worth uploading early.
+  std::vector<int> EagerPartsLocked(uint64_t begin, uint64_t end);
+  // Fills [begin, end) ∩ [0, base_limit) from the base object where the spool lacks it.
+  Status Fill(uint64_t begin, uint64_t end, std::span<char> scratch);
+  // Creates the multipart upload unless there is one; `meta_generation` is that of
+  // `metadata`.
+  Status EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation);
+  // Uploads part `number` as it is now (copying it server-side when `copy`).
+  Status UploadPart(int number, uint64_t file_size, bool copy);
+  void RunEagerPart(int number);
+  // Uploads the file as it is now. Requires committing_ (set by Commit).
+  Status CommitOnce();
+  Status Commit();  // CommitOnce, serialised with other commits of this file.
+  // The whole upload of a multipart file of `size` bytes; returns the new ETag.
+  Result<std::string> UploadMultipart(const std::string& key, uint64_t size,
+                                      const s3::UserMetadata& metadata, uint64_t meta_generation,
+                                      const s3::WriteCondition& condition);
+  Result<std::string> PutWhole(const std::string& key, uint64_t size,
+                               const s3::UserMetadata& metadata,
+                               const s3::WriteCondition& condition);
+  // Requires mu_. The metadata an upload starting now stores.
+  s3::UserMetadata UploadMetadataLocked() const;
+  SpoolRecord RecordLocked() const;
+  Status JournalLocked();
+
+  Writeback& owner_;
+  const std::string id_;
+  const int fd_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // With mu_: a commit or an eager part finished.
+  std::string key_;
+  std::string base_etag_;      // Empty: no object to keep bytes from, or to If-Match.
+  uint64_t base_limit_ = 0;    // Bytes [0, base_limit_) not present come from the base.
+  bool create_only_ = false;
+  bool exists_remotely_ = false;  // An object is at key_ (the base, or our commit).
+  uint64_t size_ = 0;
+  ExtentSet present_;
+  WallTime mtime_{};
+  s3::UserMetadata metadata_;
+  uint64_t data_generation_ = 0, committed_data_generation_ = 0;
+  uint64_t meta_generation_ = 0, committed_meta_generation_ = 0;
+  std::map<int, PartState> parts_;
+  std::string upload_id_;
+  uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
+  int highest_part_sent_ = 0;             // Of upload_id_.
+  bool creating_upload_ = false;
+  int eager_in_flight_ = 0;
+  bool committing_ = false;
+  int writers_ = 0;
+  bool closed_ = false;     // The journal says closed.
+  bool unlinked_ = false;   // Never commit again; remove the spool when the last user goes.
+  bool conflict_ = false;   // A precondition failed: do not retry.
+  bool remove_on_destroy_ = false;  // Drop the spool data when the last user lets go.
+  uint64_t min_size_since_snapshot_ = 0;  // Lowest size_ since the commit's snapshot.
+  Status error_;
+  MonoTime next_retry_{};
+  Duration retry_delay_{};
+};
+
+class Writeback {
+ public:
+  Writeback(const WriteContext& context, WritebackOptions options);
+  // Waits for commits in flight (call Drain() first to commit everything).
+  ~Writeback();
+  Writeback(const Writeback&) = delete;
+  Writeback& operator=(const Writeback&) = delete;
+
+  using Listener = std::function<void(const CommittedObject&)>;
+  void SetListener(Listener listener);
+
+  // Opens `key` for writing: the existing DirtyFile, or a new one starting as `base`
+  // (nullopt: an empty new file, with `metadata`). Every call must be paired with
+  // ReleaseWriter().
+  Result<std::shared_ptr<DirtyFile>> OpenForWrite(const std::string& key,
+                                                  const std::optional<BaseObject>& base,
+                                                  const s3::UserMetadata& metadata,
+                                                  bool create_only);
+  // A writer's close(2) (FLUSH). When it is the only writer, what it wrote is journaled as
+  // closed (a crash from here on uploads it) and its commit starts. The kernel's RELEASE
+  // comes later, asynchronously: a crash must not lose a file close() already returned for.
+  void Flushed(const std::shared_ptr<DirtyFile>& file);
+  // The last writer's release journals the file as closed and starts its commit.
+  void ReleaseWriter(const std::shared_ptr<DirtyFile>& file);
+  // Commits now and waits (fsync). Ok at once when nothing changed since the last commit.
+  Status Sync(const std::shared_ptr<DirtyFile>& file);
+
+  // The dirty file of `key`, or nullptr.
+  std::shared_ptr<DirtyFile> Find(const std::string& key) const;
+  // Dirty files whose keys start with `prefix`.
+  std::vector<std::shared_ptr<DirtyFile>> Under(const std::string& prefix) const;
+
+  // `from` is being renamed to `to`. A file never committed just changes key (kMoved); one
+  // that exists in S3 is committed first and its object copied to `to` (kCopied: the
+  // caller deletes `from`). kNotDirty: no dirty file has `from`; the caller renames the
+  // object itself. (Asking Find() first would race with a commit that just finished.)
+  enum class RenameOutcome { kNotDirty, kMoved, kCopied };
+  Result<RenameOutcome> Rename(const std::string& from, const std::string& to);
+  // The key is unlinked: its dirty data will never be committed.
+  void Unlink(const std::string& key);
+
+  // Commits every closed file a previous daemon left in the spool. Returns the number
+  // committed; failures are logged and kept in the spool (and retried in the background).
+  size_t Recover();
+  // Commits every dirty file and waits, until `deadline`. Not OK if any failed (their data
+  // stays in the spool for the next mount).
+  Status Drain(MonoTime deadline);
+
+  struct Stats {
+    size_t dirty_files = 0;
+    uint64_t dirty_bytes = 0;
+    uint64_t commits = 0, failed_commits = 0, parts_uploaded = 0, parts_copied = 0,
+             bytes_uploaded = 0;
+  };
+  Stats GetStats() const;
+
+ private:
+  friend class DirtyFile;
+
+  std::shared_ptr<DirtyFile> Adopt(const SpoolRecord& record, int fd);
+  void StartCommit(const std::shared_ptr<DirtyFile>& file);
+  // After a commit of `file` ended (ok or not): drop it when clean, or schedule a retry.
+  void Settle(const std::shared_ptr<DirtyFile>& file, const Status& result);
+  void RetryLoop();
+  void Notify(const CommittedObject& committed);
+  MonoTime Deadline() const { return clock_.Now() + options_.request_timeout; }
+
+  s3::ObjectClient& client_;
+  MemoryBudget& budget_;
+  Spool& spool_;
+  Clock& clock_;
+  const WritebackOptions options_;
+  const PartLayout layout_;
+
+  mutable std::mutex mu_;
+  std::condition_variable settled_;  // With mu_: a commit ended, or stopping_.
+  std::unordered_map<std::string, std::shared_ptr<DirtyFile>> files_;  // Guarded by mu_.
+  size_t commits_in_flight_ = 0;                                       // Guarded by mu_.
+  bool stopping_ = false;                                              // Guarded by mu_.
+  Listener listener_;                                                  // Guarded by mu_.
+
+  struct Counters {
+    std::atomic<uint64_t> commits{0}, failed_commits{0}, parts_uploaded{0}, parts_copied{0},
+        bytes_uploaded{0};
+  };
+  Counters counters_;
+
+  // Declared last: destroyed first, so no task runs on a half-destroyed Writeback.
+  std::unique_ptr<TaskPool> parts_pool_;
+  std::unique_ptr<TaskPool> commit_pool_;
+  std::thread retry_thread_;
+};
+
+}  // namespace bucketfs::cache

@@ -1,0 +1,606 @@
+// The Filesystem's modifying operations: writes through the writeback, and the namespace
+// (create, mkdir, rmdir, unlink, symlink, rename, setattr). See fuse/filesystem.h for the
+// contract and docs/SEMANTICS.md for what each does to the bucket.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+
+#include "cache/object_copy.h"
+#include "common/log.h"
+#include "fuse/filesystem.h"
+
+namespace bucketfs::fs {
+namespace {
+
+std::string ParentOf(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+std::string NameOf(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+bool IsUnder(const std::string& path, const std::string& dir) {
+  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/';
+}
+
+}  // namespace
+
+// --- Helpers -----------------------------------------------------------------------------
+
+Status Filesystem::CheckWritable() const {
+  if (options_.read_only || writeback_ == nullptr) {
+    return Status(ErrorCode::kReadOnly, "the mount is read-only");
+  }
+  return Status::Ok();
+}
+
+std::shared_ptr<cache::DirtyFile> Filesystem::FindDirty(const std::string& path) const {
+  if (writeback_ == nullptr || path.empty()) return nullptr;
+  return writeback_->Find(path);
+}
+
+Attributes Filesystem::DirtyAttributesOf(const cache::DirtyFile& dirty) const {
+  const cache::DirtyAttributes d = dirty.Attributes();
+  s3::ObjectInfo info;
+  info.size = d.size;
+  info.metadata = d.metadata;
+  Attributes attr = ObjectAttributes(info, options_.defaults);
+  attr.type = FileType::kRegular;
+  attr.mtime = d.mtime;
+  return attr;
+}
+
+Node Filesystem::EnterDirty(const std::string& path, const cache::DirtyFile& dirty,
+                            uint64_t lookups) {
+  const auto existing = inodes_.GetByPath(path);
+  return inodes_.Upsert(path, DirtyAttributesOf(dirty), existing ? existing->etag : "", Expiry(),
+                        lookups);
+}
+
+void Filesystem::PatchListing(const std::string& dir_path, const std::string& name,
+                              const ListedEntry* entry) {
+  std::lock_guard lock(mu_);
+  auto it = listings_.find(dir_path);
+  if (it == listings_.end()) return;
+  auto patched = std::make_shared<DirectoryListing>(*it->second);
+  auto& entries = patched->entries;
+  auto pos = std::lower_bound(entries.begin(), entries.end(), name,
+                              [](const ListedEntry& e, const std::string& n) { return e.name < n; });
+  const bool found = pos != entries.end() && pos->name == name;
+  if (entry == nullptr) {
+    if (found) entries.erase(pos);
+  } else if (found) {
+    *pos = *entry;
+  } else {
+    entries.insert(pos, *entry);
+  }
+  it->second = std::move(patched);
+}
+
+void Filesystem::ForgetListingsUnder(const std::string& dir_path) {
+  std::lock_guard lock(mu_);
+  for (auto it = listings_.begin(); it != listings_.end();) {
+    if (dir_path.empty() || it->first == dir_path || IsUnder(it->first, dir_path)) {
+      listing_order_.remove(it->first);
+      it = listings_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Filesystem::RememberEmptyDirectory(const std::string& dir_path) {
+  if (options_.max_cached_listings == 0 || options_.metadata_ttl <= Duration::zero()) return;
+  auto listing = std::make_shared<DirectoryListing>();
+  listing->exists = true;
+  listing->fetched_at = Now();
+  std::lock_guard lock(mu_);
+  if (!listings_.contains(dir_path)) {
+    listing_order_.push_back(dir_path);
+    while (listing_order_.size() > options_.max_cached_listings) {
+      listings_.erase(listing_order_.front());
+      listing_order_.pop_front();
+    }
+  }
+  listings_[dir_path] = std::move(listing);
+}
+
+void Filesystem::OnCommitted(const cache::CommittedObject& committed) {
+  s3::ObjectInfo info;
+  info.key = committed.key;
+  info.size = committed.size;
+  info.etag = committed.etag;
+  info.metadata = committed.metadata;
+  info.last_modified = clock_.WallNow();
+  const Attributes attr = ObjectAttributes(info, options_.defaults);
+  if (auto node = inodes_.GetByPath(committed.key); node && node->attr.type == FileType::kRegular) {
+    inodes_.Upsert(committed.key, attr, committed.etag, Expiry(), 0);
+  }
+  const ListedEntry entry{NameOf(committed.key), FileType::kRegular, committed.size, attr.mtime,
+                          committed.etag};
+  PatchListing(ParentOf(committed.key), entry.name, &entry);
+  ForgetMissing(committed.key);
+}
+
+void Filesystem::FinishDeferredDelete(InodeId ino) {
+  std::string key;
+  {
+    std::lock_guard lock(mu_);
+    auto it = deferred_deletes_.find(ino);
+    if (it == deferred_deletes_.end()) return;
+    if (auto node = inodes_.Get(ino); node && node->open_handles > 0) return;
+    key = it->second;
+    deferred_deletes_.erase(it);
+  }
+  Logger("fuse")->debug("last close of unlinked '{}': deleting it", key);
+  Status deleted = client_.Delete(key, {Deadline()});
+  if (!deleted.ok()) {
+    Logger("fuse")->error("'{}' was unlinked while open, but deleting it at its last close "
+                          "failed: {}", key, deleted.ToString());
+  }
+  std::lock_guard lock(mu_);
+  if (auto h = hidden_.find(key); h != hidden_.end() && h->second == ino) hidden_.erase(h);
+}
+
+Status Filesystem::Unhide(const std::string& path) {
+  InodeId ino = 0;
+  {
+    std::lock_guard lock(mu_);
+    auto h = hidden_.find(path);
+    if (h == hidden_.end()) return Status::Ok();
+    ino = h->second;
+    hidden_.erase(h);
+    deferred_deletes_.erase(ino);
+  }
+  // The old object goes now, before the new file can be committed: deleting it at the old
+  // file's last close could delete the new one. Its open handles read from their spool, or
+  // get ESTALE for what only the deleted object held.
+  Logger("fuse")->debug("'{}' made anew while its unlinked predecessor is open: deleting that "
+                        "one now", path);
+  return client_.Delete(path, {Deadline()});
+}
+
+Result<std::string> Filesystem::PutSmallObject(const std::string& key, std::string_view body,
+                                               s3::UserMetadata metadata) {
+  metadata["mtime"] = cache::EncodeMtime(clock_.WallNow());
+  s3::PutRequest put;
+  put.key = key;
+  put.body = std::span<const char>(body.data(), body.size());
+  put.metadata = std::move(metadata);
+  BFS_ASSIGN_OR_RETURN(s3::PutResult done, client_.Put(put, {Deadline()}));
+  return done.etag;
+}
+
+// --- Writing -----------------------------------------------------------------------------
+
+Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
+                                       uint32_t permissions, int flags, const Caller& caller) {
+  BFS_RETURN_IF_ERROR(CheckWritable());
+  Node dir;
+  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  auto existing = Resolve(dir.path, name, path);
+  if (existing.ok()) {
+    if ((flags & O_EXCL) != 0) return Status(ErrorCode::kExists, "'" + path + "' exists");
+    if (existing->attr.type == FileType::kDirectory) {
+      return Status(ErrorCode::kIsDirectory, "'" + path + "' is a directory");
+    }
+    BFS_ASSIGN_OR_RETURN(OpenReply opened, Open(existing->ino, flags));
+    Node node = *existing;
+    if (!inodes_.AddLookups(node.ino, 1)) {
+      node = inodes_.Upsert(path, node.attr, node.etag, node.attr_expiry, 1);
+    }
+    if (auto dirty = FindDirty(path)) node = EnterDirty(path, *dirty, 0);
+    return CreateReply{MakeEntry(node), opened};
+  }
+  if (existing.status().code() != ErrorCode::kNotFound) return std::move(existing).TakeStatus();
+
+  const s3::UserMetadata metadata =
+      AttributeMetadata(FileType::kRegular, permissions, caller.uid, caller.gid);
+  BFS_RETURN_IF_ERROR(Unhide(path));
+  BFS_ASSIGN_OR_RETURN(auto dirty, writeback_->OpenForWrite(path, std::nullopt, metadata,
+                                                            (flags & O_EXCL) != 0));
+  const Node node = EnterDirty(path, *dirty, 1);
+  auto handle = std::make_shared<FileHandle>();
+  handle->ino = node.ino;
+  handle->key = path;
+  handle->dirty = std::move(dirty);
+  handle->writer = true;
+  inodes_.OpenHandle(node.ino, "");
+  const ListedEntry entry{std::string(name), FileType::kRegular, 0, node.attr.mtime, ""};
+  PatchListing(dir.path, entry.name, &entry);
+  ForgetMissing(path);
+  return CreateReply{MakeEntry(node), OpenReply{AddFile(std::move(handle)), false}};
+}
+
+Result<size_t> Filesystem::Write(uint64_t handle, uint64_t offset, std::span<const char> data) {
+  auto file = FindFile(handle);
+  if (!file) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
+  if (!file->writer) return Status(ErrorCode::kInvalidArgument, "the file is not open for writing");
+  BFS_RETURN_IF_ERROR(file->dirty->Write(offset, data));
+  return data.size();
+}
+
+Status Filesystem::Flush(uint64_t handle) {
+  auto file = FindFile(handle);
+  if (!file || !file->writer) return Status::Ok();
+  if (options_.sync_on_close) return writeback_->Sync(file->dirty);
+  BFS_RETURN_IF_ERROR(file->dirty->Error());
+  writeback_->Flushed(file->dirty);
+  return Status::Ok();
+}
+
+Status Filesystem::Fsync(uint64_t handle) {
+  auto file = FindFile(handle);
+  if (!file) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
+  auto dirty = file->dirty;
+  if (!dirty) {
+    if (auto node = inodes_.Get(file->ino); node && !node->path.empty()) dirty = FindDirty(node->path);
+  }
+  if (!dirty) return Status::Ok();  // Nothing written: what S3 has is the file.
+  return writeback_->Sync(dirty);
+}
+
+Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request) {
+  auto node = inodes_.Get(ino);
+  if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
+  const bool changes_metadata = request.permissions || request.uid || request.gid || request.mtime;
+  if (!changes_metadata && !request.size) return GetAttr(ino);
+  BFS_RETURN_IF_ERROR(CheckWritable());
+
+  if (node->attr.type == FileType::kDirectory) {
+    if (request.size) return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
+    if (ino == kRootInode) return GetAttr(ino);  // The bucket itself has no marker to hold it.
+    Attributes attr = node->attr;
+    if (request.permissions) attr.permissions = *request.permissions & 07777;
+    if (request.uid) attr.uid = *request.uid;
+    if (request.gid) attr.gid = *request.gid;
+    attr.mtime = request.mtime.value_or(clock_.WallNow());
+    BFS_RETURN_IF_ERROR(PutSmallObject(DirectoryPrefix(node->path), "",
+                                       AttributeMetadata(FileType::kDirectory, attr.permissions,
+                                                         attr.uid, attr.gid))
+                            .status());
+    return AttrReply{inodes_.Upsert(node->path, attr, "", Expiry(), 0).attr, options_.metadata_ttl};
+  }
+  if (node->attr.type == FileType::kSymlink) {
+    // A symlink's own mode means nothing on Linux; its owner and time are not worth a
+    // rewrite of the object. Answer as if done (chown -h and touch -h succeed elsewhere too).
+    return AttrReply{node->attr, options_.metadata_ttl};
+  }
+
+  std::shared_ptr<cache::DirtyFile> dirty;
+  if (request.handle) {
+    if (auto file = FindFile(*request.handle); file && file->writer) dirty = file->dirty;
+  }
+  bool opened_here = false;
+  if (!dirty) {
+    if (node->unlinked || node->path.empty()) {
+      return Status(ErrorCode::kStale, "the file was removed");
+    }
+    // Through a writer of our own, released at the end: that starts the commit.
+    auto opened = Open(ino, O_WRONLY);
+    if (!opened.ok()) return std::move(opened).TakeStatus();
+    auto file = FindFile(opened->handle);
+    dirty = file->dirty;
+    opened_here = true;
+    Status applied = Status::Ok();
+    if (request.size) applied = dirty->Truncate(*request.size);
+    if (applied.ok() && changes_metadata) {
+      s3::UserMetadata changes;
+      if (request.permissions) changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
+      if (request.uid) changes["uid"] = std::to_string(*request.uid);
+      if (request.gid) changes["gid"] = std::to_string(*request.gid);
+      dirty->SetMetadata(changes, request.mtime);
+    }
+    Attributes attr = DirtyAttributesOf(*dirty);
+    attr.ino = ino;
+    Release(opened->handle);
+    BFS_RETURN_IF_ERROR(applied);
+    return AttrReply{attr, options_.metadata_ttl};
+  }
+  if (request.size) BFS_RETURN_IF_ERROR(dirty->Truncate(*request.size));
+  if (changes_metadata) {
+    s3::UserMetadata changes;
+    if (request.permissions) changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
+    if (request.uid) changes["uid"] = std::to_string(*request.uid);
+    if (request.gid) changes["gid"] = std::to_string(*request.gid);
+    dirty->SetMetadata(changes, request.mtime);
+  }
+  (void)opened_here;
+  Attributes attr = DirtyAttributesOf(*dirty);
+  attr.ino = ino;
+  return AttrReply{attr, options_.metadata_ttl};
+}
+
+// --- Namespace ---------------------------------------------------------------------------
+
+Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint32_t permissions,
+                                     const Caller& caller) {
+  BFS_RETURN_IF_ERROR(CheckWritable());
+  Node dir;
+  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  auto existing = Resolve(dir.path, name, path);
+  if (existing.ok()) return Status(ErrorCode::kExists, "'" + path + "' exists");
+  if (existing.status().code() != ErrorCode::kNotFound) return std::move(existing).TakeStatus();
+  BFS_RETURN_IF_ERROR(Unhide(path));
+  BFS_RETURN_IF_ERROR(PutSmallObject(DirectoryPrefix(path), "",
+                                     AttributeMetadata(FileType::kDirectory, permissions,
+                                                       caller.uid, caller.gid))
+                          .status());
+  Attributes attr = DirectoryAttributes(clock_.WallNow(), options_.defaults);
+  attr.permissions = permissions & 07777;
+  attr.uid = caller.uid;
+  attr.gid = caller.gid;
+  const Node node = inodes_.Upsert(path, attr, "", Expiry(), 1);
+  const ListedEntry entry{std::string(name), FileType::kDirectory, 0, attr.mtime, ""};
+  PatchListing(dir.path, entry.name, &entry);
+  RememberEmptyDirectory(path);
+  ForgetMissing(path);
+  return MakeEntry(node);
+}
+
+Status Filesystem::RmDir(InodeId parent, std::string_view name) {
+  BFS_RETURN_IF_ERROR(CheckWritable());
+  Node dir;
+  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, path));
+  if (node.attr.type != FileType::kDirectory) {
+    return Status(ErrorCode::kNotDirectory, "'" + path + "' is not a directory");
+  }
+  const std::string prefix = DirectoryPrefix(path);
+  if (writeback_ != nullptr && !writeback_->Under(prefix).empty()) {
+    return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
+  }
+  s3::ListRequest list;
+  list.prefix = prefix;
+  list.max_keys = 2;  // The marker, if any, sorts first; one more key means not empty.
+  BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
+  bool has_marker = false;
+  for (const auto& object : page.objects) {
+    if (object.key == prefix) {
+      has_marker = true;
+    } else {
+      return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
+    }
+  }
+  if (page.is_truncated) return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
+  if (has_marker) BFS_RETURN_IF_ERROR(client_.Delete(prefix, {Deadline()}));
+  inodes_.Detach(path);
+  PatchListing(dir.path, std::string(name), nullptr);
+  ForgetListingsUnder(path);
+  RememberMissing(path);
+  return Status::Ok();
+}
+
+Status Filesystem::Unlink(InodeId parent, std::string_view name) {
+  BFS_RETURN_IF_ERROR(CheckWritable());
+  Node dir;
+  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, path));
+  if (node.attr.type == FileType::kDirectory) {
+    return Status(ErrorCode::kIsDirectory, "'" + path + "' is a directory");
+  }
+  const auto current = inodes_.Get(node.ino);
+  const bool open = current && current->open_handles > 0;
+  Logger("fuse")->debug("unlink '{}'{}", path, open ? " (open: deleted at its last close)" : "");
+  // First the dirty data: its commit, if one is in flight, must land before the DELETE,
+  // or it would bring the object back.
+  if (writeback_ != nullptr) writeback_->Unlink(path);
+  if (open) {
+    // POSIX: its open descriptors keep working; the object goes at the last close.
+    {
+      std::lock_guard lock(mu_);
+      deferred_deletes_[node.ino] = path;
+      hidden_[path] = node.ino;
+    }
+    // The last handle may have closed between the count above and now (RELEASE and UNLINK
+    // run on different threads): then nobody else would finish it.
+    FinishDeferredDelete(node.ino);
+  } else {
+    BFS_RETURN_IF_ERROR(client_.Delete(path, {Deadline()}));
+  }
+  inodes_.Detach(path);
+  PatchListing(dir.path, std::string(name), nullptr);
+  RememberMissing(path);
+  return Status::Ok();
+}
+
+Result<EntryReply> Filesystem::Symlink(std::string_view target, InodeId parent,
+                                       std::string_view name, const Caller& caller) {
+  BFS_RETURN_IF_ERROR(CheckWritable());
+  if (target.empty() || target.size() > 4095) {
+    return Status(ErrorCode::kNameTooLong, "symlink targets are 1 to 4095 bytes");
+  }
+  Node dir;
+  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  auto existing = Resolve(dir.path, name, path);
+  if (existing.ok()) return Status(ErrorCode::kExists, "'" + path + "' exists");
+  if (existing.status().code() != ErrorCode::kNotFound) return std::move(existing).TakeStatus();
+  BFS_RETURN_IF_ERROR(Unhide(path));
+  BFS_ASSIGN_OR_RETURN(std::string etag,
+                       PutSmallObject(path, target,
+                                      AttributeMetadata(FileType::kSymlink, 0777, caller.uid,
+                                                        caller.gid)));
+  Attributes attr;
+  attr.type = FileType::kSymlink;
+  attr.permissions = 0777;
+  attr.uid = caller.uid;
+  attr.gid = caller.gid;
+  attr.size = target.size();
+  attr.mtime = clock_.WallNow();
+  const Node node = inodes_.Upsert(path, attr, etag, Expiry(), 1);
+  inodes_.SetSymlinkTarget(node.ino, std::string(target));
+  const ListedEntry entry{std::string(name), FileType::kRegular, attr.size, attr.mtime, etag};
+  PatchListing(dir.path, entry.name, &entry);
+  ForgetMissing(path);
+  return MakeEntry(node);
+}
+
+Status Filesystem::Link(InodeId, InodeId, std::string_view) {
+  return Status(ErrorCode::kNotPermitted, "hard links cannot be stored in S3");
+}
+
+Status Filesystem::RenameFile(const Node& source, const std::string& from, const std::string& to) {
+  using Outcome = cache::Writeback::RenameOutcome;
+  BFS_ASSIGN_OR_RETURN(Outcome moved, writeback_->Rename(from, to));
+  if (moved != Outcome::kNotDirty) {
+    if (moved == Outcome::kCopied) BFS_RETURN_IF_ERROR(client_.Delete(from, {Deadline()}));
+    inodes_.Rename(from, to);
+    if (auto dirty = FindDirty(to)) {
+      const auto attrs = dirty->Attributes();
+      const ListedEntry entry{NameOf(to), FileType::kRegular, attrs.size, attrs.mtime, ""};
+      PatchListing(ParentOf(to), entry.name, &entry);
+    } else {
+      ForgetListing(ParentOf(to));  // Committed and copied: the next listing shows it.
+      inodes_.Expire(source.ino);
+    }
+    return Status::Ok();
+  }
+  // The source's current version: RGW ignores x-amz-copy-source-if-match, so look first.
+  BFS_ASSIGN_OR_RETURN(s3::ObjectInfo head, client_.Head(s3::HeadRequest{from, {}}, {Deadline()}));
+  BFS_ASSIGN_OR_RETURN(std::string etag,
+                       cache::CopyObject(client_,
+                                         cache::CopySpec{from, to, head.size, head.etag,
+                                                         std::nullopt, {}},
+                                         Deadline()));
+  BFS_RETURN_IF_ERROR(client_.Delete(from, {Deadline()}));
+  if (etag.empty()) etag = head.etag;
+  Attributes attr = source.attr.type == FileType::kSymlink ? source.attr
+                                                           : ObjectAttributes(head, options_.defaults);
+  if (source.attr.type == FileType::kSymlink) attr.type = FileType::kSymlink;
+  inodes_.Rename(from, to);
+  inodes_.Upsert(to, attr, etag, Expiry(), 0);
+  const ListedEntry entry{NameOf(to), FileType::kRegular, head.size, attr.mtime, etag};
+  PatchListing(ParentOf(to), entry.name, &entry);
+  return Status::Ok();
+}
+
+Status Filesystem::RenameDirectory(const std::string& from, const std::string& to) {
+  const std::string from_prefix = DirectoryPrefix(from);
+  const std::string to_prefix = DirectoryPrefix(to);
+  std::vector<std::string> sources;  // Keys to delete once everything is copied.
+  // Dirty files first: the writeback moves (and, if committed, copies) each.
+  if (writeback_ != nullptr) {
+    for (const auto& dirty : writeback_->Under(from_prefix)) {
+      const std::string key = dirty->key();
+      BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, to_prefix + key.substr(from_prefix.size())));
+      // Committed meanwhile (kNotDirty): the listing below finds and copies it.
+      if (moved == cache::Writeback::RenameOutcome::kCopied) sources.push_back(key);
+    }
+  }
+  s3::ListRequest list;
+  list.prefix = from_prefix;
+  bool has_marker = false;
+  for (;;) {
+    BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
+    for (const auto& object : page.objects) {
+      if (object.key == from_prefix) has_marker = true;
+      if (std::find(sources.begin(), sources.end(), object.key) != sources.end()) continue;
+      const std::string dest = to_prefix + object.key.substr(from_prefix.size());
+      BFS_RETURN_IF_ERROR(cache::CopyObject(client_,
+                                            cache::CopySpec{object.key, dest, object.size,
+                                                            object.etag, std::nullopt, {}},
+                                            Deadline())
+                              .status());
+      sources.push_back(object.key);
+    }
+    if (!page.is_truncated) break;
+    list.continuation_token = page.next_continuation_token;
+  }
+  if (!has_marker) {
+    // The directory had no marker (it existed through its files): give the new one a
+    // marker, so it stays a directory whatever happens to its files.
+    BFS_RETURN_IF_ERROR(PutSmallObject(to_prefix, "",
+                                       AttributeMetadata(FileType::kDirectory,
+                                                         options_.defaults.dir_mode,
+                                                         options_.defaults.uid,
+                                                         options_.defaults.gid))
+                            .status());
+  }
+  for (size_t i = 0; i < sources.size(); i += s3::kMaxDeleteBatch) {
+    const size_t end = std::min(sources.size(), i + s3::kMaxDeleteBatch);
+    std::vector<std::string> batch(sources.begin() + static_cast<std::ptrdiff_t>(i),
+                                   sources.begin() + static_cast<std::ptrdiff_t>(end));
+    BFS_ASSIGN_OR_RETURN(s3::DeleteManyResult deleted, client_.DeleteMany(batch, {Deadline()}));
+    if (!deleted.errors.empty()) {
+      const auto& e = deleted.errors.front();
+      return Status(ErrorCode::kServerError,
+                    "renamed '" + from + "' to '" + to + "', but " +
+                        std::to_string(deleted.errors.size()) + " old key(s) could not be deleted, "
+                        "e.g. '" + e.key + "': " + e.code + " " + e.message);
+    }
+  }
+  inodes_.Rename(from, to);
+  return Status::Ok();
+}
+
+Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_parent,
+                          std::string_view new_name, unsigned flags) {
+  BFS_RETURN_IF_ERROR(CheckWritable());
+  if ((flags & kRenameExchange) != 0) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "RENAME_EXCHANGE is not supported: S3 cannot swap two keys atomically");
+  }
+  if ((flags & ~kRenameNoReplace) != 0) {
+    return Status(ErrorCode::kInvalidArgument, "unsupported rename flags " + std::to_string(flags));
+  }
+  Node from_dir, to_dir;
+  BFS_ASSIGN_OR_RETURN(std::string from, ChildKey(parent, name, &from_dir));
+  BFS_ASSIGN_OR_RETURN(std::string to, ChildKey(new_parent, new_name, &to_dir));
+  BFS_ASSIGN_OR_RETURN(Node source, Resolve(from_dir.path, name, from));
+  if (from == to) return Status::Ok();
+  Logger("fuse")->debug("rename '{}' -> '{}'", from, to);
+  const bool source_is_dir = source.attr.type == FileType::kDirectory;
+  if (source_is_dir && IsUnder(to, from)) {
+    return Status(ErrorCode::kInvalidArgument, "cannot move '" + from + "' into itself");
+  }
+  auto target = Resolve(to_dir.path, new_name, to);
+  if (!target.ok() && target.status().code() != ErrorCode::kNotFound) {
+    return std::move(target).TakeStatus();
+  }
+  if (target.ok()) {
+    if ((flags & kRenameNoReplace) != 0) return Status(ErrorCode::kExists, "'" + to + "' exists");
+    const bool target_is_dir = target->attr.type == FileType::kDirectory;
+    if (source_is_dir && !target_is_dir) {
+      return Status(ErrorCode::kNotDirectory, "'" + to + "' is not a directory");
+    }
+    if (!source_is_dir && target_is_dir) {
+      return Status(ErrorCode::kIsDirectory, "'" + to + "' is a directory");
+    }
+    if (target_is_dir) {
+      // Only over an empty directory, and nothing is deleted otherwise.
+      if (writeback_ != nullptr && !writeback_->Under(DirectoryPrefix(to)).empty()) {
+        return Status(ErrorCode::kNotEmpty, "'" + to + "' is not empty");
+      }
+      s3::ListRequest list;
+      list.prefix = DirectoryPrefix(to);
+      list.max_keys = 2;
+      BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
+      for (const auto& object : page.objects) {
+        if (object.key != list.prefix) return Status(ErrorCode::kNotEmpty, "'" + to + "' is not empty");
+      }
+    } else if (writeback_ != nullptr) {
+      writeback_->Unlink(to);  // Replaced: its pending data must not land after the rename.
+    }
+  }
+
+  BFS_RETURN_IF_ERROR(Unhide(to));
+  if (source_is_dir) {
+    BFS_RETURN_IF_ERROR(RenameDirectory(from, to));
+    ForgetListingsUnder(from);
+    ForgetListingsUnder(to);
+    const ListedEntry entry{std::string(new_name), FileType::kDirectory, 0, source.attr.mtime, ""};
+    PatchListing(to_dir.path, entry.name, &entry);
+  } else {
+    BFS_RETURN_IF_ERROR(RenameFile(source, from, to));
+  }
+  PatchListing(from_dir.path, std::string(name), nullptr);
+  RememberMissing(from);
+  ForgetMissing(to);
+  return Status::Ok();
+}
+
+}  // namespace bucketfs::fs
