@@ -236,9 +236,38 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
     counters_.negative_hits.fetch_add(1, std::memory_order_relaxed);
     return NotFound(path);
   }
-  // 4. Ask the server.
+  // 4. A second name found missing in the same directory within the TTL: a program is
+  //    creating files there (cp -r, tar x, a loop of writes). One listing then answers
+  //    every further lookup in it, and creates keep it current, instead of a HEAD and a
+  //    one-key listing per new name.
+  bool list_instead = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = misses_.find(dir_path);
+    list_instead = it != misses_.end() && Now() < it->second;
+  }
+  if (list_instead) {
+    auto listing = FetchListing(dir_path);
+    if (listing.ok() && (*listing)->exists) {
+      {
+        std::lock_guard lock(mu_);
+        misses_.erase(dir_path);
+      }
+      const ListedEntry* entry = (*listing)->Find(name);
+      if (entry == nullptr) return NotFound(path);
+      return EnterListed(path, *entry, 0);
+    }
+  }
+  // 5. Ask the server.
   auto probed = Probe(path);
-  if (!probed.ok() && probed.status().code() == ErrorCode::kNotFound) RememberMissing(path);
+  if (!probed.ok() && probed.status().code() == ErrorCode::kNotFound) {
+    RememberMissing(path);
+    if (options_.metadata_ttl > Duration::zero()) {
+      std::lock_guard lock(mu_);
+      if (misses_.size() > 1024) misses_.clear();  // A hint, not a record.
+      misses_[dir_path] = Expiry();
+    }
+  }
   return probed;
 }
 

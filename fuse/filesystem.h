@@ -299,6 +299,8 @@ class Filesystem {
   std::unordered_map<std::string, std::shared_ptr<const DirectoryListing>> listings_;  // mu_
   std::list<std::string> listing_order_;                                      // Guarded by mu_.
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
+  // Directories where a lookup recently found a name missing, until when.     // mu_.
+  std::unordered_map<std::string, MonoTime> misses_;
   Invalidator invalidate_;                                                    // Guarded by mu_.
   // Unlinked while open: the key to DELETE when the last handle closes.     // Guarded by mu_.
   std::unordered_map<InodeId, std::string> deferred_deletes_;

@@ -66,7 +66,14 @@ void Filesystem::PatchListing(const std::string& dir_path, const std::string& na
   std::lock_guard lock(mu_);
   auto it = listings_.find(dir_path);
   if (it == listings_.end()) return;
-  auto patched = std::make_shared<DirectoryListing>(*it->second);
+  // Copy-on-write, unless the cache holds the only reference (no open directory handle
+  // reads it): a burst of creates in a large directory must not copy it every time.
+  std::shared_ptr<DirectoryListing> patched;
+  if (it->second.use_count() == 1) {
+    patched = std::const_pointer_cast<DirectoryListing>(it->second);
+  } else {
+    patched = std::make_shared<DirectoryListing>(*it->second);
+  }
   auto& entries = patched->entries;
   auto pos = std::lower_bound(entries.begin(), entries.end(), name,
                               [](const ListedEntry& e, const std::string& n) { return e.name < n; });

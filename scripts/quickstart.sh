@@ -6,7 +6,7 @@
 #   scripts/quickstart.sh [MOUNTPOINT]   set up, start the server, mount (default ./mnt)
 #   scripts/quickstart.sh stop           unmount, stop the server (by PID), remove its state
 #
-# The mount is read-only until writing lands (issue: "Write anything, lose nothing").
+# The mount reads and writes; written data waits for its upload in $state/spool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=/tmp/bucketfs-demo
@@ -55,7 +55,7 @@ if mountpoint -q "$mnt"; then
   echo "quickstart: $mnt is already mounted"
 else
   # Without -f, `bucketfs mount` returns once the mount answers; the daemon stays behind.
-  build/release/cli/bucketfs mount demo "$mnt" --log-file "$state/bucketfs.log"
+  build/release/cli/bucketfs mount demo "$mnt" --log-file "$state/bucketfs.log" --spool-dir "$state/spool"
   # Its PID, for `stop`: the process whose command line names this mountpoint.
   for p in /proc/[0-9]*; do
     if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "bucketfs mount demo $mnt"; then

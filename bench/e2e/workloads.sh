@@ -86,6 +86,20 @@ group_seqwrite() {
     s3_put "$WRITE_BUCKET" "$key" "$DATA/write.bin" || { m_end; fail seq_write "PUT failed"; return 0; }
     m_end
     t_close=$M_WALL
+    ok seq_write "$(mbps "$WRITE_SIZE" "$M_WALL") MB/s until in S3 (one curl PUT)" \
+      "mb_s=$(mbps "$WRITE_SIZE" "$M_WALL")" "close_s=$t_close" "bytes=$WRITE_SIZE"
+    # The parallel-multipart baseline: the aws CLI (8 MiB parts, 10 in flight by default).
+    m_begin
+    if ! AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_DEFAULT_REGION=$S3_REGION \
+      env -u AWS_CA_BUNDLE timeout -k 5 "$OP_TIMEOUT" aws --endpoint-url "$S3_ENDPOINT" s3 cp --only-show-errors \
+      "$DATA/write.bin" "s3://$WRITE_BUCKET/$key.aws" >>"$WORK/logs/awscli.log" 2>&1; then
+      m_end; fail seq_write_awscli "aws s3 cp failed (see $WORK/logs/awscli.log)"; return 0
+    fi
+    m_end
+    ok seq_write_awscli "$(mbps "$WRITE_SIZE" "$M_WALL") MB/s until in S3 (aws s3 cp)" \
+      "mb_s=$(mbps "$WRITE_SIZE" "$M_WALL")" "bytes=$WRITE_SIZE"
+    s3_delete "$WRITE_BUCKET" "$key.aws" 2>/dev/null || true
+    return 0
   else
     m_begin
     if ! timeout -k 5 "$OP_TIMEOUT" dd if="$DATA/write.bin" of="$MNT/$key" bs=1M conv=fsync status=none; then
