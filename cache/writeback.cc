@@ -83,6 +83,23 @@ std::string EncodeMtime(WallTime t) {
   return s;
 }
 
+std::optional<WallTime> DecodeMtime(const std::string& text) {
+  const auto dot = text.find('.');
+  const std::string whole = text.substr(0, dot);
+  const std::string frac = dot == std::string::npos ? "" : text.substr(dot + 1);
+  auto digits = [](const std::string& s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (whole.empty() || whole.size() > 12 || !digits(whole) || !digits(frac) ||
+      (dot != std::string::npos && frac.empty())) {
+    return std::nullopt;
+  }
+  int64_t ns = 0;
+  for (size_t i = 0; i < 9; ++i) ns = ns * 10 + (i < frac.size() ? frac[i] - '0' : 0);
+  return WallTime(std::chrono::duration_cast<WallTime::duration>(
+      std::chrono::seconds(std::stoll(whole)) + std::chrono::nanoseconds(ns)));
+}
+
 namespace {
 
 // A failed commit, as the program and the log should see it.
@@ -158,6 +175,7 @@ Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
   if (offset + data.size() > PartLayout::kMaxObjectSize) {
     return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
   }
+  if (data.empty()) return Status::Ok();  // POSIX: no effect, not even on the size.
   std::vector<int> eager;
   {
     std::lock_guard lock(mu_);
@@ -498,7 +516,9 @@ Status DirtyFile::CommitOnce() {
     } else if (!base_etag_.empty()) {
       condition = s3::WriteCondition::IfMatch(base_etag_);
     }
-    multipart = size > owner_.layout_.first_part_size() || !upload_id_.empty();
+    // A file that shrank to one part or less is one PUT even if parts went early (a
+    // multipart upload needs at least one part; its leftovers are aborted below).
+    multipart = size > owner_.layout_.first_part_size();
   }
   if (!data_dirty && !meta_dirty) return Status::Ok();
   Logger("writeback")->debug("commit of '{}' ({} bytes, spool {}): {}{}{}", key, size, id_,
@@ -519,6 +539,14 @@ Status DirtyFile::CommitOnce() {
                   : PutWhole(key, size, metadata, condition);
     if (!uploaded.ok()) return Explain(uploaded.status(), key, owner_.spool_.DataPath(id_));
     etag = *uploaded;
+    if (!multipart) {
+      std::string leftover;
+      {
+        std::lock_guard lock(mu_);
+        leftover = std::exchange(upload_id_, std::string());
+      }
+      if (!leftover.empty()) (void)owner_.client_.AbortMultipart(key, leftover, {owner_.Deadline()});
+    }
     if (multipart) {
       // The upload carries the metadata of its creation: the mtime of the first part (not
       // worth a copy), and mode/uid/gid unless set since (worth one).
@@ -572,14 +600,27 @@ Status DirtyFile::Commit() {
     committing_ = true;
   }
   Status result = CommitOnce();
-  std::lock_guard lock(mu_);
-  committing_ = false;
-  if (!result.ok()) {
-    error_ = result;
-    conflict_ = result.code() == ErrorCode::kStale;
-    if (result.code() == ErrorCode::kCancelled) error_ = Status::Ok();  // Changed: retry.
+  std::string abandoned_upload, key;
+  {
+    std::lock_guard lock(mu_);
+    committing_ = false;
+    if (!result.ok()) {
+      error_ = result;
+      conflict_ = result.code() == ErrorCode::kStale;
+      if (result.code() == ErrorCode::kCancelled) error_ = Status::Ok();  // Changed: retry.
+      // A conflict is not retried: its multipart upload would be left behind.
+      if (conflict_) {
+        abandoned_upload = std::exchange(upload_id_, std::string());
+        parts_.clear();
+        highest_part_sent_ = 0;
+      }
+      key = key_;
+    }
+    changed_.notify_all();
   }
-  changed_.notify_all();
+  if (!abandoned_upload.empty()) {
+    (void)owner_.client_.AbortMultipart(key, abandoned_upload, {owner_.Deadline()});
+  }
   return result;
 }
 
@@ -783,7 +824,9 @@ void Writeback::RetryLoop() {
     std::vector<std::shared_ptr<DirtyFile>> due;
     for (const auto& [key, file] : files_) {
       std::lock_guard file_lock(file->mu_);
-      if (!file->error_.ok() && !file->conflict_ && !file->committing_ && file->writers_ == 0 &&
+      // Writers may still have it open: their writes fail with the sticky error until a
+      // retry succeeds, so the retry must not wait for them to close.
+      if (!file->error_.ok() && !file->conflict_ && !file->committing_ &&
           now >= file->next_retry_) {
         file->next_retry_ = now + options_.max_retry;  // Until Settle sets the real one.
         due.push_back(file);
@@ -941,12 +984,7 @@ std::shared_ptr<DirtyFile> Writeback::Adopt(const SpoolRecord& record, int fd) {
   for (const Extent& e : record.present) file->present_.Add(e.begin, e.end);
   file->metadata_ = record.metadata;
   if (auto it = file->metadata_.find("mtime"); it != file->metadata_.end()) {
-    char* end = nullptr;
-    const double secs = std::strtod(it->second.c_str(), &end);
-    if (end != it->second.c_str()) {
-      file->mtime_ = WallTime(std::chrono::duration_cast<WallTime::duration>(
-          std::chrono::duration<double>(secs)));
-    }
+    if (auto mtime = DecodeMtime(it->second)) file->mtime_ = *mtime;
     file->metadata_.erase(it);
   }
   file->data_generation_ = 1;

@@ -78,6 +78,9 @@ struct WriteContext {
 
 // x-amz-meta-mtime as s3fs writes it: decimal seconds, with a fraction only when needed.
 std::string EncodeMtime(WallTime t);
+// Its inverse, exact to the nanosecond ("1700000000", "1700000000.25"); nullopt if `text`
+// is not such a number.
+std::optional<WallTime> DecodeMtime(const std::string& text);
 
 // What a file starts as when opened for writing without O_TRUNC.
 struct BaseObject {

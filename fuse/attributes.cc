@@ -5,6 +5,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "cache/writeback.h"
+
 namespace bucketfs::fs {
 namespace {
 
@@ -49,13 +51,8 @@ Attributes ObjectAttributes(const s3::ObjectInfo& info, const AttributeDefaults&
   if (const auto* uid = Find(info.metadata, "uid")) ParseDecimal(*uid, &a.uid);
   if (const auto* gid = Find(info.metadata, "gid")) ParseDecimal(*gid, &a.gid);
   if (const auto* mtime = Find(info.metadata, "mtime")) {
-    // Seconds, possibly with a fraction ("1700000000" or "1700000000.25").
-    char* end = nullptr;
-    double secs = std::strtod(mtime->c_str(), &end);
-    if (end != mtime->c_str() && *end == '\0' && std::isfinite(secs) && secs >= 0) {
-      a.mtime = WallTime(std::chrono::duration_cast<WallTime::duration>(
-          std::chrono::duration<double>(secs)));
-    }
+    // Seconds, possibly with a fraction ("1700000000" or "1700000000.25"), exactly.
+    if (auto t = cache::DecodeMtime(*mtime)) a.mtime = *t;
   }
   return a;
 }

@@ -278,47 +278,36 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
     return AttrReply{node->attr, options_.metadata_ttl};
   }
 
+  // A writer's own handle (ftruncate, futimens) or, for a path, a writer of our own that
+  // is released at the end: that starts the commit.
   std::shared_ptr<cache::DirtyFile> dirty;
   if (request.handle) {
     if (auto file = FindFile(*request.handle); file && file->writer) dirty = file->dirty;
   }
-  bool opened_here = false;
+  std::optional<uint64_t> own_handle;
   if (!dirty) {
     if (node->unlinked || node->path.empty()) {
       return Status(ErrorCode::kStale, "the file was removed");
     }
-    // Through a writer of our own, released at the end: that starts the commit.
-    auto opened = Open(ino, O_WRONLY);
-    if (!opened.ok()) return std::move(opened).TakeStatus();
-    auto file = FindFile(opened->handle);
-    dirty = file->dirty;
-    opened_here = true;
-    Status applied = Status::Ok();
-    if (request.size) applied = dirty->Truncate(*request.size);
-    if (applied.ok() && changes_metadata) {
-      s3::UserMetadata changes;
-      if (request.permissions) changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
-      if (request.uid) changes["uid"] = std::to_string(*request.uid);
-      if (request.gid) changes["gid"] = std::to_string(*request.gid);
-      dirty->SetMetadata(changes, request.mtime);
-    }
-    Attributes attr = DirtyAttributesOf(*dirty);
-    attr.ino = ino;
-    Release(opened->handle);
-    BFS_RETURN_IF_ERROR(applied);
-    return AttrReply{attr, options_.metadata_ttl};
+    BFS_ASSIGN_OR_RETURN(OpenReply opened, Open(ino, O_WRONLY));
+    own_handle = opened.handle;
+    dirty = FindFile(opened.handle)->dirty;
   }
-  if (request.size) BFS_RETURN_IF_ERROR(dirty->Truncate(*request.size));
-  if (changes_metadata) {
+  Status applied = Status::Ok();
+  if (request.size) applied = dirty->Truncate(*request.size);
+  if (applied.ok() && changes_metadata) {
     s3::UserMetadata changes;
-    if (request.permissions) changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
+    if (request.permissions) {
+      changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
+    }
     if (request.uid) changes["uid"] = std::to_string(*request.uid);
     if (request.gid) changes["gid"] = std::to_string(*request.gid);
     dirty->SetMetadata(changes, request.mtime);
   }
-  (void)opened_here;
   Attributes attr = DirtyAttributesOf(*dirty);
   attr.ino = ino;
+  if (own_handle) Release(*own_handle);
+  BFS_RETURN_IF_ERROR(applied);
   return AttrReply{attr, options_.metadata_ttl};
 }
 

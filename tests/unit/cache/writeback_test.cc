@@ -1,0 +1,1173 @@
+#include "cache/writeback.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cache/memory_budget.h"
+#include "cache/spool.h"
+#include "common/clock.h"
+#include "s3/fake_client.h"
+#include "s3/fault_client.h"
+#include "s3/object_client.h"
+#include "tests/support/eventually.h"
+
+namespace bucketfs::cache {
+namespace {
+
+using namespace std::chrono_literals;
+namespace stdfs = std::filesystem;
+using testing::Eventually;
+
+constexpr uint64_t kMiB = 1ull << 20;
+// The smallest part S3 allows; PartLayout clamps anything smaller to it.
+constexpr uint64_t kPart = s3::kMinPartSize;
+constexpr Duration kWait = 5s;
+
+const s3::UserMetadata kMeta = {{"mode", "33188"}, {"uid", "1000"}, {"gid", "1000"}};
+// The FakeClock's wall time (1'700'000'000 s), as the commit stores it.
+const std::string kMtime = "1700000000";
+
+s3::UserMetadata Stored(s3::UserMetadata md) {
+  md["mtime"] = kMtime;
+  return md;
+}
+
+std::string Body(size_t n, uint64_t seed = 1) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const uint64_t v = rng();
+    std::memcpy(&s[i], &v, 8);
+  }
+  for (; i < n; ++i) s[i] = static_cast<char>(rng());
+  return s;
+}
+
+std::span<const char> Bytes(const std::string& s) { return {s.data(), s.size()}; }
+
+// Compares bodies without printing megabytes on a mismatch.
+::testing::AssertionResult SameBytes(const std::optional<std::string>& got, const std::string& want) {
+  if (!got) return ::testing::AssertionFailure() << "no such object";
+  if (got->size() != want.size()) {
+    return ::testing::AssertionFailure() << "size " << got->size() << ", expected " << want.size();
+  }
+  const auto diff = std::mismatch(got->begin(), got->end(), want.begin());
+  if (diff.first != got->end()) {
+    return ::testing::AssertionFailure() << "first difference at byte " << (diff.first - got->begin());
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Plays RGW where the fake plays AWS: CompleteMultipartUpload is refused (InvalidPart) while
+// the upload holds parts numbered past the last one listed. Everything else is forwarded.
+class RgwLikeClient final : public s3::ObjectClient {
+ public:
+  explicit RgwLikeClient(s3::ObjectClient& inner) : inner_(inner) {}
+
+  int refused_completes() const {
+    std::lock_guard lock(mu_);
+    return refused_;
+  }
+
+  const std::string& bucket() const override { return inner_.bucket(); }
+  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
+    return inner_.Head(req, opts);
+  }
+  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
+                            const s3::CallOptions& opts) override {
+    return inner_.Get(req, buffer, opts);
+  }
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    return inner_.Put(req, opts);
+  }
+  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
+    return inner_.Copy(req, opts);
+  }
+  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
+    return inner_.Delete(key, opts);
+  }
+  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
+                                          const s3::CallOptions& opts) override {
+    return inner_.DeleteMany(keys, opts);
+  }
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    return inner_.List(req, opts);
+  }
+  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
+                                      const s3::CallOptions& opts) override {
+    return inner_.CreateMultipart(req, opts);
+  }
+  Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
+                                  const s3::CallOptions& opts) override {
+    auto r = inner_.UploadPart(req, opts);
+    if (r.ok()) Record(req.upload_id, req.part_number);
+    return r;
+  }
+  Result<s3::PartInfo> UploadPartCopy(const s3::UploadPartCopyRequest& req,
+                                      const s3::CallOptions& opts) override {
+    auto r = inner_.UploadPartCopy(req, opts);
+    if (r.ok()) Record(req.upload_id, req.part_number);
+    return r;
+  }
+  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
+                                          const s3::CallOptions& opts) override {
+    {
+      std::lock_guard lock(mu_);
+      int last_listed = 0;
+      for (const auto& p : req.parts) last_listed = std::max(last_listed, p.part_number);
+      const auto& sent = parts_[req.upload_id];
+      if (!sent.empty() && *sent.rbegin() > last_listed) {
+        ++refused_;
+        return Status(ErrorCode::kBadRequest,
+                      "InvalidPart: part " + std::to_string(*sent.rbegin()) +
+                          " was uploaded but is not listed")
+            .WithServerDetails(400, "InvalidPart", "rgw-like");
+      }
+    }
+    auto r = inner_.CompleteMultipart(req, opts);
+    if (r.ok()) Forget(req.upload_id);
+    return r;
+  }
+  Status AbortMultipart(const std::string& key, const std::string& upload_id,
+                        const s3::CallOptions& opts) override {
+    Forget(upload_id);
+    return inner_.AbortMultipart(key, upload_id, opts);
+  }
+  Result<s3::ListPartsPage> ListParts(const s3::ListPartsRequest& req,
+                                      const s3::CallOptions& opts) override {
+    return inner_.ListParts(req, opts);
+  }
+  Result<s3::ListUploadsPage> ListMultipartUploads(const s3::ListUploadsRequest& req,
+                                                   const s3::CallOptions& opts) override {
+    return inner_.ListMultipartUploads(req, opts);
+  }
+
+ private:
+  void Record(const std::string& upload_id, int number) {
+    std::lock_guard lock(mu_);
+    parts_[upload_id].insert(number);
+  }
+  void Forget(const std::string& upload_id) {
+    std::lock_guard lock(mu_);
+    parts_.erase(upload_id);
+  }
+
+  s3::ObjectClient& inner_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::set<int>> parts_;  // Guarded by mu_.
+  int refused_ = 0;                             // Guarded by mu_.
+};
+
+class WritebackTest : public ::testing::Test {
+ protected:
+  WritebackTest() : budget_(64 * kMiB, clock_) {
+    std::string tmpl = (stdfs::temp_directory_path() / "bucketfs-writeback-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
+    root_ = tmpl;
+    spool_ = OpenSpool();
+  }
+  ~WritebackTest() override {
+    wb_.reset();
+    spool_.reset();
+    std::error_code ec;
+    stdfs::remove_all(root_, ec);
+  }
+
+  std::unique_ptr<Spool> OpenSpool() {
+    auto spool = Spool::Open(root_.string(), "bucket");
+    if (!spool.ok()) {
+      ADD_FAILURE() << spool.status().ToString();
+      return nullptr;
+    }
+    return std::move(spool).value();
+  }
+
+  static WritebackOptions Options() {
+    WritebackOptions o;
+    o.part_size = kPart;
+    o.upload_parallelism = 4;
+    o.commit_parallelism = 4;
+    o.request_timeout = 120s;
+    // On the FakeClock: a failed commit is retried in the background only when a test
+    // advances the clock.
+    o.first_retry = 5s;
+    o.max_retry = 60s;
+    return o;
+  }
+
+  void Start(s3::ObjectClient& client, MemoryBudget* budget = nullptr) {
+    wb_ = std::make_unique<Writeback>(
+        WriteContext{&client, budget ? budget : &budget_, spool_.get(), &clock_}, Options());
+  }
+
+  std::shared_ptr<DirtyFile> MustOpen(const std::string& key,
+                                      std::optional<BaseObject> base = std::nullopt,
+                                      const s3::UserMetadata& metadata = kMeta,
+                                      bool create_only = false) {
+    auto file = wb_->OpenForWrite(key, base, metadata, create_only);
+    EXPECT_TRUE(file.ok()) << key << ": " << file.status().ToString();
+    return file.ok() ? *file : nullptr;
+  }
+
+  // A base object for OpenForWrite: the fake's current version of `key`.
+  BaseObject BaseOf(const std::string& key) {
+    auto info = fake_.ObjectInfoDirect(key);
+    EXPECT_TRUE(info.has_value()) << key;
+    return info ? BaseObject{info->etag, info->size} : BaseObject{};
+  }
+
+  static ::testing::AssertionResult WriteAll(DirtyFile& file, const std::string& data,
+                                             size_t chunk, uint64_t at = 0) {
+    for (size_t off = 0; off < data.size(); off += chunk) {
+      const size_t n = std::min(chunk, data.size() - off);
+      Status s = file.Write(at + off, std::span<const char>(data.data() + off, n));
+      if (!s.ok()) return ::testing::AssertionFailure() << "at " << off << ": " << s.ToString();
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+  static std::string MustRead(DirtyFile& file, uint64_t offset, size_t size) {
+    auto r = file.Read(offset, size);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->ToString() : "<error>";
+  }
+
+  // After the last writer's release: the file leaves the writeback once committed.
+  bool WaitCommitted(const std::string& key) {
+    return Eventually([&] { return wb_->Find(key) == nullptr; }, kWait);
+  }
+
+  bool WaitFailedCommits(uint64_t n) {
+    return Eventually([&] { return wb_->GetStats().failed_commits >= n; }, kWait);
+  }
+
+  std::optional<SpoolRecord> RecordOf(const std::string& key) {
+    for (auto& r : spool_->Scan()) {
+      if (r.key == key) return r;
+    }
+    return std::nullopt;
+  }
+
+  size_t FilesInSpool() const {
+    size_t n = 0;
+    for (const auto& e : stdfs::directory_iterator(root_ / "bucket" / "files")) {
+      (void)e;
+      ++n;
+    }
+    return n;
+  }
+  std::vector<std::string> LostAndFound() const {
+    std::vector<std::string> names;
+    for (const auto& e : stdfs::directory_iterator(root_ / "bucket" / "lost+found")) {
+      names.push_back(e.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  FakeClock clock_;
+  s3::FakeObjectClient fake_{clock_};
+  s3::FaultInjectingClient faulty_{fake_, clock_};
+  RgwLikeClient rgw_{fake_};
+  MemoryBudget budget_;
+  std::unique_ptr<MemoryBudget> small_budget_;  // For tests of a tight budget.
+  stdfs::path root_;
+  std::unique_ptr<Spool> spool_;
+  std::unique_ptr<Writeback> wb_;
+};
+
+// --- New files -----------------------------------------------------------------------------
+
+TEST_F(WritebackTest, NewFileIsCommittedAfterTheLastReleaseWithItsBytesAndMetadata) {
+  Start(fake_);
+  std::vector<CommittedObject> heard;
+  std::mutex heard_mu;
+  wb_->SetListener([&](const CommittedObject& c) {
+    std::lock_guard lock(heard_mu);
+    heard.push_back(c);
+  });
+
+  auto file = MustOpen("dir/new.txt");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("hello, ")).ok());
+  ASSERT_TRUE(file->Write(7, Bytes("world")).ok());
+  EXPECT_EQ(wb_->Find("dir/new.txt"), file);
+  EXPECT_EQ(file->Attributes().size, 12u);
+  EXPECT_FALSE(fake_.Exists("dir/new.txt"));  // Nothing is uploaded before the close.
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("dir/new.txt"));
+  EXPECT_EQ(fake_.ObjectBody("dir/new.txt"), "hello, world");
+  auto info = fake_.ObjectInfoDirect("dir/new.txt");
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->metadata, Stored(kMeta));
+
+  std::lock_guard lock(heard_mu);
+  ASSERT_EQ(heard.size(), 1u);
+  EXPECT_EQ(heard[0].key, "dir/new.txt");
+  EXPECT_EQ(heard[0].size, 12u);
+  EXPECT_EQ(heard[0].etag, info->etag);
+  EXPECT_EQ(heard[0].metadata, Stored(kMeta));
+  EXPECT_TRUE(file->Error().ok());
+}
+
+TEST_F(WritebackTest, CommittedFileLeavesNothingInTheSpool) {
+  Start(fake_);
+  auto file = MustOpen("a");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("x")).ok());
+  EXPECT_EQ(FilesInSpool(), 2u);  // Its data and its record.
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("a"));
+  file.reset();
+  EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait)) << FilesInSpool();
+  EXPECT_TRUE(spool_->Scan().empty());
+  EXPECT_EQ(wb_->GetStats().dirty_files, 0u);
+}
+
+TEST_F(WritebackTest, SyncReturnsOnlyOnceTheObjectIsStoredAndIsFreeWhenNothingChanged) {
+  Start(fake_);
+  auto file = MustOpen("s");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("synced")).ok());
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  // No waiting: Sync's return is the guarantee.
+  EXPECT_EQ(fake_.ObjectBody("s"), "synced");
+  EXPECT_EQ(wb_->Find("s"), file);  // Still open for writing.
+  EXPECT_EQ(wb_->GetStats().commits, 1u);
+
+  const uint64_t calls = fake_.total_calls();
+  EXPECT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.total_calls(), calls);  // Nothing changed: no request.
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("s"));
+  EXPECT_EQ(fake_.calls(s3::Op::kPut), 1u);
+  EXPECT_EQ(fake_.ObjectBody("s"), "synced");
+}
+
+TEST_F(WritebackTest, WritesAfterASyncAreCommittedOverTheVersionItMade) {
+  Start(fake_);
+  auto file = MustOpen("v");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("first")).ok());
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  ASSERT_TRUE(file->Write(5, Bytes(" second")).ok());
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_EQ(fake_.ObjectBody("v"), "first second");
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("v"));
+  EXPECT_EQ(fake_.ObjectBody("v"), "first second");
+}
+
+TEST_F(WritebackTest, EmptyNewFileCommitsAnEmptyObject) {
+  Start(fake_);
+  auto file = MustOpen("empty");
+  ASSERT_NE(file, nullptr);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("empty"));
+  EXPECT_EQ(fake_.ObjectBody("empty"), "");
+  auto info = fake_.ObjectInfoDirect("empty");
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->size, 0u);
+  EXPECT_EQ(info->metadata, Stored(kMeta));
+}
+
+TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndCommitsAndAWriteReopensIt) {
+  Start(fake_);
+  auto file = MustOpen("f");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("one")).ok());
+  wb_->Flushed(file);
+  ASSERT_TRUE(Eventually([&] { return fake_.ObjectBody("f") == std::optional<std::string>("one"); },
+                         kWait));
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().commits == 1; }, kWait));
+  auto record = RecordOf("f");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_TRUE(record->closed);  // A crash now would upload it.
+
+  ASSERT_TRUE(file->Write(3, Bytes("two")).ok());  // Through a dup'd descriptor, say.
+  record = RecordOf("f");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_FALSE(record->closed);  // Half-rewritten: a crash must not upload it.
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("f"));
+  EXPECT_EQ(fake_.ObjectBody("f"), "onetwo");
+}
+
+class WritebackSizeTest : public WritebackTest, public ::testing::WithParamInterface<uint64_t> {};
+
+TEST_P(WritebackSizeTest, CommitHasExactlyTheBytesWritten) {
+  const uint64_t size = GetParam();
+  Start(fake_);
+  const std::string data = Body(size, size);
+  auto file = MustOpen("sized");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB + 3));  // Chunks that straddle part boundaries.
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("sized"), data));
+  if (size > kPart) {
+    EXPECT_EQ(fake_.calls(s3::Op::kCompleteMultipart), 1u);
+    EXPECT_EQ(fake_.calls(s3::Op::kPut), 0u);
+    auto info = fake_.ObjectInfoDirect("sized");
+    ASSERT_TRUE(info.has_value());
+    EXPECT_EQ(info->metadata.at("mode"), "33188");
+  } else if (size < kPart) {
+    EXPECT_EQ(fake_.calls(s3::Op::kPut), 1u);
+    EXPECT_EQ(fake_.calls(s3::Op::kCreateMultipart), 0u);
+  }
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("sized"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("sized"), data));
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+  EXPECT_EQ(budget_.used(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(AroundPartSizes, WritebackSizeTest,
+                         ::testing::Values(uint64_t{1}, kPart - 1, kPart, kPart + 1, 3 * kPart + 17),
+                         [](const ::testing::TestParamInfo<uint64_t>& param) {
+                           const uint64_t s = param.param;
+                           if (s == 1) return std::string("OneByte");
+                           if (s == kPart - 1) return std::string("PartMinusOne");
+                           if (s == kPart) return std::string("OnePart");
+                           if (s == kPart + 1) return std::string("PartPlusOne");
+                           return std::string("ThreePartsPlus17");
+                         });
+
+// --- Preconditions -------------------------------------------------------------------------
+
+TEST_F(WritebackTest, CreateOnlyOntoAnExistingKeyFailsStaleAndTheErrorSticks) {
+  Start(fake_);
+  fake_.PutDirect("taken", "theirs");
+  auto file = MustOpen("taken", std::nullopt, kMeta, /*create_only=*/true);
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("mine")).ok());
+
+  Status synced = wb_->Sync(file);
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.code(), ErrorCode::kStale) << synced.ToString();
+  EXPECT_EQ(file->Error().code(), ErrorCode::kStale);
+  Status write = file->Write(4, Bytes("more"));
+  EXPECT_EQ(write.code(), ErrorCode::kStale) << write.ToString();
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kStale);  // Not retried into success.
+  EXPECT_EQ(fake_.ObjectBody("taken"), "theirs");
+  // The data written here is kept for a person to look at.
+  EXPECT_TRUE(RecordOf("taken").has_value());
+}
+
+TEST_F(WritebackTest, CreateOnlyOfAFreeKeyCommits) {
+  Start(fake_);
+  auto file = MustOpen("free", std::nullopt, kMeta, /*create_only=*/true);
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("mine")).ok());
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.ObjectBody("free"), "mine");
+  // After its first commit the file is ours: a second commit must not fail If-None-Match.
+  ASSERT_TRUE(file->Write(4, Bytes("!")).ok());
+  Status again = wb_->Sync(file);
+  EXPECT_TRUE(again.ok()) << again.ToString();
+  EXPECT_EQ(fake_.ObjectBody("free"), "mine!");
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("free"));
+}
+
+// --- Existing objects ----------------------------------------------------------------------
+
+TEST_F(WritebackTest, OverwriteInTheMiddleUploadsOnePartAndCopiesTheRestServerSide) {
+  Start(fake_);
+  const std::string base = Body(3 * kPart + 100, 7);
+  fake_.PutDirect("big", base, kMeta);
+  auto file = MustOpen("big", BaseOf("big"));
+  ASSERT_NE(file, nullptr);
+  EXPECT_EQ(file->Attributes().size, base.size());
+
+  const uint64_t at = kPart + 12345;
+  ASSERT_TRUE(file->Write(at, Bytes("0123456789")).ok());
+  std::string expected = base;
+  expected.replace(at, 10, "0123456789");
+
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), expected));
+  const auto stats = wb_->GetStats();
+  // Parts 1 and 3 (whole) and 4 (the 100-byte tail) are untouched: copied, not sent.
+  EXPECT_EQ(stats.parts_copied, 3u);
+  EXPECT_EQ(stats.parts_uploaded, 1u);
+  EXPECT_EQ(stats.bytes_uploaded, kPart);
+  EXPECT_EQ(fake_.calls(s3::Op::kUploadPartCopy), 3u);
+  EXPECT_EQ(fake_.ObjectInfoDirect("big")->metadata, Stored(kMeta));
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("big"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), expected));
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+}
+
+TEST_F(WritebackTest, ReadsShowBaseBytesWhereUntouchedAndNewBytesWhereWritten) {
+  Start(fake_);
+  const std::string base = Body(100000, 3);
+  fake_.PutDirect("r", base);
+  auto file = MustOpen("r", BaseOf("r"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(500, Bytes("XYZ")).ok());
+  ASSERT_TRUE(file->Write(99998, Bytes("tail")).ok());  // Extends the file by 2 bytes.
+  std::string expected = base;
+  expected.replace(500, 3, "XYZ");
+  expected.resize(100002);
+  expected.replace(99998, 4, "tail");
+
+  EXPECT_EQ(file->Attributes().size, 100002u);
+  EXPECT_EQ(MustRead(*file, 499, 5), expected.substr(499, 5));
+  EXPECT_EQ(MustRead(*file, 0, 100), base.substr(0, 100));
+  EXPECT_TRUE(SameBytes(MustRead(*file, 0, 1 << 20), expected));  // Clipped to the size.
+  EXPECT_EQ(MustRead(*file, 100002, 10), "");
+  // A second read is served from the spool.
+  const uint64_t gets = fake_.calls(s3::Op::kGet);
+  EXPECT_EQ(MustRead(*file, 1000, 50000), expected.substr(1000, 50000));
+  EXPECT_EQ(fake_.calls(s3::Op::kGet), gets);
+  EXPECT_EQ(fake_.ObjectBody("r"), base);  // Reading uploads nothing.
+}
+
+TEST_F(WritebackTest, ReplacedBaseMakesTheCommitStaleAndNothingIsOverwritten) {
+  Start(fake_);
+  fake_.PutDirect("big", Body(3 * kPart + 100, 7));
+  auto file = MustOpen("big", BaseOf("big"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(kPart + 1, Bytes("mine")).ok());
+
+  const std::string theirs = Body(2 * kPart, 99);
+  fake_.PutDirect("big", theirs);  // Someone else replaces it.
+
+  Status synced = wb_->Sync(file);
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.code(), ErrorCode::kStale) << synced.ToString();
+  EXPECT_EQ(file->Error().code(), ErrorCode::kStale);
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), theirs));
+}
+
+TEST_F(WritebackTest, ReplacedBaseFailsIfMatchEvenWhenEveryByteWasRewritten) {
+  Start(fake_);
+  fake_.PutDirect("small", "aaaa");
+  auto file = MustOpen("small", BaseOf("small"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("bbbb")).ok());  // Nothing left to read from the base.
+  fake_.PutDirect("small", "cccc");
+  Status synced = wb_->Sync(file);
+  EXPECT_EQ(synced.code(), ErrorCode::kStale) << synced.ToString();
+  EXPECT_EQ(fake_.ObjectBody("small"), "cccc");
+}
+
+TEST_F(WritebackTest, DeletedBaseMakesTheCommitStaleAndNothingIsRecreated) {
+  Start(fake_);
+  fake_.PutDirect("small", "aaaa");
+  auto file = MustOpen("small", BaseOf("small"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("bbbb")).ok());
+  fake_.DeleteDirect("small");
+  Status synced = wb_->Sync(file);
+  EXPECT_EQ(synced.code(), ErrorCode::kStale) << synced.ToString();
+  EXPECT_FALSE(fake_.Exists("small"));
+}
+
+// --- Truncate ------------------------------------------------------------------------------
+
+TEST_F(WritebackTest, TruncateGrowReadsAndCommitsZeros) {
+  Start(fake_);
+  auto file = MustOpen("t");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("abc")).ok());
+  ASSERT_TRUE(file->Truncate(10).ok());
+  const std::string expected = std::string("abc") + std::string(7, '\0');
+  EXPECT_EQ(file->Attributes().size, 10u);
+  EXPECT_EQ(MustRead(*file, 0, 100), expected);
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.ObjectBody("t"), expected);
+}
+
+TEST_F(WritebackTest, TruncateShrinkDropsTheTail) {
+  Start(fake_);
+  auto file = MustOpen("t");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("abcdef")).ok());
+  ASSERT_TRUE(file->Truncate(3).ok());
+  EXPECT_EQ(MustRead(*file, 0, 100), "abc");
+  ASSERT_TRUE(file->Write(5, Bytes("Z")).ok());  // Past the end: a hole of zeros before it.
+  const std::string expected = std::string("abc") + std::string(2, '\0') + "Z";
+  EXPECT_EQ(MustRead(*file, 0, 100), expected);
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.ObjectBody("t"), expected);
+}
+
+TEST_F(WritebackTest, ShrinkThenGrowOfAnExistingObjectShowsZerosNotItsOldBytes) {
+  Start(fake_);
+  const std::string base = Body(100, 4);
+  fake_.PutDirect("b", base);
+  auto file = MustOpen("b", BaseOf("b"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Truncate(50).ok());
+  ASSERT_TRUE(file->Truncate(80).ok());
+  const std::string expected = base.substr(0, 50) + std::string(30, '\0');
+  EXPECT_EQ(MustRead(*file, 0, 200), expected);
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.ObjectBody("b"), expected);
+}
+
+TEST_F(WritebackTest, TruncateToZeroOfAnExistingObjectCommitsAnEmptyObject) {
+  Start(fake_);
+  fake_.PutDirect("b", "hello");
+  auto file = MustOpen("b", BaseOf("b"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Truncate(0).ok());
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.ObjectBody("b"), "");
+}
+
+// The test double itself: without this, the regression test below could pass vacuously.
+TEST_F(WritebackTest, RgwLikeClientRefusesACompleteThatLeavesOutHigherParts) {
+  auto upload = rgw_.CreateMultipart({"k", "", {}}, {});
+  ASSERT_TRUE(upload.ok());
+  const std::string part = Body(kPart, 1);
+  std::vector<s3::PartInfo> sent;
+  for (int n = 1; n <= 3; ++n) {
+    auto p = rgw_.UploadPart({"k", *upload, n, Bytes(part)}, {});
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    sent.push_back(*p);
+  }
+  auto refused = rgw_.CompleteMultipart({"k", *upload, {sent[0], sent[1]}, {}}, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().server_code(), "InvalidPart");
+  EXPECT_EQ(rgw_.refused_completes(), 1);
+  auto completed = rgw_.CompleteMultipart({"k", *upload, sent, {}}, {});
+  EXPECT_TRUE(completed.ok()) << completed.status().ToString();
+}
+
+// Regression: RGW refuses CompleteMultipartUpload while parts past the listed ones exist;
+// a file shrunk below parts already uploaded early must still commit, with the right bytes.
+TEST_F(WritebackTest, ShrinkBelowEagerlyUploadedPartsStillCommitsOnAStrictServer) {
+  Start(rgw_);
+  const std::string data = Body(3 * kPart + 17, 11);
+  auto file = MustOpen("shrunk");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  // Parts 1-3 are complete: they go up early, while the file is still open.
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 3; }, kWait));
+
+  ASSERT_TRUE(file->Truncate(kPart + 10).ok());
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("shrunk"), data.substr(0, kPart + 10)));
+  EXPECT_EQ(rgw_.refused_completes(), 0);
+  EXPECT_EQ(fake_.PendingUploads(), 0u);  // The upload with the extra parts was aborted.
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("shrunk"));
+}
+
+TEST_F(WritebackTest, ShrinkWithinTheEagerPartsReuploadsTheShortenedLastPart) {
+  Start(rgw_);
+  const std::string data = Body(3 * kPart, 12);
+  auto file = MustOpen("shrunk");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 3; }, kWait));
+  ASSERT_TRUE(file->Truncate(2 * kPart + 10).ok());  // Part 3 now holds 10 bytes.
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("shrunk"), data.substr(0, 2 * kPart + 10)));
+  EXPECT_EQ(rgw_.refused_completes(), 0);
+}
+
+// An early part creates a multipart upload; a file then emptied has no part to complete it
+// with (S3 refuses a CompleteMultipartUpload of zero parts): it must still commit, empty.
+TEST_F(WritebackTest, TruncateToZeroAfterAnEarlyPartCommitsAnEmptyObject) {
+  Start(fake_);
+  auto file = MustOpen("emptied");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(Body(kPart, 13))).ok());  // Part 1 is complete: sent early.
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 1; }, kWait));
+  ASSERT_TRUE(file->Truncate(0).ok());
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_EQ(fake_.ObjectBody("emptied"), "");
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+}
+
+TEST_F(WritebackTest, MetadataChangedAfterTheUploadBeganIsAppliedToTheObject) {
+  Start(fake_);
+  const std::string data = Body(kPart + 1, 14);
+  auto file = MustOpen("chmod");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  // Part 1 went up early: its upload carries the metadata of that moment.
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 1; }, kWait));
+  file->SetMetadata({{"mode", "33152"}}, std::nullopt);
+  EXPECT_EQ(file->Attributes().metadata.at("mode"), "33152");
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("chmod"), data));
+  s3::UserMetadata want = kMeta;
+  want["mode"] = "33152";
+  EXPECT_EQ(fake_.ObjectInfoDirect("chmod")->metadata, Stored(want));
+}
+
+TEST_F(WritebackTest, MetadataOnlyChangeOfAnExistingObjectKeepsItsBytes) {
+  Start(fake_);
+  const std::string base = Body(3 * kPart + 1, 15);
+  fake_.PutDirect("meta", base, kMeta);
+  auto file = MustOpen("meta", BaseOf("meta"));
+  ASSERT_NE(file, nullptr);
+  file->SetMetadata({{"uid", "0"}}, std::nullopt);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("meta"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("meta"), base));
+  s3::UserMetadata want = kMeta;
+  want["uid"] = "0";
+  EXPECT_EQ(fake_.ObjectInfoDirect("meta")->metadata, Stored(want));
+  EXPECT_EQ(fake_.calls(s3::Op::kUploadPart), 0u);  // No byte was sent again.
+  EXPECT_EQ(fake_.calls(s3::Op::kPut), 0u);
+}
+
+// --- Faults --------------------------------------------------------------------------------
+
+// FaultInjectingClient has no retries of its own (the curl client's are not in play): a
+// failed early part is simply sent again by the commit.
+TEST_F(WritebackTest, FailedEarlyPartIsSentAgainByTheCommitAndTheObjectArrives) {
+  Start(faulty_);
+  faulty_.FailNext(s3::Op::kUploadPart, 1, s3::InjectedError(ErrorCode::kServerError));
+  const std::string data = Body(3 * kPart + 17, 5);
+  auto file = MustOpen("flaky");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());  // Parts 1-3 are sent early; one fails.
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_EQ(faulty_.injected(s3::Op::kUploadPart), 1u);
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("flaky"), data));
+  EXPECT_TRUE(file->Error().ok());
+  EXPECT_EQ(wb_->GetStats().failed_commits, 0u);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("flaky"));
+}
+
+TEST_F(WritebackTest, FailedBackgroundCommitIsRetriedAfterItsBackoff) {
+  Start(faulty_);
+  faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kServerError));
+  auto file = MustOpen("later");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("eventually")).ok());
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitFailedCommits(1));
+  EXPECT_FALSE(fake_.Exists("later"));
+  EXPECT_EQ(file->Error().code(), ErrorCode::kServerError);
+  EXPECT_NE(wb_->Find("later"), nullptr);
+
+  clock_.Advance(Options().first_retry + 1s);  // The backoff has passed.
+  ASSERT_TRUE(WaitCommitted("later"));
+  EXPECT_EQ(fake_.ObjectBody("later"), "eventually");
+  EXPECT_TRUE(file->Error().ok());
+}
+
+TEST_F(WritebackTest, PersistentFailureIsStickyKeepsTheSpoolRecordAndASyncLaterSucceeds) {
+  Start(faulty_);
+  const auto rule =
+      faulty_.FailAlways(s3::Op::kUploadPart, s3::InjectedError(ErrorCode::kServerError));
+  const std::string data = Body(2 * kPart + 33, 6);
+  auto file = MustOpen("stuck");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+
+  Status synced = wb_->Sync(file);
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.code(), ErrorCode::kServerError) << synced.ToString();
+  EXPECT_EQ(file->Error().code(), ErrorCode::kServerError);
+  EXPECT_EQ(file->Write(0, Bytes("x")).code(), ErrorCode::kServerError);
+  EXPECT_FALSE(fake_.Exists("stuck"));
+  auto record = RecordOf("stuck");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_FALSE(record->closed);
+
+  wb_->ReleaseWriter(file);  // Its commit fails again, in the background.
+  ASSERT_TRUE(WaitFailedCommits(2));
+  record = RecordOf("stuck");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_TRUE(record->closed);
+  EXPECT_EQ(record->size, data.size());
+  EXPECT_EQ(file->Error().code(), ErrorCode::kServerError);
+
+  faulty_.RemoveRule(rule);
+  synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(file->Error().ok());
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("stuck"), data));
+  EXPECT_EQ(wb_->Find("stuck"), nullptr);
+  EXPECT_FALSE(RecordOf("stuck").has_value());
+  file.reset();
+  EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait));
+}
+
+// The contract: a failed commit's error is sticky "until a retry succeeds", and failed commits
+// are "retried in the background with backoff". A commit started by a close (FLUSH) while the
+// handle stays open (a dup'd descriptor, or fsync) must be retried too: otherwise every
+// write() of the still-open file fails with the old error long after S3 is back.
+TEST_F(WritebackTest, FailedCommitWhileAWriterIsStillOpenIsRetriedInTheBackground) {
+  Start(faulty_);
+  faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kServerError));
+  auto file = MustOpen("open");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("abc")).ok());
+  wb_->Flushed(file);  // close() of one descriptor; the handle stays open.
+  ASSERT_TRUE(WaitFailedCommits(1));
+  EXPECT_EQ(file->Error().code(), ErrorCode::kServerError);
+
+  clock_.Advance(Options().first_retry + 1s);  // The backoff has passed.
+  EXPECT_TRUE(Eventually([&] { return file->Error().ok(); }, 3s))
+      << "still failing: " << file->Error().ToString();
+  EXPECT_EQ(fake_.ObjectBody("open"), "abc");
+  EXPECT_TRUE(file->Write(3, Bytes("d")).ok());
+  wb_->ReleaseWriter(file);
+}
+
+TEST_F(WritebackTest, DrainCommitsEveryDirtyFileEvenWithWritersOpen) {
+  Start(fake_);
+  auto a = MustOpen("a");
+  auto b = MustOpen("b");
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(a->Write(0, Bytes("aaa")).ok());
+  ASSERT_TRUE(WriteAll(*b, Body(2 * kPart + 1, 16), kMiB));
+  Status drained = wb_->Drain(clock_.Now() + 60s);
+  ASSERT_TRUE(drained.ok()) << drained.ToString();
+  EXPECT_EQ(fake_.ObjectBody("a"), "aaa");
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("b"), Body(2 * kPart + 1, 16)));
+  wb_->ReleaseWriter(a);
+  wb_->ReleaseWriter(b);
+}
+
+TEST_F(WritebackTest, DrainReportsFilesThatCouldNotBeUploaded) {
+  Start(faulty_);
+  faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+  auto a = MustOpen("a");
+  ASSERT_NE(a, nullptr);
+  ASSERT_TRUE(a->Write(0, Bytes("aaa")).ok());
+  wb_->ReleaseWriter(a);
+  Status drained = wb_->Drain(clock_.Now() + 60s);
+  ASSERT_FALSE(drained.ok());
+  EXPECT_NE(drained.message().find(spool_->directory()), std::string::npos) << drained.ToString();
+  EXPECT_FALSE(fake_.Exists("a"));
+  EXPECT_TRUE(RecordOf("a").has_value());  // Kept for the next mount.
+}
+
+// --- Crash recovery ------------------------------------------------------------------------
+
+TEST_F(WritebackTest, RecoverCommitsWhatAStoppedDaemonLeftClosedInTheSpool) {
+  const std::string multipart = Body(2 * kPart + 5, 21);
+  const std::string base = Body(1000, 22);
+  fake_.PutDirect("based", base, kMeta);
+  std::string based = base;
+  based.replace(10, 3, "xyz");
+  {
+    // A daemon whose uploads all fail: nothing commits before it stops.
+    faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+    faulty_.FailAlways(s3::Op::kUploadPart, s3::InjectedError(ErrorCode::kServerError));
+    Start(faulty_);
+    auto small = MustOpen("small");
+    auto large = MustOpen("large");
+    auto existing = MustOpen("based", BaseOf("based"));
+    ASSERT_TRUE(small && large && existing);
+    ASSERT_TRUE(small->Write(0, Bytes("tiny")).ok());
+    ASSERT_TRUE(WriteAll(*large, multipart, kMiB));
+    ASSERT_TRUE(existing->Write(10, Bytes("xyz")).ok());
+    wb_->ReleaseWriter(small);
+    wb_->ReleaseWriter(large);
+    wb_->ReleaseWriter(existing);
+    ASSERT_TRUE(WaitFailedCommits(3));
+    small.reset();
+    large.reset();
+    existing.reset();
+
+    const MonoTime before = RealClock().Now();
+    wb_.reset();  // No Drain: stopping must not wait for the failing uploads.
+    EXPECT_LT(RealClock().Now() - before, 2s);
+    spool_.reset();
+  }
+  EXPECT_FALSE(fake_.Exists("small"));
+  EXPECT_FALSE(fake_.Exists("large"));
+  EXPECT_EQ(fake_.ObjectBody("based"), base);
+
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  faulty_.ClearRules();
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 3u);
+  EXPECT_EQ(fake_.ObjectBody("small"), "tiny");
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("large"), multipart));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("based"), based));
+  for (const char* key : {"small", "large", "based"}) {
+    auto info = fake_.ObjectInfoDirect(key);
+    ASSERT_TRUE(info.has_value()) << key;
+    EXPECT_EQ(info->metadata, Stored(kMeta)) << key;
+    EXPECT_EQ(wb_->Find(key), nullptr) << key;
+  }
+  EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait)) << FilesInSpool();
+  EXPECT_TRUE(LostAndFound().empty());
+}
+
+TEST_F(WritebackTest, RecoverQuarantinesARecordStillOpenInsteadOfUploadingIt) {
+  std::string open_id;
+  {
+    Start(fake_);
+    auto open = MustOpen("half-written");
+    ASSERT_NE(open, nullptr);
+    open_id = open->id();
+    ASSERT_TRUE(open->Write(0, Bytes("half")).ok());
+    // Never released: the daemon stops with the file open.
+    open.reset();
+    wb_.reset();
+    spool_.reset();
+  }
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 0u);
+  EXPECT_FALSE(fake_.Exists("half-written"));
+  EXPECT_EQ(wb_->Find("half-written"), nullptr);
+  EXPECT_EQ(LostAndFound(), (std::vector<std::string>{open_id + ".data", open_id + ".json"}));
+  EXPECT_EQ(FilesInSpool(), 0u);
+}
+
+TEST_F(WritebackTest, RecoverUploadsTheNewestRecordOfAKeyAndQuarantinesTheOlder) {
+  // Two closed records of one key, as two daemons in turn could leave them.
+  std::vector<std::string> ids;
+  for (const std::string text : {"older", "newer"}) {
+    auto created = spool_->CreateData();
+    ASSERT_TRUE(created.ok());
+    ASSERT_EQ(::pwrite(created->second, text.data(), text.size(), 0),
+              static_cast<ssize_t>(text.size()));
+    ::close(created->second);
+    SpoolRecord r;
+    r.id = created->first;
+    r.key = "twice";
+    r.size = text.size();
+    r.present = {{0, text.size()}};
+    r.metadata = Stored(kMeta);
+    r.closed = true;
+    ASSERT_TRUE(spool_->WriteRecord(r).ok());
+    ids.push_back(r.id);
+  }
+  ASSERT_LT(ids[0], ids[1]);  // Ids sort by creation.
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  EXPECT_EQ(fake_.ObjectBody("twice"), "newer");
+  EXPECT_EQ(fake_.ObjectInfoDirect("twice")->metadata, Stored(kMeta));
+  EXPECT_EQ(LostAndFound(), (std::vector<std::string>{ids[0] + ".data", ids[0] + ".json"}));
+}
+
+TEST_F(WritebackTest, RecoverKeepsTheFilesMtimeExactly) {
+  auto created = spool_->CreateData();
+  ASSERT_TRUE(created.ok());
+  ASSERT_EQ(::pwrite(created->second, "data", 4, 0), 4);
+  ::close(created->second);
+  SpoolRecord r;
+  r.id = created->first;
+  r.key = "timed";
+  r.size = 4;
+  r.present = {{0, 4}};
+  r.metadata = kMeta;
+  r.metadata["mtime"] = "1763838654.123456789";  // As EncodeMtime writes a real clock's time.
+  r.closed = true;
+  ASSERT_TRUE(spool_->WriteRecord(r).ok());
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  auto info = fake_.ObjectInfoDirect("timed");
+  ASSERT_TRUE(info.has_value());
+  EXPECT_EQ(info->metadata.at("mtime"), "1763838654.123456789");
+}
+
+TEST_F(WritebackTest, RecoverOfAFileWhoseObjectChangedMeanwhileKeepsItsData) {
+  fake_.PutDirect("moved-on", "version 1");
+  const std::string old_etag = fake_.ObjectInfoDirect("moved-on")->etag;
+  fake_.PutDirect("moved-on", "version 2 by someone else");
+  auto created = spool_->CreateData();
+  ASSERT_TRUE(created.ok());
+  ASSERT_EQ(::pwrite(created->second, "mine", 4, 0), 4);
+  ::close(created->second);
+  SpoolRecord r;
+  r.id = created->first;
+  r.key = "moved-on";
+  r.base_etag = old_etag;
+  r.base_limit = 4;
+  r.size = 4;
+  r.present = {{0, 4}};
+  r.metadata = Stored(kMeta);
+  r.closed = true;
+  ASSERT_TRUE(spool_->WriteRecord(r).ok());
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 0u);
+  EXPECT_EQ(fake_.ObjectBody("moved-on"), "version 2 by someone else");
+  ASSERT_NE(wb_->Find("moved-on"), nullptr);
+  EXPECT_EQ(wb_->Find("moved-on")->Error().code(), ErrorCode::kStale);
+  EXPECT_TRUE(RecordOf("moved-on").has_value());  // Kept for a person.
+}
+
+// --- Namespace -----------------------------------------------------------------------------
+
+TEST_F(WritebackTest, UnlinkedDirtyFileIsNeverCommitted) {
+  Start(fake_);
+  auto file = MustOpen("gone");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("never stored")).ok());
+  wb_->Unlink("gone");
+  EXPECT_EQ(wb_->Find("gone"), nullptr);
+  // The program may go on writing to its descriptor; nothing reaches the bucket.
+  EXPECT_TRUE(file->Write(12, Bytes("!")).ok());
+  EXPECT_TRUE(wb_->Sync(file).ok());
+  wb_->ReleaseWriter(file);
+  file.reset();
+  EXPECT_FALSE(fake_.Exists("gone"));
+  EXPECT_EQ(fake_.calls(s3::Op::kPut), 0u);
+  EXPECT_EQ(fake_.calls(s3::Op::kCompleteMultipart), 0u);
+  EXPECT_EQ(FilesInSpool(), 0u);
+  EXPECT_EQ(wb_->GetStats().dirty_files, 0u);
+}
+
+TEST_F(WritebackTest, UnlinkAbortsAnUploadAlreadyStarted) {
+  Start(fake_);
+  auto file = MustOpen("gone");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(Body(2 * kPart + 5))).ok());
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 2; }, kWait));
+  EXPECT_EQ(fake_.PendingUploads(), 1u);
+  wb_->Unlink("gone");
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+  wb_->ReleaseWriter(file);
+  EXPECT_FALSE(fake_.Exists("gone"));
+  EXPECT_EQ(fake_.calls(s3::Op::kCompleteMultipart), 0u);
+}
+
+TEST_F(WritebackTest, RenameOfAFileNeverCommittedMovesItAndItCommitsAtTheNewKeyOnly) {
+  Start(fake_);
+  EXPECT_EQ(*wb_->Rename("nobody", "else"), Writeback::RenameOutcome::kNotDirty);
+
+  const std::string data = Body(2 * kPart + 5, 31);
+  auto file = MustOpen("from");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  // Parts already sent early belong to an upload of the old key.
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 2; }, kWait));
+
+  auto renamed = wb_->Rename("from", "to");
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(*renamed, Writeback::RenameOutcome::kMoved);
+  EXPECT_EQ(wb_->Find("from"), nullptr);
+  EXPECT_EQ(wb_->Find("to"), file);
+  EXPECT_EQ(file->key(), "to");
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("to"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("to"), data));
+  EXPECT_FALSE(fake_.Exists("from"));
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+  EXPECT_EQ(fake_.ObjectInfoDirect("to")->metadata, Stored(kMeta));
+}
+
+TEST_F(WritebackTest, RenameOntoAnotherDirtyFileReplacesIt) {
+  Start(fake_);
+  auto a = MustOpen("a");
+  auto b = MustOpen("b");
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(a->Write(0, Bytes("from a")).ok());
+  ASSERT_TRUE(b->Write(0, Bytes("from b")).ok());
+  auto renamed = wb_->Rename("a", "b");
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(*renamed, Writeback::RenameOutcome::kMoved);
+  EXPECT_EQ(wb_->Find("b"), a);
+  wb_->ReleaseWriter(b);  // The replaced file: its data must never land.
+  wb_->ReleaseWriter(a);
+  ASSERT_TRUE(WaitCommitted("b"));
+  EXPECT_EQ(fake_.ObjectBody("b"), "from a");
+  EXPECT_FALSE(fake_.Exists("a"));
+  EXPECT_EQ(wb_->GetStats().commits, 1u);
+}
+
+TEST_F(WritebackTest, RenameOfACommittedAndModifiedFileCopiesItsNewBytes) {
+  Start(fake_);
+  auto file = MustOpen("c1");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("version one")).ok());
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  ASSERT_TRUE(file->Write(11, Bytes(" and two")).ok());
+
+  auto renamed = wb_->Rename("c1", "c2");
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(*renamed, Writeback::RenameOutcome::kCopied);
+  EXPECT_EQ(fake_.ObjectBody("c2"), "version one and two");
+  EXPECT_EQ(fake_.ObjectInfoDirect("c2")->metadata, Stored(kMeta));
+  EXPECT_EQ(wb_->Find("c1"), nullptr);
+  // Deleting the old key is the caller's part (kCopied).
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("c2"));
+  EXPECT_EQ(fake_.ObjectBody("c2"), "version one and two");
+}
+
+TEST_F(WritebackTest, WritesAfterARenameWithCopyCommitToTheNewKey) {
+  Start(fake_);
+  auto file = MustOpen("c1");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("one")).ok());
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  auto renamed = wb_->Rename("c1", "c2");
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(*renamed, Writeback::RenameOutcome::kCopied);
+  ASSERT_TRUE(fake_.Exists("c1"));
+  fake_.DeleteDirect("c1");  // As the filesystem does after kCopied.
+  ASSERT_TRUE(file->Write(3, Bytes("two")).ok());
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("c2"));
+  EXPECT_EQ(fake_.ObjectBody("c2"), "onetwo");
+  EXPECT_FALSE(fake_.Exists("c1"));
+  EXPECT_TRUE(file->Error().ok()) << file->Error().ToString();
+}
+
+// --- Memory --------------------------------------------------------------------------------
+
+TEST_F(WritebackTest, SixtyFourMiBThroughASixteenMiBBudgetCommitsAndGivesEveryByteBack) {
+  small_budget_ = std::make_unique<MemoryBudget>(16 * kMiB, clock_);
+  MemoryBudget& small = *small_budget_;
+  Start(fake_, &small);
+  const std::string data = Body(64 * kMiB, 64);
+  auto file = MustOpen("large");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("large"), data));
+  EXPECT_EQ(small.used(), 0u);
+  EXPECT_LE(small.peak(), 16 * kMiB);
+  EXPECT_GE(small.peak(), kPart);  // Parts were charged to it.
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("large"));
+  file.reset();
+  wb_.reset();
+  EXPECT_EQ(small.used(), 0u);
+}
+
+}  // namespace
+}  // namespace bucketfs::cache

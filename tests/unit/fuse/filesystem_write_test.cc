@@ -1,0 +1,472 @@
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/block_cache.h"
+#include "cache/memory_budget.h"
+#include "cache/spool.h"
+#include "cache/writeback.h"
+#include "common/clock.h"
+#include "common/task_pool.h"
+#include "fuse/filesystem.h"
+#include "s3/fake_client.h"
+#include "tests/support/eventually.h"
+
+namespace bucketfs::fs {
+namespace {
+
+using namespace std::chrono_literals;
+namespace stdfs = std::filesystem;
+using testing::Eventually;
+
+constexpr uint64_t kBlock = 64 * 1024;
+constexpr Duration kTtl = 60s;
+const Caller kCaller{1000, 1000};
+
+std::span<const char> Bytes(const std::string& s) { return {s.data(), s.size()}; }
+
+std::string ModeOf(uint32_t type_bits, uint32_t permissions) {
+  return std::to_string(type_bits | permissions);
+}
+
+class FilesystemWriteTest : public ::testing::Test {
+ protected:
+  FilesystemWriteTest()
+      : budget_(64ull << 20, clock_),
+        cache_(budget_, CacheOptions(&clock_)),
+        pool_(std::make_unique<TaskPool>("fs-write-test", 2, 64)) {
+    std::string tmpl = (stdfs::temp_directory_path() / "bucketfs-fswrite-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
+    root_ = tmpl;
+    auto spool = cache::Spool::Open(root_.string(), "bucket");
+    if (!spool.ok()) std::abort();
+    spool_ = std::move(spool).value();
+    cache::WritebackOptions w;
+    w.part_size = s3::kMinPartSize;
+    w.upload_parallelism = 2;
+    w.commit_parallelism = 2;
+    writeback_ = std::make_unique<cache::Writeback>(
+        cache::WriteContext{&server_, &budget_, spool_.get(), &clock_}, w);
+    fs_ = Make(/*read_only=*/false, writeback_.get());
+  }
+  ~FilesystemWriteTest() override {
+    fs_.reset();
+    writeback_.reset();
+    pool_.reset();  // Drains prefetches before the cache goes.
+    spool_.reset();
+    std::error_code ec;
+    stdfs::remove_all(root_, ec);
+  }
+
+  static cache::BlockCacheOptions CacheOptions(Clock* clock) {
+    cache::BlockCacheOptions o;
+    o.capacity_bytes = 32 * kBlock;
+    o.block_size = kBlock;
+    o.clock = clock;
+    return o;
+  }
+
+  std::unique_ptr<Filesystem> Make(bool read_only, cache::Writeback* writeback) {
+    FilesystemOptions o;
+    o.defaults.uid = 1000;
+    o.defaults.gid = 1000;
+    o.metadata_ttl = kTtl;
+    o.read_only = read_only;
+    o.read_ahead.initial_window = kBlock;
+    o.read_ahead.max_window = 4 * kBlock;
+    o.read_ahead.timeout = 30s;
+    o.mount_time = clock_.WallNow();
+    return std::make_unique<Filesystem>(
+        server_, cache::ReadContext{&server_, &cache_, &budget_, pool_.get(), &clock_}, writeback,
+        o);
+  }
+
+  InodeId MustLookup(InodeId parent, const std::string& name) {
+    auto r = fs_->Lookup(parent, name);
+    EXPECT_TRUE(r.ok()) << name << ": " << r.status().ToString();
+    return r.ok() ? r->attr.ino : 0;
+  }
+
+  // Creates `name` in `parent`, writes `body` and closes it; waits for the commit.
+  void MustCreateFile(InodeId parent, const std::string& key, const std::string& name,
+                      const std::string& body) {
+    auto created = fs_->Create(parent, name, 0644, O_WRONLY | O_CREAT, kCaller);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    auto wrote = fs_->Write(created->open.handle, 0, Bytes(body));
+    ASSERT_TRUE(wrote.ok()) << wrote.status().ToString();
+    ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+    fs_->Release(created->open.handle);
+    ASSERT_TRUE(WaitCommitted(key));
+  }
+
+  bool WaitCommitted(const std::string& key) {
+    return Eventually([&] { return writeback_->Find(key) == nullptr; }, 5s);
+  }
+
+  std::string MetaOf(const std::string& key, const std::string& name) {
+    auto info = server_.ObjectInfoDirect(key);
+    if (!info) return "<no object>";
+    auto it = info->metadata.find(name);
+    return it == info->metadata.end() ? "<unset>" : it->second;
+  }
+
+  FakeClock clock_;
+  s3::FakeObjectClient server_{clock_};
+  cache::MemoryBudget budget_;
+  cache::BlockCache cache_;
+  std::unique_ptr<TaskPool> pool_;
+  stdfs::path root_;
+  std::unique_ptr<cache::Spool> spool_;
+  std::unique_ptr<cache::Writeback> writeback_;
+  std::unique_ptr<Filesystem> fs_;
+};
+
+// --- Files ---------------------------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, CreateWriteReleaseThenLookupShowsTheSize) {
+  auto created = fs_->Create(kRootInode, "f.txt", 0640, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(created->entry.attr.type, FileType::kRegular);
+  EXPECT_EQ(created->entry.attr.size, 0u);
+  EXPECT_EQ(created->entry.attr.permissions, 0640u);
+  const uint64_t handle = created->open.handle;
+
+  auto wrote = fs_->Write(handle, 0, Bytes("hello world"));
+  ASSERT_TRUE(wrote.ok()) << wrote.status().ToString();
+  EXPECT_EQ(*wrote, 11u);
+  // While dirty, the size comes from the spool.
+  auto dirty = fs_->Lookup(kRootInode, "f.txt");
+  ASSERT_TRUE(dirty.ok()) << dirty.status().ToString();
+  EXPECT_EQ(dirty->attr.size, 11u);
+
+  ASSERT_TRUE(fs_->Flush(handle).ok());
+  fs_->Release(handle);
+  ASSERT_TRUE(WaitCommitted("f.txt"));
+
+  auto looked = fs_->Lookup(kRootInode, "f.txt");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.size, 11u);
+  EXPECT_EQ(looked->attr.ino, created->entry.attr.ino);
+  EXPECT_EQ(server_.ObjectBody("f.txt"), "hello world");
+  EXPECT_EQ(MetaOf("f.txt", "mode"), ModeOf(S_IFREG, 0640));
+  EXPECT_EQ(MetaOf("f.txt", "uid"), "1000");
+  EXPECT_EQ(MetaOf("f.txt", "gid"), "1000");
+  EXPECT_NE(MetaOf("f.txt", "mtime"), "<unset>");
+}
+
+TEST_F(FilesystemWriteTest, CreateExclusiveOfAnExistingNameIsExists) {
+  server_.PutDirect("there", "x");
+  auto created = fs_->Create(kRootInode, "there", 0644, O_WRONLY | O_CREAT | O_EXCL, kCaller);
+  ASSERT_FALSE(created.ok());
+  EXPECT_EQ(created.status().code(), ErrorCode::kExists);
+  EXPECT_EQ(server_.ObjectBody("there"), "x");
+}
+
+TEST_F(FilesystemWriteTest, OpenWithTruncReplacesTheObject) {
+  server_.PutDirect("t.txt", "old contents");
+  const InodeId ino = MustLookup(kRootInode, "t.txt");
+  auto opened = fs_->Open(ino, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("new")).ok());
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("t.txt"));
+  EXPECT_EQ(server_.ObjectBody("t.txt"), "new");
+}
+
+TEST_F(FilesystemWriteTest, SetAttrPermissionsStoresTheModeWithTheFileTypeInDecimal) {
+  server_.PutDirect("p.txt", "data", {{"mode", ModeOf(S_IFREG, 0644)}, {"uid", "1000"}, {"gid", "1000"}});
+  const InodeId ino = MustLookup(kRootInode, "p.txt");
+  SetAttrRequest req;
+  req.permissions = 0600;
+  auto set = fs_->SetAttr(ino, req);
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->attr.permissions, 0600u);
+  ASSERT_TRUE(WaitCommitted("p.txt"));
+  EXPECT_EQ(MetaOf("p.txt", "mode"), ModeOf(S_IFREG, 0600));
+  EXPECT_EQ(MetaOf("p.txt", "mode"), "33152");
+  EXPECT_EQ(MetaOf("p.txt", "uid"), "1000");
+  EXPECT_EQ(server_.ObjectBody("p.txt"), "data");  // The bytes are untouched.
+  auto attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->attr.permissions, 0600u);
+}
+
+TEST_F(FilesystemWriteTest, SetAttrSizeTruncatesTheObject) {
+  server_.PutDirect("s.txt", "0123456789");
+  const InodeId ino = MustLookup(kRootInode, "s.txt");
+  SetAttrRequest req;
+  req.size = 4;
+  auto set = fs_->SetAttr(ino, req);
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->attr.size, 4u);
+  ASSERT_TRUE(WaitCommitted("s.txt"));
+  EXPECT_EQ(server_.ObjectBody("s.txt"), "0123");
+}
+
+// --- Directories ---------------------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, MkDirWritesADirectoryMarker) {
+  auto made = fs_->MkDir(kRootInode, "d", 0750, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  EXPECT_EQ(made->attr.type, FileType::kDirectory);
+  EXPECT_EQ(made->attr.permissions, 0750u);
+  EXPECT_EQ(server_.ObjectBody("d/"), "");
+  EXPECT_EQ(MetaOf("d/", "mode"), ModeOf(S_IFDIR, 0750));
+  EXPECT_EQ(MetaOf("d/", "uid"), "1000");
+  EXPECT_FALSE(server_.Exists("d"));
+
+  auto looked = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.type, FileType::kDirectory);
+
+  auto again = fs_->MkDir(kRootInode, "d", 0750, kCaller);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), ErrorCode::kExists);
+}
+
+TEST_F(FilesystemWriteTest, RmDirOfANonEmptyDirectoryIsNotEmptyAndDeletesNothing) {
+  server_.PutDirect("full/", "");
+  server_.PutDirect("full/x", "1");
+  Status removed = fs_->RmDir(kRootInode, "full");
+  EXPECT_EQ(removed.code(), ErrorCode::kNotEmpty) << removed.ToString();
+  EXPECT_TRUE(server_.Exists("full/"));
+  EXPECT_TRUE(server_.Exists("full/x"));
+
+  // Without a marker: a directory only through its files.
+  server_.PutDirect("implicit/y", "2");
+  EXPECT_EQ(fs_->RmDir(kRootInode, "implicit").code(), ErrorCode::kNotEmpty);
+  EXPECT_TRUE(server_.Exists("implicit/y"));
+}
+
+TEST_F(FilesystemWriteTest, RmDirWithAFileStillBeingWrittenIsNotEmpty) {
+  auto made = fs_->MkDir(kRootInode, "e", 0755, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  auto created = fs_->Create(made->attr.ino, "x", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  // Nothing of it is in the bucket yet, but the directory is not empty.
+  EXPECT_EQ(fs_->RmDir(kRootInode, "e").code(), ErrorCode::kNotEmpty);
+  EXPECT_TRUE(server_.Exists("e/"));
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("e/x"));
+  EXPECT_EQ(fs_->RmDir(kRootInode, "e").code(), ErrorCode::kNotEmpty);
+}
+
+TEST_F(FilesystemWriteTest, RmDirOfAnEmptyDirectoryDeletesItsMarker) {
+  auto made = fs_->MkDir(kRootInode, "empty", 0755, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  Status removed = fs_->RmDir(kRootInode, "empty");
+  ASSERT_TRUE(removed.ok()) << removed.ToString();
+  EXPECT_FALSE(server_.Exists("empty/"));
+  EXPECT_EQ(fs_->Lookup(kRootInode, "empty").status().code(), ErrorCode::kNotFound);
+}
+
+// --- Unlink --------------------------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, UnlinkRemovesTheObject) {
+  server_.PutDirect("gone.txt", "bye");
+  MustLookup(kRootInode, "gone.txt");
+  Status unlinked = fs_->Unlink(kRootInode, "gone.txt");
+  ASSERT_TRUE(unlinked.ok()) << unlinked.ToString();
+  EXPECT_FALSE(server_.Exists("gone.txt"));
+  EXPECT_EQ(fs_->Lookup(kRootInode, "gone.txt").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(fs_->Unlink(kRootInode, "gone.txt").code(), ErrorCode::kNotFound);
+
+  server_.PutDirect("dir/", "");
+  EXPECT_EQ(fs_->Unlink(kRootInode, "dir").code(), ErrorCode::kIsDirectory);
+  EXPECT_TRUE(server_.Exists("dir/"));
+}
+
+TEST_F(FilesystemWriteTest, UnlinkOfAFileBeingWrittenNeverStoresIt) {
+  auto created = fs_->Create(kRootInode, "tmp", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("scratch")).ok());
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "tmp").ok());
+  EXPECT_EQ(fs_->Lookup(kRootInode, "tmp").status().code(), ErrorCode::kNotFound);
+  // Its descriptor still works.
+  ASSERT_TRUE(fs_->Write(created->open.handle, 7, Bytes("!")).ok());
+  fs_->Release(created->open.handle);
+  EXPECT_FALSE(server_.Exists("tmp"));
+  EXPECT_EQ(writeback_->Find("tmp"), nullptr);
+  EXPECT_EQ(server_.calls(s3::Op::kPut), 0u);
+}
+
+TEST_F(FilesystemWriteTest, UnlinkOfAFileOpenForReadingDeletesItAtTheLastClose) {
+  server_.PutDirect("reading", "still readable");
+  const InodeId ino = MustLookup(kRootInode, "reading");
+  auto opened = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "reading").ok());
+  EXPECT_EQ(fs_->Lookup(kRootInode, "reading").status().code(), ErrorCode::kNotFound);
+  EXPECT_TRUE(server_.Exists("reading"));  // POSIX: open descriptors keep working.
+  auto read = fs_->Read(opened->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "still readable");
+  fs_->Release(opened->handle);
+  EXPECT_FALSE(server_.Exists("reading"));
+}
+
+// --- Rename --------------------------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, RenameFileMovesTheObject) {
+  server_.PutDirect("a.txt", "alpha", {{"mode", ModeOf(S_IFREG, 0600)}});
+  Status renamed = fs_->Rename(kRootInode, "a.txt", kRootInode, "b.txt", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  EXPECT_FALSE(server_.Exists("a.txt"));
+  EXPECT_EQ(server_.ObjectBody("b.txt"), "alpha");
+  EXPECT_EQ(MetaOf("b.txt", "mode"), ModeOf(S_IFREG, 0600));  // Metadata travels along.
+  EXPECT_EQ(fs_->Lookup(kRootInode, "a.txt").status().code(), ErrorCode::kNotFound);
+  auto b = fs_->Lookup(kRootInode, "b.txt");
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->attr.size, 5u);
+}
+
+TEST_F(FilesystemWriteTest, RenameOfAFileBeingWrittenCommitsAtTheNewName) {
+  auto created = fs_->Create(kRootInode, "draft", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("text")).ok());
+  Status renamed = fs_->Rename(kRootInode, "draft", kRootInode, "final", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("final"));
+  EXPECT_EQ(server_.ObjectBody("final"), "text");
+  EXPECT_FALSE(server_.Exists("draft"));
+}
+
+TEST_F(FilesystemWriteTest, RenameDirectoryMovesEveryKeyAndGivesItAMarker) {
+  server_.PutDirect("src/1", "one");
+  server_.PutDirect("src/sub/2", "two");
+  Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"dst/", "dst/1", "dst/sub/2"}));
+  EXPECT_EQ(server_.ObjectBody("dst/1"), "one");
+  EXPECT_EQ(server_.ObjectBody("dst/sub/2"), "two");
+  EXPECT_EQ(fs_->Lookup(kRootInode, "src").status().code(), ErrorCode::kNotFound);
+  auto dst = fs_->Lookup(kRootInode, "dst");
+  ASSERT_TRUE(dst.ok()) << dst.status().ToString();
+  EXPECT_EQ(dst->attr.type, FileType::kDirectory);
+}
+
+TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {
+  server_.PutDirect("m/", "", {{"mode", ModeOf(S_IFDIR, 0700)}});
+  server_.PutDirect("m/f", "file");
+  Status renamed = fs_->Rename(kRootInode, "m", kRootInode, "n", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"n/", "n/f"}));
+  EXPECT_EQ(MetaOf("n/", "mode"), ModeOf(S_IFDIR, 0700));
+}
+
+TEST_F(FilesystemWriteTest, RenameDirectoryWithAFileBeingWrittenCommitsItUnderTheNewName) {
+  auto made = fs_->MkDir(kRootInode, "src", 0755, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  server_.PutDirect("src/old", "committed");
+  auto created = fs_->Create(made->attr.ino, "new", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("in flight")).ok());
+
+  Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 9, Bytes("!")).ok());  // Still writable.
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("dst/new"));
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"dst/", "dst/new", "dst/old"}));
+  EXPECT_EQ(server_.ObjectBody("dst/new"), "in flight!");
+  EXPECT_EQ(server_.ObjectBody("dst/old"), "committed");
+}
+
+TEST_F(FilesystemWriteTest, RenameExchangeIsInvalidAndMovesNothing) {
+  server_.PutDirect("x", "1");
+  server_.PutDirect("y", "2");
+  Status renamed = fs_->Rename(kRootInode, "x", kRootInode, "y", kRenameExchange);
+  EXPECT_EQ(renamed.code(), ErrorCode::kInvalidArgument) << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("x"), "1");
+  EXPECT_EQ(server_.ObjectBody("y"), "2");
+}
+
+TEST_F(FilesystemWriteTest, RenameNoReplaceOntoAnExistingNameIsExists) {
+  server_.PutDirect("x", "1");
+  server_.PutDirect("y", "2");
+  Status renamed = fs_->Rename(kRootInode, "x", kRootInode, "y", kRenameNoReplace);
+  EXPECT_EQ(renamed.code(), ErrorCode::kExists) << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("x"), "1");
+  EXPECT_EQ(server_.ObjectBody("y"), "2");
+
+  // Onto a free name it is an ordinary rename.
+  Status free = fs_->Rename(kRootInode, "x", kRootInode, "z", kRenameNoReplace);
+  ASSERT_TRUE(free.ok()) << free.ToString();
+  EXPECT_EQ(server_.ObjectBody("z"), "1");
+  EXPECT_FALSE(server_.Exists("x"));
+}
+
+TEST_F(FilesystemWriteTest, RenameOverAnExistingFileReplacesIt) {
+  server_.PutDirect("x", "new");
+  server_.PutDirect("y", "old");
+  Status renamed = fs_->Rename(kRootInode, "x", kRootInode, "y", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  EXPECT_EQ(server_.Keys(), std::vector<std::string>{"y"});
+  EXPECT_EQ(server_.ObjectBody("y"), "new");
+}
+
+// --- Links ---------------------------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, HardLinkIsNotPermitted) {
+  server_.PutDirect("f", "x");
+  const InodeId ino = MustLookup(kRootInode, "f");
+  EXPECT_EQ(fs_->Link(ino, kRootInode, "g").code(), ErrorCode::kNotPermitted);
+  EXPECT_FALSE(server_.Exists("g"));
+}
+
+TEST_F(FilesystemWriteTest, SymlinkThenReadLink) {
+  auto made = fs_->Symlink("../target/file", kRootInode, "ln", kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  EXPECT_EQ(made->attr.type, FileType::kSymlink);
+  EXPECT_EQ(made->attr.size, 14u);
+  auto target = fs_->ReadLink(made->attr.ino);
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  EXPECT_EQ(*target, "../target/file");
+
+  // Stored the s3fs way: the body is the target, the mode says symlink.
+  EXPECT_EQ(server_.ObjectBody("ln"), "../target/file");
+  EXPECT_EQ(MetaOf("ln", "mode"), ModeOf(S_IFLNK, 0777));
+
+  // Another mount (nothing cached) sees a symlink and reads its target from the bucket.
+  auto other = Make(/*read_only=*/true, nullptr);
+  auto looked = other->Lookup(kRootInode, "ln");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.type, FileType::kSymlink);
+  auto read = other->ReadLink(looked->attr.ino);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(*read, "../target/file");
+
+  EXPECT_EQ(fs_->Symlink("elsewhere", kRootInode, "ln", kCaller).status().code(),
+            ErrorCode::kExists);
+}
+
+// --- Read-only ------------------------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, ReadOnlyMountRefusesEveryChange) {
+  server_.PutDirect("f", "x");
+  for (cache::Writeback* wb : {writeback_.get(), static_cast<cache::Writeback*>(nullptr)}) {
+    // With a writeback but the read_only option, and without a writeback at all.
+    auto ro = Make(/*read_only=*/wb != nullptr, wb);
+    EXPECT_EQ(ro->Create(kRootInode, "new", 0644, O_WRONLY | O_CREAT, kCaller).status().code(),
+              ErrorCode::kReadOnly);
+    EXPECT_EQ(ro->MkDir(kRootInode, "d", 0755, kCaller).status().code(), ErrorCode::kReadOnly);
+    EXPECT_EQ(ro->Unlink(kRootInode, "f").code(), ErrorCode::kReadOnly);
+    EXPECT_EQ(ro->Rename(kRootInode, "f", kRootInode, "g", 0).code(), ErrorCode::kReadOnly);
+    EXPECT_EQ(ro->Symlink("t", kRootInode, "l", kCaller).status().code(), ErrorCode::kReadOnly);
+    auto looked = ro->Lookup(kRootInode, "f");
+    ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+    EXPECT_EQ(ro->Open(looked->attr.ino, O_WRONLY).status().code(), ErrorCode::kReadOnly);
+  }
+  EXPECT_EQ(server_.Keys(), std::vector<std::string>{"f"});
+  EXPECT_EQ(server_.ObjectBody("f"), "x");
+}
+
+}  // namespace
+}  // namespace bucketfs::fs
