@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 #include <future>
+#include <latch>
 
 #include "common/log.h"
 
@@ -141,6 +142,8 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
   Attributes attr;
   if (entry.type == FileType::kDirectory) {
     attr = DirectoryAttributes(options_.mount_time, options_.defaults);
+  } else if (auto checked = CheckedAttributes(path, entry.etag)) {
+    attr = *checked;  // A HEAD saw this version: its type (symlink?), mode and owner.
   } else {
     s3::ObjectInfo info;
     info.size = entry.size;
@@ -148,6 +151,69 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
     attr = ObjectAttributes(info, options_.defaults);
   }
   return inodes_.Upsert(path, attr, entry.etag, Expiry(), lookups);
+}
+
+// Symlinks are small objects whose type is in their metadata, which listings do not carry.
+// An object below this size, listed but never HEADed, is checked before the kernel sees it.
+constexpr uint64_t kSymlinkMaxSize = 4096;
+constexpr size_t kMaxSymlinkChecks = 256;
+
+bool Filesystem::NeedsTypeCheck(const std::string& path, const ListedEntry& entry) {
+  if (entry.type != FileType::kRegular || entry.size == 0 || entry.size >= kSymlinkMaxSize) {
+    return false;
+  }
+  // Seen by HEAD (or written here) in this version: its type is known.
+  const auto existing = inodes_.GetByPath(path);
+  if (existing && existing->etag == entry.etag &&
+      (existing->attr.type == FileType::kSymlink || Now() < existing->attr_expiry)) {
+    return false;
+  }
+  return !CheckedAttributes(path, entry.etag).has_value();
+}
+
+std::optional<Attributes> Filesystem::CheckedAttributes(const std::string& path,
+                                                        const std::string& etag) {
+  std::lock_guard lock(mu_);
+  auto it = checked_.find(path);
+  if (it == checked_.end() || it->second.etag != etag || Now() >= it->second.expiry) {
+    return std::nullopt;
+  }
+  return it->second.attr;
+}
+
+void Filesystem::CheckType(const std::string& path, const std::string& etag) {
+  counters_.heads.fetch_add(1, std::memory_order_relaxed);
+  auto head = client_.Head(s3::HeadRequest{path, {}}, {Deadline()});
+  if (!head.ok() || head->etag != etag) return;  // Changed or gone: the listing is stale.
+  const Attributes attr = ObjectAttributes(*head, options_.defaults);
+  std::lock_guard lock(mu_);
+  if (checked_.size() >= options_.max_negative_entries) checked_.clear();  // A cache.
+  checked_[path] = CheckedType{etag, attr, Expiry()};
+}
+
+Node Filesystem::EnterListedChecked(const std::string& path, const ListedEntry& entry,
+                                    uint64_t lookups) {
+  if (NeedsTypeCheck(path, entry)) CheckType(path, entry.etag);
+  return EnterListed(path, entry, lookups);
+}
+
+void Filesystem::CheckSmallEntries(const std::string& dir_path, const DirectoryListing& listing) {
+  std::vector<std::pair<std::string, std::string>> todo;  // Path, ETag.
+  for (const auto& entry : listing.entries) {
+    if (todo.size() >= kMaxSymlinkChecks) break;
+    std::string path = ChildPath(dir_path, entry.name);
+    if (NeedsTypeCheck(path, entry)) todo.emplace_back(std::move(path), entry.etag);
+  }
+  if (todo.empty()) return;
+  std::latch done(static_cast<std::ptrdiff_t>(todo.size()));
+  for (const auto& item : todo) {
+    auto check = [this, &item, &done] {
+      CheckType(item.first, item.second);
+      done.count_down();
+    };
+    if (reads_.pool == nullptr || !reads_.pool->TrySubmit(check)) check();
+  }
+  done.wait();
 }
 
 // --- Lookup and attributes ---------------------------------------------------------------
@@ -227,7 +293,7 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
     counters_.lookups_from_listing.fetch_add(1, std::memory_order_relaxed);
     const ListedEntry* entry = listing->Find(name);
     if (entry == nullptr) return NotFound(path);
-    return EnterListed(path, *entry, 0);
+    return EnterListedChecked(path, *entry, 0);
   }
   // 2. A node whose attributes are fresh.
   if (auto node = inodes_.GetByPath(path); node && Now() < node->attr_expiry) return *node;
@@ -255,7 +321,7 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
       }
       const ListedEntry* entry = (*listing)->Find(name);
       if (entry == nullptr) return NotFound(path);
-      return EnterListed(path, *entry, 0);
+      return EnterListedChecked(path, *entry, 0);
     }
   }
   // 5. Ask the server.
@@ -426,6 +492,7 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
               [](const ListedEntry& a, const ListedEntry& b) { return a.name < b.name; });
     listing = std::move(merged);
   }
+  CheckSmallEntries(node->path, *listing);
   auto handle = std::make_shared<DirHandle>();
   handle->ino = ino;
   handle->path = node->path;

@@ -14,8 +14,9 @@
 //    and negative, while fresh; a node's attributes serve GetAttr and Open while fresh; a
 //    name found missing is remembered as missing. A Lookup outside a fresh listing costs one
 //    HEAD of the key and, concurrently, one single-key listing of `key/` (to see a
-//    directory, and a file/directory clash); a listing costs ListObjectsV2 pages, never a
-//    HEAD per entry. The mount is the bucket's single writer (the lease), so caching for
+//    directory, and a file/directory clash); a listing costs ListObjectsV2 pages, and no
+//    HEAD per entry except for small objects (under 4 KiB, at most 256 per directory
+//    opened, in parallel): a symlink is such an object and only its metadata says so. The mount is the bucket's single writer (the lease), so caching for
 //    the TTL does not hide anyone else's writes that should have been seen.
 //  - Reads: Open pins the ETag (and size) it sees (fresh attributes, or a HEAD); the handle
 //    reads that version only, through a ReadAhead (cache/read_ahead.h). If it is replaced or
@@ -39,9 +40,11 @@
 //    nothing.
 //  - The caller's uid and gid (Caller) are stored as the new object's x-amz-meta-uid|gid.
 //  - Symlinks (s3fs convention: x-amz-meta-mode with S_IFLNK, body = target) are recognised
-//    from HEAD. Entries filled from a listing (readdirplus) cannot know it, since listings
-//    carry no metadata: such a name shows as a file until its attributes are next fetched
-//    with HEAD (after metadata_ttl), when it gets a new inode as a symlink.
+//    from HEAD. Listings carry no metadata, so a small listed object (under 4 KiB) is HEADed
+//    before the kernel first sees it (opendir checks up to 256 per directory in parallel;
+//    a lookup from a listing checks its one name). In a directory with more small objects
+//    than that, readdirplus may show a symlink beyond the first 256 as a file until a
+//    lookup after metadata_ttl.
 #pragma once
 
 #include <atomic>
@@ -270,6 +273,18 @@ class Filesystem {
   // The node for a listed entry, with `lookups` added. Keeps a fresh node's attributes when
   // they describe the same version (they may hold metadata a listing lacks).
   Node EnterListed(const std::string& path, const ListedEntry& entry, uint64_t lookups);
+  // As EnterListed, but a small object (it could be a symlink, which a listing cannot
+  // show) not yet seen by HEAD is looked at with one HEAD first.
+  Node EnterListedChecked(const std::string& path, const ListedEntry& entry, uint64_t lookups);
+  // The HEADs EnterListedChecked would do, for up to kMaxSymlinkChecks small entries of a
+  // listing, in parallel on the I/O pool (opendir: readdirplus then needs none).
+  void CheckSmallEntries(const std::string& dir_path, const DirectoryListing& listing);
+  // True if `entry` may be a symlink whose type only a HEAD can tell.
+  bool NeedsTypeCheck(const std::string& path, const ListedEntry& entry);
+  // HEADs `path` and remembers its attributes for `etag` (if it still has that ETag).
+  void CheckType(const std::string& path, const std::string& etag);
+  // Attributes a HEAD found for this version of `path`, while fresh.
+  std::optional<Attributes> CheckedAttributes(const std::string& path, const std::string& etag);
   // Asks the server what `path` is: HEAD and a single-key listing, concurrently.
   Result<Node> Probe(const std::string& path);
   // Fresh attributes of `node`: as cached, or refreshed by HEAD.
@@ -301,6 +316,13 @@ class Filesystem {
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
   // Directories where a lookup recently found a name missing, until when.     // mu_.
   std::unordered_map<std::string, MonoTime> misses_;
+  // What HEADs of small listed objects found (their type, mode, owner), by path.  // mu_.
+  struct CheckedType {
+    std::string etag;
+    Attributes attr;
+    MonoTime expiry{};
+  };
+  std::unordered_map<std::string, CheckedType> checked_;
   Invalidator invalidate_;                                                    // Guarded by mu_.
   // Unlinked while open: the key to DELETE when the last handle closes.     // Guarded by mu_.
   std::unordered_map<InodeId, std::string> deferred_deletes_;
