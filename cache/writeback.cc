@@ -878,11 +878,13 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
                                                    const std::string& to) {
   auto file = Find(from);
   if (!file) return RenameOutcome::kNotDirty;
-  // Make the object at `from` (if any) hold the file's current bytes, so that one
-  // server-side copy carries them; a file never committed needs no server work at all.
+  // Make the object at `from` (if any) hold the file's current bytes and metadata, so
+  // that one server-side copy carries them; a file never committed needs no server work
+  // at all. A commit in flight decides which: wait for it first.
   bool exists_remotely = false;
   {
-    std::lock_guard lock(file->mu_);
+    std::unique_lock lock(file->mu_);
+    file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
     exists_remotely = file->exists_remotely_;
   }
   if (exists_remotely) {

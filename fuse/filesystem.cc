@@ -134,8 +134,9 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
         return *existing;
       }
     }
-    if (same_version && existing->attr.type == FileType::kSymlink) {
-      // The listing cannot tell a symlink from a file; HEAD told us before.
+    if (same_version && existing->attr.type != FileType::kDirectory) {
+      // The same version: what a HEAD told before (symlink, mode, owner, the mtime in its
+      // metadata) still holds, and the listing cannot tell it.
       return inodes_.Upsert(path, existing->attr, existing->etag, Expiry(), lookups);
     }
   }

@@ -450,8 +450,18 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
       const ListedEntry entry{NameOf(to), FileType::kRegular, attrs.size, attrs.mtime, ""};
       PatchListing(ParentOf(to), entry.name, &entry);
     } else {
-      ForgetListing(ParentOf(to));  // Committed and copied: the next listing shows it.
-      inodes_.Expire(source.ino);
+      // Committed and copied: learn the copy's ETag and attributes (a listing would show
+      // Last-Modified, not the mtime the file carries in its metadata).
+      auto head = client_.Head(s3::HeadRequest{to, {}}, {Deadline()});
+      if (head.ok()) {
+        inodes_.Upsert(to, ObjectAttributes(*head, options_.defaults), head->etag, Expiry(), 0);
+        const ListedEntry entry{NameOf(to), FileType::kRegular, head->size,
+                                head->last_modified, head->etag};
+        PatchListing(ParentOf(to), entry.name, &entry);
+      } else {
+        ForgetListing(ParentOf(to));
+        inodes_.Expire(source.ino);
+      }
     }
     return Status::Ok();
   }
