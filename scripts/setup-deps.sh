@@ -22,6 +22,8 @@ pkgs+=(libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev libtbb-dev libxxhash-d
 pkgs+=(radosgw ceph-mon ceph-osd ceph-common)
 # Reference S3 clients for tests.
 pkgs+=(python3-boto3 awscli)
+# rsync for the FUSE write tests (git is above; cp and tar come with every Debian).
+pkgs+=(rsync)
 # Process, port and HTTP tools used by the test scripts (ps, fuser, ss, setsid, curl).
 pkgs+=(procps psmisc iproute2 util-linux curl openssl)
 
