@@ -640,6 +640,15 @@ SpoolRecord DirtyFile::RecordLocked() const {
 
 Status DirtyFile::JournalLocked() { return owner_.spool_.WriteRecord(RecordLocked()); }
 
+void DirtyFile::MarkClosedLocked() {
+  if (closed_) return;
+  closed_ = true;
+  Status journaled = JournalLocked();
+  if (!journaled.ok()) {
+    Logger("writeback")->error("cannot journal '{}' as closed: {}", key_, journaled.ToString());
+  }
+}
+
 // --- Writeback ---------------------------------------------------------------------------
 
 Writeback::Writeback(const WriteContext& context, WritebackOptions options)
@@ -726,14 +735,7 @@ void Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
   {
     std::lock_guard lock(file->mu_);
     if (file->writers_ != 1 || file->unlinked_) return;
-    if (!file->closed_) {
-      file->closed_ = true;
-      Status journaled = file->JournalLocked();
-      if (!journaled.ok()) {
-        Logger("writeback")->error("cannot journal '{}' as closed: {}", file->key_,
-                                   journaled.ToString());
-      }
-    }
+    file->MarkClosedLocked();
     if (file->data_generation_ == file->committed_data_generation_ &&
         file->meta_generation_ == file->committed_meta_generation_ && file->exists_remotely_) {
       return;
@@ -746,14 +748,7 @@ void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {
   {
     std::lock_guard lock(file->mu_);
     if (--file->writers_ > 0 || file->unlinked_) return;
-    if (!file->closed_) {
-      file->closed_ = true;
-      Status journaled = file->JournalLocked();
-      if (!journaled.ok()) {
-        Logger("writeback")->error("cannot journal '{}' as closed: {}", file->key_,
-                                   journaled.ToString());
-      }
-    }
+    file->MarkClosedLocked();
   }
   StartCommit(file);
 }

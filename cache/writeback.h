@@ -164,6 +164,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   s3::UserMetadata UploadMetadataLocked() const;
   SpoolRecord RecordLocked() const;
   Status JournalLocked();
+  // Requires mu_. Journals the file as closed (a crash from here on uploads it).
+  void MarkClosedLocked();
 
   Writeback& owner_;
   const std::string id_;

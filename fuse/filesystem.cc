@@ -73,6 +73,14 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
     return listing;
   }
   std::lock_guard lock(mu_);
+  CacheListingLocked(dir_path, listing);
+  // A listing is the newest word on every name in it.
+  for (const auto& e : listing->entries) negative_.erase(ChildPath(dir_path, e.name));
+  return listing;
+}
+
+void Filesystem::CacheListingLocked(const std::string& dir_path,
+                                    std::shared_ptr<const DirectoryListing> listing) {
   if (!listings_.contains(dir_path)) {
     listing_order_.push_back(dir_path);
     while (listing_order_.size() > options_.max_cached_listings) {
@@ -80,10 +88,7 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
       listing_order_.pop_front();
     }
   }
-  listings_[dir_path] = listing;
-  // A listing is the newest word on every name in it.
-  for (const auto& e : listing->entries) negative_.erase(ChildPath(dir_path, e.name));
-  return listing;
+  listings_[dir_path] = std::move(listing);
 }
 
 void Filesystem::ForgetListing(const std::string& dir_path) {

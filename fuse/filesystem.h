@@ -254,6 +254,10 @@ class Filesystem {
   // `path` is about to be used again: if it is hidden (unlinked while open), its old object
   // is deleted now instead of at the last close.
   Status Unhide(const std::string& path);
+  // kExists unless nothing is at `path` (child `name` of `dir_path`); then claims it
+  // (Unhide) for a new object.
+  Status ClaimFreeName(const std::string& dir_path, std::string_view name,
+                       const std::string& path);
   Status RenameFile(const Node& source, const std::string& from, const std::string& to);
   Status RenameDirectory(const std::string& from, const std::string& to);
   // Writes an object with no data body besides `body` (markers, symlinks).
@@ -270,6 +274,9 @@ class Filesystem {
   // Lists `dir_path` from the server and caches the result.
   Result<std::shared_ptr<const DirectoryListing>> FetchListing(const std::string& dir_path);
   void ForgetListing(const std::string& dir_path);
+  // Requires mu_. Caches `listing` of `dir_path`, dropping the oldest beyond the limit.
+  void CacheListingLocked(const std::string& dir_path,
+                          std::shared_ptr<const DirectoryListing> listing);
   // The node for a listed entry, with `lookups` added. Keeps a fresh node's attributes when
   // they describe the same version (they may hold metadata a listing lacks).
   Node EnterListed(const std::string& path, const ListedEntry& entry, uint64_t lookups);

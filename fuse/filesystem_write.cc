@@ -106,14 +106,7 @@ void Filesystem::RememberEmptyDirectory(const std::string& dir_path) {
   listing->exists = true;
   listing->fetched_at = Now();
   std::lock_guard lock(mu_);
-  if (!listings_.contains(dir_path)) {
-    listing_order_.push_back(dir_path);
-    while (listing_order_.size() > options_.max_cached_listings) {
-      listings_.erase(listing_order_.front());
-      listing_order_.pop_front();
-    }
-  }
-  listings_[dir_path] = std::move(listing);
+  CacheListingLocked(dir_path, std::move(listing));
 }
 
 void Filesystem::OnCommitted(const cache::CommittedObject& committed) {
@@ -151,6 +144,14 @@ void Filesystem::FinishDeferredDelete(InodeId ino) {
   }
   std::lock_guard lock(mu_);
   if (auto h = hidden_.find(key); h != hidden_.end() && h->second == ino) hidden_.erase(h);
+}
+
+Status Filesystem::ClaimFreeName(const std::string& dir_path, std::string_view name,
+                                 const std::string& path) {
+  auto existing = Resolve(dir_path, name, path);
+  if (existing.ok()) return Status(ErrorCode::kExists, "'" + path + "' exists");
+  if (existing.status().code() != ErrorCode::kNotFound) return std::move(existing).TakeStatus();
+  return Unhide(path);
 }
 
 Status Filesystem::Unhide(const std::string& path) {
@@ -318,10 +319,7 @@ Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
   BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
-  auto existing = Resolve(dir.path, name, path);
-  if (existing.ok()) return Status(ErrorCode::kExists, "'" + path + "' exists");
-  if (existing.status().code() != ErrorCode::kNotFound) return std::move(existing).TakeStatus();
-  BFS_RETURN_IF_ERROR(Unhide(path));
+  BFS_RETURN_IF_ERROR(ClaimFreeName(dir.path, name, path));
   BFS_RETURN_IF_ERROR(PutSmallObject(DirectoryPrefix(path), "",
                                      AttributeMetadata(FileType::kDirectory, permissions,
                                                        caller.uid, caller.gid))
@@ -412,10 +410,7 @@ Result<EntryReply> Filesystem::Symlink(std::string_view target, InodeId parent,
   }
   Node dir;
   BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
-  auto existing = Resolve(dir.path, name, path);
-  if (existing.ok()) return Status(ErrorCode::kExists, "'" + path + "' exists");
-  if (existing.status().code() != ErrorCode::kNotFound) return std::move(existing).TakeStatus();
-  BFS_RETURN_IF_ERROR(Unhide(path));
+  BFS_RETURN_IF_ERROR(ClaimFreeName(dir.path, name, path));
   BFS_ASSIGN_OR_RETURN(std::string etag,
                        PutSmallObject(path, target,
                                       AttributeMetadata(FileType::kSymlink, 0777, caller.uid,
