@@ -214,6 +214,14 @@ std::vector<SpoolRecord> Spool::Scan() const {
   return records;
 }
 
+Status Spool::IoError(int err, const std::string& what) const {
+  if (err == ENOSPC || err == EDQUOT) {
+    return Status(ErrorCode::kNoSpace, what + ": the spool disk is full (" + dir_ +
+                                           "); free space there or give --spool-dir more room");
+  }
+  return ErrnoStatus(err, what);
+}
+
 uint64_t Spool::FreeBytes() const {
   struct statvfs st {};
   if (::statvfs(dir_.c_str(), &st) != 0) return 0;

@@ -70,6 +70,10 @@ class Spool {
   // (a file unlinked or committed, whose data removal was cut short) are removed.
   std::vector<SpoolRecord> Scan() const;
 
+  // A failed system call on a spool file as a Status: a full disk (ENOSPC, EDQUOT) is
+  // kNoSpace naming the spool and what to do, permissions kAccessDenied.
+  Status IoError(int err, const std::string& what) const;
+
   // Bytes free on the spool's filesystem (for the log and the status).
   uint64_t FreeBytes() const;
 

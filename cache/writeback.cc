@@ -16,11 +16,7 @@ namespace bucketfs::cache {
 namespace {
 
 Status SpoolIoError(int err, const std::string& what, const Spool& spool) {
-  if (err == ENOSPC || err == EDQUOT) {
-    return Status(ErrorCode::kNoSpace, what + ": the spool disk is full (" + spool.directory() +
-                                           "); free space there or give --spool-dir more room");
-  }
-  return Status(ErrorCode::kInternal, what + ": " + std::strerror(err));
+  return spool.IoError(err, what);
 }
 
 Status PwriteAll(int fd, const char* data, size_t size, uint64_t offset, const Spool& spool) {
