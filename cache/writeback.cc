@@ -636,8 +636,17 @@ SpoolRecord DirtyFile::RecordLocked() const {
 
 Status DirtyFile::JournalLocked() { return owner_.spool_.WriteRecord(RecordLocked()); }
 
+void DirtyFile::MarkTorn() {
+  std::lock_guard lock(mu_);
+  if (torn_) return;
+  torn_ = true;
+  Logger("writeback")->error("a write to '{}' was refused; its spool file will not be uploaded "
+                             "but kept in lost+found/ by the next mount",
+                             key_);
+}
+
 void DirtyFile::MarkClosedLocked() {
-  if (closed_) return;
+  if (closed_ || torn_) return;
   closed_ = true;
   Status journaled = JournalLocked();
   if (!journaled.ok()) {
@@ -1031,16 +1040,21 @@ size_t Writeback::Recover() {
   return committed;
 }
 
-Status Writeback::Drain(MonoTime deadline) {
+Status Writeback::Drain(MonoTime deadline, bool closed_only) {
   std::vector<std::shared_ptr<DirtyFile>> pending;
   {
     std::lock_guard lock(mu_);
     for (const auto& [key, file] : files_) pending.push_back(file);
   }
+  size_t left_open = 0;
   for (const auto& file : pending) {
     bool needs_commit = false;
     {
       std::lock_guard lock(file->mu_);
+      if (closed_only && (file->writers_ > 0 || file->torn_)) {
+        ++left_open;
+        continue;
+      }
       needs_commit = !file->unlinked_ && !file->committing_ &&
                      (!file->error_.ok() ? !file->conflict_
                                          : file->data_generation_ != file->committed_data_generation_ ||
@@ -1068,6 +1082,12 @@ Status Writeback::Drain(MonoTime deadline) {
                   std::to_string(failed) + " file(s) could not be uploaded; their data stays in " +
                       spool_.directory() + " and the next mount retries");
   }
+  if (left_open > 0) {
+    return Status(ErrorCode::kBusy,
+                  std::to_string(left_open) + " file(s) still open for writing were not uploaded; "
+                  "they stay in " + spool_.directory() +
+                      " (the next mount keeps them in lost+found/ unless they are closed first)");
+  }
   return Status::Ok();
 }
 
@@ -1076,9 +1096,13 @@ Writeback::Stats Writeback::GetStats() const {
   {
     std::lock_guard lock(mu_);
     s.dirty_files = files_.size();
+    s.commits_in_flight = commits_in_flight_;
     for (const auto& [key, file] : files_) {
       std::lock_guard file_lock(file->mu_);
       s.dirty_bytes += file->size_;
+      if (!file->error_.ok()) {
+        if (s.failing_files++ == 0) s.first_error = key + ": " + file->error_.ToString();
+      }
     }
   }
   s.commits = counters_.commits.load();

@@ -122,6 +122,10 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   DirtyAttributes Attributes() const;
   // The sticky error, if a commit failed.
   Status Error() const;
+  // A write to this file was refused (the mount is fenced): its bytes are no longer what its
+  // program wrote, so it is never journaled as closed from here on. Its spool record stays
+  // "open", and the next Recover() moves it to lost+found/ instead of uploading a torn file.
+  void MarkTorn();
 
   ~DirtyFile();
 
@@ -193,6 +197,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   bool committing_ = false;
   int writers_ = 0;
   bool closed_ = false;     // The journal says closed.
+  bool torn_ = false;       // A write was refused: never journal closed (MarkTorn).
   bool unlinked_ = false;   // Never commit again; remove the spool when the last user goes.
   bool conflict_ = false;   // A precondition failed: do not retry.
   bool remove_on_destroy_ = false;  // Drop the spool data when the last user lets go.
@@ -247,12 +252,17 @@ class Writeback {
   // committed; failures are logged and kept in the spool (and retried in the background).
   size_t Recover();
   // Commits every dirty file and waits, until `deadline`. Not OK if any failed (their data
-  // stays in the spool for the next mount).
-  Status Drain(MonoTime deadline);
+  // stays in the spool for the next mount). With `closed_only`, files a program still has
+  // open for writing are not committed (a forced unmount must not upload a half-written
+  // file); they count as not drained.
+  Status Drain(MonoTime deadline, bool closed_only = false);
 
   struct Stats {
     size_t dirty_files = 0;
     uint64_t dirty_bytes = 0;
+    size_t commits_in_flight = 0;
+    size_t failing_files = 0;  // Files whose last commit failed (sticky error).
+    std::string first_error;   // One of their errors, for `bucketfs status`.
     uint64_t commits = 0, failed_commits = 0, parts_uploaded = 0, parts_copied = 0,
              bytes_uploaded = 0;
   };

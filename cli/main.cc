@@ -1,38 +1,49 @@
 // bucketfs: the command line.
 //
-//   bucketfs mount [BUCKET|ALIAS] [MOUNTPOINT] [options]
+//   bucketfs mount [BUCKET|ALIAS] [MOUNTPOINT] [options]   the operator's mount (coordinator)
+//   bucketfs unmount|status|reload [MOUNTPOINT]             talk to a mount's coordinator
+//   bucketfs share PATH [--ttl S]                           a presigned URL for a file
+//   bucketfs serve [BUCKET|ALIAS] [MOUNTPOINT] [options]    the FUSE daemon alone
 //
-// Mounts one bucket and serves it until unmounted (`fusermount3 -u MOUNTPOINT`, `umount`,
-// SIGINT or SIGTERM). Without -f it returns once the mount answers, with status 0, or with
-// a message and status 1 when it cannot mount; the daemon goes on in the background. The
-// bucket, endpoint, region and keys come from flags or from the platform's variables
-// (S3_BUCKET, S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET_<ALIAS>…, and
-// the AWS_* ones): see s3/config.h. The coordinator (mountd, the single-pod lease, drain and
-// sync before unmount) is built on this command by a later issue.
+// `mount` starts the coordinator (mountd/coordinator.h): it takes the single-pod lease,
+// runs `serve` as its child with the same options, and returns 0 once the mount answers (or
+// a message and 1). `serve` mounts and serves until unmounted (`fusermount3 -u`, `umount`,
+// SIGINT or SIGTERM), with no lease: tests and benchmarks use it. The bucket, endpoint,
+// region and keys come from flags or from the platform's variables (S3_BUCKET, S3_ENDPOINT,
+// S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET_<ALIAS>…, and the AWS_* ones): see
+// s3/config.h.
 #include <fcntl.h>
+#include <limits.h>
 #include <malloc.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <nlohmann/json.hpp>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "cache/block_cache.h"
 #include "cache/memory_budget.h"
 #include "cache/read_ahead.h"
 #include "cache/spool.h"
+#include "cache/write_fence.h"
 #include "cache/writeback.h"
+#include "common/control_channel.h"
 #include "common/log.h"
 #include "common/task_pool.h"
 #include "fuse/filesystem.h"
 #include "fuse/session.h"
+#include "mountd/coordinator.h"
 #include "s3/config.h"
 #include "s3/credentials.h"
 #include "s3/curl_client.h"
@@ -94,6 +105,20 @@ struct MountArgs {
   unsigned upload_parallelism = 8;
   bool sync_on_close = false;
   double drain_timeout = 600;  // Seconds unmount waits for uploads.
+
+  // Coordinator (`mount`) only; `serve` accepts and ignores them, so that the coordinator
+  // can hand its own command line to the daemon.
+  std::string runtime_dir;  // Empty: control::RuntimeDir().
+  std::string holder_id;    // Empty: $POD_NAME, else the host name.
+  double lease_ttl = 30;
+  double lease_margin = 10;
+  bool no_wait = false;
+  double mount_timeout = 120;
+
+  // Daemon (`serve`) only, set by the coordinator.
+  std::string control_socket;
+  std::string startup_error_file;
+  int64_t lease_valid_until_ns = 0;  // 0: no lease, never fenced.
 };
 
 Result<uint32_t> ParseMode(const std::string& text) {
@@ -109,15 +134,31 @@ Result<uint32_t> ParseMode(const std::string& text) {
 // handles first, then the I/O pool is drained, then the cache, the budget and the client).
 struct Daemon {
   std::unique_ptr<s3::CurlObjectClient> client;
+  std::shared_ptr<s3::CredentialsProvider> credentials;
+  // The lease's fence and the client that obeys it: every request that changes the bucket
+  // goes through `fenced` (cache/write_fence.h).
+  std::unique_ptr<cache::WriteFence> fence;
+  std::unique_ptr<cache::FencedObjectClient> fenced;
   std::unique_ptr<cache::MemoryBudget> budget;
   std::unique_ptr<cache::BlockCache> cache;
   std::unique_ptr<TaskPool> pool;
   std::unique_ptr<cache::Spool> spool;
   std::unique_ptr<cache::Writeback> writeback;
   std::unique_ptr<fs::Filesystem> filesystem;
+  std::string bucket, endpoint;
+  std::atomic<bool> mounted{false};
+  std::atomic<bool> recovering{false};  // Uploading what a previous daemon left.
 };
 
-Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsname) {
+// What both the coordinator and the daemon build first: the bucket's settings, its
+// credentials (rotatable) and a client.
+struct ClientParts {
+  s3::BucketSettings settings;
+  std::shared_ptr<s3::CredentialsProvider> credentials;
+  std::unique_ptr<s3::CurlObjectClient> client;
+};
+
+Result<ClientParts> BuildClient(const MountArgs& a) {
   s3::BucketOverrides overrides;
   if (!a.endpoint.empty()) overrides.endpoint = a.endpoint;
   if (!a.region.empty()) overrides.region = a.region;
@@ -127,7 +168,6 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   BFS_ASSIGN_OR_RETURN(s3::BucketSettings settings,
                        s3::ResolveBucket(a.name, s3::ProcessEnvironment(), overrides));
   if (a.unsigned_payload) settings.config.payload_signing = s3::PayloadSigning::kUnsigned;
-  *fsname = "bucketfs:" + settings.config.bucket;
 
   std::shared_ptr<s3::CredentialsProvider> creds;
   if (!a.credentials_file.empty()) {
@@ -145,8 +185,26 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
                                                             settings.credentials_source);
   }
 
+  ClientParts parts;
+  parts.settings = settings;
+  parts.credentials = creds;
+  BFS_ASSIGN_OR_RETURN(parts.client, s3::CurlObjectClient::Create(settings.config, creds));
+  return parts;
+}
+
+Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsname) {
+  BFS_ASSIGN_OR_RETURN(ClientParts parts, BuildClient(a));
+  const s3::BucketSettings& settings = parts.settings;
+  *fsname = "bucketfs:" + settings.config.bucket;
   auto d = std::make_unique<Daemon>();
-  BFS_ASSIGN_OR_RETURN(d->client, s3::CurlObjectClient::Create(settings.config, creds));
+  d->credentials = parts.credentials;
+  d->bucket = settings.config.bucket;
+  d->endpoint = settings.config.endpoint;
+  d->client = std::move(parts.client);
+  d->fence = std::make_unique<cache::WriteFence>(
+      RealClock(), a.lease_valid_until_ns > 0 ? MonoTime(Duration(a.lease_valid_until_ns))
+                                              : MonoTime::max());
+  d->fenced = std::make_unique<cache::FencedObjectClient>(*d->client, *d->fence);
 
   // Can we see the bucket at all? A wrong key, a missing bucket or an unreachable endpoint
   // is reported now, with its advice, instead of as EIO on the first ls.
@@ -188,6 +246,7 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   options.read_ahead.max_window = read_ahead;
   options.read_ahead.max_parallel_gets = std::max(1u, a.read_parallelism);
   options.read_ahead.random_fill = a.random_fill;
+  options.fence = d->fence.get();
   options.mount_time = RealClock().WallNow();
   options.generation = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::seconds>(options.mount_time.time_since_epoch())
@@ -212,16 +271,10 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
     wb.upload_parallelism = std::max(1u, a.upload_parallelism);
     wb.commit_parallelism = 2 * wb.upload_parallelism;
     d->writeback = std::make_unique<cache::Writeback>(
-        cache::WriteContext{d->client.get(), d->budget.get(), d->spool.get(), nullptr}, wb);
-    // What a previous daemon left: uploaded before the first file is served, so nobody
-    // reads an old object that a closed file should have replaced.
-    if (const size_t recovered = d->writeback->Recover(); recovered > 0) {
-      Logger("writeback")->info("{} file(s) from the previous mount are now in the bucket",
-                                recovered);
-    }
+        cache::WriteContext{d->fenced.get(), d->budget.get(), d->spool.get(), nullptr}, wb);
   }
   d->filesystem =
-      std::make_unique<fs::Filesystem>(*d->client, reads, d->writeback.get(), options);
+      std::make_unique<fs::Filesystem>(*d->fenced, reads, d->writeback.get(), options);
   Logger("fuse")->info(
       "bucket {} at {}: memory budget {}, block cache {}, read-ahead up to {}, metadata TTL {}s, "
       "{}",
@@ -231,18 +284,140 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   return d;
 }
 
-// Runs the mount. `ready` is called once the kernel mount is in place.
-int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& report) {
+// The daemon's side of the control channel (mountd/coordinator.h is the other side).
+nlohmann::json HandleDaemonRequest(Daemon& d, const MountArgs& a, const nlohmann::json& request) {
+  using nlohmann::json;
+  const std::string op = request.value("op", std::string());
+  if (op == "status") {
+    const auto fs_stats = d.filesystem->Stats();
+    json out{{"ok", true},
+             {"pid", getpid()},
+             {"mounted", d.mounted.load()},
+             {"recovering", d.recovering.load()},
+             {"bucket", d.bucket},
+             {"endpoint", d.endpoint},
+             {"mountpoint", a.mountpoint},
+             {"read_only", a.read_only},
+             {"open_files", fs_stats.open_files},
+             {"inodes", fs_stats.inodes},
+             {"new_opens_stopped", d.filesystem->new_opens_stopped()},
+             {"fenced", d.fence->closed()},
+             {"fence_reason", d.fence->reason()},
+             {"memory_budget_bytes", d.budget->capacity()},
+             {"memory_used_bytes", d.budget->used()},
+             {"memory_peak_bytes", d.budget->peak()},
+             {"cache_bytes", d.cache->Stats().bytes_cached},
+             {"cache_hits", d.cache->Stats().hits},
+             {"cache_misses", d.cache->Stats().misses},
+             {"credentials", d.credentials->Describe()}};
+    if (d.writeback) {
+      const auto wb = d.writeback->GetStats();
+      out["spool"] = d.spool->directory();
+      out["dirty_files"] = wb.dirty_files;
+      out["dirty_bytes"] = wb.dirty_bytes;
+      out["uploads_in_flight"] = wb.commits_in_flight;
+      out["failing_files"] = wb.failing_files;
+      out["upload_error"] = wb.first_error;
+      out["commits"] = wb.commits;
+      out["failed_commits"] = wb.failed_commits;
+      out["bytes_uploaded"] = wb.bytes_uploaded;
+    }
+    return out;
+  }
+  if (op == "lease") {
+    d.fence->ExtendUntil(MonoTime(Duration(request.value("valid_until_ns", int64_t{0}))));
+    return json{{"ok", true}, {"fenced", d.fence->closed()}};
+  }
+  if (op == "fence") {
+    const std::string reason = request.value("reason", std::string("fenced by the coordinator"));
+    d.fence->Close(reason);
+    Logger("fuse")->error("writes are fenced from now on: {}", reason);
+    return json{{"ok", true}};
+  }
+  if (op == "stop-opens") {
+    d.filesystem->StopNewOpens(request.value("stop", true));
+    return json{{"ok", true}};
+  }
+  if (op == "sync") {
+    if (!d.writeback) return json{{"ok", true}};
+    const auto deadline =
+        RealClock().Now() + std::chrono::milliseconds(request.value("timeout_ms", int64_t{600000}));
+    Status drained = d.writeback->Drain(deadline, request.value("closed_only", false));
+    if (!drained.ok()) return json{{"ok", false}, {"error", drained.ToString()}};
+    return json{{"ok", true}};
+  }
+  if (op == "reload") {
+    if (request.contains("credentials") && request["credentials"].is_object()) {
+      auto* fixed = dynamic_cast<s3::StaticCredentialsProvider*>(d.credentials.get());
+      if (fixed == nullptr) {
+        return json{{"ok", false},
+                    {"error", "credentials come from " + d.credentials->Describe() +
+                                  ", not from variables: update that file instead"}};
+      }
+      const json& c = request["credentials"];
+      fixed->Set(s3::Credentials{c.value("access_key", std::string()),
+                                 c.value("secret_key", std::string()),
+                                 c.value("session_token", std::string())});
+      return json{{"ok", true}};
+    }
+    Status reloaded = d.credentials->Reload();
+    if (!reloaded.ok()) return json{{"ok", false}, {"error", reloaded.ToString()}};
+    return json{{"ok", true}};
+  }
+  return json{{"ok", false}, {"error", "unknown request '" + op + "'"}};
+}
+
+// Runs the mount. `report` is called once: "" when the kernel mount is in place, or why not.
+int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& report_to_caller) {
   // Every large buffer is its own mmap, so freeing it gives the memory back to the system
   // at once: RSS then follows the memory budget instead of glibc's per-thread arenas
   // keeping freed 1 MiB blocks (its dynamic threshold would otherwise move them to the heap).
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
+  // Under a coordinator, a failure before the mount is also written where it looks for it.
+  auto report = [&](const std::string& error) {
+    if (!error.empty() && !a.startup_error_file.empty()) {
+      const int fd = open(a.startup_error_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                          0600);
+      if (fd >= 0) {
+        if (write(fd, error.data(), error.size()) < 0) {
+          // The coordinator falls back to the exit status.
+        }
+        close(fd);
+      }
+    }
+    report_to_caller(error);
+  };
+
   std::string fsname;
-  auto daemon = BuildDaemon(a, &fsname);
-  if (!daemon.ok()) {
-    report(daemon.status().ToString());
+  auto built = BuildDaemon(a, &fsname);
+  if (!built.ok()) {
+    report(built.status().ToString());
     return 1;
+  }
+  Daemon& d = **built;
+  std::unique_ptr<control::ControlServer> control;
+  if (!a.control_socket.empty()) {
+    auto server = control::ControlServer::Start(
+        a.control_socket, [&d, &a](const nlohmann::json& request, control::Responder&) {
+          return HandleDaemonRequest(d, a, request);
+        });
+    if (!server.ok()) {
+      report(server.status().ToString());
+      return 1;
+    }
+    control = std::move(*server);
+  }
+  if (d.writeback) {
+    // What a previous daemon left: uploaded before the first file is served, so nobody
+    // reads an old object that a closed file should have replaced. The control socket is
+    // already up, so the coordinator's renewals keep the fence open meanwhile.
+    d.recovering.store(true);
+    if (const size_t recovered = d.writeback->Recover(); recovered > 0) {
+      Logger("writeback")->info("{} file(s) from the previous mount are now in the bucket",
+                                recovered);
+    }
+    d.recovering.store(false);
   }
   fs::SessionOptions session;
   session.mountpoint = a.mountpoint;
@@ -252,21 +427,23 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
   session.debug = a.fuse_debug;
   session.max_threads = a.fuse_threads;
   bool mounted = false;
-  Status st = fs::ServeMount(*(*daemon)->filesystem, session, [&] {
+  Status st = fs::ServeMount(*d.filesystem, session, [&] {
     mounted = true;
+    d.mounted.store(true);
     report("");
   });
+  d.mounted.store(false);
   int rc = 0;
   if (!st.ok()) {
     if (!mounted) report(st.ToString());
     Logger("fuse")->error("{}", st.ToString());
     rc = 1;
   }
-  if ((*daemon)->writeback) {
+  if (d.writeback) {
     // Unmounted (or stopped by a signal): every closed file goes to S3 before we exit.
     const auto deadline = RealClock().Now() + std::chrono::duration_cast<Duration>(
                                                   std::chrono::duration<double>(a.drain_timeout));
-    Status drained = (*daemon)->writeback->Drain(deadline);
+    Status drained = d.writeback->Drain(deadline);
     if (!drained.ok()) {
       Logger("writeback")->error("unmounted with uploads unfinished: {}", drained.ToString());
       rc = 1;
@@ -274,14 +451,19 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
       Logger("writeback")->info("every written file is in the bucket");
     }
   }
+  if (control) control->Stop();
   return rc;
 }
 
-// Forks before any thread exists (the client's event loop, the I/O pool): the child becomes
-// the daemon and tells the parent through a pipe when the mount is ready, or why it failed.
-int MountInBackground(const MountArgs& a) {
+// Forks before any thread exists (the client's event loop, the I/O pool): the child runs
+// `body` detached (its own session, / as working directory) and tells the parent through a
+// pipe when it is ready, or why it failed. Returns the parent's exit status.
+int RunInBackground(const std::string& log_file, const std::string& what,
+                    const std::function<int(const std::function<void(const std::string&)>&)>& body) {
   int fds[2];
-  if (pipe(fds) != 0) {
+  // Close-on-exec: the daemon the coordinator starts must not hold the write end, or the
+  // caller would wait for its end of file until the daemon exits.
+  if (pipe2(fds, O_CLOEXEC) != 0) {
     std::cerr << "bucketfs: pipe: " << strerror(errno) << "\n";
     return 1;
   }
@@ -301,7 +483,7 @@ int MountInBackground(const MountArgs& a) {
     if (message.empty()) {
       int status = 0;
       waitpid(pid, &status, 0);
-      message = "the daemon exited before the mount was ready";
+      message = "the " + what + " exited before the mount was ready";
     }
     std::cerr << "bucketfs: " << message << "\n";
     return 1;
@@ -309,23 +491,15 @@ int MountInBackground(const MountArgs& a) {
   close(fds[0]);
   setsid();
   if (chdir("/") != 0) _exit(1);
-  int write_fd = fds[1];
-  auto report = [&](const std::string& error) {
-    if (write_fd < 0) return;
-    std::string msg = error.empty() ? "ok" : error;
-    if (write(write_fd, msg.data(), msg.size()) < 0) {
-      // The parent is gone; nothing to tell.
-    }
-    close(write_fd);
-    write_fd = -1;
-    // Detach once the parent has its answer, as daemons do: nothing may keep the caller's
-    // terminal or pipes open (a caller reading our output would wait forever). Logs go to
-    // --log-file; without one they are dropped (run with -f under a service manager to keep
-    // them in its journal).
+  // Detach at once, as daemons do: nothing may keep the caller's terminal or pipes open (a
+  // caller reading our output would wait forever), and what we start inherits the same.
+  // Logs go to --log-file; without one they are dropped (run with -f under a service
+  // manager to keep them in its journal). Failures reach the caller through the pipe.
+  {
     int devnull = open("/dev/null", O_RDWR);
-    int log_fd = a.log_file.empty()
+    int log_fd = log_file.empty()
                      ? -1
-                     : open(a.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+                     : open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (devnull >= 0) {
       dup2(devnull, STDIN_FILENO);
       dup2(devnull, STDOUT_FILENO);
@@ -333,10 +507,381 @@ int MountInBackground(const MountArgs& a) {
       if (devnull > STDERR_FILENO) close(devnull);
     }
     if (log_fd > STDERR_FILENO) close(log_fd);
+  }
+  int write_fd = fds[1];
+  auto report = [&](const std::string& error) {
+    if (write_fd < 0) return;
+    std::string msg = error.empty() ? "ok" : error;
+    if (!error.empty()) Logger("mountd")->error("{}", error);
+    if (write(write_fd, msg.data(), msg.size()) < 0) {
+      // The parent is gone; nothing to tell.
+    }
+    close(write_fd);
+    write_fd = -1;
   };
-  int rc = RunMount(a, report);
-  if (write_fd >= 0) report("the daemon stopped before the mount was ready");
+  int rc = body(report);
+  if (write_fd >= 0) report("the " + what + " stopped before the mount was ready");
   _exit(rc);
+}
+
+std::string RuntimeDirOf(const MountArgs& a) {
+  return a.runtime_dir.empty() ? control::RuntimeDir() : a.runtime_dir;
+}
+
+std::string HostName() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) return "unknown-host";
+  return host;
+}
+
+// The coordinator (mountd/coordinator.h) of `bucketfs mount`.
+int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrough,
+                   const std::function<void(const std::string&)>& report) {
+  auto parts = BuildClient(a);
+  if (!parts.ok()) {
+    report(parts.status().ToString());
+    return 1;
+  }
+  const s3::BucketSettings& settings = parts->settings;
+  mountd::CoordinatorOptions o;
+  o.bucket = settings.config.bucket;
+  o.alias = settings.alias.empty() ? settings.config.bucket : settings.alias;
+  o.endpoint = settings.config.endpoint;
+  o.mountpoint = a.mountpoint;
+  o.runtime_dir = RuntimeDirOf(a);
+  o.spool_dir = a.spool_dir + "/" + settings.config.bucket;
+  o.read_only = a.read_only;
+  o.mount_timeout = std::chrono::duration_cast<Duration>(
+      std::chrono::duration<double>(a.mount_timeout));
+  o.signal_unmount_timeout = std::chrono::duration_cast<Duration>(
+      std::chrono::duration<double>(a.drain_timeout));
+  char exe[4096] = {};
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  o.daemon_argv = {n > 0 ? std::string(exe, static_cast<size_t>(n)) : "bucketfs", "serve",
+                   o.alias, a.mountpoint, "-f"};
+  o.daemon_argv.insert(o.daemon_argv.end(), passthrough.begin(), passthrough.end());
+  o.lease.ttl = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.lease_ttl));
+  o.lease.margin =
+      std::chrono::duration_cast<Duration>(std::chrono::duration<double>(a.lease_margin));
+  o.lease.poll = std::min<Duration>(std::chrono::seconds(1), o.lease.ttl / 6);
+  o.lease.wait_for_stale = !a.no_wait;
+  const char* pod = std::getenv("POD_NAME");
+  o.holder.host = HostName();
+  o.holder.holder = !a.holder_id.empty() ? a.holder_id
+                    : (pod != nullptr && *pod != '\0') ? std::string(pod)
+                                                         : o.holder.host;
+  o.holder.mountpoint = a.mountpoint;
+
+  mountd::CoordinatorServices services;
+  services.credentials = parts->credentials;
+  if (auto fixed = std::dynamic_pointer_cast<s3::StaticCredentialsProvider>(parts->credentials)) {
+    services.set_credentials = [fixed](const s3::Credentials& creds) {
+      fixed->Set(creds);
+      return Status::Ok();
+    };
+  }
+  s3::CurlObjectClient* client = parts->client.get();
+  services.presign_get = [client](const std::string& key, int ttl) {
+    return client->PresignGet(key, ttl);
+  };
+  mountd::Coordinator coordinator(*client, std::move(services), std::move(o));
+  return coordinator.Run(report);
+}
+
+// The absolute path of a mountpoint, without touching the mountpoint itself: a mount whose
+// daemon died answers ENOTCONN (or hangs) to everything, and that is exactly when `status`,
+// `unmount` and `mount` must still work. Resolves the parent and appends the last name.
+Result<std::string> ResolveMountpoint(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  const size_t slash = p.rfind('/');
+  const std::string parent = slash == std::string::npos ? "." : slash == 0 ? "/" : p.substr(0, slash);
+  const std::string name = slash == std::string::npos ? p : p.substr(slash + 1);
+  if (name.empty() || name == "." || name == "..") {
+    char resolved[PATH_MAX];
+    if (realpath(p.c_str(), resolved) == nullptr) {
+      return Status(ErrorCode::kNotFound, "'" + path + "': " + strerror(errno));
+    }
+    return std::string(resolved);
+  }
+  char resolved_parent[PATH_MAX];
+  if (realpath(parent.c_str(), resolved_parent) == nullptr) {
+    return Status(ErrorCode::kNotFound, "'" + parent + "': " + strerror(errno));
+  }
+  const std::string base = resolved_parent;
+  return (base == "/" ? "" : base) + "/" + name;
+}
+
+// The mount's control socket, or a message saying nothing is mounted there.
+Result<std::string> ControlSocketFor(const std::string& runtime_dir, const std::string& path) {
+  BFS_ASSIGN_OR_RETURN(std::string mountpoint, ResolveMountpoint(path));
+  return mountd::ControlSocketPath(runtime_dir, mountpoint);
+}
+
+// Prints the coordinator's answer: its message on success, its error otherwise.
+int PrintReply(const Result<nlohmann::json>& reply, const std::string& mountpoint) {
+  if (!reply.ok()) {
+    std::cerr << "bucketfs: " << mountpoint << ": " << reply.status().ToString()
+              << (reply.status().code() == ErrorCode::kNotFound
+                      ? " (is a bucket mounted there with `bucketfs mount`?)"
+                      : "")
+              << "\n";
+    return 1;
+  }
+  if (!reply->value("ok", false)) {
+    std::cerr << "bucketfs: " << reply->value("error", std::string("failed")) << "\n";
+    return 1;
+  }
+  if (reply->contains("message")) std::cout << reply->value("message", std::string()) << "\n";
+  return 0;
+}
+
+int Unmount(const std::string& runtime_dir, const std::string& mountpoint, double timeout,
+            double sync_timeout, bool force) {
+  auto socket = ControlSocketFor(runtime_dir, mountpoint);
+  if (!socket.ok()) return PrintReply(socket.status(), mountpoint);
+  nlohmann::json request{{"op", "unmount"},
+                         {"timeout_ms", static_cast<int64_t>(timeout * 1000)},
+                         {"sync_timeout_ms", static_cast<int64_t>(sync_timeout * 1000)},
+                         {"force", force}};
+  const auto wait = std::chrono::duration_cast<Duration>(
+      std::chrono::duration<double>(timeout + 2 * sync_timeout + 180));
+  auto reply = control::Call(*socket, request, wait, [](const nlohmann::json& progress) {
+    std::cout << progress.value("message", std::string()) << std::endl;
+  });
+  return PrintReply(reply, mountpoint);
+}
+
+std::string Seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.0fs", s);
+  return buf;
+}
+
+int Status_(const std::string& runtime_dir, const std::string& mountpoint, bool as_json) {
+  auto socket = ControlSocketFor(runtime_dir, mountpoint);
+  if (!socket.ok()) return PrintReply(socket.status(), mountpoint);
+  auto reply = control::Call(*socket, {{"op", "status"}}, std::chrono::seconds(15));
+  if (!reply.ok() || !reply->value("ok", false)) return PrintReply(reply, mountpoint);
+  const nlohmann::json& r = *reply;
+  if (as_json) {
+    std::cout << r.dump(2) << "\n";
+    return 0;
+  }
+  const nlohmann::json& d = r.contains("daemon") ? r["daemon"] : nlohmann::json::object();
+  const nlohmann::json& l = r.contains("lease") ? r["lease"] : nlohmann::json::object();
+  std::cout << "bucket:      " << r.value("bucket", "") << " at " << r.value("endpoint", "")
+            << "\n";
+  std::cout << "mountpoint:  " << r.value("mountpoint", "")
+            << (r.value("read_only", false) ? " (read-only)" : "")
+            << (r.value("unmounting", false) ? " — unmounting" : "") << "\n";
+  std::cout << "processes:   coordinator " << r.value("coordinator_pid", 0) << ", daemon "
+            << r.value("daemon_pid", 0) << " (restarted " << r.value("daemon_restarts", 0)
+            << " times)\n";
+  const std::string state = l.value("state", "none");
+  std::cout << "lease:       " << state;
+  if (state == "held") {
+    std::cout << " by " << l.value("holder", "") << " on " << l.value("host", "") << ", epoch "
+              << l.value("epoch", 0) << ", renewed " << l.value("renew_seq", 0)
+              << " times, next renewal in " << Seconds(l.value("next_renewal_in_s", 0.0))
+              << ", valid for " << Seconds(l.value("valid_for_s", 0.0));
+  } else if (state == "lost") {
+    std::cout << " — " << l.value("lost_reason", "") << " (writes fail with EROFS)";
+  } else if (state == "none") {
+    std::cout << " (read-only mounts take none)";
+  }
+  std::cout << "\n";
+  if (!d.value("ok", false)) {
+    std::cout << "daemon:      not answering: " << d.value("error", "") << "\n";
+  } else {
+    std::cout << "open files:  " << d.value("open_files", 0) << "\n";
+    if (d.contains("dirty_files")) {
+      std::cout << "dirty:       " << d.value("dirty_files", 0) << " file(s), "
+                << cache::FormatBytes(d.value("dirty_bytes", uint64_t{0})) << ", "
+                << d.value("uploads_in_flight", 0) << " upload(s) in flight; spool "
+                << d.value("spool", "") << "\n";
+    }
+    std::cout << "memory:      " << cache::FormatBytes(d.value("memory_used_bytes", uint64_t{0}))
+              << " of " << cache::FormatBytes(d.value("memory_budget_bytes", uint64_t{0}))
+              << " (cache " << cache::FormatBytes(d.value("cache_bytes", uint64_t{0})) << ")\n";
+    if (d.value("fenced", false)) {
+      std::cout << "fenced:      " << d.value("fence_reason", "") << "\n";
+    }
+    if (d.value("failing_files", 0) > 0) {
+      std::cout << "upload errors: " << d.value("failing_files", 0) << " file(s), e.g. "
+                << d.value("upload_error", "") << "\n";
+    }
+  }
+  for (const auto& e : r.value("errors", std::vector<std::string>{})) {
+    std::cout << "error:       " << e << "\n";
+  }
+  return 0;
+}
+
+int Reload(const std::string& runtime_dir, const std::string& mountpoint) {
+  auto socket = ControlSocketFor(runtime_dir, mountpoint);
+  if (!socket.ok()) return PrintReply(socket.status(), mountpoint);
+  auto status = control::Call(*socket, {{"op", "status"}}, std::chrono::seconds(15));
+  if (!status.ok() || !status->value("ok", false)) return PrintReply(status, mountpoint);
+  nlohmann::json request{{"op", "reload"}};
+  // The keys this shell has for the mount's bucket or alias (a rotated Secret shows up as new
+  // variables); without any, the mount re-reads its own source (its credentials file).
+  auto settings = s3::ResolveBucket(status->value("alias", std::string()),
+                                    s3::ProcessEnvironment());
+  if (settings.ok() && !settings->credentials.empty()) {
+    request["credentials"] = {{"access_key", settings->credentials.access_key},
+                              {"secret_key", settings->credentials.secret_key},
+                              {"session_token", settings->credentials.session_token}};
+  }
+  return PrintReply(control::Call(*socket, request, std::chrono::seconds(30)), mountpoint);
+}
+
+int Share(const std::string& runtime_dir, const std::string& path, int ttl) {
+  char resolved[PATH_MAX];
+  if (realpath(path.c_str(), resolved) == nullptr) {
+    std::cerr << "bucketfs: cannot share '" << path << "': " << strerror(errno) << "\n";
+    return 1;
+  }
+  struct stat st {};
+  if (stat(resolved, &st) != 0 || !S_ISREG(st.st_mode)) {
+    std::cerr << "bucketfs: cannot share '" << path << "': only regular files can be shared\n";
+    return 1;
+  }
+  // The mount it is under: the nearest ancestor with a coordinator socket.
+  std::string dir = resolved;
+  while (true) {
+    const size_t slash = dir.rfind('/');
+    dir = slash == 0 ? "/" : dir.substr(0, slash);
+    const std::string socket = mountd::ControlSocketPath(runtime_dir, dir);
+    if (access(socket.c_str(), F_OK) == 0) {
+      const std::string key = std::string(resolved).substr(dir == "/" ? 1 : dir.size() + 1);
+      auto reply = control::Call(socket, {{"op", "share"}, {"key", key}, {"ttl", ttl}},
+                                 std::chrono::seconds(30));
+      if (!reply.ok() || !reply->value("ok", false)) return PrintReply(reply, dir);
+      std::cout << reply->value("url", std::string()) << "\n";
+      return 0;
+    }
+    if (dir == "/") break;
+  }
+  std::cerr << "bucketfs: '" << path
+            << "' is not under a bucket mounted with `bucketfs mount` (see `bucketfs status`)\n";
+  return 1;
+}
+
+// The command-line tokens of `mount` that the daemon must see too: every option with its
+// value, without positionals, -f and the coordinator's own options.
+std::vector<std::string> PassThrough(CLI::App* mount, const std::vector<std::string>& tokens) {
+  static const std::set<std::string> kCoordinatorOnly = {
+      "--runtime-dir", "--holder-id", "--lease-ttl", "--lease-margin", "--no-wait",
+      "--mount-timeout", "-f", "--foreground", "--log-file"};
+  std::vector<std::string> out;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const std::string& t = tokens[i];
+    if (t == "--") break;                        // Only positionals follow.
+    if (t.size() < 2 || t[0] != '-') continue;  // A positional.
+    const std::string name = t.substr(0, t.find('='));
+    const CLI::Option* opt = mount->get_option_no_throw(name);
+    const bool takes_value = opt != nullptr && opt->get_type_size() != 0;
+    const bool value_next = takes_value && t.find('=') == std::string::npos;
+    if (kCoordinatorOnly.count(name) == 0) {
+      out.push_back(t);
+      if (value_next && i + 1 < tokens.size()) out.push_back(tokens[i + 1]);
+    }
+    if (value_next) ++i;
+  }
+  return out;
+}
+
+void AddMountOptions(CLI::App* cmd, MountArgs& a) {
+  cmd->add_option("bucket", a.name, "Bucket name or alias (default: $S3_BUCKET)");
+  cmd->add_option("mountpoint", a.mountpoint, "Where to mount")->capture_default_str();
+  cmd->add_option("--endpoint", a.endpoint, "S3 endpoint URL (default: $S3_ENDPOINT)");
+  cmd->add_option("--region", a.region, "Region (default: $S3_REGION or us-east-1)");
+  cmd->add_option("--ca-bundle", a.ca_bundle, "CA bundle for https endpoints");
+  cmd->add_option("--addressing", a.addressing, "path or virtual (default: auto)")
+      ->check(CLI::IsMember({"path", "virtual"}));
+  cmd->add_option("--credentials-file", a.credentials_file,
+                  "AWS-style credentials file, watched for rotation");
+  cmd->add_option("--profile", a.profile, "Profile in the credentials file")
+      ->capture_default_str();
+  cmd->add_flag("--read-only", a.read_only, "Mount read-only (takes no lease)");
+  cmd->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
+  cmd->add_flag("--debug", a.debug, "Debug logging of every component");
+  cmd->add_flag("--fuse-debug", a.fuse_debug, "libfuse's trace of every request");
+  cmd->add_option("--log-level", a.log_level,
+                  "trace|debug|info|warn|error, or per component: s3=debug,fuse=info")
+      ->capture_default_str();
+  cmd->add_option("--log-file", a.log_file,
+                  "Append the log here once it runs in the background");
+  cmd->add_flag("!--no-allow-other", a.allow_other,
+                "Only the mounting user may use the mount (default when not root)");
+  cmd->add_option("--uid", a.uid, "Owner of files without x-amz-meta-uid")->capture_default_str();
+  cmd->add_option("--gid", a.gid, "Group of files without x-amz-meta-gid")->capture_default_str();
+  cmd->add_option("--file-mode", a.file_mode, "Mode of files without x-amz-meta-mode")
+      ->capture_default_str();
+  cmd->add_option("--dir-mode", a.dir_mode, "Mode of directories")->capture_default_str();
+  cmd->add_option("--metadata-ttl", a.metadata_ttl,
+                  "Seconds attributes, entries and listings are cached")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
+  cmd->add_option("--max-memory", a.max_memory,
+                  "Memory budget for cached and in-flight data (default: a quarter of the "
+                  "cgroup limit or RAM, 64M..4G)");
+  cmd->add_option("--block-size", a.block_size, "Cache block size")->capture_default_str();
+  cmd->add_option("--read-ahead", a.read_ahead, "Largest read-ahead window per file")
+      ->capture_default_str();
+  cmd->add_option("--read-parallelism", a.read_parallelism,
+                  "Ranged GETs in flight per file being read sequentially")
+      ->capture_default_str();
+  cmd->add_flag("--random-fill", a.random_fill,
+                "Files read at random that fit in half the cache fill whole blocks in the "
+                "background (many more IOPS on re-reads; slower cold random reads)");
+  cmd->add_option("--io-threads", a.io_threads, "Threads for background S3 requests")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1024u));
+  cmd->add_option("--fuse-threads", a.fuse_threads, "Most threads serving the kernel")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1024u));
+  cmd->add_flag("--unsigned-payload", a.unsigned_payload,
+                "Send UNSIGNED-PAYLOAD instead of hashing bodies (only over https)");
+  cmd->add_option("--spool-dir", a.spool_dir,
+                  "Local directory where written data waits for its upload (survives a "
+                  "daemon crash; one per mount)")
+      ->capture_default_str();
+  cmd->add_option("--part-size", a.part_size,
+                  "Multipart part size (grows past 500 parts, so 5 TiB fits)")
+      ->capture_default_str();
+  cmd->add_option("--upload-parallelism", a.upload_parallelism,
+                  "Part uploads in flight across all files")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 256u));
+  cmd->add_flag("--sync-on-close", a.sync_on_close,
+                "close() returns only once the file is in the bucket, as fsync() does");
+  cmd->add_option("--drain-timeout", a.drain_timeout,
+                  "Seconds an unmount (or SIGTERM) waits for open files and for uploads; the "
+                  "rest resume on the next mount")
+      ->capture_default_str();
+  // The coordinator's own.
+  cmd->add_option("--runtime-dir", a.runtime_dir,
+                  "Where the control sockets live (default: $BUCKETFS_RUNTIME_DIR, "
+                  "/run/bucketfs for root, else $XDG_RUNTIME_DIR/bucketfs)");
+  cmd->add_option("--holder-id", a.holder_id,
+                  "This pod's name in the lease (default: $POD_NAME, else the host name)");
+  cmd->add_option("--lease-ttl", a.lease_ttl,
+                  "Seconds the lease lasts unrenewed (renewed every third of it)")
+      ->capture_default_str()
+      ->check(CLI::Range(3.0, 3600.0));
+  cmd->add_option("--lease-margin", a.lease_margin,
+                  "Extra seconds an abandoned lease must stay unchanged before it is taken "
+                  "over (after the TTL)")
+      ->capture_default_str()
+      ->check(CLI::Range(2.0, 3600.0));
+  cmd->add_flag("--no-wait", a.no_wait,
+                "Fail at once when another pod holds the lease, instead of watching whether "
+                "it is abandoned");
+  cmd->add_option("--mount-timeout", a.mount_timeout,
+                  "Seconds to wait for the daemon to mount")
+      ->capture_default_str();
 }
 
 }  // namespace
@@ -344,95 +889,123 @@ int MountInBackground(const MountArgs& a) {
 
 int main(int argc, char** argv) {
   using namespace bucketfs;
-  CLI::App app{"bucketfs: mount an S3 bucket as a filesystem"};
+  CLI::App app{"bucketfs: mount an S3 bucket as a filesystem, one pod at a time.\n"
+               "Settings come from flags or the platform's variables: S3_ENDPOINT, S3_REGION, "
+               "S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET_<ALIAS>[_ACCESS_KEY|"
+               "_SECRET_KEY], and the AWS_* ones."};
   app.require_subcommand(1);
   MountArgs a;
-  CLI::App* mount = app.add_subcommand("mount", "Mount a bucket and serve it until unmounted");
-  mount->add_option("bucket", a.name, "Bucket name or alias (default: $S3_BUCKET)");
-  mount->add_option("mountpoint", a.mountpoint, "Where to mount")->capture_default_str();
-  mount->add_option("--endpoint", a.endpoint, "S3 endpoint URL (default: $S3_ENDPOINT)");
-  mount->add_option("--region", a.region, "Region (default: $S3_REGION or us-east-1)");
-  mount->add_option("--ca-bundle", a.ca_bundle, "CA bundle for https endpoints");
-  mount->add_option("--addressing", a.addressing, "path or virtual (default: auto)")
-      ->check(CLI::IsMember({"path", "virtual"}));
-  mount->add_option("--credentials-file", a.credentials_file,
-                    "AWS-style credentials file, watched for rotation");
-  mount->add_option("--profile", a.profile, "Profile in the credentials file")
-      ->capture_default_str();
-  mount->add_flag("--read-only", a.read_only, "Mount read-only");
-  mount->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
-  mount->add_flag("--debug", a.debug, "Debug logging of every component");
-  mount->add_flag("--fuse-debug", a.fuse_debug, "libfuse's trace of every request");
-  mount->add_option("--log-level", a.log_level,
-                    "trace|debug|info|warn|error, or per component: s3=debug,fuse=info")
-      ->capture_default_str();
-  mount->add_option("--log-file", a.log_file,
-                    "Append the daemon's log here once it runs in the background");
-  mount->add_flag("!--no-allow-other", a.allow_other,
-                  "Only the mounting user may use the mount (default when not root)");
-  mount->add_option("--uid", a.uid, "Owner of files without x-amz-meta-uid")
-      ->capture_default_str();
-  mount->add_option("--gid", a.gid, "Group of files without x-amz-meta-gid")
-      ->capture_default_str();
-  mount->add_option("--file-mode", a.file_mode, "Mode of files without x-amz-meta-mode")
-      ->capture_default_str();
-  mount->add_option("--dir-mode", a.dir_mode, "Mode of directories")->capture_default_str();
-  mount->add_option("--metadata-ttl", a.metadata_ttl,
-                    "Seconds attributes, entries and listings are cached")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 86400.0));
-  mount->add_option("--max-memory", a.max_memory,
-                    "Memory budget for cached and in-flight data (default: a quarter of the "
-                    "cgroup limit or RAM, 64M..4G)");
-  mount->add_option("--block-size", a.block_size, "Cache block size")->capture_default_str();
-  mount->add_option("--read-ahead", a.read_ahead, "Largest read-ahead window per file")
-      ->capture_default_str();
-  mount->add_option("--read-parallelism", a.read_parallelism,
-                    "Ranged GETs in flight per file being read sequentially")
-      ->capture_default_str();
-  mount->add_flag("--random-fill", a.random_fill,
-                  "Files read at random that fit in half the cache fill whole blocks in the "
-                  "background (many more IOPS on re-reads; slower cold random reads)");
-  mount->add_option("--io-threads", a.io_threads, "Threads for background S3 requests")
-      ->capture_default_str()
-      ->check(CLI::Range(1u, 1024u));
-  mount->add_option("--fuse-threads", a.fuse_threads, "Most threads serving the kernel")
-      ->capture_default_str()
-      ->check(CLI::Range(1u, 1024u));
-  mount->add_flag("--unsigned-payload", a.unsigned_payload,
-                  "Send UNSIGNED-PAYLOAD instead of hashing bodies (only over https)");
+  CLI::App* mount = app.add_subcommand(
+      "mount",
+      "Mount a bucket (default $S3_BUCKET at /mnt-workspace): take the single-pod lease, start "
+      "the daemon, return once the mount answers");
+  AddMountOptions(mount, a);
+  MountArgs serve_args;
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "Run the FUSE daemon alone, without coordinator or lease (what `mount` runs; for tests, "
+      "benchmarks and debugging)");
+  AddMountOptions(serve, serve_args);
+  serve->add_option("--control-socket", serve_args.control_socket,
+                    "Serve the coordinator's requests here");
+  serve->add_option("--startup-error-file", serve_args.startup_error_file,
+                    "Write why the mount failed here");
+  serve->add_option("--lease-valid-until-ns", serve_args.lease_valid_until_ns,
+                    "Fence writes at this CLOCK_MONOTONIC time unless the coordinator extends it");
 
-  mount->add_option("--spool-dir", a.spool_dir,
-                    "Local directory where written data waits for its upload (survives a "
-                    "daemon crash; one per mount)")
+  std::string runtime_dir;
+  std::string target = "/mnt-workspace";
+  double timeout = 60, sync_timeout = 600;
+  bool force = false, as_json = false;
+  CLI::App* unmount = app.add_subcommand(
+      "unmount",
+      "Stop new opens, wait for open files to close (naming the processes holding them), "
+      "upload every dirty file, release the lease, unmount");
+  unmount->add_option("mountpoint", target, "The mount")->capture_default_str();
+  unmount->add_option("--timeout", timeout, "Seconds to wait for open files to close")
       ->capture_default_str();
-  mount->add_option("--part-size", a.part_size,
-                    "Multipart part size (grows past 500 parts, so 5 TiB fits)")
+  unmount->add_option("--sync-timeout", sync_timeout, "Seconds to wait for uploads")
       ->capture_default_str();
-  mount->add_option("--upload-parallelism", a.upload_parallelism,
-                    "Part uploads in flight across all files")
-      ->capture_default_str()
-      ->check(CLI::Range(1u, 256u));
-  mount->add_flag("--sync-on-close", a.sync_on_close,
-                  "close() returns only once the file is in the bucket, as fsync() does");
-  mount->add_option("--drain-timeout", a.drain_timeout,
-                    "Seconds an unmount waits for uploads still running (the rest resume on "
-                    "the next mount)")
+  unmount->add_flag("--force",
+                    force, "After the timeouts, detach the mount anyway; data not yet uploaded "
+                           "stays in the spool for the next mount");
+  unmount->add_option("--runtime-dir", runtime_dir, "Where the control sockets live");
+  CLI::App* status = app.add_subcommand(
+      "status", "Show the mount: lease, open files, dirty data, uploads, memory, errors");
+  status->add_option("mountpoint", target, "The mount")->capture_default_str();
+  status->add_flag("--json", as_json, "Print JSON");
+  status->add_option("--runtime-dir", runtime_dir, "Where the control sockets live");
+  CLI::App* reload = app.add_subcommand(
+      "reload",
+      "Re-read credentials without remounting: the S3_* variables of this shell for the "
+      "mount's bucket or alias, else the mount's credentials file (SIGHUP to the "
+      "coordinator does the latter)");
+  reload->add_option("mountpoint", target, "The mount")->capture_default_str();
+  reload->add_option("--runtime-dir", runtime_dir, "Where the control sockets live");
+  std::string share_path;
+  int share_ttl = 900;
+  CLI::App* share = app.add_subcommand(
+      "share", "Print a presigned GET URL for a file under a mount");
+  share->add_option("path", share_path, "The file")->required();
+  share->add_option("--ttl", share_ttl, "Seconds the URL is valid (at most 604800, 7 days)")
       ->capture_default_str();
+  share->add_option("--runtime-dir", runtime_dir, "Where the control sockets live");
 
+  std::vector<std::string> tokens(argv + 1, argv + argc);
   CLI11_PARSE(app, argc, argv);
-  ConfigureLogging(a.debug ? "debug" : a.log_level);
+  if (runtime_dir.empty()) runtime_dir = control::RuntimeDir();
 
+  if (*unmount) return Unmount(runtime_dir, target, timeout, sync_timeout, force);
+  if (*status) return Status_(runtime_dir, target, as_json);
+  if (*reload) return Reload(runtime_dir, target);
+  if (*share) {
+    if (share_ttl < 1 || share_ttl > 604800) {
+      std::cerr << "bucketfs: --ttl " << share_ttl
+                << " is out of range: a presigned URL lasts 1 s to 7 days (604800 s)\n";
+      return 1;
+    }
+    return Share(runtime_dir, share_path, share_ttl);
+  }
+
+  MountArgs& m = *serve ? serve_args : a;
+  ConfigureLogging(m.debug ? "debug" : m.log_level);
   struct stat st {};
-  if (stat(a.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-    std::cerr << "bucketfs: mountpoint '" << a.mountpoint
+  auto resolved = ResolveMountpoint(m.mountpoint);
+  const bool dead_mount = stat(m.mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;
+  if (!resolved.ok() || (!dead_mount && (stat(m.mountpoint.c_str(), &st) != 0 ||
+                                         !S_ISDIR(st.st_mode)))) {
+    std::cerr << "bucketfs: mountpoint '" << m.mountpoint
               << "' is not an existing directory: create it with mkdir -p\n";
     return 1;
   }
-  if (a.foreground) {
-    return RunMount(a, [](const std::string& error) {
+  if (dead_mount && *serve) {
+    std::cerr << "bucketfs: '" << m.mountpoint << "' is a mount whose daemon is gone "
+              << "(Transport endpoint is not connected): detach it with `fusermount3 -u -z "
+              << m.mountpoint << "` (`bucketfs mount` does that itself)\n";
+    return 1;
+  }
+  m.mountpoint = *resolved;
+  if (*serve) {
+    if (m.foreground) {
+      return RunMount(m, [](const std::string& error) {
+        if (!error.empty()) std::cerr << "bucketfs: " << error << "\n";
+      });
+    }
+    return RunInBackground(m.log_file, "daemon", [&m](const auto& report) {
+      return RunMount(m, report);
+    });
+  }
+  // `mount`: the tokens after "mount" are the ones the daemon gets too.
+  std::vector<std::string> mount_tokens;
+  auto it = std::find(tokens.begin(), tokens.end(), "mount");
+  if (it != tokens.end()) mount_tokens.assign(it + 1, tokens.end());
+  const auto passthrough = PassThrough(mount, mount_tokens);
+  if (m.foreground) {
+    return RunCoordinator(m, passthrough, [](const std::string& error) {
       if (!error.empty()) std::cerr << "bucketfs: " << error << "\n";
     });
   }
-  return MountInBackground(a);
+  return RunInBackground(m.log_file, "coordinator", [&](const auto& report) {
+    return RunCoordinator(m, passthrough, report);
+  });
 }

@@ -574,6 +574,7 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
   if (node->attr.type == FileType::kDirectory) {
     return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
   }
+  BFS_RETURN_IF_ERROR(CheckOpensAllowed());
   if (IsWriteOpen(flags)) BFS_RETURN_IF_ERROR(CheckWritable());
   if (node->unlinked || node->path.empty()) {
     return Status(ErrorCode::kStale, "'" + node->path + "' was removed or replaced");

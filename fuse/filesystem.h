@@ -58,6 +58,7 @@
 #include <unordered_map>
 
 #include "cache/read_ahead.h"
+#include "cache/write_fence.h"
 #include "cache/writeback.h"
 #include "common/clock.h"
 #include "common/status.h"
@@ -80,6 +81,9 @@ struct FilesystemOptions {
   size_t max_negative_entries = 100000;
   WallTime mount_time{};  // Directories without a marker show this mtime.
   uint64_t generation = 0;
+  // The lease's fence (cache/write_fence.h): once closed, every modifying call and every
+  // write(2) is kReadOnly (EROFS) with its reason. nullptr: never fenced.
+  const cache::WriteFence* fence = nullptr;
 };
 
 struct EntryReply {
@@ -212,6 +216,12 @@ class Filesystem {
   FilesystemStats Stats() const;
   const FilesystemOptions& options() const { return options_; }
 
+  // Unmount is under way (mountd drains the mount): new Open and Create calls fail with
+  // kBusy (EBUSY) so that the open handles can only go down; handles already open work on.
+  // StopNewOpens(false) takes it back (an unmount that timed out leaves the mount intact).
+  void StopNewOpens(bool stop) { opens_stopped_.store(stop); }
+  bool new_opens_stopped() const { return opens_stopped_.load(); }
+
  private:
   struct FileHandle {
     InodeId ino = 0;
@@ -238,6 +248,7 @@ class Filesystem {
   Attributes DirtyAttributesOf(const cache::DirtyFile& dirty) const;
   std::shared_ptr<cache::DirtyFile> FindDirty(const std::string& path) const;
   Status CheckWritable() const;
+  Status CheckOpensAllowed() const;
   std::shared_ptr<FileHandle> FindFile(uint64_t handle);
   uint64_t AddFile(std::shared_ptr<FileHandle> handle);
   // Updates cached listings after a mutation: the entry `name` of `dir_path` set (or
@@ -340,6 +351,7 @@ class Filesystem {
         listings{0}, heads{0};
   };
   mutable Counters counters_;
+  std::atomic<bool> opens_stopped_{false};
 };
 
 }  // namespace bucketfs::fs

@@ -35,6 +35,15 @@ Status Filesystem::CheckWritable() const {
   if (options_.read_only || writeback_ == nullptr) {
     return Status(ErrorCode::kReadOnly, "the mount is read-only");
   }
+  if (options_.fence != nullptr) return options_.fence->Check();
+  return Status::Ok();
+}
+
+Status Filesystem::CheckOpensAllowed() const {
+  if (opens_stopped_.load()) {
+    return Status(ErrorCode::kBusy,
+                  "the mount is being unmounted: no new files are opened while it drains");
+  }
   return Status::Ok();
 }
 
@@ -187,6 +196,7 @@ Result<std::string> Filesystem::PutSmallObject(const std::string& key, std::stri
 
 Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
                                        uint32_t permissions, int flags, const Caller& caller) {
+  BFS_RETURN_IF_ERROR(CheckOpensAllowed());
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
   BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
@@ -228,6 +238,14 @@ Result<size_t> Filesystem::Write(uint64_t handle, uint64_t offset, std::span<con
   auto file = FindFile(handle);
   if (!file) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
   if (!file->writer) return Status(ErrorCode::kInvalidArgument, "the file is not open for writing");
+  // A fenced daemon (lease lost) takes no more bytes: what was written before stays in the
+  // spool, and the program learns at once (EROFS) instead of at close.
+  if (options_.fence != nullptr) {
+    if (Status fenced = options_.fence->Check(); !fenced.ok()) {
+      file->dirty->MarkTorn();
+      return fenced;
+    }
+  }
   BFS_RETURN_IF_ERROR(file->dirty->Write(offset, data));
   return data.size();
 }
@@ -238,6 +256,9 @@ Status Filesystem::Flush(uint64_t handle) {
   if (options_.sync_on_close) return writeback_->Sync(file->dirty);
   BFS_RETURN_IF_ERROR(file->dirty->Error());
   writeback_->Flushed(file->dirty);
+  // Fenced (the lease is lost): what was written is journaled as closed above, so a mount
+  // that holds the lease again uploads it, but this close() must not pretend it will be.
+  if (options_.fence != nullptr) BFS_RETURN_IF_ERROR(options_.fence->Check());
   return Status::Ok();
 }
 

@@ -17,9 +17,11 @@ if [[ ${1:-} == stop ]]; then
   if [[ -f $mountpoint_file ]]; then
     mnt=$(cat "$mountpoint_file")
     if mountpoint -q "$mnt"; then
-      # The daemon exits by itself once its mount is gone; wait for it by PID.
+      # The coordinator waits for open files, uploads what is dirty, releases the lease and
+      # unmounts; then it exits by itself: wait for it by PID.
       pid=$(cat "$state/bucketfs.pid" 2>/dev/null || true)
-      fusermount3 -u "$mnt" && echo "quickstart: unmounted $mnt"
+      build/release/cli/bucketfs unmount "$mnt" --timeout 30 &&
+        echo "quickstart: unmounted $mnt"
       for _ in $(seq 100); do
         [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
@@ -54,8 +56,10 @@ echo "$mnt" > "$mountpoint_file"
 if mountpoint -q "$mnt"; then
   echo "quickstart: $mnt is already mounted"
 else
-  # Without -f, `bucketfs mount` returns once the mount answers; the daemon stays behind.
-  build/release/cli/bucketfs mount demo "$mnt" --log-file "$state/bucketfs.log" --spool-dir "$state/spool"
+  # Without -f, `bucketfs mount` returns once the mount answers (lease taken, daemon
+  # serving); the coordinator and its daemon stay behind.
+  build/release/cli/bucketfs mount demo "$mnt" --log-file "$state/bucketfs.log" \
+    --spool-dir "$state/spool"
   # Its PID, for `stop`: the process whose command line names this mountpoint.
   for p in /proc/[0-9]*; do
     if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "bucketfs mount demo $mnt"; then
@@ -70,5 +74,6 @@ bucketfs quick start: S3 server on $S3_ENDPOINT, bucket "demo" mounted at $mnt.
   Look inside:  ls -lR $mnt
   Credentials:  source $state/env   (for aws/boto3: --endpoint-url \$S3_ENDPOINT)
   Daemon log:   $state/bucketfs.log
+  Status:       build/release/cli/bucketfs status $mnt
   Stop:         scripts/quickstart.sh stop
 MSG

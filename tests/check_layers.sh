@@ -30,7 +30,14 @@ check_up common 's3|cache|fuse|mountd'
 check_up s3 'cache|fuse|mountd'
 check_up cache 'fuse|mountd'
 check_up fuse 'mountd|cli'
-check_up mountd 'cache|fuse'
+check_up mountd 'cache|fuse|cli'
+
+# mountd sees s3/ only through its interfaces (the client and the credentials), never the
+# libcurl client: the CLI builds that and hands it over.
+while IFS= read -r hit; do
+  violation "${hit%%:*} includes an s3/ implementation header (mountd may include only s3/object_client.h and s3/credentials.h)"
+done < <(grep -HE '#include[[:space:]]*"s3/' $(git ls-files --cached --others --exclude-standard 'mountd/*.h' 'mountd/*.cc' 2>/dev/null) /dev/null 2>/dev/null |
+         grep -vE '"s3/(object_client|credentials)\.h"' || true)
 
 if [ $fail -ne 0 ]; then exit 1; fi
 echo "layering ok"

@@ -37,7 +37,7 @@ mount_command() {
   local sys=$1 bucket=$2 mnt=$3
   case $sys in
     bucketfs)
-      MOUNT_CMD=("$BUCKETFS_BIN" mount "$bucket" "$mnt" -f --endpoint "$S3_ENDPOINT" --region "$S3_REGION"
+      MOUNT_CMD=("$BUCKETFS_BIN" serve "$bucket" "$mnt" -f --endpoint "$S3_ENDPOINT" --region "$S3_REGION"
         --spool-dir "$WORK/bucketfs-spool") ;;
     s3fs)
       MOUNT_CMD=(s3fs "$bucket" "$mnt" -f -o "url=$S3_ENDPOINT,use_path_request_style,passwd_file=$WORK/s3fs-passwd,endpoint=$S3_REGION") ;;

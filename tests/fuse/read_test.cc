@@ -422,7 +422,7 @@ TEST_F(FuseReadTest, BackgroundMountReturnsOnlyOnceTheMountAnswers) {
   PutBytes("hello.txt", "hello");
   MountedBucket m(*server_, bucket_);  // For its directory; mounted by the command below.
   CommandResult r = RunCommand(fmt::format(
-      "S3_ACCESS_KEY={} S3_SECRET_KEY={} {} mount {} {} --endpoint {} --log-file {}.bg.log 2>&1",
+      "S3_ACCESS_KEY={} S3_SECRET_KEY={} {} serve {} {} --endpoint {} --log-file {}.bg.log 2>&1",
       server_->access_key, server_->secret_key, BUCKETFS_BINARY, bucket_, m.dir(),
       server_->endpoint, m.dir()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
@@ -431,7 +431,7 @@ TEST_F(FuseReadTest, BackgroundMountReturnsOnlyOnceTheMountAnswers) {
   // Find the daemon by its unique mountpoint in its command line, to wait for it by PID.
   // ("[/]" keeps the pattern from matching the shell that runs this loop.)
   CommandResult pids = RunCommand(
-      "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q 'mount " +
+      "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q 'serve " +
       bucket_ + " [/]" + m.dir().substr(1) + "' && basename $p; done; true");
   EXPECT_FALSE(pids.output.empty());
   EXPECT_EQ(RunCommand("fusermount3 -u " + m.dir()).exit_code, 0);

@@ -95,7 +95,7 @@ bool MountedBucket::IsMounted() const {
 }
 
 bool MountedBucket::Mount(const std::vector<std::string>& extra_args) {
-  std::vector<std::string> args = {BUCKETFS_BINARY, "mount", bucket_, dir_, "-f",
+  std::vector<std::string> args = {BUCKETFS_BINARY, "serve", bucket_, dir_, "-f",
                                    "--endpoint", server_.endpoint, "--region", server_.region};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   if (std::find(extra_args.begin(), extra_args.end(), "--spool-dir") == extra_args.end()) {

@@ -1,6 +1,7 @@
-// FUSE-test support: a real `bucketfs mount` of the test's bucket through /dev/fuse, run as
-// a child process in the foreground and stopped by its PID, plus the deterministic data
-// pattern that boto3 writes and the tests check byte for byte.
+// FUSE-test support: a real `bucketfs serve` (the FUSE daemon alone, without coordinator or
+// lease) of the test's bucket through /dev/fuse, run as a child process in the foreground and
+// stopped by its PID, plus the deterministic data pattern that boto3 writes and the tests
+// check byte for byte. The coordinator's tests (tests/mountd/) run `bucketfs mount` instead.
 //
 // Contract: Mount() returns only once the kernel shows the mount (or fails the test with the
 // daemon's log); Unmount() unmounts with `fusermount3 -u` and waits for the daemon to exit
@@ -35,7 +36,7 @@ class MountedBucket {
   MountedBucket(const MountedBucket&) = delete;
   MountedBucket& operator=(const MountedBucket&) = delete;
 
-  // Starts `bucketfs mount BUCKET DIR -f <args>`; false (with a test failure) if it fails.
+  // Starts `bucketfs serve BUCKET DIR -f <args>`; false (with a test failure) if it fails.
   bool Mount(const std::vector<std::string>& extra_args = {});
   // fusermount3 -u, then waits for the daemon; returns its exit status (-1 on timeout).
   int Unmount();

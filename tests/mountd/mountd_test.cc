@@ -1,0 +1,534 @@
+// The coordinator through real mounts: `bucketfs mount` / `unmount` / `status` / `reload` /
+// `share` run as an operator runs them, against a bucket on the test's Ceph RGW, mounted
+// through /dev/fuse. Two coordinators on this machine stand for two pods: each has its own
+// holder identity, mountpoint, spool and runtime directory, and they share the bucket.
+// What they wrote is checked with boto3, an independent client.
+//
+// Leases here last 6 s (renewed every 2 s) with a 3 s takeover margin, so that takeover
+// tests take seconds. Waits are bounded polls, never timing assertions, except where the
+// protocol itself promises a lower bound (a takeover never happens before TTL + margin).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/eventually.h"
+#include "tests/support/mounted_bucket.h"
+#include "tests/support/s3_test_env.h"
+
+namespace bucketfs::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr double kTtl = 6, kMargin = 3;
+
+bool IsMountedAt(const std::string& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    f >> id >> parent >> dev >> root >> point;
+    if (point == dir && line.find(" - fuse.bucketfs ") != std::string::npos) return true;
+  }
+  return false;
+}
+
+bool Alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+
+// One pod: a coordinator with its own identity, mountpoint, spool and runtime directory.
+class Pod {
+ public:
+  Pod(const S3Server& server, std::string bucket, std::string name)
+      : server_(server), bucket_(std::move(bucket)), name_(std::move(name)) {
+    static std::atomic<int> counter{0};
+    base_ = "/tmp/bfs-md-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    fs::create_directories(dir());
+    access_key_ = server_.access_key;
+    secret_key_ = server_.secret_key;
+  }
+  ~Pod() {
+    if (IsMountedAt(dir())) RunCommand(Cli("unmount " + dir() + " --timeout 2 --force"));
+    // Whatever is left (a test that killed things): by PID, then the mount itself.
+    for (pid_t pid : {coordinator_pid_, daemon_pid_}) {
+      if (Alive(pid)) kill(pid, SIGKILL);
+    }
+    if (IsMountedAt(dir())) RunCommand("fusermount3 -u -z " + dir());
+    std::error_code ec;
+    fs::remove_all(base_, ec);
+  }
+
+  std::string dir() const { return base_ + "/mnt"; }
+  std::string spool() const { return base_ + "/spool"; }
+  std::string runtime() const { return base_ + "/run"; }
+  std::string log() const {
+    std::ifstream in(base_ + "/bucketfs.log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  void UseKeys(std::string access, std::string secret) {
+    access_key_ = std::move(access);
+    secret_key_ = std::move(secret);
+  }
+
+  // `bucketfs ARGS` with this pod's credentials in the environment.
+  std::string Cli(const std::string& args) const {
+    return fmt::format("env -u S3_BUCKET S3_ACCESS_KEY={} S3_SECRET_KEY={} {} {} 2>&1",
+                       access_key_, secret_key_, BUCKETFS_BINARY, args);
+  }
+
+  CommandResult Mount(const std::string& extra = "") {
+    CommandResult r = RunCommand(Cli(fmt::format(
+        "mount {} {} --endpoint {} --region {} --runtime-dir {} --spool-dir {} --holder-id {} "
+        "--lease-ttl {} --lease-margin {} --log-file {}/bucketfs.log {}",
+        bucket_, dir(), server_.endpoint, server_.region, runtime(), spool(), name_, kTtl,
+        kMargin, base_, extra)));
+    if (r.exit_code == 0) RefreshPids();
+    return r;
+  }
+  CommandResult Unmount(const std::string& extra = "") {
+    return RunCommand(Cli(fmt::format("unmount {} --runtime-dir {} {}", dir(), runtime(), extra)));
+  }
+  json Status() {
+    CommandResult r =
+        RunCommand(Cli(fmt::format("status {} --runtime-dir {} --json", dir(), runtime())));
+    if (r.exit_code != 0) return json{{"cli_error", r.output}};
+    json j = json::parse(r.output, nullptr, false);
+    return j.is_discarded() ? json{{"cli_error", r.output}} : j;
+  }
+  void RefreshPids() {
+    json s = Status();
+    coordinator_pid_ = s.value("coordinator_pid", -1);
+    daemon_pid_ = s.value("daemon_pid", -1);
+  }
+  pid_t coordinator_pid() const { return coordinator_pid_; }
+  pid_t daemon_pid() const { return daemon_pid_; }
+
+ private:
+  const S3Server& server_;
+  const std::string bucket_;
+  const std::string name_;
+  std::string base_;
+  std::string access_key_, secret_key_;
+  pid_t coordinator_pid_ = -1, daemon_pid_ = -1;
+};
+
+class MountdTest : public S3IntegrationTest {
+ protected:
+  json LeaseObject() {
+    const std::string out = Boto3(
+        "import json\n"
+        "print(s3.get_object(Bucket=bucket, Key='.bucketfs/lease')['Body'].read().decode())\n");
+    return json::parse(out, nullptr, false);
+  }
+  std::string Get(const std::string& key) {
+    return Boto3(fmt::format(
+        "import sys\nsys.stdout.write(s3.get_object(Bucket=bucket, Key='{}')['Body'].read()"
+        ".decode())\n",
+        key));
+  }
+  bool Exists(const std::string& key) {
+    return Boto3(fmt::format("try:\n  s3.head_object(Bucket=bucket, Key='{}')\n  print('yes')\n"
+                             "except Exception:\n  print('no')\n",
+                             key)) == "yes\n";
+  }
+  static void WriteFile(const std::string& path, const std::string& data) {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+    ASSERT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    ASSERT_EQ(close(fd), 0) << strerror(errno);
+  }
+};
+
+TEST_F(MountdTest, SecondPodIsRefusedWhileTheFirstHoldsTheLeaseAndMountsAfterItsUnmount) {
+  Pod a(*server_, bucket_, "pod-a"), b(*server_, bucket_, "pod-b");
+  CommandResult ra = a.Mount();
+  ASSERT_EQ(ra.exit_code, 0) << ra.output << a.log();
+  ASSERT_TRUE(IsMountedAt(a.dir()));
+  json lease = LeaseObject();
+  EXPECT_EQ(lease.value("holder", ""), "pod-a") << lease.dump();
+  EXPECT_EQ(lease.value("state", ""), "held") << lease.dump();
+  // The lease object is the bucket's, not the mount's: it never shows.
+  EXPECT_FALSE(fs::exists(a.dir() + "/.bucketfs"));
+
+  // B watches the lease, sees A renew it, and gives up naming A.
+  CommandResult rb = b.Mount();
+  EXPECT_NE(rb.exit_code, 0) << rb.output;
+  EXPECT_NE(rb.output.find("pod-a"), std::string::npos) << rb.output;
+  EXPECT_NE(rb.output.find(bucket_), std::string::npos) << rb.output;
+  EXPECT_FALSE(IsMountedAt(b.dir()));
+  // And with --no-wait at once.
+  CommandResult rb2 = b.Mount("--no-wait");
+  EXPECT_NE(rb2.exit_code, 0) << rb2.output;
+  EXPECT_NE(rb2.output.find("pod-a"), std::string::npos) << rb2.output;
+
+  WriteFile(a.dir() + "/from-a.txt", "written by pod a\n");
+  CommandResult ua = a.Unmount();
+  ASSERT_EQ(ua.exit_code, 0) << ua.output << a.log();
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+  // Unmount returned 0: the file is in S3 already, no waiting.
+  EXPECT_EQ(Get("from-a.txt"), "written by pod a\n");
+  EXPECT_EQ(LeaseObject().value("state", ""), "released");
+
+  rb = b.Mount();
+  ASSERT_EQ(rb.exit_code, 0) << rb.output << b.log();
+  EXPECT_EQ(LeaseObject().value("holder", ""), "pod-b");
+  EXPECT_EQ(ReadFile(b.dir() + "/from-a.txt"), "written by pod a\n");
+  EXPECT_EQ(b.Unmount().exit_code, 0);
+}
+
+TEST_F(MountdTest, AKilledHoldersLeaseIsTakenOverOnlyAfterTtlPlusMargin) {
+  Pod a(*server_, bucket_, "pod-a"), b(*server_, bucket_, "pod-b");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  ASSERT_TRUE(Alive(a.coordinator_pid()));
+  WriteFile(a.dir() + "/closed.txt", "closed before the crash\n");
+  // A synced file: the pod dies without releasing anything.
+  ASSERT_TRUE(Eventually([&] { return Exists("closed.txt"); }, std::chrono::seconds(30)));
+  kill(a.coordinator_pid(), SIGKILL);
+  ASSERT_TRUE(Eventually([&] { return !Alive(a.coordinator_pid()); }));
+
+  const auto start = std::chrono::steady_clock::now();
+  CommandResult rb = b.Mount();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(rb.exit_code, 0) << rb.output << b.log();
+  EXPECT_GE(waited, kTtl + kMargin) << "took over an abandoned lease too early";
+  json lease = LeaseObject();
+  EXPECT_EQ(lease.value("holder", ""), "pod-b");
+  EXPECT_EQ(lease.value("epoch", 0), 2) << lease.dump();
+  EXPECT_EQ(ReadFile(b.dir() + "/closed.txt"), "closed before the crash\n");
+  EXPECT_EQ(b.Unmount().exit_code, 0);
+}
+
+TEST_F(MountdTest, ALeaseTakenAwayFencesWritesWithErofsAndKeepsUnsyncedDataInTheSpool) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  const std::string path = a.dir() + "/unsynced.bin";
+  const std::string before = "written while the lease was held\n";
+  // The writer is a process of its own that starts nothing: every close of a descriptor of a
+  // file being written commits it (FUSE FLUSH), and that includes the close-on-exec in a
+  // child forked by whoever holds it, as the boto3 calls below would be.
+  const std::string report = a.dir() + ".writer";
+  const pid_t writer = fork();
+  if (writer == 0) {
+    const std::string script = fmt::format(R"PY(
+import errno, os, time
+fd = os.open('{0}', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b'{1}')
+open('{2}.ready', 'w').close()
+out = []
+deadline = time.time() + 30
+while time.time() < deadline:
+    try:
+        os.write(fd, b'x')
+    except OSError as e:
+        out.append('write ' + errno.errorcode[e.errno])
+        break
+    time.sleep(0.05)
+try:
+    os.close(fd)
+    out.append('close ok')
+except OSError as e:
+    out.append('close ' + errno.errorcode[e.errno])
+open('{2}', 'w').write(' '.join(out))
+)PY",
+                                           path, "written while the lease was held\\n", report);
+    execl("/usr/bin/python3", "python3", "-c", script.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_TRUE(Eventually([&] { return fs::exists(report + ".ready"); }));
+
+  // Someone else takes the lease (as a pod that wrongly took over would).
+  Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
+        "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,\"renew_seq\":0,"
+        "\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\",\"renewed_at\":\"\"}')\n");
+  // Within one renew period (2 s) plus slack, writes fail with EROFS, and so does close.
+  ASSERT_TRUE(Eventually([&] { return fs::exists(report); },
+                         std::chrono::seconds(static_cast<int>(kTtl / 3) + 5)))
+      << a.log();
+  waitpid(writer, nullptr, 0);
+  EXPECT_EQ(ReadFile(report), "write EROFS close EROFS");
+
+  json status = a.Status();
+  EXPECT_EQ(status["lease"].value("state", ""), "lost") << status.dump(2);
+  EXPECT_TRUE(status["daemon"].value("fenced", false)) << status.dump(2);
+  // Nothing reached S3, and the data is still in the spool, whole.
+  EXPECT_FALSE(Exists("unsynced.bin")) << a.log();
+  auto spooled = [&] {
+    std::string found;
+    for (const auto& e : fs::recursive_directory_iterator(a.spool())) {
+      if (e.path().extension() == ".data") {
+        std::ifstream in(e.path(), std::ios::binary);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        if (ss.str().find(before) != std::string::npos) found = e.path();
+      }
+    }
+    return found;
+  };
+  EXPECT_FALSE(spooled().empty()) << "the unsynced bytes are not in the spool " << a.spool();
+  // A forced unmount leaves it there, and says so.
+  CommandResult u = a.Unmount("--timeout 1 --sync-timeout 5 --force");
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+  EXPECT_FALSE(spooled().empty()) << u.output;
+  // The thief's lease was not touched.
+  EXPECT_EQ(LeaseObject().value("holder", ""), "thief");
+}
+
+TEST_F(MountdTest, UnmountWaitsForAnOpenFileNamesItsHolderAndTimesOutLeavingTheMountIntact) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  const std::string held = a.dir() + "/held.txt";
+  const pid_t holder = fork();
+  if (holder == 0) {
+    execl("/bin/bash", "bash", "-c",
+          ("exec 3>" + held + "; echo 'written by the holder' >&3; exec sleep 120").c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_TRUE(Eventually([&] { return fs::exists(held) && fs::file_size(held) > 0; }));
+
+  CommandResult u = a.Unmount("--timeout 2");
+  EXPECT_NE(u.exit_code, 0) << u.output;
+  EXPECT_NE(u.output.find("pid " + std::to_string(holder)), std::string::npos) << u.output;
+  EXPECT_NE(u.output.find("held.txt"), std::string::npos) << u.output;
+  EXPECT_NE(u.output.find("Nothing was unmounted"), std::string::npos) << u.output;
+  // Intact: still mounted, new files open again.
+  EXPECT_TRUE(IsMountedAt(a.dir()));
+  WriteFile(a.dir() + "/after-timeout.txt", "still works\n");
+
+  kill(holder, SIGKILL);
+  waitpid(holder, nullptr, 0);
+  u = a.Unmount("--timeout 30");
+  ASSERT_EQ(u.exit_code, 0) << u.output << a.log();
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+  EXPECT_EQ(Get("held.txt"), "written by the holder\n");
+  EXPECT_EQ(Get("after-timeout.txt"), "still works\n");
+}
+
+TEST_F(MountdTest, UnmountSyncsEveryWriterBeforeItReturns) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  std::string big(24 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 7919) >> 3);
+  WriteFile(a.dir() + "/big.bin", big);
+  for (int i = 0; i < 20; ++i) {
+    WriteFile(a.dir() + fmt::format("/small-{}.txt", i), fmt::format("small {}\n", i));
+  }
+  CommandResult u = a.Unmount();
+  ASSERT_EQ(u.exit_code, 0) << u.output << a.log();
+  // Checked at once: unmount's 0 promises it.
+  const std::string out = Boto3(
+      "import hashlib\n"
+      "b = s3.get_object(Bucket=bucket, Key='big.bin')['Body'].read()\n"
+      "print(len(b), hashlib.sha256(b).hexdigest())\n"
+      "print(sum(1 for o in s3.list_objects_v2(Bucket=bucket, Prefix='small-')['Contents']))\n");
+  std::string expected_hash = Boto3(fmt::format(
+      "import hashlib\nb = bytes(((i * 7919) >> 3) & 0xff for i in range({}))\n"
+      "print(len(b), hashlib.sha256(b).hexdigest())\n",
+      big.size()));
+  EXPECT_EQ(out, expected_hash + "20\n");
+}
+
+TEST_F(MountdTest, AKilledDaemonIsRestartedAndNoClosedDataIsLost) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  const pid_t first = a.daemon_pid();
+  ASSERT_TRUE(Alive(first));
+  WriteFile(a.dir() + "/closed-before-kill.txt", "closed, then the daemon died\n");
+  kill(first, SIGKILL);
+  // The coordinator detaches the dead mount and mounts again with a new daemon, which
+  // uploads the closed file from the spool before serving.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        json s = a.Status();
+        return s.value("daemon_pid", -1) > 0 && s.value("daemon_pid", -1) != first &&
+               s.contains("daemon") && s["daemon"].value("mounted", false);
+      },
+      std::chrono::seconds(60)))
+      << a.log();
+  a.RefreshPids();
+  EXPECT_EQ(a.Status().value("daemon_restarts", 0), 1);
+  EXPECT_EQ(ReadFile(a.dir() + "/closed-before-kill.txt"), "closed, then the daemon died\n");
+  EXPECT_EQ(Get("closed-before-kill.txt"), "closed, then the daemon died\n");
+  WriteFile(a.dir() + "/after-restart.txt", "the new daemon writes\n");
+  ASSERT_EQ(a.Unmount().exit_code, 0) << a.log();
+  EXPECT_EQ(Get("after-restart.txt"), "the new daemon writes\n");
+}
+
+TEST_F(MountdTest, AnUnmountFromOutsideEndsTheCoordinatorAndReleasesTheLease) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/closed.txt", "closed, then umount\n");
+  // As `umount` or a service manager would: the daemon uploads, exits 0, and the
+  // coordinator takes that as the end of the mount, not as a crash to recover from.
+  CommandResult r = RunCommand("fusermount3 -u " + a.dir());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(Eventually([&] { return !Alive(a.coordinator_pid()); }, std::chrono::seconds(30)))
+      << a.log();
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+  EXPECT_EQ(Get("closed.txt"), "closed, then umount\n");
+  EXPECT_EQ(LeaseObject().value("state", ""), "released") << a.log();
+}
+
+TEST_F(MountdTest, ReloadTakesARotatedKeyWithoutRemounting) {
+  ASSERT_FALSE(server_->state_dir.empty());
+  const std::string rgw = std::string(BUCKETFS_SOURCE_DIR) + "/tests/s3server/rgw.sh";
+  auto add_key = [&](std::string* access, std::string* secret) {
+    auto added = RunCommand(rgw + " add-key " + server_->state_dir);
+    ASSERT_EQ(added.exit_code, 0) << added.output;
+    std::istringstream words(added.output);
+    words >> *access >> *secret;
+    ASSERT_FALSE(secret->empty()) << added.output;
+  };
+  std::string old_access, old_secret, new_access, new_secret;
+  add_key(&old_access, &old_secret);
+  Pod a(*server_, bucket_, "pod-a");
+  a.UseKeys(old_access, old_secret);
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/before.txt", "before rotation\n");
+  ASSERT_TRUE(Eventually([&] { return Exists("before.txt"); }, std::chrono::seconds(30)));
+
+  add_key(&new_access, &new_secret);
+  a.UseKeys(new_access, new_secret);  // The operator's shell now has the new Secret.
+  CommandResult r = RunCommand(a.Cli("reload " + a.dir() + " --runtime-dir " + a.runtime()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto removed = RunCommand(rgw + " rm-key " + server_->state_dir + " " + old_access);
+  ASSERT_EQ(removed.exit_code, 0) << removed.output;
+
+  // Reads and writes go on, through the daemon and the coordinator's lease renewals alike.
+  WriteFile(a.dir() + "/after.txt", "after rotation\n");
+  const int fd = open((a.dir() + "/after.txt").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fsync(fd), 0) << strerror(errno);
+  close(fd);
+  EXPECT_EQ(Get("after.txt"), "after rotation\n");
+  std::this_thread::sleep_for(std::chrono::seconds(static_cast<int>(kTtl / 3) + 1));
+  json s = a.Status();
+  EXPECT_EQ(s["lease"].value("state", ""), "held") << s.dump(2);
+  EXPECT_GE(s["lease"].value("renew_seq", 0), 1) << s.dump(2);
+  ASSERT_EQ(a.Unmount().exit_code, 0) << a.log();
+}
+
+TEST_F(MountdTest, ShareGivesAPresignedUrlThatServesTheFile) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  fs::create_directories(a.dir() + "/docs");
+  WriteFile(a.dir() + "/docs/report.txt", "shared contents\n");
+  const int fd = open((a.dir() + "/docs/report.txt").c_str(), O_RDONLY);
+  ASSERT_EQ(fsync(fd), 0);
+  close(fd);
+  CommandResult r = RunCommand(a.Cli(fmt::format("share {}/docs/report.txt --ttl 120 "
+                                                 "--runtime-dir {}",
+                                                 a.dir(), a.runtime())));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::string url = r.output.substr(0, r.output.find('\n'));
+  EXPECT_NE(url.find("X-Amz-Expires=120"), std::string::npos) << url;
+  CommandResult got = RunCommand("curl -sS --fail '" + url + "'");
+  EXPECT_EQ(got.exit_code, 0) << got.output;
+  EXPECT_EQ(got.output, "shared contents\n");
+
+  r = RunCommand(a.Cli(fmt::format("share {}/docs/report.txt --ttl 604801 --runtime-dir {}",
+                                   a.dir(), a.runtime())));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("7 days"), std::string::npos) << r.output;
+  r = RunCommand(a.Cli(fmt::format("share /etc/hostname --runtime-dir {}", a.runtime())));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("not under a bucket mounted"), std::string::npos) << r.output;
+  EXPECT_EQ(a.Unmount().exit_code, 0);
+}
+
+TEST_F(MountdTest, TheControlSocketRejectsGarbageAndKeepsServing) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  json s = a.Status();
+  ASSERT_TRUE(s.value("ok", false)) << s.dump();
+  // Find the coordinator's socket: the one .sock in the runtime dir that is not the daemon's.
+  std::string socket;
+  for (const auto& e : fs::directory_iterator(a.runtime())) {
+    const std::string p = e.path();
+    if (p.ends_with(".sock") && !p.ends_with(".daemon.sock")) socket = p;
+  }
+  ASSERT_FALSE(socket.empty());
+  struct stat st {};
+  ASSERT_EQ(stat(socket.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const std::string out = Boto3(fmt::format(R"PY(
+import socket, struct
+def send(raw):
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(10)
+    c.connect('{}')
+    c.sendall(raw)
+    try:
+        data = c.recv(65536)
+    except Exception as e:
+        data = repr(e).encode()
+    c.close()
+    return data
+print(b'error' in send(struct.pack('>I', 64 << 20)))      # oversized length
+print(b'error' in send(struct.pack('>I', 5) + b'{{nope'))  # not JSON
+print(b'error' in send(struct.pack('>I', 2) + b'[]'))     # not an object
+print(b'error' in send(struct.pack('>I', 12) + b'{{"op":"xyz"}}'))  # unknown request
+)PY",
+                                            socket));
+  EXPECT_EQ(out, "True\nTrue\nTrue\nTrue\n");
+  s = a.Status();
+  EXPECT_TRUE(s.value("ok", false)) << s.dump();
+  EXPECT_EQ(s.value("coordinator_pid", -1), a.coordinator_pid());
+  EXPECT_EQ(a.Unmount().exit_code, 0);
+}
+
+TEST(MountdHelp, EveryCommandDocumentsItsOptions) {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> commands = {
+      {"mount", {"--read-only", "--lease-ttl", "--holder-id", "--spool-dir", "--drain-timeout"}},
+      {"unmount", {"--timeout", "--force", "--sync-timeout"}},
+      {"status", {"--json"}},
+      {"reload", {"MOUNTPOINT", "mountpoint"}},
+      {"share", {"--ttl"}},
+      {"serve", {"--control-socket"}}};
+  for (const auto& [command, words] : commands) {
+    CommandResult r = RunCommand(std::string(BUCKETFS_BINARY) + " " + command + " --help 2>&1");
+    EXPECT_EQ(r.exit_code, 0) << command << ": " << r.output;
+    bool any = false;
+    for (const auto& w : words) {
+      if (command == "reload") {
+        any = any || r.output.find(w) != std::string::npos;
+      } else {
+        EXPECT_NE(r.output.find(w), std::string::npos) << command << " --help lacks " << w;
+      }
+    }
+    if (command == "reload") {
+      EXPECT_TRUE(any) << r.output;
+    }
+  }
+}
+
+TEST(MountdErrors, StatusOfNothingMountedSaysWhatToDo) {
+  CommandResult r = RunCommand(std::string(BUCKETFS_BINARY) +
+                               " status /tmp --runtime-dir /tmp/bfs-md-none 2>&1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("/tmp"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("bucketfs mount"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace bucketfs::testing
