@@ -19,6 +19,9 @@ WriteFence::WriteFence(Clock& clock, MonoTime deadline)
 void WriteFence::Unlimited() { deadline_ns_.store(kUnlimited); }
 
 void WriteFence::ExtendUntil(MonoTime deadline) {
+  // A deadline that has passed closed the fence, whether or not a Check() saw it yet: a
+  // late renewal must not reopen it (Check() records the closing).
+  if (!Check().ok()) return;
   const int64_t ticks = Ticks(deadline);
   int64_t current = deadline_ns_.load();
   while (current < ticks && !deadline_ns_.compare_exchange_weak(current, ticks)) {

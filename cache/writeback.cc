@@ -739,7 +739,7 @@ Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& ke
 void Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
   {
     std::lock_guard lock(file->mu_);
-    if (file->writers_ != 1 || file->unlinked_) return;
+    if (file->writers_ != 1 || file->unlinked_ || file->torn_) return;
     file->MarkClosedLocked();
     if (file->data_generation_ == file->committed_data_generation_ &&
         file->meta_generation_ == file->committed_meta_generation_ && file->exists_remotely_) {
@@ -752,7 +752,8 @@ void Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
 void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {
   {
     std::lock_guard lock(file->mu_);
-    if (--file->writers_ > 0 || file->unlinked_) return;
+    // A torn file (a write was refused) is never committed: see MarkTorn().
+    if (--file->writers_ > 0 || file->unlinked_ || file->torn_) return;
     file->MarkClosedLocked();
   }
   StartCommit(file);
@@ -1051,7 +1052,7 @@ Status Writeback::Drain(MonoTime deadline, bool closed_only) {
     bool needs_commit = false;
     {
       std::lock_guard lock(file->mu_);
-      if (closed_only && (file->writers_ > 0 || file->torn_)) {
+      if (file->torn_ || (closed_only && file->writers_ > 0)) {
         ++left_open;
         continue;
       }

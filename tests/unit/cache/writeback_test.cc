@@ -1,5 +1,6 @@
 #include "cache/writeback.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/types.h>
@@ -20,6 +21,7 @@
 
 #include "cache/memory_budget.h"
 #include "cache/spool.h"
+#include "cache/write_fence.h"
 #include "common/clock.h"
 #include "s3/fake_client.h"
 #include "s3/fault_client.h"
@@ -872,6 +874,121 @@ TEST_F(WritebackTest, DrainReportsFilesThatCouldNotBeUploaded) {
   EXPECT_NE(drained.message().find(spool_->directory()), std::string::npos) << drained.ToString();
   EXPECT_FALSE(fake_.Exists("a"));
   EXPECT_TRUE(RecordOf("a").has_value());  // Kept for the next mount.
+}
+
+// A forced unmount drains with closed_only: what a program still has open is half-written.
+TEST_F(WritebackTest, ClosedOnlyDrainCommitsClosedFilesButNotOpenOnesAndSaysHowManyWereLeft) {
+  Start(faulty_);
+  // The commit the release starts fails, so the object that arrives is Drain's own commit.
+  faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kServerError), "closed");
+  auto open = MustOpen("open");
+  auto closed = MustOpen("closed");
+  ASSERT_TRUE(open && closed);
+  ASSERT_TRUE(open->Write(0, Bytes("still writing")).ok());
+  ASSERT_TRUE(closed->Write(0, Bytes("done")).ok());
+  wb_->ReleaseWriter(closed);
+  ASSERT_TRUE(WaitFailedCommits(1));
+  ASSERT_FALSE(fake_.Exists("closed"));
+
+  Status drained = wb_->Drain(clock_.Now() + 60s, /*closed_only=*/true);
+  EXPECT_EQ(drained.code(), ErrorCode::kBusy) << drained.ToString();
+  EXPECT_THAT(drained.message(), ::testing::StartsWith("1 file(s) still open for writing"));
+  EXPECT_EQ(fake_.ObjectBody("closed"), "done");
+  EXPECT_FALSE(fake_.Exists("open"));
+  auto record = RecordOf("open");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_FALSE(record->closed);
+  EXPECT_EQ(wb_->Find("open"), open);
+  wb_->ReleaseWriter(open);
+}
+
+TEST_F(WritebackTest, PlainDrainCommitsBothTheClosedAndTheStillOpenFile) {
+  Start(fake_);
+  auto open = MustOpen("open");
+  auto closed = MustOpen("closed");
+  ASSERT_TRUE(open && closed);
+  ASSERT_TRUE(open->Write(0, Bytes("still writing")).ok());
+  ASSERT_TRUE(closed->Write(0, Bytes("done")).ok());
+  wb_->ReleaseWriter(closed);
+  Status drained = wb_->Drain(clock_.Now() + 60s);
+  ASSERT_TRUE(drained.ok()) << drained.ToString();
+  EXPECT_EQ(fake_.ObjectBody("closed"), "done");
+  EXPECT_EQ(fake_.ObjectBody("open"), "still writing");
+  wb_->ReleaseWriter(open);
+}
+
+// --- Fenced mounts (cache/write_fence.h) ------------------------------------------------
+
+// The daemon's wiring: the writeback's requests go through the fence, which the filesystem
+// found closed when it refused a write and marked the file torn.
+TEST_F(WritebackTest, TornFileStaysJournaledOpenAfterItsLastReleaseAndRecoverQuarantinesIt) {
+  std::string torn_id;
+  {
+    WriteFence fence(clock_);
+    FencedObjectClient fenced(fake_, fence);
+    Start(fenced);
+    auto torn = MustOpen("torn");
+    ASSERT_NE(torn, nullptr);
+    torn_id = torn->id();
+    ASSERT_TRUE(torn->Write(0, Bytes("first half")).ok());
+    fence.Close("the lease was lost");
+    torn->MarkTorn();  // The second half was refused.
+    wb_->Flushed(torn);
+    wb_->ReleaseWriter(torn);
+    // A torn file is never committed: no commit was even attempted.
+    EXPECT_EQ(wb_->GetStats().commits, 0u);
+    EXPECT_EQ(wb_->GetStats().failed_commits, 0u);
+    auto record = RecordOf("torn");
+    ASSERT_TRUE(record.has_value());
+    EXPECT_FALSE(record->closed);
+    torn.reset();
+    wb_.reset();
+    record = RecordOf("torn");
+    ASSERT_TRUE(record.has_value());
+    EXPECT_FALSE(record->closed);
+    spool_.reset();
+  }
+  EXPECT_EQ(fake_.calls(s3::Op::kPut), 0u);
+
+  // The next mount holds the lease: nothing fences it.
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 0u);
+  EXPECT_FALSE(fake_.Exists("torn"));
+  EXPECT_EQ(wb_->Find("torn"), nullptr);
+  EXPECT_EQ(LostAndFound(), (std::vector<std::string>{torn_id + ".data", torn_id + ".json"}));
+  EXPECT_EQ(FilesInSpool(), 0u);
+}
+
+// The contrast: a file closed whole while fenced loses nothing; the next mount uploads it.
+TEST_F(WritebackTest, FileClosedWhileFencedStaysJournaledClosedAndTheNextMountUploadsIt) {
+  {
+    WriteFence fence(clock_);
+    FencedObjectClient fenced(fake_, fence);
+    Start(fenced);
+    auto file = MustOpen("whole");
+    ASSERT_NE(file, nullptr);
+    ASSERT_TRUE(file->Write(0, Bytes("all of it")).ok());
+    fence.Close("the lease was lost");
+    wb_->ReleaseWriter(file);
+    ASSERT_TRUE(WaitFailedCommits(1));
+    EXPECT_EQ(file->Error().code(), ErrorCode::kReadOnly) << file->Error().ToString();
+    file.reset();
+    wb_.reset();
+    auto record = RecordOf("whole");
+    ASSERT_TRUE(record.has_value());
+    EXPECT_TRUE(record->closed);
+    spool_.reset();
+  }
+  EXPECT_FALSE(fake_.Exists("whole"));
+
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  EXPECT_EQ(fake_.ObjectBody("whole"), "all of it");
+  EXPECT_TRUE(LostAndFound().empty());
 }
 
 // --- Crash recovery ------------------------------------------------------------------------

@@ -3,14 +3,19 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cache/block_cache.h"
 #include "cache/memory_budget.h"
 #include "cache/spool.h"
+#include "cache/write_fence.h"
 #include "cache/writeback.h"
 #include "common/clock.h"
 #include "common/task_pool.h"
@@ -47,12 +52,8 @@ class FilesystemWriteTest : public ::testing::Test {
     auto spool = cache::Spool::Open(root_.string(), "bucket");
     if (!spool.ok()) std::abort();
     spool_ = std::move(spool).value();
-    cache::WritebackOptions w;
-    w.part_size = s3::kMinPartSize;
-    w.upload_parallelism = 2;
-    w.commit_parallelism = 2;
     writeback_ = std::make_unique<cache::Writeback>(
-        cache::WriteContext{&server_, &budget_, spool_.get(), &clock_}, w);
+        cache::WriteContext{&server_, &budget_, spool_.get(), &clock_}, WriteOptions());
     fs_ = Make(/*read_only=*/false, writeback_.get());
   }
   ~FilesystemWriteTest() override {
@@ -72,8 +73,18 @@ class FilesystemWriteTest : public ::testing::Test {
     return o;
   }
 
-  std::unique_ptr<Filesystem> Make(bool read_only, cache::Writeback* writeback) {
+  static cache::WritebackOptions WriteOptions() {
+    cache::WritebackOptions w;
+    w.part_size = s3::kMinPartSize;
+    w.upload_parallelism = 2;
+    w.commit_parallelism = 2;
+    return w;
+  }
+
+  std::unique_ptr<Filesystem> Make(bool read_only, cache::Writeback* writeback,
+                                   const cache::WriteFence* fence = nullptr) {
     FilesystemOptions o;
+    o.fence = fence;
     o.defaults.uid = 1000;
     o.defaults.gid = 1000;
     o.metadata_ttl = kTtl;
@@ -107,6 +118,13 @@ class FilesystemWriteTest : public ::testing::Test {
 
   bool WaitCommitted(const std::string& key) {
     return Eventually([&] { return writeback_->Find(key) == nullptr; }, 5s);
+  }
+
+  std::optional<cache::SpoolRecord> RecordOf(const std::string& key) {
+    for (auto& r : spool_->Scan()) {
+      if (r.key == key) return r;
+    }
+    return std::nullopt;
   }
 
   std::string MetaOf(const std::string& key, const std::string& name) {
@@ -466,6 +484,189 @@ TEST_F(FilesystemWriteTest, ReadOnlyMountRefusesEveryChange) {
   }
   EXPECT_EQ(server_.Keys(), std::vector<std::string>{"f"});
   EXPECT_EQ(server_.ObjectBody("f"), "x");
+}
+
+// --- Unmounting: no new opens --------------------------------------------------------------
+
+TEST_F(FilesystemWriteTest, StopNewOpensMakesOpenAndCreateBusyWhileOpenHandlesReadAndWriteOn) {
+  server_.PutDirect("existing", "contents");
+  const InodeId ino = MustLookup(kRootInode, "existing");
+  auto reader = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto writer = fs_->Create(kRootInode, "w", 0644, O_RDWR | O_CREAT, kCaller);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  ASSERT_TRUE(fs_->Write(writer->open.handle, 0, Bytes("abc")).ok());
+
+  fs_->StopNewOpens(true);
+  EXPECT_TRUE(fs_->new_opens_stopped());
+  EXPECT_EQ(fs_->Open(ino, O_RDONLY).status().code(), ErrorCode::kBusy);
+  EXPECT_EQ(fs_->Open(ino, O_WRONLY).status().code(), ErrorCode::kBusy);
+  auto refused = fs_->Create(kRootInode, "other", 0644, O_WRONLY | O_CREAT, kCaller);
+  EXPECT_EQ(refused.status().code(), ErrorCode::kBusy) << refused.status().ToString();
+  EXPECT_EQ(writeback_->Find("other"), nullptr);
+  EXPECT_EQ(fs_->Lookup(kRootInode, "other").status().code(), ErrorCode::kNotFound);
+
+  // The handles already open work on.
+  auto read = fs_->Read(reader->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "contents");
+  auto wrote = fs_->Write(writer->open.handle, 3, Bytes("def"));
+  ASSERT_TRUE(wrote.ok()) << wrote.status().ToString();
+  auto reread = fs_->Read(writer->open.handle, 0, 100);
+  ASSERT_TRUE(reread.ok()) << reread.status().ToString();
+  EXPECT_EQ(reread->ToString(), "abcdef");
+  ASSERT_TRUE(fs_->Flush(writer->open.handle).ok());
+  fs_->Release(writer->open.handle);
+  fs_->Release(reader->handle);
+  ASSERT_TRUE(WaitCommitted("w"));
+  EXPECT_EQ(server_.ObjectBody("w"), "abcdef");
+  EXPECT_FALSE(server_.Exists("other"));
+}
+
+TEST_F(FilesystemWriteTest, StopNewOpensFalseAllowsOpenAndCreateAgain) {
+  server_.PutDirect("existing", "contents");
+  const InodeId ino = MustLookup(kRootInode, "existing");
+  fs_->StopNewOpens(true);
+  ASSERT_EQ(fs_->Open(ino, O_RDONLY).status().code(), ErrorCode::kBusy);
+
+  fs_->StopNewOpens(false);
+  EXPECT_FALSE(fs_->new_opens_stopped());
+  auto opened = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto created = fs_->Create(kRootInode, "later", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("x")).ok());
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("later"));
+  EXPECT_EQ(server_.ObjectBody("later"), "x");
+}
+
+// --- Fenced (the lease is lost) ------------------------------------------------------------
+
+// The daemon's wiring: FilesystemOptions::fence set, and the writeback's requests going
+// through a FencedObjectClient. The filesystem's own client is the bare server, so a
+// kReadOnly here comes from the filesystem's fence check, not from a refused request.
+class FilesystemFenceTest : public FilesystemWriteTest {
+ protected:
+  FilesystemFenceTest() {
+    fs_.reset();
+    writeback_.reset();
+    writeback_ = std::make_unique<cache::Writeback>(
+        cache::WriteContext{&fenced_, &budget_, spool_.get(), &clock_}, WriteOptions());
+    fs_ = Make(/*read_only=*/false, writeback_.get(), &fence_);
+  }
+  ~FilesystemFenceTest() override {
+    // Before the fence and its client go.
+    fs_.reset();
+    writeback_.reset();
+  }
+
+  cache::WriteFence fence_{clock_};
+  cache::FencedObjectClient fenced_{server_, fence_};
+};
+
+TEST_F(FilesystemFenceTest, ClosedFenceRefusesEveryChangeWithReadOnlyAndTheBucketIsUntouched) {
+  server_.PutDirect("f", "x");
+  server_.PutDirect("d/", "");
+  const InodeId f = MustLookup(kRootInode, "f");
+  MustLookup(kRootInode, "d");
+  server_.ResetCounters();
+  fence_.Close("the lease was lost");
+
+  auto created = fs_->Create(kRootInode, "new", 0644, O_WRONLY | O_CREAT, kCaller);
+  EXPECT_EQ(created.status().code(), ErrorCode::kReadOnly) << created.status().ToString();
+  EXPECT_NE(created.status().message().find("the lease was lost"), std::string::npos)
+      << created.status().ToString();
+  EXPECT_EQ(fs_->MkDir(kRootInode, "nd", 0755, kCaller).status().code(), ErrorCode::kReadOnly);
+  EXPECT_EQ(fs_->Unlink(kRootInode, "f").code(), ErrorCode::kReadOnly);
+  EXPECT_EQ(fs_->Rename(kRootInode, "f", kRootInode, "g", 0).code(), ErrorCode::kReadOnly);
+  SetAttrRequest chmod;
+  chmod.permissions = 0600;
+  EXPECT_EQ(fs_->SetAttr(f, chmod).status().code(), ErrorCode::kReadOnly);
+  SetAttrRequest truncate;
+  truncate.size = 0;
+  EXPECT_EQ(fs_->SetAttr(f, truncate).status().code(), ErrorCode::kReadOnly);
+  EXPECT_EQ(fs_->RmDir(kRootInode, "d").code(), ErrorCode::kReadOnly);
+  EXPECT_EQ(fs_->Symlink("t", kRootInode, "l", kCaller).status().code(), ErrorCode::kReadOnly);
+  EXPECT_EQ(fs_->Open(f, O_WRONLY).status().code(), ErrorCode::kReadOnly);
+
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"d/", "f"}));
+  EXPECT_EQ(server_.ObjectBody("f"), "x");
+  for (s3::Op op : {s3::Op::kPut, s3::Op::kCopy, s3::Op::kDelete, s3::Op::kDeleteMany,
+                    s3::Op::kCreateMultipart}) {
+    EXPECT_EQ(server_.calls(op), 0u) << s3::OpName(op);
+  }
+  EXPECT_EQ(writeback_->GetStats().dirty_files, 0u);
+  // Nothing was hidden or moved in the mount either.
+  EXPECT_TRUE(fs_->Lookup(kRootInode, "f").ok());
+  EXPECT_EQ(fs_->Lookup(kRootInode, "g").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(fs_->Lookup(kRootInode, "new").status().code(), ErrorCode::kNotFound);
+}
+
+TEST_F(FilesystemFenceTest, WriteAfterTheFenceClosesIsReadOnlyFlushTooAndTheFileStaysTorn) {
+  auto created = fs_->Create(kRootInode, "w", 0644, O_RDWR | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const uint64_t handle = created->open.handle;
+  ASSERT_TRUE(fs_->Write(handle, 0, Bytes("before")).ok());
+  fence_.Close("the lease was lost");
+
+  auto wrote = fs_->Write(handle, 6, Bytes(" after"));
+  EXPECT_EQ(wrote.status().code(), ErrorCode::kReadOnly) << wrote.status().ToString();
+  EXPECT_NE(wrote.status().message().find("the lease was lost"), std::string::npos)
+      << wrote.status().ToString();
+  // What was written before stays readable, and nothing of the refused write is in it.
+  auto read = fs_->Read(handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "before");
+
+  Status flushed = fs_->Flush(handle);
+  EXPECT_EQ(flushed.code(), ErrorCode::kReadOnly) << flushed.ToString();
+  auto record = RecordOf("w");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_FALSE(record->closed);
+
+  fs_->Release(handle);
+  // A torn file is never committed: the close started no commit at all.
+  EXPECT_EQ(writeback_->GetStats().commits, 0u);
+  EXPECT_EQ(writeback_->GetStats().failed_commits, 0u);
+  record = RecordOf("w");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_FALSE(record->closed);
+  // What was written before the fence is kept in the spool (for lost+found/).
+  std::ifstream data(spool_->DataPath(record->id), std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(data), {}), "before");
+  EXPECT_FALSE(server_.Exists("w"));
+  EXPECT_EQ(server_.calls(s3::Op::kPut), 0u);
+}
+
+TEST_F(FilesystemFenceTest, ClosedFenceStillServesLookupsListingsAndReads) {
+  server_.PutDirect("r", "readable");
+  fence_.Close("the lease was lost");
+  const InodeId ino = MustLookup(kRootInode, "r");
+  auto attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->attr.size, 8u);
+
+  auto dir = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  std::vector<std::string> names;
+  Status listed = fs_->ReadDir(*dir, 0, /*plus=*/false, [&](const DirEntryView& e) {
+    names.emplace_back(e.name);
+    return true;
+  });
+  ASSERT_TRUE(listed.ok()) << listed.ToString();
+  fs_->ReleaseDir(*dir);
+  EXPECT_NE(std::find(names.begin(), names.end(), "r"), names.end());
+
+  auto opened = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto read = fs_->Read(opened->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "readable");
+  EXPECT_TRUE(fs_->Flush(opened->handle).ok());  // A reader's close has nothing to report.
+  fs_->Release(opened->handle);
 }
 
 }  // namespace

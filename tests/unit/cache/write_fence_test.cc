@@ -1,0 +1,452 @@
+#include "cache/write_fence.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "s3/fake_client.h"
+#include "s3/object_client.h"
+#include "s3/operation.h"
+
+namespace bucketfs::cache {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// --- WriteFence ----------------------------------------------------------------------------
+
+TEST(WriteFenceTest, UnlimitedFenceNeverCloses) {
+  FakeClock clock;
+  WriteFence fence(clock);
+  EXPECT_EQ(fence.deadline(), MonoTime::max());
+  EXPECT_TRUE(fence.Check().ok());
+  clock.Advance(24h * 365 * 100);
+  EXPECT_TRUE(fence.Check().ok()) << fence.Check().ToString();
+  EXPECT_FALSE(fence.closed());
+  EXPECT_EQ(fence.reason(), "");
+
+  // Unlimited() lifts a deadline that has not passed yet.
+  WriteFence limited(clock, clock.Now() + 30s);
+  limited.Unlimited();
+  EXPECT_EQ(limited.deadline(), MonoTime::max());
+  clock.Advance(24h * 365 * 100);
+  EXPECT_TRUE(limited.Check().ok()) << limited.Check().ToString();
+}
+
+TEST(WriteFenceTest, FenceIsOpenBeforeItsDeadlineAndReadOnlyFromItOnSayingTheLeaseLapsed) {
+  FakeClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  clock.Advance(30s - 1ns);
+  EXPECT_TRUE(fence.Check().ok()) << fence.Check().ToString();
+  EXPECT_FALSE(fence.closed());
+
+  clock.Advance(1ns);  // Exactly the deadline: another pod may take over from here.
+  Status checked = fence.Check();
+  EXPECT_EQ(checked.code(), ErrorCode::kReadOnly) << checked.ToString();
+  EXPECT_THAT(checked.message(), HasSubstr("lease"));
+  EXPECT_THAT(checked.message(), HasSubstr("deadline"));
+  EXPECT_TRUE(fence.closed());
+  EXPECT_THAT(fence.reason(), HasSubstr("lease"));
+  EXPECT_THAT(fence.reason(), HasSubstr("deadline"));
+}
+
+TEST(WriteFenceTest, FenceClosedByItsDeadlineStaysClosedWhenALateRenewalExtendsIt) {
+  FakeClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  clock.Advance(31s);
+  ASSERT_EQ(fence.Check().code(), ErrorCode::kReadOnly);
+
+  fence.ExtendUntil(clock.Now() + 30s);
+  Status checked = fence.Check();
+  EXPECT_EQ(checked.code(), ErrorCode::kReadOnly) << checked.ToString();
+  EXPECT_THAT(checked.message(), HasSubstr("deadline"));
+  EXPECT_TRUE(fence.closed());
+}
+
+// The deadline closes the fence whether or not anyone asked in between: a renewal that
+// arrives after it must not reopen a fence nobody happened to Check() during the lapse.
+TEST(WriteFenceTest, DeadlinePassedWithoutACheckStillClosesTheFenceForALateRenewal) {
+  FakeClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  clock.Advance(31s);  // Lapsed; no Check(), closed() or reason() call until the renewal.
+
+  fence.ExtendUntil(clock.Now() + 30s);
+  Status checked = fence.Check();
+  EXPECT_EQ(checked.code(), ErrorCode::kReadOnly) << checked.ToString();
+  EXPECT_THAT(checked.message(), HasSubstr("deadline"));
+}
+
+TEST(WriteFenceTest, ExtendUntilBeforeTheDeadlineKeepsTheFenceOpenPastTheOldOne) {
+  FakeClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  clock.Advance(20s);
+  fence.ExtendUntil(clock.Now() + 30s);  // The renewal: 50 s after the start.
+  EXPECT_EQ(fence.deadline(), clock.Now() + 30s);
+  clock.Advance(29s);  // 49 s: past the first deadline, before the second.
+  EXPECT_TRUE(fence.Check().ok()) << fence.Check().ToString();
+  clock.Advance(1s);
+  EXPECT_EQ(fence.Check().code(), ErrorCode::kReadOnly);
+}
+
+TEST(WriteFenceTest, ExtendUntilNeverMovesTheDeadlineBackwards) {
+  FakeClock clock;
+  const MonoTime start = clock.Now();
+  WriteFence fence(clock, start + 60s);
+  fence.ExtendUntil(start + 10s);
+  EXPECT_EQ(fence.deadline(), start + 60s);
+  clock.Advance(30s);  // Past the earlier deadline that was refused.
+  EXPECT_TRUE(fence.Check().ok()) << fence.Check().ToString();
+
+  fence.ExtendUntil(start + 90s);
+  EXPECT_EQ(fence.deadline(), start + 90s);
+  fence.ExtendUntil(start + 70s);
+  EXPECT_EQ(fence.deadline(), start + 90s);
+
+  // An unlimited fence stays unlimited.
+  WriteFence unlimited(clock);
+  unlimited.ExtendUntil(clock.Now() + 1s);
+  EXPECT_EQ(unlimited.deadline(), MonoTime::max());
+  clock.Advance(1h);
+  EXPECT_TRUE(unlimited.Check().ok());
+}
+
+TEST(WriteFenceTest, CloseFencesAtOnceAndKeepsTheFirstReason) {
+  FakeClock clock;
+  WriteFence fence(clock);
+  fence.Close("the lease was lost: 412");
+  Status checked = fence.Check();
+  EXPECT_EQ(checked.code(), ErrorCode::kReadOnly);
+  EXPECT_THAT(checked.message(), HasSubstr("the lease was lost: 412"));
+  EXPECT_EQ(fence.reason(), "the lease was lost: 412");
+
+  fence.Close("fenced by the coordinator");
+  EXPECT_EQ(fence.reason(), "the lease was lost: 412");
+  EXPECT_THAT(fence.Check().message(), Not(HasSubstr("fenced by the coordinator")));
+}
+
+TEST(WriteFenceTest, ClosedFenceKeepsItsReasonWhenItsDeadlineAlsoPasses) {
+  FakeClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  fence.Close("the lease was lost");
+  clock.Advance(1min);
+  EXPECT_EQ(fence.reason(), "the lease was lost");
+  EXPECT_THAT(fence.Check().message(), Not(HasSubstr("deadline")));
+}
+
+TEST(WriteFenceTest, CloseIsFinalEvenForARenewal) {
+  FakeClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  fence.Close("the lease was lost");
+  fence.ExtendUntil(clock.Now() + 1h);
+  EXPECT_EQ(fence.Check().code(), ErrorCode::kReadOnly);
+  EXPECT_TRUE(fence.closed());
+  EXPECT_EQ(fence.reason(), "the lease was lost");
+}
+
+// --- FencedObjectClient --------------------------------------------------------------------
+
+// Forwards to another client and remembers the CallOptions each operation last carried.
+class RecordingClient final : public s3::ObjectClient {
+ public:
+  explicit RecordingClient(s3::ObjectClient& inner) : inner_(inner) {}
+
+  // The deadline the last call of `op` carried; nullopt inside if it carried none. Fails the
+  // test if no call of `op` arrived.
+  std::optional<MonoTime> DeadlineOf(s3::Op op) const {
+    std::lock_guard lock(mu_);
+    auto it = seen_.find(op);
+    if (it == seen_.end()) {
+      ADD_FAILURE() << s3::OpName(op) << " never reached the inner client";
+      return std::nullopt;
+    }
+    return it->second.deadline;
+  }
+
+  const std::string& bucket() const override { return inner_.bucket(); }
+  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
+    Seen(s3::Op::kHead, opts);
+    return inner_.Head(req, opts);
+  }
+  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
+                            const s3::CallOptions& opts) override {
+    Seen(s3::Op::kGet, opts);
+    return inner_.Get(req, buffer, opts);
+  }
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    Seen(s3::Op::kPut, opts);
+    return inner_.Put(req, opts);
+  }
+  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
+    Seen(s3::Op::kCopy, opts);
+    return inner_.Copy(req, opts);
+  }
+  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
+    Seen(s3::Op::kDelete, opts);
+    return inner_.Delete(key, opts);
+  }
+  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
+                                          const s3::CallOptions& opts) override {
+    Seen(s3::Op::kDeleteMany, opts);
+    return inner_.DeleteMany(keys, opts);
+  }
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    Seen(s3::Op::kList, opts);
+    return inner_.List(req, opts);
+  }
+  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
+                                      const s3::CallOptions& opts) override {
+    Seen(s3::Op::kCreateMultipart, opts);
+    return inner_.CreateMultipart(req, opts);
+  }
+  Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
+                                  const s3::CallOptions& opts) override {
+    Seen(s3::Op::kUploadPart, opts);
+    return inner_.UploadPart(req, opts);
+  }
+  Result<s3::PartInfo> UploadPartCopy(const s3::UploadPartCopyRequest& req,
+                                      const s3::CallOptions& opts) override {
+    Seen(s3::Op::kUploadPartCopy, opts);
+    return inner_.UploadPartCopy(req, opts);
+  }
+  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
+                                          const s3::CallOptions& opts) override {
+    Seen(s3::Op::kCompleteMultipart, opts);
+    return inner_.CompleteMultipart(req, opts);
+  }
+  Status AbortMultipart(const std::string& key, const std::string& upload_id,
+                        const s3::CallOptions& opts) override {
+    Seen(s3::Op::kAbortMultipart, opts);
+    return inner_.AbortMultipart(key, upload_id, opts);
+  }
+  Result<s3::ListPartsPage> ListParts(const s3::ListPartsRequest& req,
+                                      const s3::CallOptions& opts) override {
+    Seen(s3::Op::kListParts, opts);
+    return inner_.ListParts(req, opts);
+  }
+  Result<s3::ListUploadsPage> ListMultipartUploads(const s3::ListUploadsRequest& req,
+                                                   const s3::CallOptions& opts) override {
+    Seen(s3::Op::kListMultipartUploads, opts);
+    return inner_.ListMultipartUploads(req, opts);
+  }
+
+ private:
+  void Seen(s3::Op op, const s3::CallOptions& opts) {
+    std::lock_guard lock(mu_);
+    seen_[op] = opts;
+  }
+
+  s3::ObjectClient& inner_;
+  mutable std::mutex mu_;
+  std::map<s3::Op, s3::CallOptions> seen_;  // Guarded by mu_.
+};
+
+const std::string kBody = "body";
+const std::string kPartBody(s3::kMinPartSize, 'p');
+
+// One call of each operation that changes the bucket, through `client`.
+struct Mutation {
+  s3::Op op;
+  std::function<Status(s3::ObjectClient&, const s3::CallOptions&)> call;
+};
+
+class FencedObjectClientTest : public ::testing::Test {
+ protected:
+  FencedObjectClientTest() {
+    fake_.PutDirect("src", "source bytes");
+    fake_.PutDirect("keep", "kept");
+    auto id = fake_.CreateMultipart({"upload", "", {}});
+    if (!id.ok()) std::abort();
+    upload_id_ = *id;
+    auto part = fake_.UploadPart({"upload", upload_id_, 1, kPartBody});
+    if (!part.ok()) std::abort();
+    part_ = *part;
+    fake_.ResetCounters();
+  }
+
+  // Every mutating operation once, each aimed at keys whose state the tests check after.
+  std::vector<Mutation> Mutations() const {
+    const std::string id = upload_id_;
+    const s3::PartInfo part = part_;
+    return {
+        {s3::Op::kPut,
+         [](s3::ObjectClient& c, const s3::CallOptions& o) {
+           return c.Put({"put", kBody, "", {}, {}}, o).status();
+         }},
+        {s3::Op::kCopy,
+         [](s3::ObjectClient& c, const s3::CallOptions& o) {
+           s3::CopyRequest req;
+           req.source_key = "src";
+           req.dest_key = "copy";
+           return c.Copy(req, o).status();
+         }},
+        {s3::Op::kDelete,
+         [](s3::ObjectClient& c, const s3::CallOptions& o) { return c.Delete("keep", o); }},
+        {s3::Op::kDeleteMany,
+         [](s3::ObjectClient& c, const s3::CallOptions& o) {
+           return c.DeleteMany({"keep", "src"}, o).status();
+         }},
+        {s3::Op::kCreateMultipart,
+         [](s3::ObjectClient& c, const s3::CallOptions& o) {
+           return c.CreateMultipart({"created", "", {}}, o).status();
+         }},
+        {s3::Op::kUploadPart,
+         [id](s3::ObjectClient& c, const s3::CallOptions& o) {
+           return c.UploadPart({"upload", id, 2, kBody}, o).status();
+         }},
+        {s3::Op::kUploadPartCopy,
+         [id](s3::ObjectClient& c, const s3::CallOptions& o) {
+           return c.UploadPartCopy({"upload", id, 3, "src", std::nullopt, ""}, o).status();
+         }},
+        {s3::Op::kCompleteMultipart,
+         [id, part](s3::ObjectClient& c, const s3::CallOptions& o) {
+           return c.CompleteMultipart({"upload", id, {part}, {}}, o).status();
+         }},
+    };
+  }
+
+  // The bucket as the fixture left it: nothing the mutations aim at has changed.
+  void ExpectBucketUntouched() {
+    EXPECT_EQ(fake_.Keys(), (std::vector<std::string>{"keep", "src"}));
+    EXPECT_EQ(fake_.ObjectBody("keep"), "kept");
+    EXPECT_EQ(fake_.ObjectBody("src"), "source bytes");
+    EXPECT_FALSE(fake_.Exists("put"));
+    EXPECT_FALSE(fake_.Exists("copy"));
+    EXPECT_FALSE(fake_.Exists("created"));
+    EXPECT_FALSE(fake_.Exists("upload"));
+    EXPECT_EQ(fake_.PendingUploads(), 1u);
+    auto parts = fake_.ListParts({"upload", upload_id_, 0, 1000});
+    ASSERT_TRUE(parts.ok()) << parts.status().ToString();
+    ASSERT_EQ(parts->parts.size(), 1u);
+    EXPECT_EQ(parts->parts[0].part_number, 1);
+  }
+
+  FakeClock clock_;
+  s3::FakeObjectClient fake_{clock_};
+  std::string upload_id_;
+  s3::PartInfo part_;
+};
+
+TEST_F(FencedObjectClientTest, ClosedFenceRefusesEveryMutationWithReadOnlyAndSendsNothing) {
+  WriteFence fence(clock_);
+  FencedObjectClient fenced(fake_, fence);
+  fence.Close("the lease was lost");
+  for (const Mutation& m : Mutations()) {
+    SCOPED_TRACE(std::string(s3::OpName(m.op)));
+    Status s = m.call(fenced, {clock_.Now() + 60s});
+    EXPECT_EQ(s.code(), ErrorCode::kReadOnly) << s.ToString();
+    EXPECT_THAT(s.message(), HasSubstr("the lease was lost"));
+    EXPECT_EQ(fake_.calls(m.op), 0u);
+  }
+  EXPECT_EQ(fake_.total_calls(), 0u);
+  ExpectBucketUntouched();
+}
+
+TEST_F(FencedObjectClientTest, FenceWhoseDeadlinePassedRefusesEveryMutationAndSendsNothing) {
+  WriteFence fence(clock_, clock_.Now() + 30s);
+  FencedObjectClient fenced(fake_, fence);
+  clock_.Advance(30s);
+  for (const Mutation& m : Mutations()) {
+    SCOPED_TRACE(std::string(s3::OpName(m.op)));
+    Status s = m.call(fenced, {});
+    EXPECT_EQ(s.code(), ErrorCode::kReadOnly) << s.ToString();
+    EXPECT_THAT(s.message(), HasSubstr("deadline"));
+  }
+  EXPECT_EQ(fake_.total_calls(), 0u);
+  ExpectBucketUntouched();
+}
+
+TEST_F(FencedObjectClientTest, ClosedFenceStillPassesReadsAndAbortMultipart) {
+  WriteFence fence(clock_);
+  FencedObjectClient fenced(fake_, fence);
+  fence.Close("the lease was lost");
+  EXPECT_EQ(fenced.bucket(), fake_.bucket());
+
+  auto head = fenced.Head({"src", ""}, {});
+  ASSERT_TRUE(head.ok()) << head.status().ToString();
+  EXPECT_EQ(head->size, 12u);
+
+  std::string buffer(64, '\0');
+  auto got = fenced.Get({"src", std::nullopt, ""}, {buffer.data(), buffer.size()}, {});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(buffer.substr(0, got->bytes_read), "source bytes");
+
+  s3::ListRequest list;
+  auto listed = fenced.List(list, {});
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  ASSERT_EQ(listed->objects.size(), 2u);
+  EXPECT_EQ(listed->objects[0].key, "keep");
+  EXPECT_EQ(listed->objects[1].key, "src");
+
+  auto uploads = fenced.ListMultipartUploads({}, {});
+  ASSERT_TRUE(uploads.ok()) << uploads.status().ToString();
+  ASSERT_EQ(uploads->uploads.size(), 1u);
+  EXPECT_EQ(uploads->uploads[0].upload_id, upload_id_);
+
+  auto parts = fenced.ListParts({"upload", upload_id_, 0, 1000}, {});
+  ASSERT_TRUE(parts.ok()) << parts.status().ToString();
+  ASSERT_EQ(parts->parts.size(), 1u);
+  EXPECT_EQ(parts->parts[0].etag, part_.etag);
+
+  // Throwing away our own unfinished upload changes no object.
+  Status aborted = fenced.AbortMultipart("upload", upload_id_, {});
+  ASSERT_TRUE(aborted.ok()) << aborted.ToString();
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+  EXPECT_EQ(fake_.calls(s3::Op::kAbortMultipart), 1u);
+}
+
+TEST_F(FencedObjectClientTest, OpenFenceClampsTheDeadlineOfEveryMutationToItsOwn) {
+  RecordingClient recorder(fake_);
+  const MonoTime limit = clock_.Now() + 30s;
+  WriteFence fence(clock_, limit);
+  FencedObjectClient fenced(recorder, fence);
+
+  for (const Mutation& m : Mutations()) {
+    SCOPED_TRACE(std::string(s3::OpName(m.op)));
+    // A later deadline than the fence's, and none at all: both become the fence's.
+    (void)m.call(fenced, {clock_.Now() + 120s});
+    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(limit));
+    (void)m.call(fenced, {});
+    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(limit));
+  }
+}
+
+TEST_F(FencedObjectClientTest, OpenFenceKeepsAnEarlierCallerDeadline) {
+  RecordingClient recorder(fake_);
+  WriteFence fence(clock_, clock_.Now() + 30s);
+  FencedObjectClient fenced(recorder, fence);
+  const MonoTime earlier = clock_.Now() + 5s;
+
+  for (const Mutation& m : Mutations()) {
+    SCOPED_TRACE(std::string(s3::OpName(m.op)));
+    (void)m.call(fenced, {earlier});
+    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(earlier));
+  }
+}
+
+TEST_F(FencedObjectClientTest, UnlimitedFenceLeavesTheCallersDeadlineAsItWas) {
+  RecordingClient recorder(fake_);
+  WriteFence fence(clock_);
+  FencedObjectClient fenced(recorder, fence);
+  const MonoTime later = clock_.Now() + 1h;
+
+  for (const Mutation& m : Mutations()) {
+    SCOPED_TRACE(std::string(s3::OpName(m.op)));
+    (void)m.call(fenced, {later});
+    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(later));
+    (void)m.call(fenced, {});
+    EXPECT_FALSE(recorder.DeadlineOf(m.op).has_value());
+  }
+}
+
+}  // namespace
+}  // namespace bucketfs::cache
