@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <systemd/sd-daemon.h>
 #include <atomic>
 #include <nlohmann/json.hpp>
 #include <cerrno>
@@ -664,9 +665,15 @@ int Status_(const std::string& runtime_dir, const std::string& mountpoint, bool 
   auto reply = control::Call(*socket, {{"op", "status"}}, std::chrono::seconds(15));
   if (!reply.ok() || !reply->value("ok", false)) return PrintReply(reply, mountpoint);
   const nlohmann::json& r = *reply;
+  // Healthy (exit 0, what a readiness probe asks): the daemon answers with the mount in place,
+  // and a read-write mount holds its lease. Answering but not healthy: exit 2.
+  const bool daemon_up = r.contains("daemon") && r["daemon"].value("ok", false) &&
+                         r["daemon"].value("mounted", false) && !r["daemon"].value("fenced", false);
+  const std::string lease_state = r.contains("lease") ? r["lease"].value("state", "") : "";
+  const int health = daemon_up && (lease_state == "held" || lease_state == "none") ? 0 : 2;
   if (as_json) {
     std::cout << r.dump(2) << "\n";
-    return 0;
+    return health;
   }
   const nlohmann::json& d = r.contains("daemon") ? r["daemon"] : nlohmann::json::object();
   const nlohmann::json& l = r.contains("lease") ? r["lease"] : nlohmann::json::object();
@@ -715,7 +722,7 @@ int Status_(const std::string& runtime_dir, const std::string& mountpoint, bool 
   for (const auto& e : r.value("errors", std::vector<std::string>{})) {
     std::cout << "error:       " << e << "\n";
   }
-  return 0;
+  return health;
 }
 
 int Reload(const std::string& runtime_dir, const std::string& mountpoint) {
@@ -931,7 +938,10 @@ int main(int argc, char** argv) {
                            "stays in the spool for the next mount");
   unmount->add_option("--runtime-dir", runtime_dir, "Where the control sockets live");
   CLI::App* status = app.add_subcommand(
-      "status", "Show the mount: lease, open files, dirty data, uploads, memory, errors");
+      "status",
+      "Show the mount: lease, open files, dirty data, uploads, memory, errors. Exit 0: mounted "
+      "and healthy (lease held, or read-only); 2: answering but not (lease lost, daemon down); "
+      "1: nothing mounted there");
   status->add_option("mountpoint", target, "The mount")->capture_default_str();
   status->add_flag("--json", as_json, "Print JSON");
   status->add_option("--runtime-dir", runtime_dir, "Where the control sockets live");
@@ -1001,8 +1011,15 @@ int main(int argc, char** argv) {
   if (it != tokens.end()) mount_tokens.assign(it + 1, tokens.end());
   const auto passthrough = PassThrough(mount, mount_tokens);
   if (m.foreground) {
-    return RunCoordinator(m, passthrough, [](const std::string& error) {
-      if (!error.empty()) std::cerr << "bucketfs: " << error << "\n";
+    // In the foreground under systemd (Type=notify): ready once the mount answers. Without
+    // $NOTIFY_SOCKET sd_notify() does nothing.
+    return RunCoordinator(m, passthrough, [&m](const std::string& error) {
+      if (!error.empty()) {
+        std::cerr << "bucketfs: " << error << "\n";
+        return;
+      }
+      const std::string notice = "READY=1\nSTATUS=serving " + m.mountpoint;
+      sd_notify(0, notice.c_str());
     });
   }
   return RunInBackground(m.log_file, "coordinator", [&](const auto& report) {

@@ -17,7 +17,9 @@ optional=(clang lld libclang-rt-14-dev)
 # Libraries.
 pkgs+=(libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev libtbb-dev libxxhash-dev
        googletest libgtest-dev libgmock-dev libbenchmark-dev libpugixml-dev
-       nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev)
+       nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsystemd-dev)
+# Packaging: the .deb (CPack: dpkg-deb, dpkg-shlibdeps) and its unit's check.
+pkgs+=(dpkg-dev systemd)
 # The S3 server used by tests and benchmarks (tests/s3server/rgw.sh).
 pkgs+=(radosgw ceph-mon ceph-osd ceph-common)
 # Reference S3 clients for tests.

@@ -110,8 +110,10 @@ class Pod {
   json Status() {
     CommandResult r =
         RunCommand(Cli(fmt::format("status {} --runtime-dir {} --json", dir(), runtime())));
-    if (r.exit_code != 0) return json{{"cli_error", r.output}};
+    // Exit 2 (answering, not healthy) still prints the whole status.
+    if (r.exit_code != 0 && r.exit_code != 2) return json{{"cli_error", r.output}};
     json j = json::parse(r.output, nullptr, false);
+    if (!j.is_discarded()) j["cli_exit_code"] = r.exit_code;
     return j.is_discarded() ? json{{"cli_error", r.output}} : j;
   }
   void RefreshPids() {
@@ -269,6 +271,7 @@ open('{2}', 'w').write(' '.join(out))
 
   json status = a.Status();
   EXPECT_EQ(status["lease"].value("state", ""), "lost") << status.dump(2);
+  EXPECT_EQ(status.value("cli_exit_code", -1), 2) << "a fenced mount is not healthy";
   EXPECT_TRUE(status["daemon"].value("fenced", false)) << status.dump(2);
   // Nothing reached S3, and the data is still in the spool, whole.
   EXPECT_FALSE(Exists("unsynced.bin")) << a.log();
@@ -389,6 +392,62 @@ TEST_F(MountdTest, AnUnmountFromOutsideEndsTheCoordinatorAndReleasesTheLease) {
   EXPECT_EQ(LeaseObject().value("state", ""), "released") << a.log();
 }
 
+TEST_F(MountdTest, SigtermToTheCoordinatorDrainsSyncsReleasesAndUnmounts) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  std::string data(6 << 20, 'q');
+  WriteFile(a.dir() + "/on-sigterm.bin", data);
+  // A pod's termination: SIGTERM to the coordinator, nothing else.
+  ASSERT_EQ(kill(a.coordinator_pid(), SIGTERM), 0);
+  ASSERT_TRUE(Eventually([&] { return !Alive(a.coordinator_pid()); }, std::chrono::seconds(60)))
+      << a.log();
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+  EXPECT_FALSE(Alive(a.daemon_pid()));
+  EXPECT_EQ(Boto3("print(s3.head_object(Bucket=bucket, Key='on-sigterm.bin')['ContentLength'])\n"),
+            std::to_string(data.size()) + "\n");
+  EXPECT_EQ(LeaseObject().value("state", ""), "released") << a.log();
+}
+
+TEST_F(MountdTest, AReadOnlyMountTakesNoLeaseAndWorksBesideTheHolder) {
+  Pod a(*server_, bucket_, "pod-a"), reader(*server_, bucket_, "reader");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/shared.txt", "for readers\n");
+  ASSERT_TRUE(Eventually([&] { return Exists("shared.txt"); }, std::chrono::seconds(30)));
+  CommandResult r = reader.Mount("--read-only --no-wait");
+  ASSERT_EQ(r.exit_code, 0) << r.output << reader.log();
+  EXPECT_EQ(ReadFile(reader.dir() + "/shared.txt"), "for readers\n");
+  const int fd = open((reader.dir() + "/nope.txt").c_str(), O_WRONLY | O_CREAT, 0644);
+  EXPECT_LT(fd, 0);
+  EXPECT_EQ(errno, EROFS);
+  if (fd >= 0) close(fd);
+  json s = reader.Status();
+  EXPECT_EQ(s["lease"].value("state", ""), "none") << s.dump(2);
+  EXPECT_EQ(LeaseObject().value("holder", ""), "pod-a");  // Untouched by the reader.
+  EXPECT_EQ(reader.Unmount().exit_code, 0);
+  EXPECT_EQ(a.Unmount().exit_code, 0);
+}
+
+TEST_F(MountdTest, AnAliasPicksItsBucketAndKeysFromThePlatformVariables) {
+  Pod a(*server_, bucket_, "pod-a");
+  // No bucket name and no keys of the usual names: only S3_BUCKET_DATASETS and its keys.
+  const std::string cmd = fmt::format(
+      "env -u S3_BUCKET -u S3_ACCESS_KEY -u S3_SECRET_KEY -u AWS_ACCESS_KEY_ID "
+      "-u AWS_SECRET_ACCESS_KEY S3_ENDPOINT={} S3_REGION={} S3_BUCKET_DATASETS={} "
+      "S3_BUCKET_DATASETS_ACCESS_KEY={} S3_BUCKET_DATASETS_SECRET_KEY={} {} mount datasets {} "
+      "--runtime-dir {} --spool-dir {} --holder-id pod-a --lease-ttl {} --lease-margin {} 2>&1",
+      server_->endpoint, server_->region, bucket_, server_->access_key, server_->secret_key,
+      BUCKETFS_BINARY, a.dir(), a.runtime(), a.spool(), kTtl, kMargin);
+  CommandResult r = RunCommand(cmd);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  a.RefreshPids();
+  WriteFile(a.dir() + "/via-alias.txt", "alias\n");
+  json s = a.Status();
+  EXPECT_EQ(s.value("bucket", ""), bucket_) << s.dump(2);
+  EXPECT_EQ(s.value("alias", ""), "datasets") << s.dump(2);
+  EXPECT_EQ(a.Unmount().exit_code, 0);
+  EXPECT_EQ(Get("via-alias.txt"), "alias\n");
+}
+
 TEST_F(MountdTest, ReloadTakesARotatedKeyWithoutRemounting) {
   ASSERT_FALSE(server_->state_dir.empty());
   const std::string rgw = std::string(BUCKETFS_SOURCE_DIR) + "/tests/s3server/rgw.sh";
@@ -454,6 +513,29 @@ TEST_F(MountdTest, ShareGivesAPresignedUrlThatServesTheFile) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("not under a bucket mounted"), std::string::npos) << r.output;
   EXPECT_EQ(a.Unmount().exit_code, 0);
+}
+
+TEST_F(MountdTest, NoLogLevelEverShowsASecretOrASignature) {
+  Pod a(*server_, bucket_, "pod-a");
+  // Everything a mount logs, at the most verbose level, through a day's operations.
+  ASSERT_EQ(a.Mount("--log-level trace --fuse-debug").exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/f.txt", "logged operations\n");
+  EXPECT_EQ(ReadFile(a.dir() + "/f.txt"), "logged operations\n");
+  const int fd = open((a.dir() + "/f.txt").c_str(), O_RDONLY);
+  ASSERT_EQ(fsync(fd), 0);
+  close(fd);
+  CommandResult shared = RunCommand(a.Cli(fmt::format("share {}/f.txt --runtime-dir {}",
+                                                      a.dir(), a.runtime())));
+  ASSERT_EQ(shared.exit_code, 0) << shared.output;
+  ASSERT_EQ(RunCommand(a.Cli("reload " + a.dir() + " --runtime-dir " + a.runtime())).exit_code, 0);
+  ASSERT_EQ(a.Unmount().exit_code, 0);
+  const std::string log = a.log();
+  ASSERT_NE(log.find("f.txt"), std::string::npos) << "the log is not the verbose one:\n" << log;
+  EXPECT_EQ(log.find(server_->secret_key), std::string::npos) << "the secret key is in the log";
+  for (const char* leak : {"Signature=", "X-Amz-Signature", "Authorization:", "authorization:",
+                           "Credential="}) {
+    EXPECT_EQ(log.find(leak), std::string::npos) << "'" << leak << "' is in the log";
+  }
 }
 
 TEST_F(MountdTest, TheControlSocketRejectsGarbageAndKeepsServing) {
