@@ -48,6 +48,7 @@
 #include <optional>
 #include <string>
 
+#include "common/format_bytes.h"
 #include "common/clock.h"
 #include "common/status.h"
 
@@ -157,7 +158,7 @@ uint64_t DetectMemoryLimit(const MemoryLimitSources& sources = {});
 // rest is left to the page cache, the kernel's FUSE buffers and the programs in the pod.
 uint64_t DefaultBudgetBytes(const MemoryLimitSources& sources = {});
 
-// "1.5 MiB", for messages.
-std::string FormatBytes(uint64_t bytes);
+// "1.5 MiB", for messages (common/format_bytes.h).
+using bucketfs::FormatBytes;
 
 }  // namespace bucketfs::cache

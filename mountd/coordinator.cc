@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "common/control_channel.h"
+#include "common/format_bytes.h"
 #include "common/log.h"
 
 namespace bucketfs::mountd {
@@ -44,19 +45,6 @@ std::string MountHash(const std::string& mountpoint) {
   std::snprintf(hex, sizeof hex, "%016llx",
                 static_cast<unsigned long long>(XXH64(mountpoint.data(), mountpoint.size(), 0)));
   return hex;
-}
-
-std::string FormatBytes(uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
-  return buf;
 }
 
 std::string Relative(const std::string& path, const std::string& mountpoint) {

@@ -39,17 +39,7 @@ using nlohmann::json;
 
 constexpr double kTtl = 6, kMargin = 3;
 
-bool IsMountedAt(const std::string& dir) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string id, parent, dev, root, point;
-    f >> id >> parent >> dev >> root >> point;
-    if (point == dir && line.find(" - fuse.bucketfs ") != std::string::npos) return true;
-  }
-  return false;
-}
+bool IsMountedAt(const std::string& dir) { return IsBucketfsMountedAt(dir); }
 
 bool Alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
 

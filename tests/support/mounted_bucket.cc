@@ -82,17 +82,19 @@ MountedBucket::~MountedBucket() {
   std::filesystem::remove(log_path_, ec);
 }
 
-bool MountedBucket::IsMounted() const {
+bool IsBucketfsMountedAt(const std::string& dir) {
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream f(line);
     std::string id, parent, dev, root, point;
     f >> id >> parent >> dev >> root >> point;
-    if (point == dir_ && line.find(" - fuse.bucketfs ") != std::string::npos) return true;
+    if (point == dir && line.find(" - fuse.bucketfs ") != std::string::npos) return true;
   }
   return false;
 }
+
+bool MountedBucket::IsMounted() const { return IsBucketfsMountedAt(dir_); }
 
 bool MountedBucket::Mount(const std::vector<std::string>& extra_args) {
   std::vector<std::string> args = {BUCKETFS_BINARY, "serve", bucket_, dir_, "-f",

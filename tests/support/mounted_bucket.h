@@ -66,6 +66,9 @@ class MountedBucket {
   pid_t pid_ = -1;
 };
 
+// Whether a bucketfs mount (fuse.bucketfs in /proc/self/mountinfo) is at `dir`.
+bool IsBucketfsMountedAt(const std::string& dir);
+
 // Reads the whole file; fails the test on error.
 std::string ReadFile(const std::string& path);
 
