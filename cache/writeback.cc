@@ -1,10 +1,12 @@
 #include "cache/writeback.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <latch>
 
@@ -517,13 +519,19 @@ Status DirtyFile::CommitOnce() {
     multipart = size > owner_.layout_.first_part_size();
   }
   if (!data_dirty && !meta_dirty) return Status::Ok();
-  Logger("writeback")->debug("commit of '{}' ({} bytes, spool {}): {}{}{}", key, size, id_,
-                             data_dirty ? "data" : "", meta_dirty ? " metadata" : "",
-                             condition.kind == s3::WriteCondition::Kind::kIfNoneMatchAny
-                                 ? ", if none match"
-                                 : condition.kind == s3::WriteCondition::Kind::kIfMatch
-                                       ? ", if match " + condition.etag
-                                       : "");
+  const MonoTime started = owner_.clock_.Now();
+  spdlog::logger& log = *Logger("writeback");
+  if (log.should_log(spdlog::level::debug)) {
+    LogEvent(log, spdlog::level::debug,
+             fmt::format("commit starts:{}{}{}", data_dirty ? " data" : "",
+                         meta_dirty ? " metadata" : "",
+                         condition.kind == s3::WriteCondition::Kind::kIfNoneMatchAny
+                             ? ", if none match"
+                         : condition.kind == s3::WriteCondition::Kind::kIfMatch
+                             ? ", if match " + condition.etag
+                             : ""),
+             {{"key", key}, {"bytes", size}, {"spool", id_}});
+  }
 
   std::string etag;
   // Whether the object will lack metadata set since its upload began (or, with no data to
@@ -585,6 +593,13 @@ Status DirtyFile::CommitOnce() {
     }
   }
   owner_.Notify(committed);
+  LogEvent(log, spdlog::level::debug, "commit done",
+           {{"key", key},
+            {"bytes", size},
+            {"spool", id_},
+            {"latency_ms",
+             std::chrono::duration_cast<std::chrono::milliseconds>(owner_.clock_.Now() - started)
+                 .count()}});
   return Status::Ok();
 }
 
@@ -640,9 +655,10 @@ void DirtyFile::MarkTorn() {
   std::lock_guard lock(mu_);
   if (torn_) return;
   torn_ = true;
-  Logger("writeback")->error("a write to '{}' was refused; its spool file will not be uploaded "
-                             "but kept in lost+found/ by the next mount",
-                             key_);
+  LogEvent(*Logger("writeback"), spdlog::level::err,
+           "a write was refused; the spool file will not be uploaded but kept in lost+found/ "
+           "by the next mount",
+           {{"key", key_}});
 }
 
 void DirtyFile::MarkClosedLocked() {
@@ -784,20 +800,27 @@ void Writeback::Settle(const std::shared_ptr<DirtyFile>& file, const Status& res
     --commits_in_flight_;
     std::lock_guard file_lock(file->mu_);
     if (!result.ok()) {
-      counters_.failed_commits.fetch_add(1, std::memory_order_relaxed);
       if (result.code() == ErrorCode::kCancelled) {
+        // Not a failure: the file changed while it was being committed.
+        counters_.restarted_commits.fetch_add(1, std::memory_order_relaxed);
         commit_again = file->writers_ == 0;
-      } else if (!file->conflict_) {
-        file->retry_delay_ = file->retry_delay_ == Duration::zero()
-                                 ? options_.first_retry
-                                 : std::min(file->retry_delay_ * 2, options_.max_retry);
-        file->next_retry_ = clock_.Now() + file->retry_delay_;
-        Logger("writeback")->error("upload of '{}' failed, retrying in {} s (data kept in {}): {}",
-                                   file->key_,
-                                   std::chrono::duration_cast<std::chrono::seconds>(file->retry_delay_).count(),
-                                   spool_.DataPath(file->id_), result.ToString());
       } else {
-        Logger("writeback")->error("{}", result.ToString());
+        counters_.failed_commits.fetch_add(1, std::memory_order_relaxed);
+        if (!file->conflict_) {
+          file->retry_delay_ = file->retry_delay_ == Duration::zero()
+                                   ? options_.first_retry
+                                   : std::min(file->retry_delay_ * 2, options_.max_retry);
+          file->next_retry_ = clock_.Now() + file->retry_delay_;
+          LogEvent(*Logger("writeback"), spdlog::level::err,
+                   "upload failed, will retry; the data is kept in the spool: " +
+                       result.ToString(),
+                   {{"key", file->key_},
+                    {"retry_in_s",
+                     std::chrono::duration_cast<std::chrono::seconds>(file->retry_delay_).count()},
+                    {"spool_path", spool_.DataPath(file->id_)}});
+        } else {
+          Logger("writeback")->error("{}", result.ToString());
+        }
       }
     } else if (!file->unlinked_ && file->writers_ == 0 && !file->committing_) {
       const bool clean = file->data_generation_ == file->committed_data_generation_ &&
@@ -1108,6 +1131,8 @@ Writeback::Stats Writeback::GetStats() const {
   }
   s.commits = counters_.commits.load();
   s.failed_commits = counters_.failed_commits.load();
+  s.restarted_commits = counters_.restarted_commits.load();
+  s.parts_queued = parts_pool_->queued();
   s.parts_uploaded = counters_.parts_uploaded.load();
   s.parts_copied = counters_.parts_copied.load();
   s.bytes_uploaded = counters_.bytes_uploaded.load();

@@ -260,10 +260,15 @@ class Writeback {
   struct Stats {
     size_t dirty_files = 0;
     uint64_t dirty_bytes = 0;
-    size_t commits_in_flight = 0;
+    size_t commits_in_flight = 0;  // Commits running or waiting for a thread (one file may
+                                   // have a second queued behind a running one).
+    size_t parts_queued = 0;       // Part uploads waiting for an upload slot.
     size_t failing_files = 0;  // Files whose last commit failed (sticky error).
     std::string first_error;   // One of their errors, for `bucketfs status`.
-    uint64_t commits = 0, failed_commits = 0, parts_uploaded = 0, parts_copied = 0,
+    // commits: succeeded; failed_commits: failed (retried later); restarted_commits: given up
+    // because the file changed meanwhile, and started again.
+    uint64_t commits = 0, failed_commits = 0, restarted_commits = 0, parts_uploaded = 0,
+             parts_copied = 0,
              bytes_uploaded = 0;
   };
   Stats GetStats() const;
@@ -294,7 +299,8 @@ class Writeback {
   Listener listener_;                                                  // Guarded by mu_.
 
   struct Counters {
-    std::atomic<uint64_t> commits{0}, failed_commits{0}, parts_uploaded{0}, parts_copied{0},
+    std::atomic<uint64_t> commits{0}, failed_commits{0}, restarted_commits{0}, parts_uploaded{0},
+        parts_copied{0},
         bytes_uploaded{0};
   };
   Counters counters_;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
 #include <atomic>
 #include <nlohmann/json.hpp>
@@ -41,6 +42,8 @@
 #include "cache/writeback.h"
 #include "common/control_channel.h"
 #include "common/log.h"
+#include "common/metrics.h"
+#include "common/metrics_endpoint.h"
 #include "common/task_pool.h"
 #include "fuse/filesystem.h"
 #include "fuse/session.h"
@@ -85,7 +88,8 @@ struct MountArgs {
   std::string addressing;  // "path" or "virtual"
   bool read_only = false;
   bool foreground = false;
-  bool debug = false;
+  std::string debug;  // --debug: "all", or the components ("s3,writeback").
+  std::string log_format = "text";
   bool fuse_debug = false;
   std::string log_level = "info";
   std::string log_file;  // Where a background daemon logs; empty: nowhere.
@@ -106,6 +110,7 @@ struct MountArgs {
   unsigned upload_parallelism = 8;
   bool sync_on_close = false;
   double drain_timeout = 600;  // Seconds unmount waits for uploads.
+  std::string metrics_address;  // Empty: no metrics endpoint.
 
   // Coordinator (`mount`) only; `serve` accepts and ignores them, so that the coordinator
   // can hand its own command line to the daemon.
@@ -149,6 +154,9 @@ struct Daemon {
   std::string bucket, endpoint;
   std::atomic<bool> mounted{false};
   std::atomic<bool> recovering{false};  // Uploading what a previous daemon left.
+  // When the coordinator last passed a renewed lease (CLOCK_MONOTONIC ns), for the metrics.
+  std::atomic<int64_t> lease_renewed_ns{0};
+  std::string metrics_url;  // Empty: no metrics endpoint. Set before the control server starts.
 };
 
 // What both the coordinator and the daemon build first: the bucket's settings, its
@@ -200,12 +208,16 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   auto d = std::make_unique<Daemon>();
   d->credentials = parts.credentials;
   d->bucket = settings.config.bucket;
+  SetLogContext("bucket", settings.config.bucket);
   d->endpoint = settings.config.endpoint;
   d->client = std::move(parts.client);
   d->fence = std::make_unique<cache::WriteFence>(
       RealClock(), a.lease_valid_until_ns > 0 ? MonoTime(Duration(a.lease_valid_until_ns))
                                               : MonoTime::max());
   d->fenced = std::make_unique<cache::FencedObjectClient>(*d->client, *d->fence);
+  if (a.lease_valid_until_ns > 0) {
+    d->lease_renewed_ns.store(RealClock().Now().time_since_epoch().count());
+  }
 
   // Can we see the bucket at all? A wrong key, a missing bucket or an unreachable endpoint
   // is reported now, with its advice, instead of as EIO on the first ls.
@@ -311,6 +323,7 @@ nlohmann::json HandleDaemonRequest(Daemon& d, const MountArgs& a, const nlohmann
              {"cache_hits", d.cache->Stats().hits},
              {"cache_misses", d.cache->Stats().misses},
              {"credentials", d.credentials->Describe()}};
+    if (!d.metrics_url.empty()) out["metrics_url"] = d.metrics_url;
     if (d.writeback) {
       const auto wb = d.writeback->GetStats();
       out["spool"] = d.spool->directory();
@@ -327,6 +340,7 @@ nlohmann::json HandleDaemonRequest(Daemon& d, const MountArgs& a, const nlohmann
   }
   if (op == "lease") {
     d.fence->ExtendUntil(MonoTime(Duration(request.value("valid_until_ns", int64_t{0}))));
+    d.lease_renewed_ns.store(RealClock().Now().time_since_epoch().count());
     return json{{"ok", true}, {"fenced", d.fence->closed()}};
   }
   if (op == "fence") {
@@ -368,6 +382,87 @@ nlohmann::json HandleDaemonRequest(Daemon& d, const MountArgs& a, const nlohmann
   return json{{"ok", false}, {"error", "unknown request '" + op + "'"}};
 }
 
+// The daemon's state that lives in its parts, read at each scrape (common/metrics.h). The
+// counters of the S3 client and the FUSE adapter register themselves.
+void CollectDaemonMetrics(const Daemon& d, MetricsWriter& w) {
+  w.Gauge("bucketfs_info", "Always 1; the labels say what is mounted", 1,
+          {{"bucket", d.bucket}, {"version", BUCKETFS_VERSION_STRING}});
+  w.Gauge("bucketfs_mounted", "1 while the kernel mount is in place", d.mounted.load() ? 1 : 0);
+  const auto fs_stats = d.filesystem->Stats();
+  w.Gauge("bucketfs_open_files", "Files open through the mount", fs_stats.open_files);
+  w.Gauge("bucketfs_inodes", "Inodes the kernel holds references to", fs_stats.inodes);
+
+  const auto budget = d.budget->Stats();
+  w.Gauge("bucketfs_memory_budget_bytes", "The memory budget (--max-memory)", budget.capacity);
+  w.Gauge("bucketfs_memory_used_bytes",
+          "Bytes of the budget in use: cached blocks, read buffers, parts being uploaded",
+          budget.used);
+  w.Gauge("bucketfs_memory_peak_bytes", "Highest use of the budget since the mount",
+          budget.peak);
+  w.Gauge("bucketfs_memory_waiters", "Readers and writers waiting for room in the budget",
+          budget.waiters);
+
+  const auto cache = d.cache->Stats();
+  w.Counter("bucketfs_cache_hits_total", "Block reads served from the block cache",
+            cache.hits);
+  w.Counter("bucketfs_cache_misses_total", "Block reads that had to fetch from S3",
+            cache.misses);
+  w.Counter("bucketfs_cache_coalesced_total",
+            "Block reads that joined a fetch already in flight", cache.coalesced);
+  w.Counter("bucketfs_cache_evictions_total", "Blocks evicted to make room", cache.evictions);
+  w.Counter("bucketfs_cache_fetch_failures_total", "Block fetches that failed",
+            cache.fetch_failures);
+  w.Gauge("bucketfs_cache_bytes", "Bytes held by the block cache", cache.bytes_cached);
+  w.Gauge("bucketfs_cache_capacity_bytes", "The block cache's capacity", cache.capacity);
+
+  if (d.writeback) {
+    const auto wb = d.writeback->GetStats();
+    w.Gauge("bucketfs_dirty_files", "Files written and not yet all in S3", wb.dirty_files);
+    w.Gauge("bucketfs_dirty_bytes", "Size of the files not yet all in S3", wb.dirty_bytes);
+    w.Gauge("bucketfs_upload_queue_depth",
+            "Part uploads waiting for an upload slot (at most 4 x --upload-parallelism; writers "
+            "wait beyond that)",
+            wb.parts_queued);
+    w.Gauge("bucketfs_commits_in_flight",
+            "File commits (final part uploads and completion) running or waiting",
+            wb.commits_in_flight);
+    w.Gauge("bucketfs_failing_files",
+            "Files whose last upload failed; retried in the background, data kept in the spool",
+            wb.failing_files);
+    constexpr const char* kCommitsHelp =
+        "File commits by result: ok, failed (retried later, data kept in the spool), restarted "
+        "(the file changed while it was being committed)";
+    w.Counter("bucketfs_commits_total", kCommitsHelp, wb.commits, {{"result", "ok"}});
+    w.Counter("bucketfs_commits_total", kCommitsHelp, wb.failed_commits, {{"result", "failed"}});
+    w.Counter("bucketfs_commits_total", kCommitsHelp, wb.restarted_commits,
+              {{"result", "restarted"}});
+    w.Counter("bucketfs_uploaded_bytes_total", "Bytes of file data uploaded by commits",
+              wb.bytes_uploaded);
+  }
+
+  // The lease is the coordinator's; the daemon sees it through its fence and the renewals
+  // the coordinator passes on.
+  const bool has_lease = d.lease_renewed_ns.load() != 0;
+  const bool fenced = d.fence->closed();
+  const char* state = !has_lease ? "none" : fenced ? "lost" : "held";
+  for (const char* s : {"held", "lost", "none"}) {
+    w.Gauge("bucketfs_lease_state",
+            "1 for the lease's state: held (writes allowed), lost (writes fenced), none "
+            "(read-only, or serve without a coordinator)",
+            std::string_view(s) == state ? 1 : 0, {{"state", s}});
+  }
+  if (has_lease) {
+    const MonoTime now = RealClock().Now();
+    w.Gauge("bucketfs_lease_renew_age_seconds",
+            "Seconds since the coordinator last passed on a renewed lease",
+            std::chrono::duration<double>(now - MonoTime(Duration(d.lease_renewed_ns.load())))
+                .count());
+    w.Gauge("bucketfs_lease_valid_seconds",
+            "Seconds the lease stays valid without another renewal (<= 0: fenced)",
+            fenced ? 0.0 : std::chrono::duration<double>(d.fence->deadline() - now).count());
+  }
+}
+
 // Runs the mount. `report` is called once: "" when the kernel mount is in place, or why not.
 int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& report_to_caller) {
   // Every large buffer is its own mmap, so freeing it gives the memory back to the system
@@ -397,6 +492,19 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
     return 1;
   }
   Daemon& d = **built;
+  // Declared after `built`: scrapes stop before the daemon's parts are destroyed.
+  std::unique_ptr<MetricsEndpoint> metrics;
+  MetricsRegistry::CollectorHandle collector;
+  if (!a.metrics_address.empty()) {
+    collector = Metrics().AddCollector([&d](MetricsWriter& w) { CollectDaemonMetrics(d, w); });
+    auto endpoint = MetricsEndpoint::Start(a.metrics_address, Metrics());
+    if (!endpoint.ok()) {
+      report(endpoint.status().ToString());
+      return 1;
+    }
+    metrics = std::move(*endpoint);
+    d.metrics_url = metrics->url();  // Before the control server can read it.
+  }
   std::unique_ptr<control::ControlServer> control;
   if (!a.control_socket.empty()) {
     auto server = control::ControlServer::Start(
@@ -546,6 +654,7 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
   const s3::BucketSettings& settings = parts->settings;
   mountd::CoordinatorOptions o;
   o.bucket = settings.config.bucket;
+  SetLogContext("bucket", settings.config.bucket);
   o.alias = settings.alias.empty() ? settings.config.bucket : settings.alias;
   o.endpoint = settings.config.endpoint;
   o.mountpoint = a.mountpoint;
@@ -705,12 +814,15 @@ int Status_(const std::string& runtime_dir, const std::string& mountpoint, bool 
     if (d.contains("dirty_files")) {
       std::cout << "dirty:       " << d.value("dirty_files", 0) << " file(s), "
                 << cache::FormatBytes(d.value("dirty_bytes", uint64_t{0})) << ", "
-                << d.value("uploads_in_flight", 0) << " upload(s) in flight; spool "
+                << d.value("uploads_in_flight", 0) << " commit(s) running or queued; spool "
                 << d.value("spool", "") << "\n";
     }
     std::cout << "memory:      " << cache::FormatBytes(d.value("memory_used_bytes", uint64_t{0}))
               << " of " << cache::FormatBytes(d.value("memory_budget_bytes", uint64_t{0}))
               << " (cache " << cache::FormatBytes(d.value("cache_bytes", uint64_t{0})) << ")\n";
+    if (d.contains("metrics_url")) {
+      std::cout << "metrics:     " << d.value("metrics_url", "") << "\n";
+    }
     if (d.value("fenced", false)) {
       std::cout << "fenced:      " << d.value("fence_reason", "") << "\n";
     }
@@ -788,7 +900,9 @@ std::vector<std::string> PassThrough(CLI::App* mount, const std::vector<std::str
     if (t.size() < 2 || t[0] != '-') continue;  // A positional.
     const std::string name = t.substr(0, t.find('='));
     const CLI::Option* opt = mount->get_option_no_throw(name);
-    const bool takes_value = opt != nullptr && opt->get_type_size() != 0;
+    // Flags (expected_min 0) take a value only as --flag=value; get_type_size() is 1 for a
+    // parsed flag, so it cannot tell them apart.
+    const bool takes_value = opt != nullptr && opt->get_expected_min() > 0;
     const bool value_next = takes_value && t.find('=') == std::string::npos;
     if (kCoordinatorOnly.count(name) == 0) {
       out.push_back(t);
@@ -813,11 +927,20 @@ void AddMountOptions(CLI::App* cmd, MountArgs& a) {
       ->capture_default_str();
   cmd->add_flag("--read-only", a.read_only, "Mount read-only (takes no lease)");
   cmd->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
-  cmd->add_flag("--debug", a.debug, "Debug logging of every component");
+  cmd->add_flag("--debug{all}", a.debug,
+                "Debug logging: --debug for every component, --debug=s3,writeback for some "
+                "(components: " + fmt::format("{}", fmt::join(LogComponents(), ", ")) + ")");
+  cmd->add_option("--log-format", a.log_format,
+                  "text (one line per event, key=value fields) or json (one object per line)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"text", "json"}));
   cmd->add_flag("--fuse-debug", a.fuse_debug, "libfuse's trace of every request");
   cmd->add_option("--log-level", a.log_level,
                   "trace|debug|info|warn|error, or per component: s3=debug,fuse=info")
       ->capture_default_str();
+  cmd->add_option("--metrics-address", a.metrics_address,
+                  "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default; use "
+                  "a loopback or pod-local address, e.g. 127.0.0.1:9464)");
   cmd->add_option("--log-file", a.log_file,
                   "Append the log here once it runs in the background");
   cmd->add_flag("!--no-allow-other", a.allow_other,
@@ -978,7 +1101,26 @@ int main(int argc, char** argv) {
   }
 
   MountArgs& m = *serve ? serve_args : a;
-  ConfigureLogging(m.debug ? "debug" : m.log_level);
+  if (!m.metrics_address.empty()) {
+    if (auto address = ParseHostPort(m.metrics_address); !address.ok()) {
+      std::cerr << "bucketfs: --metrics-address: " << address.status().ToString() << "\n";
+      return 1;
+    }
+  }
+  std::string log_spec = m.log_level;
+  if (!m.debug.empty()) {
+    auto debug = DebugLevelSpec(m.debug);
+    if (!debug.ok()) {
+      std::cerr << "bucketfs: --debug: " << debug.status().ToString() << "\n";
+      return 1;
+    }
+    log_spec += "," + *debug;
+  }
+  ConfigureLogging(log_spec);
+  if (Status format = ConfigureLogFormat(m.log_format); !format.ok()) {
+    std::cerr << "bucketfs: --log-format: " << format.ToString() << "\n";
+    return 1;
+  }
   struct stat st {};
   auto resolved = ResolveMountpoint(m.mountpoint);
   const bool dead_mount = stat(m.mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;

@@ -12,6 +12,8 @@ find_package(CLI11 REQUIRED)
 find_package(GTest REQUIRED)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 pkg_check_modules(FUSE3 REQUIRED IMPORTED_TARGET fuse3)
+# The metrics endpoint's HTTP server (common/metrics_endpoint.cc only).
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 # sd_notify(): readiness for systemd's Type=notify (cli/ only).
 pkg_check_modules(SYSTEMD REQUIRED IMPORTED_TARGET libsystemd)
 if(BUCKETFS_BUILD_BENCH)

@@ -1,16 +1,21 @@
 #define FUSE_USE_VERSION 314
 #include "fuse/adapter.h"
 
+#include <fmt/format.h>
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "common/errno_map.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "fuse/filesystem.h"
 
 namespace bucketfs::fs {
@@ -21,6 +26,54 @@ Filesystem& Fs(fuse_req_t req) {
 }
 
 double Seconds(Duration d) { return std::chrono::duration<double>(d).count(); }
+
+// What the metrics endpoint shows of the kernel's requests (common/metrics.h).
+struct AdapterMetrics {
+  Family<Histogram>& latency = Metrics().HistogramFamily(
+      "bucketfs_fuse_operation_duration_seconds",
+      "Time from a FUSE request's arrival to its reply, by operation", {"operation"});
+  Family<Counter>& errors = Metrics().CounterFamily(
+      "bucketfs_fuse_errors_total",
+      "FUSE requests answered with an error, by operation and errno (ENOENT on lookup is the "
+      "normal answer for a missing name)",
+      {"operation", "errno"});
+  Counter& read_bytes =
+      Metrics()
+          .CounterFamily("bucketfs_read_bytes_total", "Bytes returned to programs by read()")
+          .Get();
+  Counter& written_bytes =
+      Metrics()
+          .CounterFamily("bucketfs_written_bytes_total", "Bytes programs wrote with write()")
+          .Get();
+};
+
+AdapterMetrics& TheMetrics() {
+  static AdapterMetrics metrics;
+  return metrics;
+}
+
+// An operation's name as a template argument, for Timed below.
+template <size_t N>
+struct OpName {
+  constexpr OpName(const char (&name)[N]) { std::copy_n(name, N, text); }  // NOLINT: implicit.
+  char text[N] = {};
+};
+
+// Timed<"read", Read>::Call is Read, timed into bucketfs_fuse_operation_duration_seconds:
+// every handler replies before it returns, so its duration is the request's.
+template <OpName kName, auto kOp>
+struct Timed;
+
+template <OpName kName, typename... Args, void (*kOp)(fuse_req_t, Args...)>
+struct Timed<kName, kOp> {
+  static void Call(fuse_req_t req, Args... args) {
+    static Histogram& latency = TheMetrics().latency.With({std::string_view(kName.text)});
+    const auto start = std::chrono::steady_clock::now();
+    kOp(req, args...);
+    latency.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                        .count());
+  }
+};
 
 struct stat ToStat(const Attributes& a) {
   struct stat st {};
@@ -56,10 +109,14 @@ void ReplyError(fuse_req_t req, const char* op, const Status& status) {
   const int err = ToErrno(status);
   // The normal answers of a namespace (mkdir -p, rm -r, O_EXCL) are not problems.
   const bool expected = err == ENOENT || err == EEXIST || err == ENOTEMPTY;
-  if (expected) {
-    Logger("fuse")->debug("{}: {} ({})", op, status.ToString(), strerror(err));
-  } else {
-    Logger("fuse")->warn("{}: {} ({})", op, status.ToString(), strerror(err));
+  const auto level = expected ? spdlog::level::debug : spdlog::level::warn;
+  const char* known = strerrorname_np(err);  // "ENOENT"; null for a number it does not know.
+  const std::string errno_name = known != nullptr ? std::string(known) : std::to_string(err);
+  TheMetrics().errors.With({op, errno_name}).Add();
+  spdlog::logger& log = *Logger("fuse");
+  if (log.should_log(level)) {  // Lookups of missing names are many: format only if shown.
+    LogEvent(log, level, fmt::format("{}: {} ({})", op, status.ToString(), strerror(err)),
+             {{"op", op}, {"errno", errno_name}});
   }
   fuse_reply_err(req, err);
 }
@@ -146,10 +203,13 @@ void Read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off, fuse_file_
   // The pieces point into pinned cache blocks: the kernel copies them straight from there.
   std::vector<iovec> iov;
   iov.reserve(r->pieces.size());
+  size_t bytes = 0;
   for (const auto& p : r->pieces) {
     iov.push_back(iovec{const_cast<char*>(p.data()), p.size()});  // NOLINT: writev's API.
+    bytes += p.size();
   }
   fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+  TheMetrics().read_bytes.Add(bytes);
 }
 
 void Release(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
@@ -175,6 +235,7 @@ void Write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off
   auto r = Fs(req).Write(fi->fh, static_cast<uint64_t>(off), {buf, size});
   if (!r.ok()) return ReplyError(req, "write", r.status());
   fuse_reply_write(req, *r);
+  TheMetrics().written_bytes.Add(*r);
 }
 
 void Flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
@@ -314,30 +375,30 @@ void StatFs(fuse_req_t req, fuse_ino_t /*ino*/) {
 fuse_lowlevel_ops MakeOps() {
   fuse_lowlevel_ops ops{};
   ops.init = Init;
-  ops.lookup = Lookup;
-  ops.forget = Forget;
-  ops.forget_multi = ForgetMulti;
-  ops.getattr = GetAttr;
-  ops.readlink = ReadLink;
-  ops.open = Open;
-  ops.read = Read;
-  ops.release = Release;
-  ops.opendir = OpenDir;
-  ops.readdir = ReadDir;
-  ops.readdirplus = ReadDirPlus;
-  ops.releasedir = ReleaseDir;
-  ops.statfs = StatFs;
-  ops.create = Create;
-  ops.write = Write;
-  ops.flush = Flush;
-  ops.fsync = Fsync;
-  ops.setattr = SetAttr;
-  ops.mkdir = MkDir;
-  ops.rmdir = RmDir;
-  ops.unlink = Unlink;
-  ops.symlink = Symlink;
-  ops.rename = Rename;
-  ops.link = Link;
+  ops.lookup = Timed<"lookup", Lookup>::Call;
+  ops.forget = Timed<"forget", Forget>::Call;
+  ops.forget_multi = Timed<"forget", ForgetMulti>::Call;
+  ops.getattr = Timed<"getattr", GetAttr>::Call;
+  ops.readlink = Timed<"readlink", ReadLink>::Call;
+  ops.open = Timed<"open", Open>::Call;
+  ops.read = Timed<"read", Read>::Call;
+  ops.release = Timed<"release", Release>::Call;
+  ops.opendir = Timed<"opendir", OpenDir>::Call;
+  ops.readdir = Timed<"readdir", ReadDir>::Call;
+  ops.readdirplus = Timed<"readdirplus", ReadDirPlus>::Call;
+  ops.releasedir = Timed<"releasedir", ReleaseDir>::Call;
+  ops.statfs = Timed<"statfs", StatFs>::Call;
+  ops.create = Timed<"create", Create>::Call;
+  ops.write = Timed<"write", Write>::Call;
+  ops.flush = Timed<"close", Flush>::Call;  // FLUSH comes with every close().
+  ops.fsync = Timed<"fsync", Fsync>::Call;
+  ops.setattr = Timed<"setattr", SetAttr>::Call;
+  ops.mkdir = Timed<"mkdir", MkDir>::Call;
+  ops.rmdir = Timed<"rmdir", RmDir>::Call;
+  ops.unlink = Timed<"unlink", Unlink>::Call;
+  ops.symlink = Timed<"symlink", Symlink>::Call;
+  ops.rename = Timed<"rename", Rename>::Call;
+  ops.link = Timed<"link", Link>::Call;
   // No xattr operations: libfuse answers ENOSYS, after which the kernel stops asking and
   // answers EOPNOTSUPP (ENOTSUP) itself. S3 metadata is not a fit for arbitrary binary
   // attributes, and `cp -a`/`rsync -X` handle ENOTSUP (docs/SEMANTICS.md).

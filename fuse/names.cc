@@ -1,5 +1,7 @@
 #include "fuse/names.h"
 
+#include <fmt/format.h>
+
 #include "common/log.h"
 
 namespace bucketfs::fs {
@@ -51,8 +53,9 @@ void OnceLog::Report(const std::string& key, std::string_view what) {
     if (seen_.contains(key)) return;
     if (seen_.size() < kMaxRemembered) seen_.insert(key);
   }
-  Logger("fuse")->warn("{}: key '{}' (shown once; the object is left untouched in S3)", what,
-                       key);
+  LogEvent(*Logger("fuse"), spdlog::level::warn,
+           fmt::format("{} (shown once; the object is left untouched in S3)", what),
+           {{"key", key}});
 }
 
 size_t OnceLog::reported() const {

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "common/log.h"
+#include "common/metrics.h"
 #include "s3/crypto.h"
 #include "s3/http_transport.h"
 #include "s3/sigv4.h"
@@ -19,6 +20,41 @@ namespace bucketfs::s3 {
 namespace {
 
 constexpr int kMaxPresignSeconds = 7 * 24 * 3600;
+
+// What the metrics endpoint shows of the client (common/metrics.h): every attempt, its
+// status and latency, by S3 operation.
+struct ClientMetrics {
+  Family<Counter>& requests = Metrics().CounterFamily(
+      "bucketfs_s3_requests_total",
+      "HTTP requests sent to S3 (every attempt), by S3 operation and HTTP status, or the "
+      "client-side error when no status came back",
+      {"operation", "status"});
+  Family<Counter>& retries = Metrics().CounterFamily(
+      "bucketfs_s3_retries_total", "Attempts after the first, by S3 operation", {"operation"});
+  Family<Counter>& failures = Metrics().CounterFamily(
+      "bucketfs_s3_failures_total",
+      "S3 calls that failed for good (after any retries), by S3 operation and error",
+      {"operation", "error"});
+  Family<Histogram>& duration = Metrics().HistogramFamily(
+      "bucketfs_s3_request_duration_seconds",
+      "Time of one HTTP attempt, from sending to the end of the reply, by S3 operation",
+      {"operation"});
+  Counter& bytes_sent =
+      Metrics()
+          .CounterFamily("bucketfs_s3_sent_bytes_total",
+                         "Request body bytes of successful S3 requests (object data uploaded)")
+          .Get();
+  Counter& bytes_received =
+      Metrics()
+          .CounterFamily("bucketfs_s3_received_bytes_total",
+                         "Reply body bytes of successful S3 requests (object data downloaded)")
+          .Get();
+};
+
+ClientMetrics& TheMetrics() {
+  static ClientMetrics metrics;
+  return metrics;
+}
 
 // One S3 operation before signing: what to send and where the reply goes.
 struct Operation {
@@ -164,6 +200,8 @@ class CurlObjectClient::Impl {
     for (int attempt = 1;; ++attempt) {
       MonoTime now = clock_.Now();
       if (now >= deadline) {
+        failures_.fetch_add(1, std::memory_order_relaxed);
+        TheMetrics().failures.With({op.name, std::string(ErrorCodeName(ErrorCode::kTimeout))}).Add();
         return Status(ErrorCode::kTimeout,
                       fmt::format("{}: deadline of {} ms passed after {} attempt(s){}",
                                   Describe(op), ToMs(deadline - start), attempt - 1,
@@ -171,28 +209,46 @@ class CurlObjectClient::Impl {
                       true);
       }
       Result<HttpResponse> r = Attempt(op, url, host, path, payload_hash, deadline - now);
+      const Duration took = clock_.Now() - now;
       requests_.fetch_add(1, std::memory_order_relaxed);
       if (attempt > 1) retries_.fetch_add(1, std::memory_order_relaxed);
+      ClientMetrics& metrics = TheMetrics();
+      metrics
+          .requests.With({op.name, r.ok() ? std::to_string(r->status)
+                                          : std::string(ErrorCodeName(r.status().code()))})
+          .Add();
+      if (attempt > 1) metrics.retries.With({op.name}).Add();
+      metrics.duration.With({op.name}).Observe(std::chrono::duration<double>(took).count());
       Status status = r.ok() ? StatusOf(op, *r) : r.status();
+      const std::string request_id = r.ok() ? r->Header("x-amz-request-id") : std::string();
       if (status.ok()) {
+        const uint64_t received = r->buffer_bytes + r->body.size();
         bytes_sent_.fetch_add(op.body.size(), std::memory_order_relaxed);
-        bytes_received_.fetch_add(r->buffer_bytes + r->body.size(), std::memory_order_relaxed);
-        log_->debug("{} -> HTTP {} in {} ms (attempt {}, request id {})", Describe(op),
-                    r->status, ToMs(clock_.Now() - now), attempt,
-                    r->Header("x-amz-request-id"));
+        bytes_received_.fetch_add(received, std::memory_order_relaxed);
+        metrics.bytes_sent.Add(op.body.size());
+        metrics.bytes_received.Add(received);
+        LogEvent(*log_, spdlog::level::debug, "S3 request done",
+                 {{"op", op.name}, {"key", op.key}, {"status", r->status},
+                  {"request_id", request_id}, {"latency_ms", ToMs(took)}, {"attempt", attempt},
+                  {"bytes_sent", op.body.size()}, {"bytes_received", received}});
         return r;
       }
       Duration backoff = config_.retry.Backoff(attempt, status, JitterRng());
       if (!config_.retry.ShouldRetry(attempt, status, clock_.Now(), backoff, deadline)) {
         failures_.fetch_add(1, std::memory_order_relaxed);
+        metrics.failures.With({op.name, std::string(ErrorCodeName(status.code()))}).Add();
         if (status.retryable() && attempt > 1) {
           status.Annotate(fmt::format("after {} attempts", attempt));
         }
-        log_->debug("{} failed: {}", Describe(op), status.ToString());
+        LogEvent(*log_, spdlog::level::debug, "S3 request failed",
+                 {{"op", op.name}, {"key", op.key}, {"error", status.ToString()},
+                  {"request_id", request_id}, {"latency_ms", ToMs(took)}, {"attempt", attempt}});
         return status;
       }
-      log_->debug("{} attempt {} failed ({}); retrying in {} ms", Describe(op), attempt,
-                  status.ToString(), ToMs(backoff));
+      LogEvent(*log_, spdlog::level::debug, "S3 request failed; retrying",
+               {{"op", op.name}, {"key", op.key}, {"error", status.ToString()},
+                {"request_id", request_id}, {"latency_ms", ToMs(took)}, {"attempt", attempt},
+                {"retry_in_ms", ToMs(backoff)}});
       last = std::move(status);
       clock_.SleepFor(backoff);
     }

@@ -17,13 +17,16 @@ optional=(clang lld libclang-rt-14-dev)
 # Libraries.
 pkgs+=(libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev libtbb-dev libxxhash-dev
        googletest libgtest-dev libgmock-dev libbenchmark-dev libpugixml-dev
-       nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsystemd-dev)
+       nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsystemd-dev
+       libcpp-httplib-dev)
 # Packaging: the .deb (CPack: dpkg-deb, dpkg-shlibdeps) and its unit's check.
 pkgs+=(dpkg-dev systemd)
 # The S3 server used by tests and benchmarks (tests/s3server/rgw.sh).
 pkgs+=(radosgw ceph-mon ceph-osd ceph-common)
 # Reference S3 clients for tests.
 pkgs+=(python3-boto3 awscli)
+# An independent parser of the metrics endpoint's exposition format, for its tests.
+pkgs+=(python3-prometheus-client)
 # rsync for the FUSE write tests (git is above; cp and tar come with every Debian).
 pkgs+=(rsync)
 # Process, port and HTTP tools used by the test scripts (ps, fuser, ss, setsid, curl).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Enforces the include rules of DESIGN.md that linking alone cannot: libcurl, OpenSSL and
-# pugixml only in s3/*.cc; <fuse_lowlevel.h>/<fuse.h> only in fuse/ adapter and session
+# pugixml only in s3/*.cc; cpp-httplib only in common/metrics_endpoint.cc; <fuse_lowlevel.h>/<fuse.h> only in fuse/ adapter and session
 # files; no layer includes a layer above it.
 set -euo pipefail
 root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -18,6 +18,12 @@ while IFS= read -r f; do
   case "$f" in fuse/adapter*|fuse/session*) ;; *) violation "$f includes libfuse (only fuse/adapter* and fuse/session* may)";; esac
 done < <(grep -lE '#include[[:space:]]*[<"]fuse(_lowlevel)?\.h' \
            $(git ls-files --cached --others --exclude-standard '*.h' '*.cc' 2>/dev/null || find . -name '*.h' -o -name '*.cc') || true)
+
+while IFS= read -r f; do
+  case "$f" in common/metrics_endpoint.cc) ;; *) violation "$f includes cpp-httplib (only common/metrics_endpoint.cc may)";; esac
+done < <(grep -lE '#include[[:space:]]*[<"]httplib\.h' \
+           $(git ls-files --cached --others --exclude-standard '*.h' '*.cc' 2>/dev/null || find . -name '*.h' -o -name '*.cc') \
+           | grep -vE '^(tests|bench)/' || true)
 
 # Upward includes: common must not include s3/cache/fuse/mountd, s3 not cache/fuse/mountd, ...
 check_up() {

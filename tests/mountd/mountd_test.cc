@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "tests/support/eventually.h"
+#include "tests/support/metrics_scrape.h"
 #include "tests/support/mounted_bucket.h"
 #include "tests/support/s3_test_env.h"
 
@@ -505,26 +506,63 @@ TEST_F(MountdTest, ShareGivesAPresignedUrlThatServesTheFile) {
   EXPECT_EQ(a.Unmount().exit_code, 0);
 }
 
-TEST_F(MountdTest, NoLogLevelEverShowsASecretOrASignature) {
+TEST_F(MountdTest, TheMetricsShowTheLeaseHeldRenewedThenLost) {
   Pod a(*server_, bucket_, "pod-a");
-  // Everything a mount logs, at the most verbose level, through a day's operations.
-  ASSERT_EQ(a.Mount("--log-level trace --fuse-debug").exit_code, 0) << a.log();
-  WriteFile(a.dir() + "/f.txt", "logged operations\n");
-  EXPECT_EQ(ReadFile(a.dir() + "/f.txt"), "logged operations\n");
-  const int fd = open((a.dir() + "/f.txt").c_str(), O_RDONLY);
-  ASSERT_EQ(fsync(fd), 0);
-  close(fd);
-  CommandResult shared = RunCommand(a.Cli(fmt::format("share {}/f.txt --runtime-dir {}",
-                                                      a.dir(), a.runtime())));
-  ASSERT_EQ(shared.exit_code, 0) << shared.output;
-  ASSERT_EQ(RunCommand(a.Cli("reload " + a.dir() + " --runtime-dir " + a.runtime())).exit_code, 0);
-  ASSERT_EQ(a.Unmount().exit_code, 0);
-  const std::string log = a.log();
-  ASSERT_NE(log.find("f.txt"), std::string::npos) << "the log is not the verbose one:\n" << log;
-  EXPECT_EQ(log.find(server_->secret_key), std::string::npos) << "the secret key is in the log";
-  for (const char* leak : {"Signature=", "X-Amz-Signature", "Authorization:", "authorization:",
-                           "Credential="}) {
-    EXPECT_EQ(log.find(leak), std::string::npos) << "'" << leak << "' is in the log";
+  ASSERT_EQ(a.Mount("--metrics-address 127.0.0.1:0").exit_code, 0) << a.log();
+  const json status = a.Status();
+  const std::string url =
+      status.contains("daemon") ? status["daemon"].value("metrics_url", "") : "";
+  ASSERT_FALSE(url.empty()) << "`bucketfs status` shows no metrics URL: " << status.dump();
+  // Past the first lease's validity (TTL 6 s): still held only because the renewals reach the
+  // daemon, and the last one is younger than the TTL.
+  std::this_thread::sleep_for(std::chrono::seconds(static_cast<int>(kTtl) + 2));
+  MetricSamples m = ScrapeMetrics(url);
+  EXPECT_EQ(SumSamples(m, "bucketfs_lease_state", {{"state", "held"}}), 1);
+  EXPECT_EQ(SumSamples(m, "bucketfs_lease_state", {{"state", "lost"}}), 0);
+  EXPECT_LT(SumSamples(m, "bucketfs_lease_renew_age_seconds"), kTtl);
+  EXPECT_GT(SumSamples(m, "bucketfs_lease_valid_seconds"), 0);
+
+  // Someone else takes the lease: within a renew period the daemon is fenced, and says so.
+  Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
+        "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,\"renew_seq\":0,"
+        "\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\",\"renewed_at\":\"\"}')\n");
+  EXPECT_TRUE(Eventually(
+      [&] {
+        m = ScrapeMetrics(url);
+        return SumSamples(m, "bucketfs_lease_state", {{"state", "lost"}}) == 1;
+      },
+      std::chrono::seconds(static_cast<int>(kTtl / 3) + 10)))
+      << a.log();
+  EXPECT_EQ(SumSamples(m, "bucketfs_lease_state", {{"state", "held"}}), 0);
+  EXPECT_EQ(SumSamples(m, "bucketfs_lease_valid_seconds"), 0);
+}
+
+TEST_F(MountdTest, NoLogLevelEverShowsASecretOrASignature) {
+  for (const char* format : {"text", "json"}) {
+    SCOPED_TRACE(std::string("--log-format ") + format);
+    Pod a(*server_, bucket_, "pod-a");
+    // Everything a mount logs, at the most verbose level, through a day's operations.
+    ASSERT_EQ(a.Mount(fmt::format("--log-level trace --fuse-debug --log-format {}", format))
+                  .exit_code,
+              0)
+        << a.log();
+    WriteFile(a.dir() + "/f.txt", "logged operations\n");
+    EXPECT_EQ(ReadFile(a.dir() + "/f.txt"), "logged operations\n");
+    const int fd = open((a.dir() + "/f.txt").c_str(), O_RDONLY);
+    ASSERT_EQ(fsync(fd), 0);
+    close(fd);
+    CommandResult shared = RunCommand(a.Cli(fmt::format("share {}/f.txt --runtime-dir {}",
+                                                        a.dir(), a.runtime())));
+    ASSERT_EQ(shared.exit_code, 0) << shared.output;
+    ASSERT_EQ(RunCommand(a.Cli("reload " + a.dir() + " --runtime-dir " + a.runtime())).exit_code, 0);
+    ASSERT_EQ(a.Unmount().exit_code, 0);
+    const std::string log = a.log();
+    ASSERT_NE(log.find("f.txt"), std::string::npos) << "the log is not the verbose one:\n" << log;
+    EXPECT_EQ(log.find(server_->secret_key), std::string::npos) << "the secret key is in the log";
+    for (const char* leak : {"Signature=", "X-Amz-Signature", "Authorization:", "authorization:",
+                             "\"authorization\"", "\"Authorization\"", "Credential="}) {
+      EXPECT_EQ(log.find(leak), std::string::npos) << "'" << leak << "' is in the log";
+    }
   }
 }
 

@@ -1,0 +1,230 @@
+// What an operator sees of a running mount: the Prometheus endpoint (--metrics-address) and
+// the structured log (--log-format json, --debug=COMPONENTS), through a real mount on the
+// test's Ceph RGW. The exposition is parsed by prometheus_client (Python), an independent
+// parser, and the data the counters describe is checked with boto3.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include "tests/support/eventually.h"
+#include "tests/support/metrics_scrape.h"
+#include "tests/support/mounted_bucket.h"
+#include "tests/support/s3_test_env.h"
+
+namespace bucketfs::testing {
+namespace {
+
+using nlohmann::json;
+constexpr uint64_t kMiB = 1ull << 20;
+
+class ObservabilityTest : public S3IntegrationTest {
+ protected:
+  // The endpoint's URL, from the daemon's log line "metrics at URL".
+  static std::string MetricsUrl(const MountedBucket& m) {
+    std::smatch match;
+    const std::string log = m.Log();
+    static const std::regex kLine("metrics at (http://127\\.0\\.0\\.1:[0-9]+/metrics)");
+    if (!std::regex_search(log, match, kLine)) {
+      ADD_FAILURE() << "no metrics URL in the log:\n" << log;
+      return {};
+    }
+    return match[1];
+  }
+
+  void PutPattern(const std::string& key, uint64_t seed, uint64_t size) {
+    Boto3(std::string(kPatternPython) +
+          fmt::format("s3.upload_fileobj(PatternReader({}, {}), bucket, '{}')\n", seed, size, key));
+  }
+
+  static void ReadAll(const std::string& path, uint64_t expect_size) {
+    const int fd = open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+    std::string buf(kMiB, '\0');
+    uint64_t total = 0;
+    for (;;) {
+      const ssize_t n = read(fd, buf.data(), buf.size());
+      ASSERT_GE(n, 0) << strerror(errno);
+      if (n == 0) break;
+      total += static_cast<uint64_t>(n);
+    }
+    close(fd);
+    EXPECT_EQ(total, expect_size);
+  }
+};
+
+TEST_F(ObservabilityTest, MetricsEndpointCountersMoveWithReadsAndWrites) {
+  // An object larger than the block cache (3/4 of 64 MiB), so reading it must evict.
+  const uint64_t object_size = 80 * kMiB;
+  PutPattern("data/weights.bin", 7, object_size);
+  MountedBucket m(*server_, bucket_);
+  ASSERT_TRUE(m.Mount({"--metrics-address", "127.0.0.1:0", "--max-memory", "64M"}));
+  const std::string url = MetricsUrl(m);
+  ASSERT_FALSE(url.empty());
+
+  const MetricSamples before = ScrapeMetrics(url);
+  ASSERT_FALSE(before.empty());
+  EXPECT_EQ(SumSamples(before, "bucketfs_memory_budget_bytes"), 64.0 * kMiB);
+  EXPECT_EQ(SumSamples(before, "bucketfs_mounted"), 1);
+  EXPECT_EQ(SumSamples(before, "bucketfs_info", {{"bucket", bucket_}}), 1);
+  // `serve` alone has no coordinator, hence no lease.
+  EXPECT_EQ(SumSamples(before, "bucketfs_lease_state", {{"state", "none"}}), 1);
+  EXPECT_EQ(SumSamples(before, "bucketfs_lease_state", {{"state", "held"}}), 0);
+
+  // Read the object; write a new file and make it durable; look up a missing name.
+  ReadAll(m.Path("data/weights.bin"), object_size);
+  const std::string written = Pattern(3, 0, 10 * kMiB);
+  {
+    const int fd = open(m.Path("out.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    ASSERT_EQ(write(fd, written.data(), written.size()), static_cast<ssize_t>(written.size()));
+    ASSERT_EQ(fsync(fd), 0) << strerror(errno);
+    ASSERT_EQ(close(fd), 0) << strerror(errno);
+  }
+  struct stat st {};
+  EXPECT_NE(stat(m.Path("no-such-file").c_str(), &st), 0);
+
+  // The claim the counters make is true: boto3 sees the object written.
+  EXPECT_EQ(Boto3("print(s3.head_object(Bucket=bucket, Key='out.bin')['ContentLength'])\n"),
+            std::to_string(written.size()) + "\n");
+
+  MetricSamples after;
+  // Gauges settle once the upload's bookkeeping is done (fsync returned after S3 had it).
+  EXPECT_TRUE(Eventually([&] {
+    after = ScrapeMetrics(url);
+    return SumSamples(after, "bucketfs_dirty_bytes") == 0 &&
+           SumSamples(after, "bucketfs_dirty_files") == 0;
+  })) << "dirty bytes "
+      << SumSamples(after, "bucketfs_dirty_bytes");
+  auto delta = [&](const std::string& name, const std::map<std::string, std::string>& want = {}) {
+    return SumSamples(after, name, want) - SumSamples(before, name, want);
+  };
+
+  // FUSE: bytes through read() and write(), and each operation's latency histogram.
+  EXPECT_EQ(delta("bucketfs_read_bytes_total"), static_cast<double>(object_size));
+  EXPECT_EQ(delta("bucketfs_written_bytes_total"), static_cast<double>(written.size()));
+  EXPECT_GT(delta("bucketfs_fuse_operation_duration_seconds_count", {{"operation", "read"}}), 0);
+  EXPECT_GT(delta("bucketfs_fuse_operation_duration_seconds_count", {{"operation", "write"}}), 0);
+  EXPECT_GE(delta("bucketfs_fuse_operation_duration_seconds_count", {{"operation", "fsync"}}), 1);
+  EXPECT_GE(delta("bucketfs_fuse_errors_total", {{"operation", "lookup"}, {"errno", "ENOENT"}}), 1);
+
+  // S3: requests by operation and status, their latencies, and the bytes moved.
+  EXPECT_GT(
+      delta("bucketfs_s3_requests_total", {{"operation", "GetObject"}, {"status", "206"}}) +
+          delta("bucketfs_s3_requests_total", {{"operation", "GetObject"}, {"status", "200"}}),
+      0);
+  EXPECT_GT(
+      delta("bucketfs_s3_requests_total", {{"operation", "PutObject"}, {"status", "200"}}) +
+          delta("bucketfs_s3_requests_total", {{"operation", "UploadPart"}, {"status", "200"}}),
+      0);
+  EXPECT_GT(delta("bucketfs_s3_request_duration_seconds_count", {{"operation", "GetObject"}}), 0);
+  EXPECT_GE(delta("bucketfs_s3_received_bytes_total"), static_cast<double>(object_size));
+  EXPECT_GE(delta("bucketfs_s3_sent_bytes_total"), static_cast<double>(written.size()));
+
+  // Caches and memory: blocks fetched (misses), read-ahead served (hits), the cache too
+  // small for the object (evictions), and the budget never exceeded.
+  EXPECT_GT(delta("bucketfs_cache_misses_total"), 0);
+  EXPECT_GT(delta("bucketfs_cache_hits_total"), 0);
+  EXPECT_GT(delta("bucketfs_cache_evictions_total"), 0);
+  EXPECT_LE(SumSamples(after, "bucketfs_cache_bytes"),
+            SumSamples(after, "bucketfs_cache_capacity_bytes"));
+  EXPECT_LE(SumSamples(after, "bucketfs_memory_peak_bytes"), 64.0 * kMiB);
+  EXPECT_GT(SumSamples(after, "bucketfs_memory_peak_bytes"), 0);
+
+  // Writeback: one commit, its bytes, nothing left queued or failing.
+  EXPECT_GE(delta("bucketfs_commits_total", {{"result", "ok"}}), 1);
+  EXPECT_GE(delta("bucketfs_uploaded_bytes_total"), static_cast<double>(written.size()));
+  EXPECT_EQ(SumSamples(after, "bucketfs_upload_queue_depth"), 0);
+  EXPECT_EQ(SumSamples(after, "bucketfs_failing_files"), 0);
+  EXPECT_EQ(m.Unmount(), 0) << m.Log();
+}
+
+TEST_F(ObservabilityTest, JsonLogLinesCarryBucketKeyRequestIdAndLatency) {
+  PutPattern("logs/a b.txt", 11, 5000);
+  MountedBucket m(*server_, bucket_);
+  ASSERT_TRUE(m.Mount({"--log-format", "json", "--debug=s3"}));
+  ReadAll(m.Path("logs/a b.txt"), 5000);
+  ASSERT_EQ(m.Unmount(), 0) << m.Log();
+
+  const std::string log = m.Log();
+  std::stringstream lines(log);
+  std::string line;
+  int parsed = 0;
+  bool saw_request = false;
+  bool saw_fuse_debug = false;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    json j = json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << "not a JSON line: " << line;
+    ++parsed;
+    EXPECT_TRUE(j.contains("ts") && j.contains("level") && j.contains("component") &&
+                j.contains("msg"))
+        << line;
+    EXPECT_EQ(j.value("bucket", ""), bucket_) << line;
+    // --debug=s3: debug lines of the s3 component only.
+    if (j.value("level", "") == "debug" && j.value("component", "") != "s3") {
+      saw_fuse_debug = true;
+    }
+    if (j.value("component", "") == "s3" && j.value("op", "") == "GetObject" &&
+        j.value("key", "") == "logs/a b.txt") {
+      saw_request = true;
+      EXPECT_FALSE(j.value("request_id", "").empty()) << line;
+      EXPECT_TRUE(j["latency_ms"].is_number()) << line;
+      EXPECT_TRUE(j["status"].is_number()) << line;
+    }
+  }
+  EXPECT_GT(parsed, 0);
+  EXPECT_TRUE(saw_request) << "no structured line for the GET of the key:\n" << log;
+  EXPECT_FALSE(saw_fuse_debug) << "--debug=s3 turned on another component's debug:\n" << log;
+  // Credentials never appear, whatever the format.
+  EXPECT_EQ(log.find(server_->secret_key), std::string::npos);
+  EXPECT_EQ(log.find("Signature="), std::string::npos);
+}
+
+TEST_F(ObservabilityTest, ABusyMetricsAddressFailsTheMountAndSaysSo) {
+  // Hold a port on the loopback, then ask bucketfs to serve metrics there.
+  const int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(sock, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(sock, 1), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string address = fmt::format("127.0.0.1:{}", ntohs(addr.sin_port));
+
+  MountedBucket m(*server_, bucket_);  // For its directory; mounted by the command below.
+  CommandResult r = RunCommand(fmt::format(
+      "S3_ACCESS_KEY={} S3_SECRET_KEY={} {} serve {} {} --endpoint {} --spool-dir {}.spool "
+      "--metrics-address {} 2>&1",
+      server_->access_key, server_->secret_key, BUCKETFS_BINARY, bucket_, m.dir(),
+      server_->endpoint, m.dir(), address));
+  close(sock);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(address), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
+  EXPECT_FALSE(IsBucketfsMountedAt(m.dir()));
+
+  r =
+      RunCommand(fmt::format("S3_ACCESS_KEY={} S3_SECRET_KEY={} {} serve {} {} --endpoint {} "
+                             "--metrics-address 9464 2>&1",
+                             server_->access_key, server_->secret_key, BUCKETFS_BINARY, bucket_,
+                             m.dir(), server_->endpoint));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("HOST:PORT"), std::string::npos) << r.output;
+  EXPECT_FALSE(IsBucketfsMountedAt(m.dir()));
+}
+
+}  // namespace
+}  // namespace bucketfs::testing
