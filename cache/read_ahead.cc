@@ -77,12 +77,19 @@ ReadAheadStats ReadAhead::Stats() const {
 Result<size_t> ReadAhead::FetchBlock(const Shared& shared, uint64_t index, std::span<char> into,
                                      MonoTime deadline) {
   const uint64_t block_size = shared.context.cache->block_size();
+  DiskCache* disk = shared.context.disk;
+  const BlockKey key{shared.object.key, shared.object.etag, index};
+  // `into` is exactly the block's length (GetBlock's size hint), which the disk cache checks.
+  if (disk != nullptr && disk->Read(key, block_size, into)) return into.size();
   s3::GetRequest req;
   req.key = shared.object.key;
   req.range = s3::ByteRange{index * block_size, into.size()};
   req.if_match = shared.object.etag;
   auto got = shared.context.client->Get(req, into, {deadline});
   if (!got.ok()) return GetFailure(shared.object, got.status());
+  if (disk != nullptr && got->bytes_read == into.size()) {
+    disk->Store(key, block_size, into.first(static_cast<size_t>(got->bytes_read)));
+  }
   return static_cast<size_t>(got->bytes_read);
 }
 
@@ -271,6 +278,20 @@ Result<ReadReply> ReadAhead::ReadDirect(uint64_t offset, uint64_t length, MonoTi
   ReadReply reply;
   BFS_ASSIGN_OR_RETURN(reply.owned_charge, shared_->context.budget->Reserve(bytes, deadline));
   reply.owned.reset(new char[bytes]);
+  // A range inside one block that the disk cache holds (read in an earlier epoch or mount):
+  // from disk, checking only the chunks it lies in.
+  const uint64_t block = begin / block_size_;
+  if (DiskCache* disk = shared_->context.disk;
+      disk != nullptr && bytes > 0 && (stop - 1) / block_size_ == block) {
+    const uint64_t block_begin = block * block_size_;
+    const uint64_t block_length = std::min(block_size_, size - block_begin);
+    if (disk->ReadRange(BlockKey{shared_->object.key, shared_->object.etag, block}, block_size_,
+                        block_length, begin - block_begin,
+                        std::span<char>(reply.owned.get(), bytes))) {
+      reply.pieces.emplace_back(reply.owned.get() + (offset - begin), length);
+      return reply;
+    }
+  }
   s3::GetRequest req;
   req.key = shared_->object.key;
   req.range = s3::ByteRange{begin, bytes};

@@ -57,6 +57,7 @@
 #include <vector>
 
 #include "cache/block_cache.h"
+#include "cache/disk_cache.h"
 #include "cache/memory_budget.h"
 #include "common/clock.h"
 #include "common/status.h"
@@ -93,6 +94,7 @@ struct ReadContext {
   MemoryBudget* budget = nullptr;
   TaskPool* pool = nullptr;
   Clock* clock = nullptr;  // nullptr: RealClock().
+  DiskCache* disk = nullptr;  // --cache-dir; nullptr: blocks come from S3 only.
 };
 
 // The bytes of one read, pinned until destroyed: `pieces` in order, backed by `pins` or by

@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 
+#include "cache/local_dir.h"
 #include "common/log.h"
 
 namespace bucketfs::cache {
@@ -23,24 +24,6 @@ namespace {
 
 namespace stdfs = std::filesystem;
 using nlohmann::json;
-
-Status ErrnoStatus(int err, const std::string& what) {
-  const ErrorCode code = err == ENOSPC || err == EDQUOT ? ErrorCode::kNoSpace
-                         : err == EACCES || err == EPERM ? ErrorCode::kAccessDenied
-                                                         : ErrorCode::kInternal;
-  return Status(code, what + ": " + std::strerror(err));
-}
-
-// A bucket name as a directory name: bucket names are already safe, but an alias or an
-// odd endpoint must never reach outside the spool root.
-std::string SafeName(const std::string& bucket) {
-  std::string out;
-  for (char c : bucket) {
-    out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_') ? c : '_';
-  }
-  if (out.empty() || out == "." || out == "..") out = "_" + out;
-  return out;
-}
 
 json ToJson(const SpoolRecord& r) {
   json present = json::array();
@@ -85,28 +68,17 @@ std::string NewId() {
 }  // namespace
 
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& root, const std::string& bucket) {
-  const std::string dir = (stdfs::path(root) / SafeName(bucket)).string();
+  const std::string dir = (stdfs::path(root) / SafeDirName(bucket)).string();
   std::error_code ec;
   for (const char* sub : {"files", "lost+found"}) {
     stdfs::create_directories(stdfs::path(dir) / sub, ec);
     if (ec) {
-      return ErrnoStatus(ec.value(), "cannot create the spool directory '" + dir + "/" + sub +
+      return LocalIoStatus(ec.value(), "cannot create the spool directory '" + dir + "/" + sub +
                                          "' (set --spool-dir to a writable local directory)");
     }
   }
-  const std::string lock_path = dir + "/lock";
-  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, "cannot open '" + lock_path + "'");
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    ::close(fd);
-    if (err == EWOULDBLOCK) {
-      return Status(ErrorCode::kBusy, "the spool '" + dir +
-                                          "' is in use by another bucketfs daemon; give each "
-                                          "mount its own --spool-dir");
-    }
-    return ErrnoStatus(err, "cannot lock '" + lock_path + "'");
-  }
+  BFS_ASSIGN_OR_RETURN(const int fd,
+                       LockDirectory(dir, "the spool", "give each mount its own --spool-dir"));
   return std::unique_ptr<Spool>(new Spool(dir, fd));
 }
 
@@ -120,14 +92,14 @@ Result<std::pair<std::string, int>> Spool::CreateData() {
   const std::string id = NewId();
   const std::string path = DataPath(id);
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, "cannot create spool file '" + path + "'");
+  if (fd < 0) return LocalIoStatus(errno, "cannot create spool file '" + path + "'");
   return std::make_pair(id, fd);
 }
 
 Result<int> Spool::OpenData(const std::string& id) const {
   const std::string path = DataPath(id);
   const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, "cannot open spool file '" + path + "'");
+  if (fd < 0) return LocalIoStatus(errno, "cannot open spool file '" + path + "'");
   return fd;
 }
 
@@ -136,7 +108,7 @@ Status Spool::WriteRecord(const SpoolRecord& record) const {
   const std::string tmp = path + ".tmp";
   const std::string text = ToJson(record).dump();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, "cannot write spool journal '" + tmp + "'");
+  if (fd < 0) return LocalIoStatus(errno, "cannot write spool journal '" + tmp + "'");
   size_t done = 0;
   while (done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
@@ -145,7 +117,7 @@ Status Spool::WriteRecord(const SpoolRecord& record) const {
       const int err = errno;
       ::close(fd);
       ::unlink(tmp.c_str());
-      return ErrnoStatus(err, "cannot write spool journal '" + tmp + "'");
+      return LocalIoStatus(err, "cannot write spool journal '" + tmp + "'");
     }
     done += static_cast<size_t>(n);
   }
@@ -153,7 +125,7 @@ Status Spool::WriteRecord(const SpoolRecord& record) const {
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    return ErrnoStatus(err, "cannot replace spool journal '" + path + "'");
+    return LocalIoStatus(err, "cannot replace spool journal '" + path + "'");
   }
   return Status::Ok();
 }
@@ -219,7 +191,7 @@ Status Spool::IoError(int err, const std::string& what) const {
     return Status(ErrorCode::kNoSpace, what + ": the spool disk is full (" + dir_ +
                                            "); free space there or give --spool-dir more room");
   }
-  return ErrnoStatus(err, what);
+  return LocalIoStatus(err, what);
 }
 
 uint64_t Spool::FreeBytes() const {

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "cache/block_cache.h"
+#include "cache/disk_cache.h"
 #include "cache/memory_budget.h"
 #include "cache/read_ahead.h"
 #include "cache/spool.h"
@@ -111,6 +112,8 @@ struct MountArgs {
   bool sync_on_close = false;
   double drain_timeout = 600;  // Seconds unmount waits for uploads.
   std::string metrics_address;  // Empty: no metrics endpoint.
+  std::string cache_dir;        // Empty: no disk cache.
+  std::string cache_size = "10G";
 
   // Coordinator (`mount`) only; `serve` accepts and ignores them, so that the coordinator
   // can hand its own command line to the daemon.
@@ -147,6 +150,7 @@ struct Daemon {
   std::unique_ptr<cache::FencedObjectClient> fenced;
   std::unique_ptr<cache::MemoryBudget> budget;
   std::unique_ptr<cache::BlockCache> cache;
+  std::unique_ptr<cache::DiskCache> disk;  // --cache-dir, or none.
   std::unique_ptr<TaskPool> pool;
   std::unique_ptr<cache::Spool> spool;
   std::unique_ptr<cache::Writeback> writeback;
@@ -246,6 +250,11 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
       "--max-memory " + cache::FormatBytes(budget_bytes) + " with --block-size " +
       cache::FormatBytes(block_size)));
   d->cache = std::make_unique<cache::BlockCache>(*d->budget, cache_options);
+  if (!a.cache_dir.empty()) {
+    BFS_ASSIGN_OR_RETURN(uint64_t disk_bytes, ParseSize(a.cache_size));
+    BFS_ASSIGN_OR_RETURN(d->disk, cache::DiskCache::Open({a.cache_dir, disk_bytes},
+                                                         settings.config.bucket));
+  }
   d->pool = std::make_unique<TaskPool>("bfs-io", a.io_threads, 4096);
 
   BFS_ASSIGN_OR_RETURN(uint32_t file_mode, ParseMode(a.file_mode));
@@ -265,7 +274,7 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
       std::chrono::duration_cast<std::chrono::seconds>(options.mount_time.time_since_epoch())
           .count());
   cache::ReadContext reads{d->client.get(), d->cache.get(), d->budget.get(), d->pool.get(),
-                           nullptr};
+                           nullptr, d->disk.get()};
   if (!a.read_only) {
     BFS_ASSIGN_OR_RETURN(d->spool, cache::Spool::Open(a.spool_dir, settings.config.bucket));
     BFS_ASSIGN_OR_RETURN(uint64_t part_size, ParseSize(a.part_size));
@@ -290,10 +299,11 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
       std::make_unique<fs::Filesystem>(*d->fenced, reads, d->writeback.get(), options);
   Logger("fuse")->info(
       "bucket {} at {}: memory budget {}, block cache {}, read-ahead up to {}, metadata TTL {}s, "
-      "{}",
+      "{}{}",
       settings.config.bucket, settings.config.endpoint, cache::FormatBytes(budget_bytes),
       cache::FormatBytes(cache_options.capacity_bytes), cache::FormatBytes(read_ahead),
-      a.metadata_ttl, a.read_only ? "read-only" : "spool " + d->spool->directory());
+      a.metadata_ttl, a.read_only ? "read-only" : "spool " + d->spool->directory(),
+      d->disk ? ", disk cache " + d->disk->directory() : std::string());
   return d;
 }
 
@@ -322,6 +332,8 @@ nlohmann::json HandleDaemonRequest(Daemon& d, const MountArgs& a, const nlohmann
              {"cache_bytes", d.cache->Stats().bytes_cached},
              {"cache_hits", d.cache->Stats().hits},
              {"cache_misses", d.cache->Stats().misses},
+             {"disk_cache_bytes", d.disk ? d.disk->Stats().bytes : 0},
+             {"disk_cache_hits", d.disk ? d.disk->Stats().hits : 0},
              {"credentials", d.credentials->Describe()}};
     if (!d.metrics_url.empty()) out["metrics_url"] = d.metrics_url;
     if (d.writeback) {
@@ -414,6 +426,24 @@ void CollectDaemonMetrics(const Daemon& d, MetricsWriter& w) {
             cache.fetch_failures);
   w.Gauge("bucketfs_cache_bytes", "Bytes held by the block cache", cache.bytes_cached);
   w.Gauge("bucketfs_cache_capacity_bytes", "The block cache's capacity", cache.capacity);
+  if (d.disk) {
+    const auto disk = d.disk->Stats();
+    w.Counter("bucketfs_disk_cache_hits_total", "Blocks read from the disk cache (--cache-dir)",
+              disk.hits);
+    w.Counter("bucketfs_disk_cache_misses_total", "Blocks the disk cache did not have",
+              disk.misses);
+    w.Counter("bucketfs_disk_cache_evictions_total", "Blocks evicted from the disk cache",
+              disk.evictions);
+    w.Counter("bucketfs_disk_cache_corrupt_total",
+              "Disk cache files found damaged or not matching (deleted, fetched again)",
+              disk.corrupt);
+    w.Counter("bucketfs_disk_cache_write_failures_total",
+              "Blocks that could not be stored in the disk cache (disk full, I/O error)",
+              disk.write_failures);
+    w.Gauge("bucketfs_disk_cache_bytes", "Bytes held by the disk cache", disk.bytes);
+    w.Gauge("bucketfs_disk_cache_capacity_bytes", "The disk cache's capacity (--cache-size)",
+            disk.capacity);
+  }
 
   if (d.writeback) {
     const auto wb = d.writeback->GetStats();
@@ -937,6 +967,11 @@ void AddMountOptions(CLI::App* cmd, MountArgs& a) {
   cmd->add_flag("--fuse-debug", a.fuse_debug, "libfuse's trace of every request");
   cmd->add_option("--log-level", a.log_level,
                   "trace|debug|info|warn|error, or per component: s3=debug,fuse=info")
+      ->capture_default_str();
+  cmd->add_option("--cache-dir", a.cache_dir,
+                  "Keep blocks read on this local disk too, so rereads (every epoch, every "
+                  "remount) cost no network; validated by ETag (off by default)");
+  cmd->add_option("--cache-size", a.cache_size, "Most bytes the disk cache holds (LRU)")
       ->capture_default_str();
   cmd->add_option("--metrics-address", a.metrics_address,
                   "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default; use "

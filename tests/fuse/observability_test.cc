@@ -11,11 +11,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "tests/support/eventually.h"
 #include "tests/support/metrics_scrape.h"
@@ -189,6 +191,41 @@ TEST_F(ObservabilityTest, JsonLogLinesCarryBucketKeyRequestIdAndLatency) {
   // Credentials never appear, whatever the format.
   EXPECT_EQ(log.find(server_->secret_key), std::string::npos);
   EXPECT_EQ(log.find("Signature="), std::string::npos);
+}
+
+// --cache-dir: blocks read once come from local disk on the next mount (no GET at all, as
+// the metrics show), and an object replaced in S3 is read anew, never from the old blocks.
+TEST_F(ObservabilityTest, TheDiskCacheServesARemountWithoutS3AndNeverAReplacedObject) {
+  const uint64_t size = 24 * kMiB + 5;
+  PutPattern("weights/model.bin", 21, size);
+  const std::string cache_dir = fmt::format("/tmp/bfs-dc-{}-{}", getpid(), bucket_);
+  const std::vector<std::string> args = {"--cache-dir", cache_dir, "--cache-size", "1G",
+                                         "--metrics-address", "127.0.0.1:0"};
+  auto mount_and_read = [&](MetricSamples* metrics) {
+    MountedBucket m(*server_, bucket_);
+    if (!m.Mount(args)) return std::string();
+    const std::string bytes = ReadFile(m.Path("weights/model.bin"));
+    *metrics = ScrapeMetrics(MetricsUrl(m));
+    EXPECT_EQ(m.Unmount(), 0) << m.Log();
+    return bytes;
+  };
+  MetricSamples first, second, third;
+  EXPECT_TRUE(mount_and_read(&first) == Pattern(21, 0, size)) << "first read differs";
+  EXPECT_GT(SumSamples(first, "bucketfs_s3_requests_total", {{"operation", "GetObject"}}), 0);
+  EXPECT_GT(SumSamples(first, "bucketfs_disk_cache_bytes"), static_cast<double>(size));
+
+  EXPECT_TRUE(mount_and_read(&second) == Pattern(21, 0, size)) << "reread from disk differs";
+  EXPECT_EQ(SumSamples(second, "bucketfs_s3_requests_total", {{"operation", "GetObject"}}), 0)
+      << "the remount read the object from S3 again";
+  EXPECT_GE(SumSamples(second, "bucketfs_disk_cache_hits_total"), 6);  // 24 MiB of 4 MiB blocks.
+
+  // Replaced by another client: the new version's ETag finds nothing on disk.
+  PutPattern("weights/model.bin", 22, size);
+  EXPECT_TRUE(mount_and_read(&third) == Pattern(22, 0, size)) << "served the replaced version";
+  EXPECT_GT(SumSamples(third, "bucketfs_s3_requests_total", {{"operation", "GetObject"}}), 0);
+  EXPECT_EQ(SumSamples(third, "bucketfs_disk_cache_corrupt_total"), 0);
+  std::error_code ec;
+  std::filesystem::remove_all(cache_dir, ec);
 }
 
 TEST_F(ObservabilityTest, ABusyMetricsAddressFailsTheMountAndSaysSo) {

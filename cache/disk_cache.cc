@@ -1,0 +1,324 @@
+#include "cache/disk_cache.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "cache/local_dir.h"
+#include "common/log.h"
+
+namespace bucketfs::cache {
+namespace {
+
+// The fixed part of a block file's header; then the key, the ETag, one XXH3-64 per chunk,
+// and the bytes.
+struct Header {
+  char magic[8];
+  uint32_t key_len;
+  uint32_t etag_len;
+  uint64_t data_len;
+  uint64_t block_size;
+  uint64_t index;
+  uint32_t chunk_size;
+  uint32_t chunk_count;
+};
+constexpr char kMagic[8] = {'B', 'F', 'S', 'B', 'L', 'K', '0', '2'};
+constexpr uint32_t kChunk = 64 * 1024;
+
+std::string NameOf(const BlockKey& key, uint64_t block_size) {
+  std::string id = key.key;
+  id.push_back('\0');
+  id += key.etag;
+  const XXH128_hash_t h = XXH3_128bits(id.data(), id.size());
+  return fmt::format("{:016x}{:016x}-{}-{}", h.high64, h.low64, block_size, key.index);
+}
+
+// pread/pwrite of the whole span, or false (errno set).
+bool ReadFully(int fd, char* data, size_t size, uint64_t offset) {
+  while (size > 0) {
+    const ssize_t n = ::pread(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;  // Shorter than its header says.
+      return false;
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return true;
+}
+
+bool WriteFully(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<DiskCache>> DiskCache::Open(const DiskCacheOptions& options,
+                                                   const std::string& bucket) {
+  if (options.capacity_bytes == 0) {
+    return Status(ErrorCode::kInvalidArgument, "--cache-size must be above zero");
+  }
+  const std::string dir = (std::filesystem::path(options.root) / SafeDirName(bucket)).string();
+  auto locked = LockDirectory(dir, "the disk cache", "give each mount its own --cache-dir");
+  if (!locked.ok()) {
+    if (locked.status().code() == ErrorCode::kBusy) return locked.status();
+    return Status(locked.status().code(),
+                  locked.status().message() + " (set --cache-dir to a writable local directory)");
+  }
+  const int lock_fd = *locked;
+  std::error_code ec;
+  std::filesystem::create_directories(dir + "/blocks", ec);
+  if (ec) {
+    ::close(lock_fd);
+    return LocalIoStatus(ec.value(), "cannot create the disk cache directory '" + dir +
+                                         "/blocks' (set --cache-dir to a writable local "
+                                         "directory)");
+  }
+  std::unique_ptr<DiskCache> cache(new DiskCache(dir, lock_fd, options.capacity_bytes));
+  cache->Index();
+  return cache;
+}
+
+DiskCache::DiskCache(std::string dir, int lock_fd, uint64_t capacity)
+    : dir_(std::move(dir)), lock_fd_(lock_fd), capacity_(capacity) {
+  stats_.capacity = capacity;
+}
+
+DiskCache::~DiskCache() { ::close(lock_fd_); }
+
+void DiskCache::Index() {
+  struct Found {
+    std::string name;
+    uint64_t bytes;
+    int64_t mtime_ns;
+  };
+  std::vector<Found> found;
+  const std::string blocks = dir_ + "/blocks";
+  DIR* d = ::opendir(blocks.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string path = blocks + "/" + name;
+    if (name.ends_with(".tmp")) {  // A store cut short by a crash.
+      ::unlink(path.c_str());
+      continue;
+    }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    found.push_back({name, static_cast<uint64_t>(st.st_size),
+                     static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec});
+  }
+  ::closedir(d);
+  // Most recently used first, as the LRU keeps them.
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.mtime_ns > b.mtime_ns; });
+  std::lock_guard lock(mu_);
+  for (Found& f : found) {
+    lru_.push_back(Entry{std::move(f.name), f.bytes});
+    index_[lru_.back().name] = std::prev(lru_.end());
+    stats_.bytes += f.bytes;
+  }
+  EvictLocked();
+  stats_.blocks = lru_.size();
+}
+
+void DiskCache::EvictLocked() {
+  while (stats_.bytes > capacity_ && !lru_.empty()) {
+    const Entry& victim = lru_.back();
+    ::unlink(PathOf(victim.name).c_str());
+    stats_.bytes -= victim.bytes;
+    ++stats_.evictions;
+    index_.erase(victim.name);
+    lru_.pop_back();
+  }
+  stats_.blocks = lru_.size();
+}
+
+void DiskCache::Forget(const std::string& name, bool corrupt) {
+  std::lock_guard lock(mu_);
+  auto it = index_.find(name);
+  if (it != index_.end()) {
+    ::unlink(PathOf(name).c_str());
+    stats_.bytes -= it->second->bytes;
+    lru_.erase(it->second);
+    index_.erase(it);
+    stats_.blocks = lru_.size();
+  }
+  if (corrupt) ++stats_.corrupt;
+}
+
+bool DiskCache::Read(const BlockKey& key, uint64_t block_size, std::span<char> into) {
+  return ReadChecked(key, block_size, into.size(), 0, into);
+}
+
+bool DiskCache::ReadRange(const BlockKey& key, uint64_t block_size, uint64_t block_length,
+                          uint64_t offset, std::span<char> into) {
+  if (offset + into.size() > block_length) return false;
+  return ReadChecked(key, block_size, block_length, offset, into);
+}
+
+bool DiskCache::ReadChecked(const BlockKey& key, uint64_t block_size, uint64_t block_length,
+                            uint64_t offset, std::span<char> into) {
+  const std::string name = NameOf(key, block_size);
+  auto miss = [&] {
+    std::lock_guard lock(mu_);
+    ++stats_.misses;
+    return false;
+  };
+  {
+    std::lock_guard lock(mu_);
+    if (index_.find(name) == index_.end()) {
+      ++stats_.misses;
+      return false;
+    }
+  }
+  const int fd = ::open(PathOf(name).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {  // Evicted meanwhile, or gone from under us.
+    Forget(name, false);
+    return miss();
+  }
+  Header h{};
+  std::string stored_id(key.key.size() + key.etag.size(), '\0');
+  // The file named after this block must say it is this block (else: damage, or a hash
+  // collision) ...
+  bool ok = ReadFully(fd, reinterpret_cast<char*>(&h), sizeof h, 0) &&
+            std::memcmp(h.magic, kMagic, sizeof kMagic) == 0 && h.key_len == key.key.size() &&
+            h.etag_len == key.etag.size() && h.block_size == block_size && h.index == key.index &&
+            h.chunk_size == kChunk && h.chunk_count == (h.data_len + kChunk - 1) / kChunk &&
+            ReadFully(fd, stored_id.data(), stored_id.size(), sizeof h) &&
+            stored_id.compare(0, key.key.size(), key.key) == 0 &&
+            stored_id.compare(key.key.size(), key.etag.size(), key.etag) == 0;
+  // ... of the length the reader expects (one version has one size: another length is a
+  // caller asking for something else, not damage) ...
+  if (ok && h.data_len != block_length) {
+    ::close(fd);
+    return miss();
+  }
+  // ... with the chunks that hold the bytes asked for intact.
+  if (ok && !into.empty()) {
+    const uint64_t first = offset / kChunk;
+    const uint64_t last = (offset + into.size() - 1) / kChunk;
+    const uint64_t sums_at = sizeof h + stored_id.size();
+    const uint64_t data_at = sums_at + uint64_t{8} * h.chunk_count;
+    std::vector<uint64_t> sums(last - first + 1);
+    ok = ReadFully(fd, reinterpret_cast<char*>(sums.data()), sums.size() * 8, sums_at + first * 8);
+    // Whole chunks straight into `into` when it starts and ends on chunk edges (a whole
+    // block); otherwise through a buffer of the chunks.
+    const uint64_t chunks_begin = first * kChunk;
+    const uint64_t chunks_end = std::min<uint64_t>((last + 1) * kChunk, h.data_len);
+    const bool direct = offset == chunks_begin && offset + into.size() == chunks_end;
+    std::vector<char> buffer(direct ? 0 : chunks_end - chunks_begin);
+    char* chunks = direct ? into.data() : buffer.data();
+    ok = ok && ReadFully(fd, chunks, chunks_end - chunks_begin, data_at + chunks_begin);
+    for (uint64_t c = first; ok && c <= last; ++c) {
+      const uint64_t begin = c * kChunk - chunks_begin;
+      const uint64_t len = std::min<uint64_t>(kChunk, h.data_len - c * kChunk);
+      ok = XXH3_64bits(chunks + begin, len) == sums[c - first];
+    }
+    if (ok && !direct) std::memcpy(into.data(), chunks + (offset - chunks_begin), into.size());
+  }
+  if (ok) ::futimens(fd, nullptr);  // Recency that survives a restart (see Index()).
+  ::close(fd);
+  if (!ok) {
+    Logger("cache")->warn(
+        "disk cache: block {} of '{}' in {} is damaged or not this object's; "
+        "deleted, fetching it again",
+        key.index, key.key, PathOf(name));
+    Forget(name, true);
+    return miss();
+  }
+  std::lock_guard lock(mu_);
+  ++stats_.hits;
+  auto it = index_.find(name);
+  if (it != index_.end()) lru_.splice(lru_.begin(), lru_, it->second);
+  return true;
+}
+
+void DiskCache::Store(const BlockKey& key, uint64_t block_size, std::span<const char> data) {
+  const std::string name = NameOf(key, block_size);
+  {
+    std::lock_guard lock(mu_);
+    if (index_.count(name) != 0) return;
+  }
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = PathOf(fmt::format("{}.{}.{}.tmp", name, ::getpid(), counter++));
+  Header h{};
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.key_len = static_cast<uint32_t>(key.key.size());
+  h.etag_len = static_cast<uint32_t>(key.etag.size());
+  h.data_len = data.size();
+  h.block_size = block_size;
+  h.index = key.index;
+  h.chunk_size = kChunk;
+  h.chunk_count = static_cast<uint32_t>((data.size() + kChunk - 1) / kChunk);
+  std::vector<uint64_t> sums(h.chunk_count);
+  for (uint32_t c = 0; c < h.chunk_count; ++c) {
+    const uint64_t begin = uint64_t{c} * kChunk;
+    sums[c] = XXH3_64bits(data.data() + begin, std::min<uint64_t>(kChunk, data.size() - begin));
+  }
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  bool ok = fd >= 0;
+  ok = ok && WriteFully(fd, reinterpret_cast<const char*>(&h), sizeof h) &&
+       WriteFully(fd, key.key.data(), key.key.size()) &&
+       WriteFully(fd, key.etag.data(), key.etag.size()) &&
+       WriteFully(fd, reinterpret_cast<const char*>(sums.data()), sums.size() * 8) &&
+       WriteFully(fd, data.data(), data.size());
+  int err = errno;
+  if (fd >= 0 && ::close(fd) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && ::rename(tmp.c_str(), PathOf(name).c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    std::lock_guard lock(mu_);
+    ++stats_.write_failures;
+    if (!warned_write_) {
+      warned_write_ = true;
+      Logger("cache")->warn(
+          "disk cache: cannot store blocks in {}: {} (reads go on from S3; "
+          "shown once)",
+          dir_, LocalIoStatus(err, "write").ToString());
+    }
+    return;
+  }
+  const uint64_t bytes =
+      sizeof h + key.key.size() + key.etag.size() + sums.size() * 8 + data.size();
+  std::lock_guard lock(mu_);
+  if (index_.count(name) != 0) return;  // Stored by another caller meanwhile: same bytes.
+  lru_.push_front(Entry{name, bytes});
+  index_[name] = lru_.begin();
+  stats_.bytes += bytes;
+  ++stats_.stores;
+  EvictLocked();
+}
+
+DiskCacheStats DiskCache::Stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+}  // namespace bucketfs::cache

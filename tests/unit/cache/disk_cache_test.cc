@@ -1,0 +1,339 @@
+#include "cache/disk_cache.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cache/block_cache.h"
+#include "cache/memory_budget.h"
+#include "cache/read_ahead.h"
+#include "common/task_pool.h"
+#include "s3/fake_client.h"
+
+namespace bucketfs::cache {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kBlock = 16 * 1024;
+
+std::string Body(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+class DiskCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("bfs-dc-" + std::to_string(getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::permissions(root_, fs::perms::owner_all, fs::perm_options::add, ec);
+    fs::remove_all(root_, ec);
+  }
+
+  std::unique_ptr<DiskCache> MustOpen(uint64_t capacity) {
+    auto c = DiskCache::Open({root_.string(), capacity}, "bucket");
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // Stores `data` as block `index` of (key, etag).
+  static void Store(DiskCache& c, const std::string& key, const std::string& etag, uint64_t index,
+                    const std::string& data) {
+    c.Store(BlockKey{key, etag, index}, kBlock, {data.data(), data.size()});
+  }
+  // The block if cached with `length` bytes.
+  static std::optional<std::string> Read(DiskCache& c, const std::string& key,
+                                         const std::string& etag, uint64_t index, size_t length) {
+    std::string out(length, '\0');
+    if (!c.Read(BlockKey{key, etag, index}, kBlock, {out.data(), out.size()})) {
+      return std::nullopt;
+    }
+    return out;
+  }
+
+  std::vector<fs::path> BlockFiles() const {
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(root_ / "bucket" / "blocks")) {
+      out.push_back(e.path());
+    }
+    return out;
+  }
+
+  fs::path root_;
+};
+
+TEST_F(DiskCacheTest, AStoredBlockReadsBackExactlyAndOnlyForItsKeyEtagAndIndex) {
+  auto c = MustOpen(1 << 20);
+  ASSERT_NE(c, nullptr);
+  const std::string data = Body(kBlock, 1);
+  Store(*c, "models/w.bin", "etag-1", 3, data);
+  EXPECT_EQ(Read(*c, "models/w.bin", "etag-1", 3, kBlock), data);
+  EXPECT_EQ(Read(*c, "models/w.bin", "etag-2", 3, kBlock), std::nullopt) << "another version";
+  EXPECT_EQ(Read(*c, "models/w.bin", "etag-1", 4, kBlock), std::nullopt) << "another block";
+  EXPECT_EQ(Read(*c, "models/w.bi", "etag-1", 3, kBlock), std::nullopt) << "another key";
+  EXPECT_EQ(Read(*c, "models/w.bin", "etag-1", 3, kBlock - 1), std::nullopt) << "another length";
+  EXPECT_EQ(c->Stats().corrupt, 0u) << "a miss is not damage";
+  const DiskCacheStats s = c->Stats();
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.misses, 4u);
+  EXPECT_EQ(s.stores, 1u);
+  EXPECT_EQ(s.blocks, 1u);
+  EXPECT_GE(s.bytes, kBlock);
+}
+
+TEST_F(DiskCacheTest, BlocksSurviveAReopenAndTheLeastRecentlyUsedGoFirst) {
+  const std::string a = Body(kBlock, 1), b = Body(kBlock, 2), c3 = Body(kBlock, 3);
+  {
+    auto c = MustOpen(10 * kBlock);
+    ASSERT_NE(c, nullptr);
+    Store(*c, "k", "e", 0, a);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // Distinct mtimes.
+    Store(*c, "k", "e", 1, b);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    Store(*c, "k", "e", 2, c3);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_EQ(Read(*c, "k", "e", 0, kBlock), a);  // Block 0 is now the most recent.
+  }
+  // A cache with room for two blocks keeps the two most recently used: 0 and 2.
+  auto c = MustOpen(2 * kBlock + 2 * 1024);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->Stats().blocks, 2u);
+  EXPECT_EQ(c->Stats().evictions, 1u);
+  EXPECT_EQ(Read(*c, "k", "e", 0, kBlock), a);
+  EXPECT_EQ(Read(*c, "k", "e", 2, kBlock), c3);
+  EXPECT_EQ(Read(*c, "k", "e", 1, kBlock), std::nullopt);
+  EXPECT_EQ(BlockFiles().size(), 2u) << "an evicted block's file is deleted";
+}
+
+TEST_F(DiskCacheTest, StoresNeverTakeTheCacheOverItsCapacity) {
+  const uint64_t capacity = 5 * kBlock;
+  auto c = MustOpen(capacity);
+  ASSERT_NE(c, nullptr);
+  for (uint64_t i = 0; i < 20; ++i) {
+    Store(*c, "big", "e", i, Body(kBlock, i));
+    ASSERT_LE(c->Stats().bytes, capacity);
+  }
+  uint64_t on_disk = 0;
+  for (const auto& f : BlockFiles()) on_disk += fs::file_size(f);
+  EXPECT_LE(on_disk, capacity);
+  EXPECT_EQ(on_disk, c->Stats().bytes);
+  EXPECT_GT(c->Stats().evictions, 0u);
+  // The newest blocks are the ones kept.
+  EXPECT_EQ(Read(*c, "big", "e", 19, kBlock), Body(kBlock, 19));
+  EXPECT_EQ(Read(*c, "big", "e", 0, kBlock), std::nullopt);
+}
+
+TEST_F(DiskCacheTest, ADamagedOrTruncatedFileIsAMissAndIsDeleted) {
+  auto c = MustOpen(1 << 20);
+  ASSERT_NE(c, nullptr);
+  Store(*c, "k", "e", 0, Body(kBlock, 1));
+  Store(*c, "k", "e", 1, Body(kBlock, 2));
+  auto files = BlockFiles();
+  ASSERT_EQ(files.size(), 2u);
+  // One file gets a flipped byte in its data, the other loses its tail.
+  for (const auto& f : files) {
+    const auto size = fs::file_size(f);
+    if (f == files[0]) {
+      std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+      io.seekg(static_cast<std::streamoff>(size - 100));
+      char byte = 0;
+      io.read(&byte, 1);
+      io.seekp(static_cast<std::streamoff>(size - 100));
+      byte = static_cast<char>(byte ^ 0x5a);
+      io.write(&byte, 1);
+    } else {
+      fs::resize_file(f, size - 10);
+    }
+  }
+  EXPECT_EQ(Read(*c, "k", "e", 0, kBlock), std::nullopt);
+  EXPECT_EQ(Read(*c, "k", "e", 1, kBlock), std::nullopt);
+  EXPECT_EQ(c->Stats().corrupt, 2u);
+  EXPECT_EQ(c->Stats().blocks, 0u);
+  EXPECT_EQ(c->Stats().bytes, 0u);
+  EXPECT_TRUE(BlockFiles().empty());
+  // Stored again, it reads back.
+  Store(*c, "k", "e", 0, Body(kBlock, 1));
+  EXPECT_EQ(Read(*c, "k", "e", 0, kBlock), Body(kBlock, 1));
+}
+
+TEST_F(DiskCacheTest, ARangeReadChecksOnlyItsChunksAndFindsDamageInThem) {
+  // A block of four and a half 64 KiB chunks.
+  constexpr uint64_t kBig = 512 * 1024;
+  constexpr uint64_t kChunk = 64 * 1024;
+  const std::string data = Body(4 * kChunk + kChunk / 2, 3);
+  auto c = MustOpen(4 << 20);
+  ASSERT_NE(c, nullptr);
+  c->Store(BlockKey{"k", "e", 0}, kBig, {data.data(), data.size()});
+  auto range = [&](uint64_t offset, size_t length) -> std::optional<std::string> {
+    std::string out(length, '\0');
+    if (!c->ReadRange(BlockKey{"k", "e", 0}, kBig, data.size(), offset, {out.data(), length})) {
+      return std::nullopt;
+    }
+    return out;
+  };
+  EXPECT_EQ(range(0, 4096), data.substr(0, 4096));
+  EXPECT_EQ(range(kChunk - 100, 200), data.substr(kChunk - 100, 200));  // Across two chunks.
+  EXPECT_EQ(range(4 * kChunk + 10, kChunk / 2 - 10), data.substr(4 * kChunk + 10));  // The tail.
+  EXPECT_EQ(range(data.size() - 10, 20), std::nullopt) << "past the block's end";
+  // A flipped byte in chunk 2: ranges elsewhere still read, a range in chunk 2 is a miss
+  // and the damaged file goes.
+  {
+    const auto files = BlockFiles();
+    ASSERT_EQ(files.size(), 1u);
+    const auto size = fs::file_size(files[0]);
+    const auto at = static_cast<std::streamoff>(size - data.size() + 2 * kChunk + 7);
+    std::fstream io(files[0], std::ios::in | std::ios::out | std::ios::binary);
+    char byte = 0;
+    io.seekg(at);
+    io.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 1);
+    io.seekp(at);
+    io.write(&byte, 1);
+  }
+  EXPECT_EQ(range(0, 4096), data.substr(0, 4096)) << "an intact chunk";
+  EXPECT_EQ(range(2 * kChunk, 4096), std::nullopt) << "the damaged chunk";
+  EXPECT_EQ(c->Stats().corrupt, 1u);
+  EXPECT_TRUE(BlockFiles().empty());
+}
+
+TEST_F(DiskCacheTest, LeftoversOfAStoreCutShortAreRemovedAtOpen) {
+  {
+    auto c = MustOpen(1 << 20);
+    ASSERT_NE(c, nullptr);
+  }
+  const fs::path leftover = root_ / "bucket" / "blocks" / "abc-1-2.123.0.tmp";
+  std::ofstream(leftover) << "half a block";
+  auto c = MustOpen(1 << 20);
+  ASSERT_NE(c, nullptr);
+  EXPECT_FALSE(fs::exists(leftover));
+  EXPECT_EQ(c->Stats().blocks, 0u);
+}
+
+TEST_F(DiskCacheTest, TwoDaemonsCannotShareOneCache) {
+  auto first = MustOpen(1 << 20);
+  ASSERT_NE(first, nullptr);
+  auto second = DiskCache::Open({root_.string(), 1 << 20}, "bucket");
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), ErrorCode::kBusy);
+  EXPECT_NE(second.status().ToString().find("--cache-dir"), std::string::npos)
+      << second.status().ToString();
+  // Another bucket under the same root is another cache.
+  EXPECT_TRUE(DiskCache::Open({root_.string(), 1 << 20}, "other").ok());
+}
+
+TEST_F(DiskCacheTest, AZeroCapacityOrAPathThatIsNotADirectoryIsRefusedWithThePath) {
+  auto zero = DiskCache::Open({root_.string(), 0}, "bucket");
+  ASSERT_FALSE(zero.ok());
+  EXPECT_EQ(zero.status().code(), ErrorCode::kInvalidArgument);
+  // A file where the directory should be (refused even for root, unlike a permission).
+  std::ofstream(root_) << "a file";
+  auto unusable = DiskCache::Open({root_.string(), 1 << 20}, "bucket");
+  ASSERT_FALSE(unusable.ok());
+  EXPECT_NE(unusable.status().ToString().find(root_.string()), std::string::npos)
+      << unusable.status().ToString();
+  EXPECT_NE(unusable.status().ToString().find("--cache-dir"), std::string::npos)
+      << unusable.status().ToString();
+}
+
+TEST_F(DiskCacheTest, AFailedStoreIsCountedAndTheReadGoesOn) {
+  auto c = MustOpen(1 << 20);
+  ASSERT_NE(c, nullptr);
+  // The blocks directory replaced by a file: every store fails (as on a full disk).
+  fs::remove_all(root_ / "bucket" / "blocks");
+  std::ofstream(root_ / "bucket" / "blocks") << "not a directory";
+  Store(*c, "k", "e", 0, Body(kBlock, 1));
+  EXPECT_EQ(c->Stats().write_failures, 1u);
+  EXPECT_EQ(c->Stats().blocks, 0u);
+  EXPECT_EQ(Read(*c, "k", "e", 0, kBlock), std::nullopt);
+}
+
+// Through ReadAhead: a second reader of the same version (a later epoch, a remount with the
+// same --cache-dir) gets every block from disk; a new version of the object is read from S3.
+TEST_F(DiskCacheTest, ReadAheadServesRereadsFromDiskAndANewVersionFromS3) {
+  s3::FakeObjectClient server;
+  const std::string v1 = Body(5 * kBlock + 123, 7);
+  const std::string etag1 = server.PutDirect("data/shard-0", v1);
+  auto read_all = [&](DiskCache* disk, const std::string& etag, size_t size) {
+    // A fresh memory cache each time, as after a remount.
+    MemoryBudget budget(64 * kBlock);
+    BlockCacheOptions o;
+    o.capacity_bytes = 16 * kBlock;
+    o.block_size = kBlock;
+    BlockCache cache(budget, o);
+    auto pool = std::make_unique<TaskPool>("dc-test", 2, 64);
+    std::string out;
+    {
+      ReadAhead ra(ReadContext{&server, &cache, &budget, pool.get(), nullptr, disk},
+                   ObjectVersion{"data/shard-0", etag, size});
+      for (uint64_t off = 0; off < size; off += 4096) {
+        auto r = ra.Read(off, 4096);
+        EXPECT_TRUE(r.ok()) << r.status().ToString();
+        if (!r.ok()) break;
+        out += r->ToString();
+      }
+    }
+    pool.reset();
+    return out;
+  };
+  auto disk = MustOpen(1 << 20);
+  ASSERT_NE(disk, nullptr);
+  EXPECT_EQ(read_all(disk.get(), etag1, v1.size()), v1);
+  const uint64_t gets_first = server.calls(s3::Op::kGet);
+  EXPECT_GT(gets_first, 0u);
+  EXPECT_EQ(disk->Stats().stores, 6u);  // Five whole blocks and the short last one.
+
+  server.ResetCounters();
+  EXPECT_EQ(read_all(disk.get(), etag1, v1.size()), v1);
+  EXPECT_EQ(server.calls(s3::Op::kGet), 0u) << "a reread went to S3";
+  EXPECT_EQ(disk->Stats().hits, 6u);
+
+  // Random reads too (a shuffled epoch): from disk, no GET.
+  server.ResetCounters();
+  {
+    MemoryBudget budget(64 * kBlock);
+    BlockCacheOptions o;
+    o.capacity_bytes = 16 * kBlock;
+    o.block_size = kBlock;
+    BlockCache cache(budget, o);
+    auto pool = std::make_unique<TaskPool>("dc-test", 2, 64);
+    {
+      ReadAhead ra(ReadContext{&server, &cache, &budget, pool.get(), nullptr, disk.get()},
+                   ObjectVersion{"data/shard-0", etag1, v1.size()});
+      for (uint64_t off : {4 * kBlock + 100, 1 * kBlock + 5000, 3 * kBlock + 9, 50ul, 2 * kBlock}) {
+        auto r = ra.Read(off, 1000);
+        ASSERT_TRUE(r.ok()) << r.status().ToString();
+        EXPECT_EQ(r->ToString(), v1.substr(off, 1000)) << off;
+      }
+      EXPECT_GT(ra.Stats().random_reads, 0u) << "no read was taken as random";
+    }
+    pool.reset();
+  }
+  EXPECT_EQ(server.calls(s3::Op::kGet), 0u) << "a random read went to S3";
+
+  // The object replaced in S3: its new ETag finds nothing on disk; the bytes are the new ones.
+  const std::string v2 = Body(2 * kBlock, 8);
+  const std::string etag2 = server.PutDirect("data/shard-0", v2);
+  ASSERT_NE(etag1, etag2);
+  server.ResetCounters();
+  EXPECT_EQ(read_all(disk.get(), etag2, v2.size()), v2);
+  EXPECT_GT(server.calls(s3::Op::kGet), 0u);
+}
+
+}  // namespace
+}  // namespace bucketfs::cache
