@@ -4,12 +4,14 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <vector>
@@ -43,13 +45,13 @@ std::string NameOf(const BlockKey& key, uint64_t block_size) {
   return fmt::format("{:016x}{:016x}-{}-{}", h.high64, h.low64, block_size, key.index);
 }
 
-// pread/pwrite of the whole span, or false (errno set).
+// pread of the whole span, or false: errno set on an I/O error, 0 when the file ends first.
 bool ReadFully(int fd, char* data, size_t size, uint64_t offset) {
   while (size > 0) {
     const ssize_t n = ::pread(fd, data, size, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      if (n == 0) errno = EIO;  // Shorter than its header says.
+      if (n == 0) errno = 0;  // Shorter than its header says: damage, not an I/O error.
       return false;
     }
     data += n;
@@ -93,14 +95,34 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(const DiskCacheOptions& optio
                                          "/blocks' (set --cache-dir to a writable local "
                                          "directory)");
   }
-  std::unique_ptr<DiskCache> cache(new DiskCache(dir, lock_fd, options.capacity_bytes));
+  std::unique_ptr<DiskCache> cache(new DiskCache(dir, lock_fd, options));
   cache->Index();
+  // No more than the disk can hold: what is cached plus the free space, less a tenth of the
+  // disk for everything else on it (the spool, when it shares the disk).
+  struct statvfs vfs {};
+  if (::statvfs(dir.c_str(), &vfs) == 0) {
+    const uint64_t free_bytes = uint64_t{vfs.f_bavail} * vfs.f_frsize;
+    const uint64_t reserve = uint64_t{vfs.f_blocks} * vfs.f_frsize / 10;
+    std::lock_guard lock(cache->mu_);
+    const uint64_t room = cache->stats_.bytes + free_bytes;
+    const uint64_t fits = room > reserve ? room - reserve : 0;
+    if (fits < cache->capacity_) {
+      Logger("cache")->warn("disk cache: --cache-size {} does not fit on the disk of {}; using {}",
+                            options.capacity_bytes, dir, fits);
+      cache->capacity_ = fits;
+      cache->stats_.capacity = fits;
+      cache->EvictLocked();
+    }
+  }
   return cache;
 }
 
-DiskCache::DiskCache(std::string dir, int lock_fd, uint64_t capacity)
-    : dir_(std::move(dir)), lock_fd_(lock_fd), capacity_(capacity) {
-  stats_.capacity = capacity;
+DiskCache::DiskCache(std::string dir, int lock_fd, const DiskCacheOptions& options)
+    : dir_(std::move(dir)),
+      lock_fd_(lock_fd),
+      touch_interval_(options.touch_interval),
+      capacity_(options.capacity_bytes) {
+  stats_.capacity = options.capacity_bytes;
 }
 
 DiskCache::~DiskCache() { ::close(lock_fd_); }
@@ -134,7 +156,7 @@ void DiskCache::Index() {
             [](const Found& a, const Found& b) { return a.mtime_ns > b.mtime_ns; });
   std::lock_guard lock(mu_);
   for (Found& f : found) {
-    lru_.push_back(Entry{std::move(f.name), f.bytes});
+    lru_.push_back(Entry{std::move(f.name), f.bytes, std::chrono::steady_clock::now()});
     index_[lru_.back().name] = std::prev(lru_.end());
     stats_.bytes += f.bytes;
   }
@@ -154,74 +176,129 @@ void DiskCache::EvictLocked() {
   stats_.blocks = lru_.size();
 }
 
-void DiskCache::Forget(const std::string& name, bool corrupt) {
+void DiskCache::Forget(const std::string& name) {
   std::lock_guard lock(mu_);
   auto it = index_.find(name);
-  if (it != index_.end()) {
-    ::unlink(PathOf(name).c_str());
-    stats_.bytes -= it->second->bytes;
-    lru_.erase(it->second);
-    index_.erase(it);
-    stats_.blocks = lru_.size();
+  if (it == index_.end()) return;
+  ::unlink(PathOf(name).c_str());
+  stats_.bytes -= it->second->bytes;
+  lru_.erase(it->second);
+  index_.erase(it);
+  stats_.blocks = lru_.size();
+}
+
+void DiskCache::WarnOnce(bool* warned, const std::string& message) {
+  {
+    std::lock_guard lock(mu_);
+    if (*warned) return;
+    *warned = true;
   }
-  if (corrupt) ++stats_.corrupt;
+  Logger("cache")->warn("disk cache: {} (shown once)", message);
 }
 
 bool DiskCache::Read(const BlockKey& key, uint64_t block_size, std::span<char> into) {
-  return ReadChecked(key, block_size, into.size(), 0, into);
+  int error = 0;
+  const Outcome outcome = ReadChecked(key, block_size, into.size(), 0, into, &error);
+  return Finish(NameOf(key, block_size), key, outcome, error);
 }
 
 bool DiskCache::ReadRange(const BlockKey& key, uint64_t block_size, uint64_t block_length,
                           uint64_t offset, std::span<char> into) {
   if (offset + into.size() > block_length) return false;
-  return ReadChecked(key, block_size, block_length, offset, into);
+  int error = 0;
+  const Outcome outcome = ReadChecked(key, block_size, block_length, offset, into, &error);
+  return Finish(NameOf(key, block_size), key, outcome, error);
 }
 
-bool DiskCache::ReadChecked(const BlockKey& key, uint64_t block_size, uint64_t block_length,
-                            uint64_t offset, std::span<char> into) {
+bool DiskCache::Finish(const std::string& name, const BlockKey& key, Outcome outcome, int error) {
+  switch (outcome) {
+    case Outcome::kHit: {
+      std::lock_guard lock(mu_);
+      ++stats_.hits;
+      return true;
+    }
+    case Outcome::kMiss:
+      break;
+    case Outcome::kWrongLength:
+      Forget(name);  // So that the block of the length asked for can be stored.
+      break;
+    case Outcome::kCorrupt:
+      WarnOnce(&warned_corrupt_, fmt::format("block {} of '{}' in {} was damaged or not this "
+                                             "object's; deleted, read from S3 instead",
+                                             key.index, key.key, PathOf(name)));
+      Forget(name);
+      {
+        std::lock_guard lock(mu_);
+        ++stats_.corrupt;
+      }
+      break;
+    case Outcome::kIoError:
+      WarnOnce(&warned_read_, "cannot read " + PathOf(name) + ": " + std::strerror(error) +
+                                  "; reading from S3 instead");
+      {
+        std::lock_guard lock(mu_);
+        ++stats_.read_failures;
+      }
+      break;
+  }
+  std::lock_guard lock(mu_);
+  ++stats_.misses;
+  return false;
+}
+
+DiskCache::Outcome DiskCache::ReadChecked(const BlockKey& key, uint64_t block_size,
+                                          uint64_t block_length, uint64_t offset,
+                                          std::span<char> into, int* error) {
   const std::string name = NameOf(key, block_size);
-  auto miss = [&] {
-    std::lock_guard lock(mu_);
-    ++stats_.misses;
-    return false;
-  };
   {
     std::lock_guard lock(mu_);
-    if (index_.find(name) == index_.end()) {
-      ++stats_.misses;
-      return false;
-    }
+    if (index_.find(name) == index_.end()) return Outcome::kMiss;
   }
   const int fd = ::open(PathOf(name).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {  // Evicted meanwhile, or gone from under us.
-    Forget(name, false);
-    return miss();
+  if (fd < 0) {
+    *error = errno;
+    if (*error != ENOENT) return Outcome::kIoError;  // EMFILE, EACCES...: the file may be fine.
+    Forget(name);                                    // Gone from under us.
+    return Outcome::kMiss;
   }
+  // Whatever ends the read: the descriptor is closed, an I/O error told apart from damage.
+  auto failed = [&](Outcome damage) {
+    *error = errno;
+    ::close(fd);
+    return *error != 0 ? Outcome::kIoError : damage;
+  };
   Header h{};
   std::string stored_id(key.key.size() + key.etag.size(), '\0');
   // The file named after this block must say it is this block (else: damage, or a hash
   // collision) ...
-  bool ok = ReadFully(fd, reinterpret_cast<char*>(&h), sizeof h, 0) &&
-            std::memcmp(h.magic, kMagic, sizeof kMagic) == 0 && h.key_len == key.key.size() &&
-            h.etag_len == key.etag.size() && h.block_size == block_size && h.index == key.index &&
-            h.chunk_size == kChunk && h.chunk_count == (h.data_len + kChunk - 1) / kChunk &&
-            ReadFully(fd, stored_id.data(), stored_id.size(), sizeof h) &&
-            stored_id.compare(0, key.key.size(), key.key) == 0 &&
-            stored_id.compare(key.key.size(), key.etag.size(), key.etag) == 0;
-  // ... of the length the reader expects (one version has one size: another length is a
-  // caller asking for something else, not damage) ...
-  if (ok && h.data_len != block_length) {
-    ::close(fd);
-    return miss();
+  if (!ReadFully(fd, reinterpret_cast<char*>(&h), sizeof h, 0)) return failed(Outcome::kCorrupt);
+  errno = 0;
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0 || h.key_len != key.key.size() ||
+      h.etag_len != key.etag.size() || h.block_size != block_size || h.index != key.index ||
+      h.chunk_size != kChunk || h.chunk_count != (h.data_len + kChunk - 1) / kChunk) {
+    return failed(Outcome::kCorrupt);
   }
+  if (!ReadFully(fd, stored_id.data(), stored_id.size(), sizeof h)) {
+    return failed(Outcome::kCorrupt);
+  }
+  errno = 0;
+  if (stored_id.compare(0, key.key.size(), key.key) != 0 ||
+      stored_id.compare(key.key.size(), key.etag.size(), key.etag) != 0) {
+    return failed(Outcome::kCorrupt);
+  }
+  // ... of the length the reader expects ...
+  if (h.data_len != block_length) return failed(Outcome::kWrongLength);
   // ... with the chunks that hold the bytes asked for intact.
-  if (ok && !into.empty()) {
+  if (!into.empty()) {
     const uint64_t first = offset / kChunk;
     const uint64_t last = (offset + into.size() - 1) / kChunk;
     const uint64_t sums_at = sizeof h + stored_id.size();
     const uint64_t data_at = sums_at + uint64_t{8} * h.chunk_count;
     std::vector<uint64_t> sums(last - first + 1);
-    ok = ReadFully(fd, reinterpret_cast<char*>(sums.data()), sums.size() * 8, sums_at + first * 8);
+    if (!ReadFully(fd, reinterpret_cast<char*>(sums.data()), sums.size() * 8,
+                   sums_at + first * 8)) {
+      return failed(Outcome::kCorrupt);
+    }
     // Whole chunks straight into `into` when it starts and ends on chunk edges (a whole
     // block); otherwise through a buffer of the chunks.
     const uint64_t chunks_begin = first * kChunk;
@@ -229,29 +306,37 @@ bool DiskCache::ReadChecked(const BlockKey& key, uint64_t block_size, uint64_t b
     const bool direct = offset == chunks_begin && offset + into.size() == chunks_end;
     std::vector<char> buffer(direct ? 0 : chunks_end - chunks_begin);
     char* chunks = direct ? into.data() : buffer.data();
-    ok = ok && ReadFully(fd, chunks, chunks_end - chunks_begin, data_at + chunks_begin);
-    for (uint64_t c = first; ok && c <= last; ++c) {
+    if (!ReadFully(fd, chunks, chunks_end - chunks_begin, data_at + chunks_begin)) {
+      return failed(Outcome::kCorrupt);
+    }
+    for (uint64_t c = first; c <= last; ++c) {
       const uint64_t begin = c * kChunk - chunks_begin;
       const uint64_t len = std::min<uint64_t>(kChunk, h.data_len - c * kChunk);
-      ok = XXH3_64bits(chunks + begin, len) == sums[c - first];
+      if (XXH3_64bits(chunks + begin, len) != sums[c - first]) {
+        errno = 0;
+        return failed(Outcome::kCorrupt);
+      }
     }
-    if (ok && !direct) std::memcpy(into.data(), chunks + (offset - chunks_begin), into.size());
+    if (!direct) std::memcpy(into.data(), chunks + (offset - chunks_begin), into.size());
   }
-  if (ok) ::futimens(fd, nullptr);  // Recency that survives a restart (see Index()).
+  // Recency: to the front of the LRU, and (at most once a minute) into the file's mtime, so
+  // that it survives a restart (see Index()).
+  bool touch = false;
+  {
+    std::lock_guard lock(mu_);
+    auto it = index_.find(name);
+    if (it != index_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - it->second->touched >= touch_interval_) {
+        it->second->touched = now;
+        touch = true;
+      }
+    }
+  }
+  if (touch) ::futimens(fd, nullptr);
   ::close(fd);
-  if (!ok) {
-    Logger("cache")->warn(
-        "disk cache: block {} of '{}' in {} is damaged or not this object's; "
-        "deleted, fetching it again",
-        key.index, key.key, PathOf(name));
-    Forget(name, true);
-    return miss();
-  }
-  std::lock_guard lock(mu_);
-  ++stats_.hits;
-  auto it = index_.find(name);
-  if (it != index_.end()) lru_.splice(lru_.begin(), lru_, it->second);
-  return true;
+  return Outcome::kHit;
 }
 
 void DiskCache::Store(const BlockKey& key, uint64_t block_size, std::span<const char> data) {
@@ -288,28 +373,41 @@ void DiskCache::Store(const BlockKey& key, uint64_t block_size, std::span<const 
     ok = false;
     err = errno;
   }
+  const uint64_t bytes =
+      sizeof h + key.key.size() + key.etag.size() + sums.size() * 8 + data.size();
+  std::unique_lock lock(mu_);
+  if (ok && index_.count(name) != 0) {  // Stored by another caller meanwhile: same bytes.
+    ::unlink(tmp.c_str());
+    return;
+  }
+  // The rename under mu_: the index and the directory change together, so an eviction can
+  // never unlink this file after its rename without also dropping its entry.
   if (ok && ::rename(tmp.c_str(), PathOf(name).c_str()) != 0) {
     ok = false;
     err = errno;
   }
   if (!ok) {
     ::unlink(tmp.c_str());
-    std::lock_guard lock(mu_);
     ++stats_.write_failures;
-    if (!warned_write_) {
-      warned_write_ = true;
+    if (err == ENOSPC || err == EDQUOT) {
+      // The disk is full: hold less from now on, and give room back at once.
+      capacity_ = stats_.bytes - stats_.bytes / 10;
+      stats_.capacity = capacity_;
+      EvictLocked();
+    }
+    const bool warn = !warned_write_;
+    warned_write_ = true;
+    lock.unlock();
+    if (warn) {
       Logger("cache")->warn(
-          "disk cache: cannot store blocks in {}: {} (reads go on from S3; "
+          "disk cache: cannot store blocks in {}: {}{} (reads go on from S3; "
           "shown once)",
-          dir_, LocalIoStatus(err, "write").ToString());
+          dir_, std::strerror(err),
+          err == ENOSPC || err == EDQUOT ? "; holding less from now on" : "");
     }
     return;
   }
-  const uint64_t bytes =
-      sizeof h + key.key.size() + key.etag.size() + sums.size() * 8 + data.size();
-  std::lock_guard lock(mu_);
-  if (index_.count(name) != 0) return;  // Stored by another caller meanwhile: same bytes.
-  lru_.push_front(Entry{name, bytes});
+  lru_.push_front(Entry{name, bytes, std::chrono::steady_clock::now()});
   index_[name] = lru_.begin();
   stats_.bytes += bytes;
   ++stats_.stores;

@@ -77,7 +77,7 @@ ReadAheadStats ReadAhead::Stats() const {
 Result<size_t> ReadAhead::FetchBlock(const Shared& shared, uint64_t index, std::span<char> into,
                                      MonoTime deadline) {
   const uint64_t block_size = shared.context.cache->block_size();
-  DiskCache* disk = shared.context.disk;
+  DiskCache* disk = DiskCache::CacheableEtag(shared.object.etag) ? shared.context.disk : nullptr;
   const BlockKey key{shared.object.key, shared.object.etag, index};
   // `into` is exactly the block's length (GetBlock's size hint), which the disk cache checks.
   if (disk != nullptr && disk->Read(key, block_size, into)) return into.size();
@@ -281,8 +281,11 @@ Result<ReadReply> ReadAhead::ReadDirect(uint64_t offset, uint64_t length, MonoTi
   // A range inside one block that the disk cache holds (read in an earlier epoch or mount):
   // from disk, checking only the chunks it lies in.
   const uint64_t block = begin / block_size_;
+  // (Random reads only use the disk cache: they do not store the small ranges they fetch;
+  // blocks get there from sequential reads and --random-fill.)
   if (DiskCache* disk = shared_->context.disk;
-      disk != nullptr && bytes > 0 && (stop - 1) / block_size_ == block) {
+      disk != nullptr && DiskCache::CacheableEtag(shared_->object.etag) && bytes > 0 &&
+      (stop - 1) / block_size_ == block) {
     const uint64_t block_begin = block * block_size_;
     const uint64_t block_length = std::min(block_size_, size - block_begin);
     if (disk->ReadRange(BlockKey{shared_->object.key, shared_->object.etag, block}, block_size_,

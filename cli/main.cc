@@ -252,6 +252,12 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   d->cache = std::make_unique<cache::BlockCache>(*d->budget, cache_options);
   if (!a.cache_dir.empty()) {
     BFS_ASSIGN_OR_RETURN(uint64_t disk_bytes, ParseSize(a.cache_size));
+    if (disk_bytes < 2 * block_size) {
+      return Status(ErrorCode::kInvalidArgument,
+                    "--cache-size " + cache::FormatBytes(disk_bytes) +
+                        " holds less than two blocks of --block-size " +
+                        cache::FormatBytes(block_size) + "; raise it");
+    }
     BFS_ASSIGN_OR_RETURN(d->disk, cache::DiskCache::Open({a.cache_dir, disk_bytes},
                                                          settings.config.bucket));
   }
@@ -437,6 +443,9 @@ void CollectDaemonMetrics(const Daemon& d, MetricsWriter& w) {
     w.Counter("bucketfs_disk_cache_corrupt_total",
               "Disk cache files found damaged or not matching (deleted, fetched again)",
               disk.corrupt);
+    w.Counter("bucketfs_disk_cache_read_failures_total",
+              "Disk cache reads that failed with an I/O error (read from S3 instead)",
+              disk.read_failures);
     w.Counter("bucketfs_disk_cache_write_failures_total",
               "Blocks that could not be stored in the disk cache (disk full, I/O error)",
               disk.write_failures);
