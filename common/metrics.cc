@@ -9,31 +9,17 @@
 namespace bucketfs {
 namespace {
 
-std::string EscapeLabelValue(std::string_view v) {
+// The exposition format's escaping: backslash and newline, and in label values the quote.
+std::string Escape(std::string_view v, bool quote) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
     if (c == '\\') {
       out += "\\\\";
-    } else if (c == '"') {
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (quote && c == '"') {
       out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-std::string EscapeHelp(std::string_view v) {
-  std::string out;
-  out.reserve(v.size());
-  for (char c : v) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
     } else {
       out += c;
     }
@@ -116,7 +102,8 @@ void MetricsWriter::Header(std::string_view name, std::string_view help, MetricT
   // programming error that the tests' strict scrape catches; in a running daemon a scrape
   // must never take the mount down, so the second header is left out.
   if (!headed_.insert(last_header_).second) return;
-  out_ += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, EscapeHelp(help), name, TypeName(type));
+  out_ +=
+      fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, Escape(help, false), name, TypeName(type));
 }
 
 void MetricsWriter::Sample(std::string_view name, const MetricLabels& labels, double value,
@@ -128,7 +115,7 @@ void MetricsWriter::Sample(std::string_view name, const MetricLabels& labels, do
     for (const auto& [label, v] : labels) {
       if (!first) out_ += ',';
       first = false;
-      out_ += fmt::format("{}=\"{}\"", label, EscapeLabelValue(v));
+      out_ += fmt::format("{}=\"{}\"", label, Escape(v, true));
     }
     if (!extra_label.empty()) {
       if (!first) out_ += ',';

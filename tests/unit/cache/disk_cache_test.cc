@@ -187,7 +187,7 @@ TEST_F(DiskCacheTest, BlocksSurviveAReopenAndTheLeastRecentlyUsedGoFirst) {
   const std::string a = Body(kBlock, 1), b = Body(kBlock, 2), c3 = Body(kBlock, 3);
   {
     auto c = MustOpen(10 * kBlock, std::chrono::seconds(0));  // Every hit touches.
-        ASSERT_NE(c, nullptr);
+    ASSERT_NE(c, nullptr);
     Store(*c, "k", "e", 0, a);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // Distinct mtimes.
     Store(*c, "k", "e", 1, b);
@@ -349,6 +349,22 @@ TEST_F(DiskCacheTest, AFailedStoreIsCountedAndTheReadGoesOn) {
   EXPECT_EQ(Read(*c, "k", "e", 0, kBlock), std::nullopt);
 }
 
+// A daemon's memory side, fresh (as after a remount): budget, block cache and I/O pool. The
+// pool is declared last, so it drains before the cache goes.
+struct FreshMemory {
+  MemoryBudget budget{64 * kBlock};
+  BlockCache cache{budget, [] {
+                     BlockCacheOptions o;
+                     o.capacity_bytes = 16 * kBlock;
+                     o.block_size = kBlock;
+                     return o;
+                   }()};
+  std::unique_ptr<TaskPool> pool = std::make_unique<TaskPool>("dc-test", 2, 64);
+  ReadContext Context(s3::ObjectClient& server, DiskCache* disk) {
+    return ReadContext{&server, &cache, &budget, pool.get(), nullptr, disk};
+  }
+};
+
 // Through ReadAhead: a second reader of the same version (a later epoch, a remount with the
 // same --cache-dir) gets every block from disk; a new version of the object is read from S3.
 TEST_F(DiskCacheTest, ReadAheadServesRereadsFromDiskAndANewVersionFromS3) {
@@ -356,17 +372,10 @@ TEST_F(DiskCacheTest, ReadAheadServesRereadsFromDiskAndANewVersionFromS3) {
   const std::string v1 = Body(5 * kBlock + 123, 7);
   const std::string etag1 = server.PutDirect("data/shard-0", v1);
   auto read_all = [&](DiskCache* disk, const std::string& etag, size_t size) {
-    // A fresh memory cache each time, as after a remount.
-    MemoryBudget budget(64 * kBlock);
-    BlockCacheOptions o;
-    o.capacity_bytes = 16 * kBlock;
-    o.block_size = kBlock;
-    BlockCache cache(budget, o);
-    auto pool = std::make_unique<TaskPool>("dc-test", 2, 64);
+    FreshMemory memory;  // As after a remount.
     std::string out;
     {
-      ReadAhead ra(ReadContext{&server, &cache, &budget, pool.get(), nullptr, disk},
-                   ObjectVersion{"data/shard-0", etag, size});
+      ReadAhead ra(memory.Context(server, disk), ObjectVersion{"data/shard-0", etag, size});
       for (uint64_t off = 0; off < size; off += 4096) {
         auto r = ra.Read(off, 4096);
         EXPECT_TRUE(r.ok()) << r.status().ToString();
@@ -374,7 +383,6 @@ TEST_F(DiskCacheTest, ReadAheadServesRereadsFromDiskAndANewVersionFromS3) {
         out += r->ToString();
       }
     }
-    pool.reset();
     return out;
   };
   auto disk = MustOpen(1 << 20);
@@ -392,14 +400,9 @@ TEST_F(DiskCacheTest, ReadAheadServesRereadsFromDiskAndANewVersionFromS3) {
   // Random reads too (a shuffled epoch): from disk, no GET.
   server.ResetCounters();
   {
-    MemoryBudget budget(64 * kBlock);
-    BlockCacheOptions o;
-    o.capacity_bytes = 16 * kBlock;
-    o.block_size = kBlock;
-    BlockCache cache(budget, o);
-    auto pool = std::make_unique<TaskPool>("dc-test", 2, 64);
+    FreshMemory memory;
     {
-      ReadAhead ra(ReadContext{&server, &cache, &budget, pool.get(), nullptr, disk.get()},
+      ReadAhead ra(memory.Context(server, disk.get()),
                    ObjectVersion{"data/shard-0", etag1, v1.size()});
       for (uint64_t off : {4 * kBlock + 100, 1 * kBlock + 5000, 3 * kBlock + 9, 50ul, 2 * kBlock}) {
         auto r = ra.Read(off, 1000);
@@ -408,7 +411,6 @@ TEST_F(DiskCacheTest, ReadAheadServesRereadsFromDiskAndANewVersionFromS3) {
       }
       EXPECT_GT(ra.Stats().random_reads, 0u) << "no read was taken as random";
     }
-    pool.reset();
   }
   EXPECT_EQ(server.calls(s3::Op::kGet), 0u) << "a random read went to S3";
 
