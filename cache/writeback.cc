@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <latch>
 
+#include "cache/mapped_buffer.h"
 #include "cache/object_copy.h"
 #include "common/log.h"
 #include "s3/crypto.h"
@@ -150,7 +152,7 @@ void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
 
 std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
   std::vector<int> eager;
-  if (unlinked_ || committing_ || begin >= end) return eager;
+  if (unlinked_ || committing_ || eager_failed_ || begin >= end) return eager;
   const size_t cap = owner_.options_.upload_parallelism * 2;
   for (PartSpan span = owner_.layout_.PartAt(begin); span.offset < end;
        span = owner_.layout_.Part(span.number + 1)) {
@@ -340,8 +342,11 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
     if (sent.ok()) owner_.counters_.parts_copied.fetch_add(1, std::memory_order_relaxed);
   } else {
     BFS_ASSIGN_OR_RETURN(Reservation charge, owner_.budget_.Reserve(length, owner_.Deadline()));
-    auto buffer = std::make_unique<char[]>(length);
-    std::span<char> bytes(buffer.get(), length);
+    MappedBuffer buffer = MappedBuffer::Allocate(length);  // No memset, no malloc arena.
+    if (!buffer) {
+      return Status(ErrorCode::kInternal, "cannot map a part buffer of " + FormatBytes(length));
+    }
+    std::span<char> bytes(buffer.data(), length);
     BFS_RETURN_IF_ERROR(Fill(span.offset, end, bytes));
     BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), length, span.offset, owner_.spool_));
     sent = owner_.client_.UploadPart({key, upload_id, number, bytes}, {owner_.Deadline()});
@@ -365,19 +370,26 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
 void DirtyFile::RunEagerPart(int number) {
   s3::UserMetadata metadata;
   uint64_t size = 0, meta_generation = 0;
+  bool skip = false;
   {
     std::lock_guard lock(mu_);
     metadata = UploadMetadataLocked();
     meta_generation = meta_generation_;
     size = size_;
+    skip = eager_failed_;  // Queued before another part failed: the commit sends it.
   }
-  Status s = EnsureUpload(metadata, meta_generation);
-  if (s.ok()) s = UploadPart(number, size, /*copy=*/false);
-  if (!s.ok()) {
-    Logger("writeback")->debug("early upload of part {} of '{}' failed (the commit sends it): {}",
-                               number, key(), s.ToString());
+  Status s = Status::Ok();
+  if (!skip) {
+    s = EnsureUpload(metadata, meta_generation);
+    if (s.ok()) s = UploadPart(number, size, /*copy=*/false);
+    if (!s.ok()) {
+      Logger("writeback")->debug(
+          "early upload of part {} of '{}' failed (the commit sends it): {}", number, key(),
+          s.ToString());
+    }
   }
   std::lock_guard lock(mu_);
+  if (!s.ok()) eager_failed_ = true;
   parts_[number].eager_in_flight = false;
   --eager_in_flight_;
   changed_.notify_all();
@@ -387,7 +399,8 @@ Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
                                         const s3::UserMetadata& metadata,
                                         const s3::WriteCondition& condition) {
   BFS_ASSIGN_OR_RETURN(Reservation charge, owner_.budget_.Reserve(size, owner_.Deadline()));
-  auto buffer = std::make_unique<char[]>(std::max<uint64_t>(size, 1));
+  // Most such files are small: a mapping of their own would cost two system calls.
+  auto buffer = std::make_unique_for_overwrite<char[]>(std::max<uint64_t>(size, 1));
   std::span<char> bytes(buffer.get(), size);
   BFS_RETURN_IF_ERROR(Fill(0, size, bytes));
   BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), size, 0, owner_.spool_));
@@ -449,10 +462,17 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
     }
   }
   if (!jobs.empty()) {
+    // After the first failure the parts not started yet are not sent: the commit fails
+    // within one request deadline (the parts in flight), not one per wave of parts, and
+    // its retry sends only the parts S3 does not have.
+    std::atomic<bool> failed{false};
     std::latch done(static_cast<std::ptrdiff_t>(jobs.size()));
     for (Job& job : jobs) {
-      owner_.parts_pool_->Submit([this, &job, &done, size] {
-        job.result = UploadPart(job.number, size, job.copy);
+      owner_.parts_pool_->Submit([this, &job, &done, &failed, size] {
+        if (!failed.load(std::memory_order_relaxed)) {
+          job.result = UploadPart(job.number, size, job.copy);
+          if (!job.result.ok()) failed.store(true, std::memory_order_relaxed);
+        }
         done.count_down();
       });
     }
@@ -501,6 +521,7 @@ Status DirtyFile::CommitOnce() {
   {
     std::unique_lock lock(mu_);
     changed_.wait(lock, [&] { return eager_in_flight_ == 0; });
+    eager_failed_ = false;  // This commit sends what failed; later writes try early again.
     key = key_;
     size = size_;
     min_size_since_snapshot_ = size_;
@@ -753,16 +774,13 @@ Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& ke
 }
 
 void Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
-  {
-    std::lock_guard lock(file->mu_);
-    if (file->writers_ != 1 || file->unlinked_ || file->torn_) return;
-    file->MarkClosedLocked();
-    if (file->data_generation_ == file->committed_data_generation_ &&
-        file->meta_generation_ == file->committed_meta_generation_ && file->exists_remotely_) {
-      return;
-    }
-  }
-  StartCommit(file);
+  // Journaled only: the commit waits for the RELEASE. A FLUSH is every close(2) of a
+  // descriptor, and the open file may still be written through another one: a shell's
+  // `printf x > f` closes the file's first descriptor before it writes, so committing here
+  // would upload an empty object and then the file again.
+  std::lock_guard lock(file->mu_);
+  if (file->writers_ != 1 || file->unlinked_ || file->torn_) return;
+  file->MarkClosedLocked();
 }
 
 void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {

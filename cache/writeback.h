@@ -194,6 +194,9 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   int highest_part_sent_ = 0;             // Of upload_id_.
   bool creating_upload_ = false;
   int eager_in_flight_ = 0;
+  // An eager part failed: no more are started (nor those queued sent) until the next
+  // commit, so that a server that is down costs one request deadline, not one per part.
+  bool eager_failed_ = false;
   bool committing_ = false;
   int writers_ = 0;
   bool closed_ = false;     // The journal says closed.
@@ -226,8 +229,9 @@ class Writeback {
                                                   const s3::UserMetadata& metadata,
                                                   bool create_only);
   // A writer's close(2) (FLUSH). When it is the only writer, what it wrote is journaled as
-  // closed (a crash from here on uploads it) and its commit starts. The kernel's RELEASE
-  // comes later, asynchronously: a crash must not lose a file close() already returned for.
+  // closed: the kernel's RELEASE comes later, asynchronously, and a crash must not lose a
+  // file close() already returned for. The commit starts at the RELEASE (ReleaseWriter),
+  // when no descriptor of the open file is left to write through.
   void Flushed(const std::shared_ptr<DirtyFile>& file);
   // The last writer's release journals the file as closed and starts its commit.
   void ReleaseWriter(const std::shared_ptr<DirtyFile>& file);

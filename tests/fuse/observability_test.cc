@@ -228,6 +228,42 @@ TEST_F(ObservabilityTest, TheDiskCacheServesARemountWithoutS3AndNeverAReplacedOb
   std::filesystem::remove_all(cache_dir, ec);
 }
 
+// A shell's `printf x > f` closes the file's first descriptor (a FLUSH) before it writes
+// through the second. The commit waits for the RELEASE, so each file is one PUT of its
+// bytes: no empty object is uploaded first (the kernel's real FLUSH/RELEASE order, counted
+// by the daemon's metrics and the bytes checked with boto3).
+TEST_F(ObservabilityTest, AShellRedirectionUploadsEachFileOnce) {
+  MountedBucket m(*server_, bucket_);
+  ASSERT_TRUE(m.Mount({"--metrics-address", "127.0.0.1:0"}));
+  const std::string url = MetricsUrl(m);
+  ASSERT_FALSE(url.empty());
+  constexpr int kFiles = 20;
+  const MetricSamples before = ScrapeMetrics(url);
+  const CommandResult wrote = RunCommand(fmt::format(
+      "set -e; for i in $(seq 1 {}); do printf 'file %s' $i > {}/redirect-$i.txt; done", kFiles,
+      m.Path("")));
+  ASSERT_EQ(wrote.exit_code, 0) << wrote.output;
+  MetricSamples after;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        after = ScrapeMetrics(url);
+        return SumSamples(after, "bucketfs_dirty_files") == 0;
+      },
+      std::chrono::seconds(30)));
+  const auto puts = [](const MetricSamples& samples) {
+    return SumSamples(samples, "bucketfs_s3_requests_total", {{"operation", "PutObject"}});
+  };
+  EXPECT_EQ(puts(after) - puts(before), kFiles);
+  const std::string listed = Boto3(
+      "for o in s3.list_objects_v2(Bucket=bucket, Prefix='redirect-')['Contents']:\n"
+      "    print(o['Key'], s3.get_object(Bucket=bucket, Key=o['Key'])['Body'].read().decode())\n");
+  for (int i = 1; i <= kFiles; ++i) {
+    EXPECT_NE(listed.find(fmt::format("redirect-{}.txt file {}\n", i, i)), std::string::npos)
+        << listed;
+  }
+  EXPECT_EQ(m.Unmount(), 0) << m.Log();
+}
+
 TEST_F(ObservabilityTest, ABusyMetricsAddressFailsTheMountAndSaysSo) {
   // Hold a port on the loopback, then ask bucketfs to serve metrics there.
   const int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

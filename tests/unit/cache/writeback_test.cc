@@ -393,27 +393,36 @@ TEST_F(WritebackTest, EmptyNewFileCommitsAnEmptyObject) {
   EXPECT_EQ(info->metadata, Stored(kMeta));
 }
 
-TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndCommitsAndAWriteReopensIt) {
+// A shell's `printf x > f` opens f, closes that first descriptor (FLUSH) after dup2, writes
+// through the second and closes it (FLUSH, then RELEASE). One PUT, of the written bytes.
+TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndOnlyTheReleaseCommits) {
   Start(fake_);
   auto file = MustOpen("f");
   ASSERT_NE(file, nullptr);
-  ASSERT_TRUE(file->Write(0, Bytes("one")).ok());
-  wb_->Flushed(file);
-  ASSERT_TRUE(Eventually([&] { return fake_.ObjectBody("f") == std::optional<std::string>("one"); },
-                         kWait));
-  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().commits == 1; }, kWait));
+  wb_->Flushed(file);  // The first descriptor, before anything is written.
   auto record = RecordOf("f");
   ASSERT_TRUE(record.has_value());
-  EXPECT_TRUE(record->closed);  // A crash now would upload it.
+  EXPECT_TRUE(record->closed);  // A crash now would upload the empty file close() returned for.
+  EXPECT_EQ(wb_->GetStats().commits_in_flight, 0u);  // But nothing is sent yet.
 
-  ASSERT_TRUE(file->Write(3, Bytes("two")).ok());  // Through a dup'd descriptor, say.
+  ASSERT_TRUE(file->Write(0, Bytes("one")).ok());  // Through the dup'd descriptor.
   record = RecordOf("f");
   ASSERT_TRUE(record.has_value());
-  EXPECT_FALSE(record->closed);  // Half-rewritten: a crash must not upload it.
+  EXPECT_FALSE(record->closed);  // Being rewritten: a crash must not upload it.
+
+  wb_->Flushed(file);
+  record = RecordOf("f");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_TRUE(record->closed);
+  EXPECT_EQ(wb_->GetStats().commits_in_flight, 0u);
+  EXPECT_FALSE(fake_.ObjectBody("f").has_value());
 
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("f"));
-  EXPECT_EQ(fake_.ObjectBody("f"), "onetwo");
+  EXPECT_EQ(fake_.ObjectBody("f"), "one");
+  EXPECT_EQ(fake_.calls(s3::Op::kPut), 1u);  // No empty object first.
+  file.reset();
+  EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait));
 }
 
 class WritebackSizeTest : public WritebackTest, public ::testing::WithParamInterface<uint64_t> {};
@@ -769,6 +778,35 @@ TEST_F(WritebackTest, FailedEarlyPartIsSentAgainByTheCommitAndTheObjectArrives) 
   ASSERT_TRUE(WaitCommitted("flaky"));
 }
 
+// A server that is down (every UploadPart fails; in real life each after a whole request
+// deadline): after the first failure no more parts are started, early or in the commit, so
+// fsync reports the error after one deadline's worth of requests instead of one per part.
+// Once the server is back, the background retry sends the parts and the object is whole.
+TEST_F(WritebackTest, AServerThatIsDownFailsTheCommitAfterTheFirstFailedPartsNotEveryPart) {
+  Start(faulty_);
+  const auto down = faulty_.FailAlways(s3::Op::kUploadPart, s3::InjectedError(ErrorCode::kTimeout));
+  constexpr int kParts = 16;
+  const std::string data = Body(kParts * kPart, 9);
+  auto file = MustOpen("down");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kTimeout);
+  // Early parts: at most the 2 x 4 that may be in flight or queued when the first fails;
+  // the commit: at most one per upload thread (4). Without stopping, the commit alone
+  // would try all 16.
+  const uint64_t tried = faulty_.calls(s3::Op::kUploadPart);
+  EXPECT_LE(tried, 2 * Options().upload_parallelism + Options().upload_parallelism);
+  EXPECT_GE(tried, 1u);
+
+  faulty_.RemoveRule(down);
+  clock_.Advance(Options().first_retry + 1s);
+  EXPECT_TRUE(Eventually([&] { return file->Error().ok(); }, kWait))
+      << "still failing: " << file->Error().ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("down"), data));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("down"));
+}
+
 TEST_F(WritebackTest, FailedBackgroundCommitIsRetriedAfterItsBackoff) {
   Start(faulty_);
   faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kServerError));
@@ -826,8 +864,8 @@ TEST_F(WritebackTest, PersistentFailureIsStickyKeepsTheSpoolRecordAndASyncLaterS
 }
 
 // The contract: a failed commit's error is sticky "until a retry succeeds", and failed commits
-// are "retried in the background with backoff". A commit started by a close (FLUSH) while the
-// handle stays open (a dup'd descriptor, or fsync) must be retried too: otherwise every
+// are "retried in the background with backoff". A commit started while the handle stays open
+// (fsync) must be retried too: otherwise every
 // write() of the still-open file fails with the old error long after S3 is back.
 TEST_F(WritebackTest, FailedCommitWhileAWriterIsStillOpenIsRetriedInTheBackground) {
   Start(faulty_);
@@ -835,7 +873,7 @@ TEST_F(WritebackTest, FailedCommitWhileAWriterIsStillOpenIsRetriedInTheBackgroun
   auto file = MustOpen("open");
   ASSERT_NE(file, nullptr);
   ASSERT_TRUE(file->Write(0, Bytes("abc")).ok());
-  wb_->Flushed(file);  // close() of one descriptor; the handle stays open.
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kServerError);  // fsync; the handle stays open.
   ASSERT_TRUE(WaitFailedCommits(1));
   EXPECT_EQ(file->Error().code(), ErrorCode::kServerError);
 
