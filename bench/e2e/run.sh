@@ -3,7 +3,8 @@
 # on the same local Ceph RGW, in one run.
 #
 #   bench/e2e/run.sh [--quick] [--reps N] [--systems raw,bucketfs,s3fs,rclone-writes,rclone-full]
-#                    [--out DIR] [--results-md FILE|none] [--port PORT] [--state DIR] [--rebuild]
+#                    [--groups G,...] [--out DIR] [--results-md FILE|none] [--port PORT]
+#                    [--state DIR] [--rebuild]
 #
 #   --quick        small sizes, one repetition: a smoke test that takes a few minutes
 #                  (CI runs it through bench/e2e/smoke.sh); the full run is for people
@@ -11,6 +12,8 @@
 #   --reps N       repetitions of every workload (default 3; --quick: 1)
 #   --systems L    comma-separated subset of: raw (curl, the limit), bucketfs, s3fs,
 #                  rclone-writes (--vfs-cache-mode writes), rclone-full (--vfs-cache-mode full)
+#   --groups L     comma-separated subset of the workload groups (default all): seqread,
+#                  seqwrite, smallfiles, ls, randread, fio1, fio4, ttfb, parread
 #   --out DIR      where <date>.json and <date>.png go (default bench/results)
 #   --results-md F Markdown file the table is appended to (default bench/RESULTS.md for a
 #                  full run; none for --quick: its table goes to DIR/<date>-quick.md only)
@@ -60,17 +63,19 @@ CMDLINE="bench/e2e/run.sh $*"
 QUICK=0
 REPS=""
 SYSTEMS=raw,bucketfs,s3fs,rclone-writes,rclone-full
+GROUPS_ARG=""
 OUT_DIR=$ROOT/bench/results
 RESULTS_MD=""
 PORT=7520
 STATE=/tmp/bucketfs-bench
 REBUILD=0
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 while (($#)); do
   case $1 in
     --quick) QUICK=1 ;;
     --reps) REPS=${2:?}; shift ;;
     --systems) SYSTEMS=${2:?}; shift ;;
+    --groups) GROUPS_ARG=${2:?}; shift ;;
     --out) OUT_DIR=${2:?}; shift ;;
     --results-md) RESULTS_MD=${2:?}; shift ;;
     --port) PORT=${2:?}; shift ;;
@@ -111,6 +116,14 @@ source "$E2E_DIR/common.sh"
 source "$E2E_DIR/systems.sh"
 # shellcheck source=bench/e2e/workloads.sh
 source "$E2E_DIR/workloads.sh"
+
+GROUP_LIST=("${GROUPS_ALL[@]}")
+if [[ -n $GROUPS_ARG ]]; then
+  IFS=, read -r -a GROUP_LIST <<<"$GROUPS_ARG"
+  for g in "${GROUP_LIST[@]}"; do
+    [[ -v "GROUP_WORKLOADS[$g]" ]] || { echo "unknown group '$g' (one of: ${GROUPS_ALL[*]})" >&2; exit 2; }
+  done
+fi
 
 # --- clean-up, whatever happens ------------------------------------------------------------------
 
@@ -212,7 +225,7 @@ nsys=${#SYS_LIST[@]}
 for ((rep = 1; rep <= REPS; rep++)); do
   order=()   # rotate the order of the systems every repetition
   for ((k = 0; k < nsys; k++)); do order+=("${SYS_LIST[$(((k + rep - 1) % nsys))]}"); done
-  for group in "${GROUPS_ALL[@]}"; do
+  for group in "${GROUP_LIST[@]}"; do
     log "repetition $rep/$REPS: $group (${order[*]})"
     for s in "${order[@]}"; do
       # Called in a || list, so `set -e` is off inside: a failed measurement is recorded
