@@ -152,7 +152,8 @@ void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
 
 std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
   std::vector<int> eager;
-  if (unlinked_ || committing_ || eager_failed_ || begin >= end) return eager;
+  if (unlinked_ || committing_ || begin >= end) return eager;
+  if (owner_.clock_.Now() < eager_paused_until_) return eager;
   const size_t cap = owner_.options_.upload_parallelism * 2;
   for (PartSpan span = owner_.layout_.PartAt(begin); span.offset < end;
        span = owner_.layout_.Part(span.number + 1)) {
@@ -376,7 +377,8 @@ void DirtyFile::RunEagerPart(int number) {
     metadata = UploadMetadataLocked();
     meta_generation = meta_generation_;
     size = size_;
-    skip = eager_failed_;  // Queued before another part failed: the commit sends it.
+    // Queued before another part failed: the commit sends it.
+    skip = owner_.clock_.Now() < eager_paused_until_;
   }
   Status s = Status::Ok();
   if (!skip) {
@@ -389,7 +391,7 @@ void DirtyFile::RunEagerPart(int number) {
     }
   }
   std::lock_guard lock(mu_);
-  if (!s.ok()) eager_failed_ = true;
+  if (!s.ok()) eager_paused_until_ = owner_.clock_.Now() + owner_.options_.first_retry;
   parts_[number].eager_in_flight = false;
   --eager_in_flight_;
   changed_.notify_all();
@@ -521,7 +523,7 @@ Status DirtyFile::CommitOnce() {
   {
     std::unique_lock lock(mu_);
     changed_.wait(lock, [&] { return eager_in_flight_ == 0; });
-    eager_failed_ = false;  // This commit sends what failed; later writes try early again.
+    eager_paused_until_ = MonoTime{};  // This commit sends what failed.
     key = key_;
     size = size_;
     min_size_since_snapshot_ = size_;
@@ -1142,6 +1144,7 @@ Writeback::Stats Writeback::GetStats() const {
     for (const auto& [key, file] : files_) {
       std::lock_guard file_lock(file->mu_);
       s.dirty_bytes += file->size_;
+      s.eager_parts += static_cast<size_t>(file->eager_in_flight_);
       if (!file->error_.ok()) {
         if (s.failing_files++ == 0) s.first_error = key + ": " + file->error_.ToString();
       }

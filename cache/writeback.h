@@ -194,9 +194,11 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   int highest_part_sent_ = 0;             // Of upload_id_.
   bool creating_upload_ = false;
   int eager_in_flight_ = 0;
-  // An eager part failed: no more are started (nor those queued sent) until the next
-  // commit, so that a server that is down costs one request deadline, not one per part.
-  bool eager_failed_ = false;
+  // An eager part failed: no more are started (nor those queued sent) until this time
+  // (options' first_retry later) or the next commit, so that a server that is down costs
+  // a commit one request deadline, not one per part, and a passing error does not stop
+  // early uploads for the rest of a long write.
+  MonoTime eager_paused_until_{};
   bool committing_ = false;
   int writers_ = 0;
   bool closed_ = false;     // The journal says closed.
@@ -267,6 +269,7 @@ class Writeback {
     size_t commits_in_flight = 0;  // Commits running or waiting for a thread (one file may
                                    // have a second queued behind a running one).
     size_t parts_queued = 0;       // Part uploads waiting for an upload slot.
+    size_t eager_parts = 0;        // Early part uploads queued or running.
     size_t failing_files = 0;  // Files whose last commit failed (sticky error).
     std::string first_error;   // One of their errors, for `bucketfs status`.
     // commits: succeeded; failed_commits: failed (retried later); restarted_commits: given up

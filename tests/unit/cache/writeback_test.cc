@@ -807,6 +807,33 @@ TEST_F(WritebackTest, AServerThatIsDownFailsTheCommitAfterTheFirstFailedPartsNot
   ASSERT_TRUE(WaitCommitted("down"));
 }
 
+// One failed early part pauses early uploads for the first retry delay, not for the rest of
+// the write: a passing error must not turn a long write into one big upload at close.
+TEST_F(WritebackTest, AFailedEarlyPartPausesEarlyUploadsForTheRetryDelayOnly) {
+  Start(faulty_);
+  faulty_.FailNext(s3::Op::kUploadPart, 1, s3::InjectedError(ErrorCode::kTimeout));
+  const std::string data = Body(3 * kPart, 4);
+  const auto part = [&](int n) { return std::span<const char>(data.data() + n * kPart, kPart); };
+  auto file = MustOpen("paused");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, part(0)).ok());  // Part 1 goes early, and fails.
+  ASSERT_TRUE(Eventually([&] {
+    return faulty_.injected(s3::Op::kUploadPart) == 1 && wb_->GetStats().eager_parts == 0;
+  }, kWait));
+  ASSERT_TRUE(file->Write(kPart, part(1)).ok());  // Paused: part 2 waits for the commit.
+  EXPECT_EQ(wb_->GetStats().eager_parts, 0u);
+  EXPECT_EQ(faulty_.calls(s3::Op::kUploadPart), 1u);
+
+  clock_.Advance(Options().first_retry + 1s);
+  ASSERT_TRUE(file->Write(2 * kPart, part(2)).ok());  // Part 3 goes early again.
+  EXPECT_TRUE(Eventually([&] { return faulty_.calls(s3::Op::kUploadPart) == 2; }, kWait));
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("paused"), data));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("paused"));
+}
+
 TEST_F(WritebackTest, FailedBackgroundCommitIsRetriedAfterItsBackoff) {
   Start(faulty_);
   faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kServerError));
