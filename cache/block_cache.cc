@@ -1,7 +1,5 @@
 #include "cache/block_cache.h"
 
-#include "cache/mapped_buffer.h"
-
 #include <fmt/format.h>
 #include <xxhash.h>
 
@@ -10,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
+
+#include "cache/mapped_buffer.h"
 
 namespace bucketfs::cache {
 
