@@ -28,6 +28,7 @@ struct Entry {
   uint64_t pins = 0;     // Handles, the fetching caller and callers waiting for the fetch.
   bool in_index = true;  // False once evicted-while-pinned, invalidated or failed.
   bool in_lru = false;   // In BlockCache::lru_: ready, unpinned, in the index.
+  bool discard_on_unpin = false;  // Discard() found it pinned: drop it at the last unpin.
   std::list<Entry*>::iterator lru_pos;
   uint64_t charged = 0;  // Bytes counted in BlockCache::charged_ for this entry.
   MappedBuffer buffer;  // Blocks are mappings of their own: see cache/mapped_buffer.h.
@@ -58,6 +59,16 @@ uint64_t HashBlockKey(const BlockKey& key) {
   uint64_t h = XXH3_64bits_withSeed(key.key.data(), key.key.size(), key.index);
   return XXH3_64bits_withSeed(key.etag.data(), key.etag.size(), h);
 }
+
+struct BlockCache::Victims {
+  std::vector<std::unique_ptr<Entry>> entries;
+  std::vector<SpareBuffer> spares;
+  bool empty() const { return entries.empty() && spares.empty(); }
+  void clear() {
+    entries.clear();
+    spares.clear();
+  }
+};
 
 // --- BlockHandle -------------------------------------------------------------------------
 
@@ -112,7 +123,11 @@ Status BlockCache::Validate(const MemoryBudget& budget, const BlockCacheOptions&
 BlockCache::BlockCache(MemoryBudget& budget, BlockCacheOptions options)
     : budget_(budget),
       options_(options),
-      clock_(options.clock != nullptr ? *options.clock : RealClock()) {
+      clock_(options.clock != nullptr ? *options.clock : RealClock()),
+      max_spares_(options.block_size == 0
+                      ? 0
+                      : std::min<uint64_t>(options.max_spare_blocks,
+                                           options.capacity_bytes / 4 / options.block_size)) {
   Status valid = Validate(budget, options);
   if (!valid.ok()) Die(valid.message());
   stats_.capacity = options_.capacity_bytes;
@@ -129,10 +144,12 @@ BlockCache::~BlockCache() {
                       "GetOrFetch() first",
                       stats_.pinned_blocks, orphans_, room_waiters_));
     }
-    all.reserve(index_.size());
-    for (auto& kv : index_) all.emplace_back(kv.second);
+    all.entries.reserve(index_.size());
+    for (auto& kv : index_) all.entries.emplace_back(kv.second);
     index_.clear();
     lru_.clear();
+    all.spares = std::move(spares_);
+    spares_.clear();
     charged_ = 0;
   }
   // `all` frees the buffers and gives the budget back here, outside mu_.
@@ -151,43 +168,73 @@ void BlockCache::PinLocked(Entry* e) {
 }
 
 void BlockCache::Unpin(Entry* e) {
-  std::unique_ptr<Entry> dead;
+  Victims victims;
   {
     std::lock_guard lock(mu_);
     if (--e->pins != 0) return;
     --stats_.pinned_blocks;
     if (!e->in_index) {
       --orphans_;
-      charged_ -= e->charged;
-      dead.reset(e);
+      RetireLocked(e, &victims, /*keep_spare=*/false);
       NotifyRoomLocked();
     } else if (e->state == Entry::State::kReady) {
       e->lru_pos = lru_.insert(lru_.end(), e);
       e->in_lru = true;
+      if (e->discard_on_unpin) DropUnpinnedLocked(e, &victims, /*keep_spare=*/true);
       NotifyRoomLocked();
     }
   }
-  // `dead` is freed here, outside mu_.
+  // `victims` are freed here, outside mu_.
 }
 
 void BlockCache::NotifyRoomLocked() {
   if (room_waiters_ > 0) room_cv_.notify_all();
 }
 
-void BlockCache::DropUnpinnedLocked(Entry* e, Victims* victims) {
+void BlockCache::DropUnpinnedLocked(Entry* e, Victims* victims, bool keep_spare) {
   index_.erase(KeyRef{&e->key, e->hash});
   e->in_index = false;
   lru_.erase(e->lru_pos);
   e->in_lru = false;
+  RetireLocked(e, victims, keep_spare);
+}
+
+void BlockCache::RetireLocked(Entry* e, Victims* victims, bool keep_spare) {
   charged_ -= e->charged;
-  victims->emplace_back(e);
+  if (keep_spare && e->state == Entry::State::kReady && e->charged == options_.block_size &&
+      e->buffer && spares_.size() < max_spares_) {
+    spares_.push_back(SpareBuffer{std::move(e->buffer), std::move(e->reservation)});
+    charged_ += options_.block_size;
+  }
+  e->charged = 0;
+  victims->entries.emplace_back(e);
 }
 
 Status BlockCache::MakeRoomLocked(std::unique_lock<std::mutex>& lock, uint64_t bytes,
-                                  MonoTime deadline, Victims* victims) {
+                                  MonoTime deadline, Victims* victims, SpareBuffer* reuse) {
+  if (reuse != nullptr && !spares_.empty()) {
+    // The spare's bytes, already in charged_, become the new block's.
+    *reuse = std::move(spares_.back());
+    spares_.pop_back();
+    ++stats_.recycled;
+    return Status::Ok();
+  }
   while (charged_ + bytes > options_.capacity_bytes) {
+    if (!spares_.empty()) {
+      victims->spares.push_back(std::move(spares_.back()));
+      spares_.pop_back();
+      charged_ -= options_.block_size;
+      continue;
+    }
     if (!lru_.empty()) {
-      DropUnpinnedLocked(lru_.front(), victims);
+      Entry* victim = lru_.front();
+      if (reuse != nullptr && !reuse->buffer && victim->charged == options_.block_size &&
+          victim->buffer) {
+        reuse->buffer = std::move(victim->buffer);
+        reuse->reservation = std::move(victim->reservation);
+        ++stats_.recycled;
+      }
+      DropUnpinnedLocked(victim, victims, /*keep_spare=*/false);
       ++stats_.evictions;
       continue;
     }
@@ -260,10 +307,14 @@ Result<BlockHandle> BlockCache::GetOrFetch(const BlockKey& key, const FetchFn& f
   PinLocked(e);  // Our pin keeps it in kFilling hands until Fill() publishes or fails it.
 
   Victims victims;
-  Status room = MakeRoomLocked(lock, bytes, deadline, &victims);
+  SpareBuffer reuse;
+  Status room = MakeRoomLocked(lock, bytes, deadline, &victims,
+                               bytes == options_.block_size ? &reuse : nullptr);
   if (!room.ok()) {
     room.Annotate(fmt::format("caching {}", Describe(key)));
     FailFillLocked(e, room);
+    // A buffer taken from an evicted block, not charged: freed with the victims.
+    if (reuse.buffer) victims.spares.push_back(std::move(reuse));
     lock.unlock();
     victims.clear();
     Unpin(e);
@@ -272,7 +323,7 @@ Result<BlockHandle> BlockCache::GetOrFetch(const BlockKey& key, const FetchFn& f
   e->charged = bytes;
   lock.unlock();
   victims.clear();  // Freed before we ask the budget for bytes.
-  return Fill(e, bytes, fetch, deadline);
+  return Fill(e, bytes, fetch, deadline, std::move(reuse));
 }
 
 Result<BlockHandle> BlockCache::WaitForFill(std::unique_lock<std::mutex>& lock, Entry* e,
@@ -311,7 +362,7 @@ void BlockCache::FailFillLocked(Entry* e, const Status& error) {
 }
 
 Result<BlockHandle> BlockCache::Fill(Entry* e, uint64_t bytes, const FetchFn& fetch,
-                                     MonoTime deadline) {
+                                     MonoTime deadline, SpareBuffer reuse) {
   auto fail = [&](Status error) -> Result<BlockHandle> {
     {
       std::lock_guard lock(mu_);
@@ -321,16 +372,21 @@ Result<BlockHandle> BlockCache::Fill(Entry* e, uint64_t bytes, const FetchFn& fe
     return error;
   };
 
-  Result<Reservation> reservation = budget_.Reserve(bytes, deadline);
-  if (!reservation.ok()) {
-    Status error = std::move(reservation).TakeStatus();
-    error.Annotate(fmt::format("caching {}", Describe(e->key)));
-    return fail(std::move(error));
-  }
-  MappedBuffer buffer = MappedBuffer::Allocate(bytes);
+  Result<Reservation> reservation = std::move(reuse.reservation);
+  MappedBuffer buffer = std::move(reuse.buffer);
   if (!buffer) {
-    return fail(Status(ErrorCode::kInternal, fmt::format("block cache: cannot allocate {} for {}",
-                                                         FormatBytes(bytes), Describe(e->key))));
+    reservation = budget_.Reserve(bytes, deadline);
+    if (!reservation.ok()) {
+      Status error = std::move(reservation).TakeStatus();
+      error.Annotate(fmt::format("caching {}", Describe(e->key)));
+      return fail(std::move(error));
+    }
+    buffer = MappedBuffer::Allocate(bytes);
+    if (!buffer) {
+      return fail(Status(ErrorCode::kInternal,
+                         fmt::format("block cache: cannot allocate {} for {}", FormatBytes(bytes),
+                                     Describe(e->key))));
+    }
   }
 
   Result<size_t> got = Status(ErrorCode::kInternal, "fetch not run");
@@ -384,7 +440,7 @@ size_t BlockCache::InvalidateObject(std::string_view object_key) {
       if (e->key.key != object_key) continue;
       ++dropped;
       if (e->pins == 0) {
-        DropUnpinnedLocked(e, &victims);
+        DropUnpinnedLocked(e, &victims, /*keep_spare=*/false);
       } else {
         index_.erase(KeyRef{&e->key, e->hash});
         e->in_index = false;
@@ -397,10 +453,30 @@ size_t BlockCache::InvalidateObject(std::string_view object_key) {
   return dropped;  // `victims` are freed here, outside mu_.
 }
 
+bool BlockCache::Discard(const BlockKey& key) {
+  const uint64_t hash = HashBlockKey(key);
+  Victims victims;
+  {
+    std::lock_guard lock(mu_);
+    auto it = index_.find(KeyRef{&key, hash});
+    if (it == index_.end() || it->second->state != Entry::State::kReady) return false;
+    Entry* e = it->second;
+    ++stats_.discarded;
+    if (e->pins > 0) {
+      e->discard_on_unpin = true;
+      return false;
+    }
+    DropUnpinnedLocked(e, &victims, /*keep_spare=*/true);
+    NotifyRoomLocked();
+  }
+  return true;  // `victims` are freed here, outside mu_.
+}
+
 BlockCacheStats BlockCache::Stats() const {
   std::lock_guard lock(mu_);
   BlockCacheStats s = stats_;
   s.bytes_cached = charged_;
+  s.spare_bytes = spares_.size() * options_.block_size;
   s.blocks = index_.size();
   s.waiting_for_room = room_waiters_;
   return s;

@@ -95,7 +95,7 @@ Result<size_t> ReadAhead::FetchBlock(const Shared& shared, uint64_t index, std::
 
 Result<BlockHandle> ReadAhead::GetBlock(const Shared& shared, uint64_t index,
                                         const FetchOptions& options, MonoTime get_deadline,
-                                        bool* fetched) {
+                                        bool* fetched, bool prefetch) {
   const uint64_t block_size = shared.context.cache->block_size();
   FetchOptions fetch_options = options;
   // The object's last block is shorter: size it exactly (a small file costs its size).
@@ -104,8 +104,13 @@ Result<BlockHandle> ReadAhead::GetBlock(const Shared& shared, uint64_t index,
   BlockKey key{shared.object.key, shared.object.etag, index};
   return shared.context.cache->GetOrFetch(
       key,
-      [&](std::span<char> into) {
+      [&](std::span<char> into) -> Result<size_t> {
         if (fetched != nullptr) *fetched = true;
+        // Checked once the block is known to be missing: the reader sets dropped_below before
+        // it discards, so a prefetch that runs this late never fetches a block twice.
+        if (prefetch && index < shared.dropped_below.load(std::memory_order_relaxed)) {
+          return Status(ErrorCode::kCancelled, "the reader has passed this block");
+        }
         return FetchBlock(shared, index, into, get_deadline);
       },
       fetch_options);
@@ -121,13 +126,19 @@ bool ReadAhead::SubmitPrefetch(uint64_t index) {
   bool queued = shared_->context.pool->TrySubmit([shared, index] {
     Clock& clock = shared->context.clock ? *shared->context.clock : RealClock();
     const MonoTime now = clock.Now();
+    // The reader went past this block (and dropped it behind) before the pool ran us.
+    if (index < shared->dropped_below.load(std::memory_order_relaxed)) {
+      shared->inflight.fetch_sub(1);
+      return;
+    }
     // No waiting for room or budget (deadline now): under memory pressure a prefetch is
     // the first thing to give up, and the handle's window shrinks. Nor for a fetch of the
     // block already in flight (a reader's): that is no failure, the block is coming.
     FetchOptions prefetch_options{now, 0};
     prefetch_options.skip_if_in_flight = true;
-    auto block = GetBlock(*shared, index, prefetch_options, now + shared->timeout);
-    if (!block.ok()) {
+    auto block = GetBlock(*shared, index, prefetch_options, now + shared->timeout, nullptr,
+                          /*prefetch=*/true);
+    if (!block.ok() && block.status().code() != ErrorCode::kCancelled) {
       shared->failed.fetch_add(1, std::memory_order_relaxed);
       const ErrorCode code = block.status().code();
       if (code == ErrorCode::kBusy || code == ErrorCode::kTimeout) {
@@ -156,6 +167,23 @@ void ReadAhead::Prefetch(uint64_t last_block) {
   }
 }
 
+void ReadAhead::BlocksBehindLocked(uint64_t* first, uint64_t* last) {
+  *first = *last = 0;
+  if (!options_.drop_behind) return;
+  // Keep the last block read (the one holding byte last_end_ - 1) and the one before it.
+  if (last_end_ == 0) return;
+  const uint64_t current = (last_end_ - 1) / block_size_;
+  if (current < 2) return;
+  const uint64_t until = current - 1;
+  // A stream that jumped ahead inside the window skipped blocks it never read; look back no
+  // further than a window's worth (plus slack) so the work per read stays bounded.
+  const uint64_t reach = window_ / block_size_ + 2;
+  *first = std::max(next_discard_, until > reach ? until - reach : 0);
+  *last = until;
+  next_discard_ = std::max(next_discard_, until);
+  shared_->dropped_below.store(next_discard_, std::memory_order_relaxed);
+}
+
 Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
   const uint64_t size = shared_->object.size;
   if (length == 0 || offset >= size) return ReadReply{};
@@ -165,6 +193,7 @@ Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
   const uint64_t last_block = (end - 1) / block_size_;
 
   bool sequential = false;
+  uint64_t discard_first = 0, discard_last = 0;
   {
     std::lock_guard lock(mu_);
     if (shared_->pressure.exchange(false)) {
@@ -188,16 +217,24 @@ Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
       // Prefetch beyond this read before waiting for it, so the GETs overlap.
       next_prefetch_ = std::max(next_prefetch_, first_block);
       Prefetch(last_block + window_ / block_size_);
+      BlocksBehindLocked(&discard_first, &discard_last);
     } else {
       ++stats_.random_reads;
       window_ = std::min(options_.initial_window, MaxWindow());
       last_end_ = end;
       next_prefetch_ = last_block + 1;
       next_growth_block_ = last_block + 1;
+      next_discard_ = first_block;
+      shared_->dropped_below.store(0, std::memory_order_relaxed);
     }
   }
 
-  if (sequential) return ReadFromBlocks(offset, end - offset, deadline);
+  if (sequential) {
+    for (uint64_t b = discard_first; b < discard_last; ++b) {
+      shared_->context.cache->Discard(BlockKey{shared_->object.key, shared_->object.etag, b});
+    }
+    return ReadFromBlocks(offset, end - offset, deadline);
+  }
 
   // Random: blocks already cached serve it; otherwise one small aligned GET.
   ReadReply reply;
@@ -246,9 +283,12 @@ Result<ReadReply> ReadAhead::ReadFromBlocks(uint64_t offset, uint64_t length, Mo
     bool fetched_here = false;
     Result<BlockHandle> got =
         GetBlock(*shared_, b, FetchOptions{deadline, 0}, deadline, &fetched_here);
+    // A prefetch that found the block behind the reader gives it up (kCancelled): this reader
+    // went back for it, so fetch it anew.
     while (!got.ok() && !fetched_here &&
            (got.status().code() == ErrorCode::kBusy ||
-            got.status().code() == ErrorCode::kTimeout) &&
+            got.status().code() == ErrorCode::kTimeout ||
+            got.status().code() == ErrorCode::kCancelled) &&
            clock_.Now() < deadline) {
       got = GetBlock(*shared_, b, FetchOptions{deadline, 0}, deadline, &fetched_here);
     }

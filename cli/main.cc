@@ -428,6 +428,12 @@ void CollectDaemonMetrics(const Daemon& d, MetricsWriter& w) {
   w.Counter("bucketfs_cache_coalesced_total",
             "Block reads that joined a fetch already in flight", cache.coalesced);
   w.Counter("bucketfs_cache_evictions_total", "Blocks evicted to make room", cache.evictions);
+  w.Counter("bucketfs_cache_discarded_total",
+            "Blocks dropped behind a sequential reader (the page cache holds them)",
+            cache.discarded);
+  w.Counter("bucketfs_cache_recycled_total",
+            "Block fetches that reused a freed block's memory instead of fresh pages",
+            cache.recycled);
   w.Counter("bucketfs_cache_fetch_failures_total", "Block fetches that failed",
             cache.fetch_failures);
   w.Gauge("bucketfs_cache_bytes", "Bytes held by the block cache", cache.bytes_cached);

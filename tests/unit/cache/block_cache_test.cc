@@ -680,5 +680,150 @@ TEST(BlockCacheTest, NeverExceedsBudgetUnderRandomLoad) {
       << busy.load() << " busy, " << timeouts.load() << " timeouts";
 }
 
+// --- Recycling: spares and drop-behind ---------------------------------------------------
+
+// A fetch that records where the cache asked it to write, then writes `content`.
+BlockCache::FetchFn WritesAt(std::string content, const char** where) {
+  return [content = std::move(content), where](std::span<char> into) -> Result<size_t> {
+    *where = into.data();
+    size_t n = std::min(content.size(), into.size());
+    std::memcpy(into.data(), content.data(), n);
+    return n;
+  };
+}
+
+TEST(BlockCacheTest, DiscardDropsAReadyBlockAndItsBufferServesTheNextMiss) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(8));  // Up to 2 spares (a quarter of the capacity).
+  BlockKey a{"a", "e", 0}, b{"a", "e", 1};
+  const char* a_buffer = nullptr;
+  Must(cache.GetOrFetch(a, WritesAt(Pattern(a, kBlock), &a_buffer), Within(10s))).Reset();
+
+  EXPECT_TRUE(cache.Discard(a));
+  EXPECT_FALSE(cache.Lookup(a).has_value());
+  BlockCacheStats s = cache.Stats();
+  EXPECT_EQ(s.discarded, 1u);
+  EXPECT_EQ(s.blocks, 0u);
+  EXPECT_EQ(s.spare_bytes, kBlock);
+  EXPECT_EQ(s.bytes_cached, kBlock) << "a spare counts against the capacity";
+  EXPECT_EQ(budget.used(), kBlock) << "and keeps its budget bytes";
+
+  const char* b_buffer = nullptr;
+  BlockHandle hb = Must(cache.GetOrFetch(b, WritesAt(Pattern(b, kBlock), &b_buffer), Within(10s)));
+  EXPECT_EQ(b_buffer, a_buffer) << "the miss filled the discarded block's buffer";
+  EXPECT_EQ(Str(hb), Pattern(b, kBlock)) << "with its own bytes";
+  s = cache.Stats();
+  EXPECT_EQ(s.recycled, 1u);
+  EXPECT_EQ(s.spare_bytes, 0u);
+  EXPECT_EQ(s.bytes_cached, kBlock);
+  EXPECT_EQ(budget.used(), kBlock);
+}
+
+TEST(BlockCacheTest, DiscardOfAPinnedBlockDropsItAtItsLastUnpin) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(8));
+  BlockKey a{"a", "e", 0};
+  BlockHandle h1 = Must(cache.GetOrFetch(a, Writes(Pattern(a, kBlock)), Within(10s)));
+  std::optional<BlockHandle> h2 = cache.Lookup(a);
+  ASSERT_TRUE(h2.has_value());
+
+  EXPECT_FALSE(cache.Discard(a)) << "pinned: not dropped yet";
+  EXPECT_EQ(Str(h1), Pattern(a, kBlock));
+  h1.Reset();
+  EXPECT_EQ(cache.Stats().blocks, 1u) << "still pinned by the second handle";
+  EXPECT_EQ(Str(*h2), Pattern(a, kBlock));
+  h2->Reset();
+  BlockCacheStats s = cache.Stats();
+  EXPECT_EQ(s.blocks, 0u);
+  EXPECT_EQ(s.spare_bytes, kBlock);
+  EXPECT_FALSE(cache.Lookup(a).has_value());
+}
+
+TEST(BlockCacheTest, DiscardLeavesBlocksBeingFetchedAndAbsentOnesAlone) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(8));
+  BlockKey a{"a", "e", 0};
+  EXPECT_FALSE(cache.Discard(a));
+  std::atomic<bool> release{false};
+  std::thread fetcher([&] {
+    Must(cache.GetOrFetch(
+        a,
+        [&](std::span<char> into) -> Result<size_t> {
+          while (!release.load()) std::this_thread::sleep_for(1ms);
+          std::memset(into.data(), 'x', into.size());
+          return into.size();
+        },
+        Within(10s)));
+  });
+  ASSERT_TRUE(Eventually([&] { return cache.Stats().blocks == 1; }));
+  EXPECT_FALSE(cache.Discard(a)) << "being fetched";
+  release = true;
+  fetcher.join();
+  EXPECT_TRUE(cache.Lookup(a).has_value()) << "the fetch published it";
+  EXPECT_EQ(cache.Stats().discarded, 0u);
+}
+
+TEST(BlockCacheTest, SparesAreBoundedAndFreedBeforeAnyBlockIsEvicted) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(8));  // At most 2 spares.
+  std::vector<BlockKey> keys;
+  for (uint64_t i = 0; i < 8; ++i) keys.push_back(BlockKey{"k", "e", i});
+  for (const BlockKey& k : keys) Must(cache.GetOrFetch(k, Writes(Pattern(k, kBlock)), Within(10s)));
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(cache.Discard(keys[i]));
+  BlockCacheStats s = cache.Stats();
+  EXPECT_EQ(s.spare_bytes, 2 * kBlock) << "two kept, two freed";
+  EXPECT_EQ(s.bytes_cached, 6 * kBlock);
+  EXPECT_EQ(budget.used(), 6 * kBlock);
+
+  // Five short blocks of 3/4 of a block (a spare serves only a full block) need more than
+  // the two free blocks: the spares are freed for them before any cached block is evicted.
+  for (uint64_t i = 0; i < 5; ++i) {
+    BlockKey k{"short", "e", i};
+    Must(cache.GetOrFetch(k, Writes(std::string(kBlock * 3 / 4, 's')),
+                          Within(10s, kBlock * 3 / 4)));
+  }
+  s = cache.Stats();
+  EXPECT_EQ(s.evictions, 0u);
+  EXPECT_EQ(s.spare_bytes, 0u);
+  EXPECT_EQ(s.recycled, 0u);
+  for (uint64_t i = 4; i < 8; ++i) EXPECT_TRUE(cache.Lookup(keys[i]).has_value());
+  EXPECT_LE(s.peak_bytes_cached, cache.capacity());
+  EXPECT_LE(budget.peak(), 8 * kBlock);
+}
+
+TEST(BlockCacheTest, AMissThatEvictsFillsTheEvictedBlocksBuffer) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(2));
+  BlockKey a{"a", "e", 0}, b{"b", "e", 0}, c{"c", "e", 0};
+  const char* a_buffer = nullptr;
+  const char* c_buffer = nullptr;
+  Must(cache.GetOrFetch(a, WritesAt(Pattern(a, kBlock), &a_buffer), Within(10s))).Reset();
+  Must(cache.GetOrFetch(b, Writes(Pattern(b, kBlock)), Within(10s))).Reset();
+  BlockHandle hc = Must(cache.GetOrFetch(c, WritesAt(Pattern(c, kBlock), &c_buffer), Within(10s)));
+  EXPECT_EQ(c_buffer, a_buffer);
+  EXPECT_EQ(Str(hc), Pattern(c, kBlock));
+  BlockCacheStats s = cache.Stats();
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.recycled, 1u);
+  EXPECT_EQ(s.bytes_cached, 2 * kBlock);
+  EXPECT_EQ(budget.used(), 2 * kBlock);
+  EXPECT_FALSE(cache.Lookup(a).has_value());
+}
+
+TEST(BlockCacheTest, ARecycledBufferFilledShortShowsOnlyTheBytesWritten) {
+  MemoryBudget budget(16 * kBlock);
+  BlockCache cache(budget, Options(8));
+  BlockKey a{"a", "e", 0}, b{"b", "e", 0};
+  Must(cache.GetOrFetch(a, Writes(std::string(kBlock, 'A')), Within(10s))).Reset();
+  ASSERT_TRUE(cache.Discard(a));
+  // The object turned out shorter than a block: 100 bytes written into the reused buffer.
+  BlockHandle hb = Must(cache.GetOrFetch(b, Writes(std::string(100, 'b')), Within(10s)));
+  EXPECT_EQ(Str(hb), std::string(100, 'b')) << "none of the old block's bytes";
+  BlockCacheStats s = cache.Stats();
+  EXPECT_EQ(s.recycled, 1u);
+  EXPECT_EQ(s.bytes_cached, 100u) << "the unused pages went back";
+  EXPECT_EQ(budget.used(), 100u);
+}
+
 }  // namespace
 }  // namespace bucketfs::cache

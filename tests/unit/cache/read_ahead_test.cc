@@ -141,11 +141,19 @@ BlockCacheOptions CacheOptions(uint64_t blocks) {
 
 ReadAheadOptions Options(uint64_t max_window_blocks = 8) {
   ReadAheadOptions o;
+  o.drop_behind = true;
   o.initial_window = kBlock;
   o.max_window = max_window_blocks * kBlock;
   o.max_parallel_gets = 8;
   o.random_alignment = kAlign;
   o.timeout = 30s;
+  return o;
+}
+
+// For tests of what the cache holds after a sequential read: no drop-behind.
+ReadAheadOptions KeepingOptions(uint64_t max_window_blocks = 8) {
+  ReadAheadOptions o = Options(max_window_blocks);
+  o.drop_behind = false;
   return o;
 }
 
@@ -448,7 +456,7 @@ TEST(ReadAheadTest, RandomReadOfCachedBlocksIssuesNoGet) {
   const std::string body = Body(8 * kBlock);
   ObjectVersion v = env.Put("k", body);
   {
-    ReadAhead warm(env.Context(), v, Options(8));
+    ReadAhead warm(env.Context(), v, KeepingOptions(8));
     for (uint64_t off = 0; off < body.size(); off += kBlock) MustRead(warm, off, kBlock);
   }
   ASSERT_TRUE(Eventually([&] { return env.client.get_count() == 8; }));
@@ -635,9 +643,67 @@ TEST(ReadAheadTest, LargeSequentialReadStaysWithinASmallCacheAndBudget) {
   }
   const BlockCacheStats cs = env.cache.Stats();
   EXPECT_LE(cs.peak_bytes_cached, env.cache.capacity());
-  EXPECT_GT(cs.evictions, 0u);
+  EXPECT_GT(cs.discarded, 150u) << "the blocks passed are dropped behind";
+  EXPECT_GT(cs.recycled, 150u) << "their buffers serve the next blocks";
   EXPECT_LE(env.budget.peak(), env.budget.capacity());
   EXPECT_LE(ra.Stats().window, 2 * kBlock) << "a quarter of an 8-block cache";
+  EXPECT_EQ(ra.Stats().random_reads, 0u);
+}
+
+TEST(ReadAheadTest, WithoutDropBehindALargeReadEvictsAndReusesTheEvictedBuffers) {
+  Env env(8, 8);
+  const uint64_t blocks = 100;
+  const std::string body = Body(blocks * kBlock);
+  ObjectVersion v = env.Put("big", body);
+  ReadAhead ra(env.Context(), v, KeepingOptions(64));
+  for (uint64_t off = 0; off < body.size(); off += kBlock / 2) {
+    ASSERT_EQ(MustRead(ra, off, kBlock / 2), body.substr(off, kBlock / 2)) << off;
+  }
+  const BlockCacheStats cs = env.cache.Stats();
+  EXPECT_LE(cs.peak_bytes_cached, env.cache.capacity());
+  EXPECT_EQ(cs.discarded, 0u);
+  EXPECT_GT(cs.evictions, 80u);
+  EXPECT_GT(cs.recycled, 80u) << "a miss that evicts fills the evicted block's buffer";
+  EXPECT_LE(env.budget.peak(), env.budget.capacity());
+}
+
+TEST(ReadAheadTest, SequentialReadDropsBehindSoTheCacheHoldsAboutTheWindow) {
+  Env env(64);  // Room for the whole object: only drop-behind keeps the cache small.
+  const uint64_t blocks = 40;
+  const std::string body = Body(blocks * kBlock);
+  ObjectVersion v = env.Put("seq", body);
+  ReadAhead ra(env.Context(), v, Options(4));  // A window of at most 4 blocks.
+  for (uint64_t off = 0; off < body.size(); off += kBlock / 4) {
+    ASSERT_EQ(MustRead(ra, off, kBlock / 4), body.substr(off, kBlock / 4)) << off;
+  }
+  ASSERT_TRUE(Eventually([&] { return env.cache.Stats().pinned_blocks == 0; }));
+  const BlockCacheStats cs = env.cache.Stats();
+  EXPECT_EQ(env.client.get_count(), blocks) << "every block fetched once";
+  EXPECT_GE(cs.discarded, blocks - 2) << "all but the last two blocks dropped behind";
+  // The window (4), the two kept behind, one being read, and the spares.
+  EXPECT_LE(cs.peak_bytes_cached, (4 + 3) * kBlock + 16 * kBlock);
+  EXPECT_LE(cs.blocks, 2u) << "what is left: the last two blocks";
+  EXPECT_GT(cs.recycled, blocks / 2) << "fetches filled the dropped blocks' buffers";
+  EXPECT_EQ(cs.evictions, 0u);
+
+  // A block dropped behind is fetched again if the reader goes back: correct, only slower.
+  EXPECT_EQ(MustRead(ra, 5 * kBlock + 3, 100), body.substr(5 * kBlock + 3, 100));
+  EXPECT_EQ(ra.Stats().random_reads, 1u);
+}
+
+TEST(ReadAheadTest, ReadsArrivingSlightlyOutOfOrderFindTheBlockBehindStillCached) {
+  Env env(64);
+  const std::string body = Body(16 * kBlock);
+  ObjectVersion v = env.Put("ooo", body);
+  ReadAhead ra(env.Context(), v, Options(4));
+  for (uint64_t b = 0; b < 8; ++b) MustRead(ra, b * kBlock, kBlock);
+  // Blocks 0..5 are dropped behind; 6 and 7, the last two read, are kept.
+  EXPECT_GE(env.cache.Stats().discarded, 6u);
+  EXPECT_FALSE(env.cache.Lookup(BlockKey{v.key, v.etag, 4}).has_value());
+  EXPECT_TRUE(env.cache.Lookup(BlockKey{v.key, v.etag, 6}).has_value());
+  EXPECT_TRUE(env.cache.Lookup(BlockKey{v.key, v.etag, 7}).has_value());
+  // The kernel's read of the end of block 6 arrives after the read of block 7.
+  EXPECT_EQ(MustRead(ra, 7 * kBlock - 100, 100), body.substr(7 * kBlock - 100, 100));
   EXPECT_EQ(ra.Stats().random_reads, 0u);
 }
 
@@ -660,7 +726,7 @@ TEST(ReadAheadTest, PrefetchFailuresUnderPressureShrinkTheWindow) {
   Env env(16, 64);  // Quarter of the cache: a 4-block window at most.
   const std::string body = Body(20 * kBlock);
   ObjectVersion v = env.Put("x", body);
-  ReadAhead ra(env.Context(), v, Options(64));
+  ReadAhead ra(env.Context(), v, KeepingOptions(64));
 
   // Blocks 0..2 read: the window grows to 4 blocks and blocks 0..6 get fetched.
   for (uint64_t b = 0; b < 3; ++b) {
