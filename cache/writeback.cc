@@ -342,15 +342,15 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
     sent = owner_.client_.UploadPartCopy(req, {owner_.Deadline()});
     if (sent.ok()) owner_.counters_.parts_copied.fetch_add(1, std::memory_order_relaxed);
   } else {
-    BFS_ASSIGN_OR_RETURN(Reservation charge, owner_.budget_.Reserve(length, owner_.Deadline()));
-    MappedBuffer buffer = MappedBuffer::Allocate(length);  // No memset, no malloc arena.
-    if (!buffer) {
-      return Status(ErrorCode::kInternal, "cannot map a part buffer of " + FormatBytes(length));
+    BFS_ASSIGN_OR_RETURN(Writeback::PartBuffer buffer, owner_.TakePartBuffer(length));
+    std::span<char> bytes(buffer.buffer.data(), length);
+    Status read = Fill(span.offset, end, bytes);
+    if (read.ok()) read = PreadAll(fd_, bytes.data(), length, span.offset, owner_.spool_);
+    if (read.ok()) {
+      sent = owner_.client_.UploadPart({key, upload_id, number, bytes}, {owner_.Deadline()});
     }
-    std::span<char> bytes(buffer.data(), length);
-    BFS_RETURN_IF_ERROR(Fill(span.offset, end, bytes));
-    BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), length, span.offset, owner_.spool_));
-    sent = owner_.client_.UploadPart({key, upload_id, number, bytes}, {owner_.Deadline()});
+    owner_.GivePartBuffer(std::move(buffer));
+    BFS_RETURN_IF_ERROR(read);
     if (sent.ok()) {
       owner_.counters_.parts_uploaded.fetch_add(1, std::memory_order_relaxed);
       owner_.counters_.bytes_uploaded.fetch_add(length, std::memory_order_relaxed);
@@ -702,6 +702,9 @@ Writeback::Writeback(const WriteContext& context, WritebackOptions options)
       clock_(context.clock ? *context.clock : RealClock()),
       options_(options),
       layout_(options.part_size),
+      max_spare_parts_(std::min<uint64_t>(
+          options.upload_parallelism,
+          options.part_size == 0 ? 0 : budget_.capacity() / 8 / options.part_size)),
       parts_pool_(std::make_unique<TaskPool>("upload", std::max<size_t>(1, options.upload_parallelism),
                                              4 * std::max<size_t>(1, options.upload_parallelism))),
       commit_pool_(std::make_unique<TaskPool>("commit", std::max<size_t>(1, options.commit_parallelism),
@@ -718,6 +721,53 @@ Writeback::~Writeback() {
   retry_thread_.join();
   commit_pool_.reset();  // Runs the commits already queued.
   parts_pool_.reset();
+}
+
+Result<Writeback::PartBuffer> Writeback::TakePartBuffer(uint64_t bytes) {
+  {
+    std::lock_guard lock(spare_mu_);
+    ++parts_out_;
+    if (bytes == options_.part_size && !spare_parts_.empty()) {
+      PartBuffer part = std::move(spare_parts_.back());
+      spare_parts_.pop_back();
+      counters_.part_buffers_reused.fetch_add(1, std::memory_order_relaxed);
+      return part;
+    }
+  }
+  PartBuffer part;
+  Result<Reservation> charge = budget_.Reserve(bytes, Deadline());
+  if (charge.ok()) {
+    part.charge = std::move(*charge);
+    part.buffer = MappedBuffer::Allocate(bytes);  // No memset, no malloc arena.
+  }
+  if (!charge.ok() || !part.buffer) {
+    std::vector<PartBuffer> freed;
+    {
+      std::lock_guard lock(spare_mu_);
+      if (--parts_out_ == 0) freed.swap(spare_parts_);
+    }
+    if (!charge.ok()) return std::move(charge).TakeStatus();
+    return Status(ErrorCode::kInternal, "cannot map a part buffer of " + FormatBytes(bytes));
+  }
+  return part;
+}
+
+void Writeback::GivePartBuffer(PartBuffer part) {
+  std::vector<PartBuffer> freed;  // Unmapped after the lock is dropped.
+  {
+    std::lock_guard lock(spare_mu_);
+    --parts_out_;
+    if (part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_) {
+      spare_parts_.push_back(std::move(part));
+    } else {
+      freed.push_back(std::move(part));
+    }
+    // No part in flight: an idle daemon keeps no spare memory.
+    if (parts_out_ == 0) {
+      for (auto& spare : spare_parts_) freed.push_back(std::move(spare));
+      spare_parts_.clear();
+    }
+  }
 }
 
 void Writeback::SetListener(Listener listener) {
@@ -1156,6 +1206,7 @@ Writeback::Stats Writeback::GetStats() const {
   s.parts_queued = parts_pool_->queued();
   s.parts_uploaded = counters_.parts_uploaded.load();
   s.parts_copied = counters_.parts_copied.load();
+  s.part_buffers_reused = counters_.part_buffers_reused.load();
   s.bytes_uploaded = counters_.bytes_uploaded.load();
   return s;
 }

@@ -29,6 +29,11 @@
 //    a previous daemon left. Records still "open" (their writer never closed) are moved to
 //    the spool's lost+found/ and logged: uploading them could replace a good object with a
 //    half-written one.
+//  - Part buffers: a part is read from the spool into a buffer of its own, charged to the
+//    budget. Buffers of the standard part size are kept between parts while uploads are
+//    running (at most `upload_parallelism`, and an eighth of the budget), so a long write
+//    reuses them instead of mapping fresh pages the kernel must zero; when no part is in
+//    flight the spares are freed, so an idle daemon holds none.
 //  - Integrity: every part and PUT is sent with its SHA-256 payload hash in the SigV4
 //    signature, which the server verifies (a mismatch is kBadDigest, retried by the client,
 //    then reported).
@@ -49,6 +54,7 @@
 #include <vector>
 
 #include "cache/extent_set.h"
+#include "cache/mapped_buffer.h"
 #include "cache/memory_budget.h"
 #include "cache/part_layout.h"
 #include "cache/read_ahead.h"
@@ -263,6 +269,12 @@ class Writeback {
   // file); they count as not drained.
   Status Drain(MonoTime deadline, bool closed_only = false);
 
+  // A part's buffer with its budget bytes (see "Part buffers").
+  struct PartBuffer {
+    MappedBuffer buffer;
+    Reservation charge;
+  };
+
   struct Stats {
     size_t dirty_files = 0;
     uint64_t dirty_bytes = 0;
@@ -277,6 +289,7 @@ class Writeback {
     uint64_t commits = 0, failed_commits = 0, restarted_commits = 0, parts_uploaded = 0,
              parts_copied = 0,
              bytes_uploaded = 0;
+    uint64_t part_buffers_reused = 0;  // Parts read into a spare buffer (no fresh pages).
   };
   Stats GetStats() const;
 
@@ -289,6 +302,12 @@ class Writeback {
   void Settle(const std::shared_ptr<DirtyFile>& file, const Status& result);
   void RetryLoop();
   void Notify(const CommittedObject& committed);
+  // A buffer of `bytes` for a part: a spare when one fits, else budget bytes (waiting for
+  // them, until the request deadline) and a new mapping. Give it back with GivePartBuffer.
+  Result<PartBuffer> TakePartBuffer(uint64_t bytes);
+  // Keeps `part` as a spare if allowed, else frees it; frees every spare once no part
+  // buffer is out.
+  void GivePartBuffer(PartBuffer part);
   MonoTime Deadline() const { return clock_.Now() + options_.request_timeout; }
 
   s3::ObjectClient& client_;
@@ -308,9 +327,14 @@ class Writeback {
   struct Counters {
     std::atomic<uint64_t> commits{0}, failed_commits{0}, restarted_commits{0}, parts_uploaded{0},
         parts_copied{0},
-        bytes_uploaded{0};
+        bytes_uploaded{0}, part_buffers_reused{0};
   };
   Counters counters_;
+
+  std::mutex spare_mu_;
+  std::vector<PartBuffer> spare_parts_;  // Guarded by spare_mu_. Each options_.part_size.
+  size_t parts_out_ = 0;                 // Guarded by spare_mu_. Buffers taken, not given.
+  const size_t max_spare_parts_;
 
   // Declared last: destroyed first, so no task runs on a half-destroyed Writeback.
   std::unique_ptr<TaskPool> parts_pool_;

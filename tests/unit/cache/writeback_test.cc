@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -78,6 +79,7 @@ std::span<const char> Bytes(const std::string& s) { return {s.data(), s.size()};
 
 // Plays RGW where the fake plays AWS: CompleteMultipartUpload is refused (InvalidPart) while
 // the upload holds parts numbered past the last one listed. Everything else is forwarded.
+// For tests of parts in flight, an UploadPart of a held part number waits until released.
 class RgwLikeClient final : public s3::ObjectClient {
  public:
   explicit RgwLikeClient(s3::ObjectClient& inner) : inner_(inner) {}
@@ -85,6 +87,15 @@ class RgwLikeClient final : public s3::ObjectClient {
   int refused_completes() const {
     std::lock_guard lock(mu_);
     return refused_;
+  }
+  void HoldPart(int number) {
+    std::lock_guard lock(mu_);
+    held_.insert(number);
+  }
+  void ReleasePart(int number) {
+    std::lock_guard lock(mu_);
+    held_.erase(number);
+    released_.notify_all();
   }
 
   const std::string& bucket() const override { return inner_.bucket(); }
@@ -117,6 +128,10 @@ class RgwLikeClient final : public s3::ObjectClient {
   }
   Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
                                   const s3::CallOptions& opts) override {
+    {
+      std::unique_lock lock(mu_);
+      released_.wait(lock, [&] { return !held_.contains(req.part_number); });
+    }
     auto r = inner_.UploadPart(req, opts);
     if (r.ok()) Record(req.upload_id, req.part_number);
     return r;
@@ -174,6 +189,8 @@ class RgwLikeClient final : public s3::ObjectClient {
   mutable std::mutex mu_;
   std::map<std::string, std::set<int>> parts_;  // Guarded by mu_.
   int refused_ = 0;                             // Guarded by mu_.
+  std::set<int> held_;                          // Guarded by mu_.
+  std::condition_variable released_;            // With mu_: a part was released.
 };
 
 class WritebackTest : public ::testing::Test {
@@ -832,6 +849,38 @@ TEST_F(WritebackTest, AFailedEarlyPartPausesEarlyUploadsForTheRetryDelayOnly) {
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("paused"), data));
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("paused"));
+}
+
+TEST_F(WritebackTest, PartBuffersAreReusedWhileUploadsRunAndFreedOnceIdle) {
+  Start(rgw_);
+  rgw_.HoldPart(1);
+  rgw_.HoldPart(2);
+  const std::string data = Body(3 * kPart, 6);
+  const auto part = [&](int n) { return std::span<const char>(data.data() + n * kPart, kPart); };
+  auto file = MustOpen("reused");
+  ASSERT_NE(file, nullptr);
+
+  ASSERT_TRUE(file->Write(0, part(0)).ok());
+  ASSERT_TRUE(file->Write(kPart, part(1)).ok());
+  ASSERT_TRUE(Eventually([&] { return budget_.used() == 2 * kPart; }, kWait))
+      << "two part buffers out, their uploads held";
+
+  rgw_.ReleasePart(2);  // Part 2 is sent; part 1 is still on its way.
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded == 1; }, kWait));
+  EXPECT_EQ(budget_.used(), 2 * kPart) << "part 1's buffer, and part 2's kept as a spare";
+
+  ASSERT_TRUE(file->Write(2 * kPart, part(2)).ok());
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded == 2; }, kWait));
+  EXPECT_EQ(wb_->GetStats().part_buffers_reused, 1u) << "part 3 was read into the spare";
+  EXPECT_EQ(budget_.peak(), 2 * kPart) << "and took no new memory";
+
+  rgw_.ReleasePart(1);
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("reused"), data));
+  EXPECT_EQ(budget_.used(), 0u) << "no part in flight: no spare kept";
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("reused"));
 }
 
 TEST_F(WritebackTest, FailedBackgroundCommitIsRetriedAfterItsBackoff) {
