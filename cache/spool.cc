@@ -103,10 +103,53 @@ Result<int> Spool::OpenData(const std::string& id) const {
   return fd;
 }
 
+namespace {
+
+// Writes all of `text` at `offset`; false with errno set on failure.
+bool PwriteAll(int fd, const std::string& text, off_t offset) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::pwrite(fd, text.data() + done, text.size() - done,
+                               offset + static_cast<off_t>(done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// The largest record rewritten in place: one page, which a write copies whole or not at all.
+constexpr size_t kInPlaceRecordBytes = 4096;
+
+}  // namespace
+
 Status Spool::WriteRecord(const SpoolRecord& record) const {
   const std::string path = dir_ + "/files/" + record.id + ".json";
   const std::string tmp = path + ".tmp";
-  const std::string text = ToJson(record).dump();
+  std::string text = ToJson(record).dump();
+  if (text.size() <= kInPlaceRecordBytes) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return LocalIoStatus(errno, "cannot write spool journal '" + path + "'");
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) <= kInPlaceRecordBytes) {
+      // Padded to the old length, so no byte of the old record is left after the new one.
+      if (text.size() < static_cast<size_t>(st.st_size)) {
+        text.append(static_cast<size_t>(st.st_size) - text.size(), ' ');
+      }
+      const bool written = PwriteAll(fd, text, 0);
+      const int err = errno;
+      ::close(fd);
+      if (!written) {
+        // A record just created and left empty (a full disk) would read as damaged.
+        if (st.st_size == 0) ::unlink(path.c_str());
+        return LocalIoStatus(err, "cannot write spool journal '" + path + "'");
+      }
+      return Status::Ok();
+    }
+    ::close(fd);  // A larger record was there: replace it whole.
+  }
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return LocalIoStatus(errno, "cannot write spool journal '" + tmp + "'");
   size_t done = 0;

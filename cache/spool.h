@@ -4,7 +4,8 @@
 // Layout under `<spool-dir>/<bucket>/`:
 //   lock          flock()ed while a daemon uses the spool: two daemons never share it.
 //   files/ID.data the file's bytes at their offsets (sparse: holes read as zeros).
-//   files/ID.json its journal record (SpoolRecord), replaced atomically (write + rename).
+//   files/ID.json its journal record (SpoolRecord), rewritten so that a killed daemon leaves
+//                 either the old record or the new one, never a mix (see WriteRecord).
 //   lost+found/   records the daemon would not upload (a writer never closed the file, or
 //                 the record is unreadable), kept for a person to look at, never deleted.
 //
@@ -58,6 +59,14 @@ class Spool {
   Result<int> OpenData(const std::string& id) const;
   std::string DataPath(const std::string& id) const;
 
+  // Writes the record of `record.id`, replacing the one there. A record that fits in one
+  // page (every small file's) is rewritten in place by one pwrite() at offset 0, padded
+  // with spaces (JSON's whitespace) to the old length: a page is copied whole or not at
+  // all when the writer is killed, and no inode is created or freed per write. That kept
+  // a shell's `printf x > f` (four records per file) from creating four temporary files
+  // and freeing four inodes, each freed one a synchronous discard on a `discard`-mounted
+  // ext4 disk, while the writer waited in close(). Larger records are written to ID.json.tmp
+  // and renamed over the record.
   Status WriteRecord(const SpoolRecord& record) const;
   // Removes the record (the data file stays: an open handle may still use it).
   void RemoveRecord(const std::string& id) const;

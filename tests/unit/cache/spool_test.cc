@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -143,6 +144,65 @@ TEST_F(SpoolTest, RecordRoundTripsEveryField) {
   EXPECT_TRUE(again[0].metadata.empty());
   // No temporary file is left behind by the atomic replacement.
   EXPECT_FALSE(stdfs::exists(Files() / (r.id + ".json.tmp")));
+}
+
+TEST_F(SpoolTest, ASmallRecordIsRewrittenInPlaceAndAShorterOneReadsBackExactly) {
+  auto spool = MustOpen();
+  ASSERT_NE(spool, nullptr);
+  SpoolRecord r;
+  r.id = "0000000000000002-abcdef01-000001";
+  r.key = "logs/a-rather-long-name-for-the-first-version-of-this-record.txt";
+  r.size = 4096;
+  r.present = {{0, 4096}};
+  r.metadata = {{"mode", "33188"}, {"mtime", "1700000000.5"}};
+  ASSERT_TRUE(spool->WriteRecord(r).ok());
+  const stdfs::path path = Files() / (r.id + ".json");
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+
+  // Shorter: no key suffix, no extents, no metadata; closed.
+  r.key = "logs/a.txt";
+  r.present.clear();
+  r.metadata.clear();
+  r.closed = true;
+  ASSERT_TRUE(spool->WriteRecord(r).ok());
+  struct stat after {};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino) << "rewritten in place, not replaced";
+  EXPECT_EQ(after.st_size, before.st_size) << "padded to the old length";
+  EXPECT_FALSE(stdfs::exists(Files() / (r.id + ".json.tmp")));
+
+  const std::vector<SpoolRecord> records = spool->Scan();
+  ASSERT_EQ(records.size(), 1u) << "the padding is JSON whitespace, not damage";
+  EXPECT_EQ(records[0].key, "logs/a.txt");
+  EXPECT_TRUE(records[0].present.empty());
+  EXPECT_TRUE(records[0].metadata.empty());
+  EXPECT_TRUE(records[0].closed);
+  EXPECT_TRUE(stdfs::is_empty(LostFound()));
+}
+
+TEST_F(SpoolTest, ARecordLargerThanAPageIsReplacedWhole) {
+  auto spool = MustOpen();
+  ASSERT_NE(spool, nullptr);
+  SpoolRecord r;
+  r.id = "0000000000000003-abcdef01-000001";
+  r.key = "big";
+  for (uint64_t i = 0; i < 400; ++i) r.present.push_back({i * 8192, i * 8192 + 4096});
+  ASSERT_TRUE(spool->WriteRecord(r).ok());
+  const stdfs::path path = Files() / (r.id + ".json");
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  ASSERT_GT(before.st_size, 4096) << "the test needs a record of more than a page";
+
+  r.present.resize(1);  // Now small; the old record is still larger than a page.
+  ASSERT_TRUE(spool->WriteRecord(r).ok());
+  struct stat after {};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_NE(after.st_ino, before.st_ino) << "written beside and renamed over the old one";
+  EXPECT_LT(after.st_size, 4096);
+  const std::vector<SpoolRecord> records = spool->Scan();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].present.size(), 1u);
 }
 
 TEST_F(SpoolTest, CreateDataGivesUniqueWritableFiles) {
