@@ -461,11 +461,12 @@ bool BlockCache::Discard(const BlockKey& key) {
     auto it = index_.find(KeyRef{&key, hash});
     if (it == index_.end() || it->second->state != Entry::State::kReady) return false;
     Entry* e = it->second;
-    ++stats_.discarded;
     if (e->pins > 0) {
+      if (!e->discard_on_unpin) ++stats_.discarded;
       e->discard_on_unpin = true;
       return false;
     }
+    ++stats_.discarded;
     DropUnpinnedLocked(e, &victims, /*keep_spare=*/true);
     NotifyRoomLocked();
   }

@@ -152,6 +152,44 @@ TEST_F(ObservabilityTest, MetricsEndpointCountersMoveWithReadsAndWrites) {
   EXPECT_EQ(m.Unmount(), 0) << m.Log();
 }
 
+TEST_F(ObservabilityTest, ASequentialReadLeavesTheCacheHoldingAboutAWindowNotTheFile) {
+  // The budget has room for the whole file: only drop-behind keeps the cache small.
+  const uint64_t object_size = 256 * kMiB;
+  PutPattern("data/shard.bin", 9, object_size);
+  MountedBucket m(*server_, bucket_);
+  ASSERT_TRUE(m.Mount({"--metrics-address", "127.0.0.1:0", "--max-memory", "1G"}));
+  const std::string url = MetricsUrl(m);
+  ASSERT_FALSE(url.empty());
+
+  const int fd = open(m.Path("data/shard.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  std::string buf(kMiB, '\0');
+  uint64_t total = 0;
+  int mismatches = 0;
+  for (;;) {
+    const ssize_t n = read(fd, buf.data(), buf.size());
+    ASSERT_GE(n, 0) << strerror(errno);
+    if (n == 0) break;
+    if (buf.compare(0, static_cast<size_t>(n), Pattern(9, total, static_cast<size_t>(n))) != 0) {
+      ++mismatches;
+    }
+    total += static_cast<uint64_t>(n);
+  }
+  close(fd);
+  EXPECT_EQ(total, object_size);
+  EXPECT_EQ(mismatches, 0) << "MiB chunks that differ from what boto3 wrote";
+
+  const MetricSamples after = ScrapeMetrics(url);
+  // 64 blocks of 4 MiB: all but the last two dropped behind the reader, their memory reused.
+  EXPECT_GE(SumSamples(after, "bucketfs_cache_discarded_total"), 50);
+  EXPECT_GE(SumSamples(after, "bucketfs_cache_recycled_total"), 30);
+  // The 64 MiB window, the blocks being read and kept behind, and at most 16 spare blocks:
+  // well under the 256 MiB a cache keeping every block read would have held.
+  EXPECT_LE(SumSamples(after, "bucketfs_memory_peak_bytes"), 192.0 * kMiB);
+  EXPECT_LE(SumSamples(after, "bucketfs_cache_bytes"), 160.0 * kMiB);
+  EXPECT_EQ(m.Unmount(), 0) << m.Log();
+}
+
 TEST_F(ObservabilityTest, JsonLogLinesCarryBucketKeyRequestIdAndLatency) {
   PutPattern("logs/a b.txt", 11, 5000);
   MountedBucket m(*server_, bucket_);
