@@ -152,17 +152,11 @@ Status Spool::WriteRecord(const SpoolRecord& record) const {
   }
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return LocalIoStatus(errno, "cannot write spool journal '" + tmp + "'");
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return LocalIoStatus(err, "cannot write spool journal '" + tmp + "'");
-    }
-    done += static_cast<size_t>(n);
+  if (!PwriteAll(fd, text, 0)) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return LocalIoStatus(err, "cannot write spool journal '" + tmp + "'");
   }
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
