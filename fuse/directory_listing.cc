@@ -11,7 +11,7 @@ const ListedEntry* DirectoryListing::Find(std::string_view name) const {
   return it != entries.end() && it->name == name ? &*it : nullptr;
 }
 
-Result<std::shared_ptr<const DirectoryListing>> ListDirectory(
+Result<std::shared_ptr<DirectoryListing>> ListDirectory(
     s3::ObjectClient& client, const std::string& dir_path, MonoTime now, MonoTime deadline,
     OnceLog& problems) {
   const std::string prefix = DirectoryPrefix(dir_path);
@@ -79,7 +79,7 @@ Result<std::shared_ptr<const DirectoryListing>> ListDirectory(
   }
   listing->entries.reserve(merged.size());
   for (auto& [name, e] : merged) listing->entries.push_back(std::move(e));
-  return std::shared_ptr<const DirectoryListing>(std::move(listing));
+  return listing;
 }
 
 }  // namespace bucketfs::fs

@@ -31,6 +31,9 @@ struct ListedEntry {
   uint64_t size = 0;
   WallTime mtime{};  // Files: Last-Modified. Directories: their marker's, or zero.
   std::string etag;  // Files only.
+  // The inode table's store count (fuse/inode_table.h) when this entry was the truth: set
+  // by whoever caches it. A node stored after that is newer than the entry.
+  uint64_t as_of = 0;
 };
 
 struct DirectoryListing {
@@ -42,7 +45,7 @@ struct DirectoryListing {
   const ListedEntry* Find(std::string_view name) const;
 };
 
-Result<std::shared_ptr<const DirectoryListing>> ListDirectory(
+Result<std::shared_ptr<DirectoryListing>> ListDirectory(
     s3::ObjectClient& client, const std::string& dir_path, MonoTime now, MonoTime deadline,
     OnceLog& problems);
 

@@ -67,16 +67,21 @@ std::shared_ptr<const DirectoryListing> Filesystem::FreshListing(const std::stri
 Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
     const std::string& dir_path) {
   counters_.listings.fetch_add(1, std::memory_order_relaxed);
-  BFS_ASSIGN_OR_RETURN(auto listing,
+  // Taken before the request: a node stored while the LIST is in flight may be newer than
+  // what it returns (a commit finishing), and must win over it.
+  const uint64_t as_of = inodes_.StoreCount();
+  BFS_ASSIGN_OR_RETURN(std::shared_ptr<DirectoryListing> listing,
                        ListDirectory(client_, dir_path, Now(), Deadline(), problems_));
+  for (auto& e : listing->entries) e.as_of = as_of;
+  std::shared_ptr<const DirectoryListing> fetched = std::move(listing);
   if (options_.max_cached_listings == 0 || options_.metadata_ttl <= Duration::zero()) {
-    return listing;
+    return fetched;
   }
   std::lock_guard lock(mu_);
-  CacheListingLocked(dir_path, listing);
+  CacheListingLocked(dir_path, fetched);
   // A listing is the newest word on every name in it.
-  for (const auto& e : listing->entries) negative_.erase(ChildPath(dir_path, e.name));
-  return listing;
+  for (const auto& e : fetched->entries) negative_.erase(ChildPath(dir_path, e.name));
+  return fetched;
 }
 
 void Filesystem::CacheListingLocked(const std::string& dir_path,
@@ -129,6 +134,17 @@ void Filesystem::ForgetMissing(const std::string& path) {
 Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
                              uint64_t lookups) {
   if (auto existing = inodes_.GetByPath(path)) {
+    const bool same_kind = (entry.type == FileType::kDirectory) ==
+                           (existing->attr.type == FileType::kDirectory);
+    if (same_kind && existing->stored > entry.as_of && Now() < existing->attr_expiry) {
+      // The node was stored after the entry was true: a directory handle's snapshot read
+      // after a commit, or a listing fetched while the commit ran. It shows the new size and
+      // ETag; the entry would give the kernel the size the file had when it was created.
+      if (lookups == 0 || inodes_.AddLookups(existing->ino, lookups)) {
+        existing->nlookup += lookups;
+        return *existing;
+      }
+    }
     const bool same_version = entry.type == FileType::kDirectory
                                   ? existing->attr.type == FileType::kDirectory
                                   : existing->etag == entry.etag &&
@@ -475,7 +491,8 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
       const std::string name = key.substr(prefix.size());
       if (name.empty() || name.find('/') != std::string::npos || listing->Find(name)) continue;
       const auto attrs = dirty->Attributes();
-      extra.push_back(ListedEntry{name, FileType::kRegular, attrs.size, attrs.mtime, ""});
+      extra.push_back(ListedEntry{name, FileType::kRegular, attrs.size, attrs.mtime, "",
+                                  inodes_.StoreCount()});
     }
   }
   bool hides = false;

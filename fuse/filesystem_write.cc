@@ -89,10 +89,14 @@ void Filesystem::PatchListing(const std::string& dir_path, const std::string& na
   const bool found = pos != entries.end() && pos->name == name;
   if (entry == nullptr) {
     if (found) entries.erase(pos);
-  } else if (found) {
-    *pos = *entry;
   } else {
-    entries.insert(pos, *entry);
+    ListedEntry patch = *entry;
+    patch.as_of = inodes_.StoreCount();  // What the caller's node store (if any) said.
+    if (found) {
+      *pos = std::move(patch);
+    } else {
+      entries.insert(pos, std::move(patch));
+    }
   }
   it->second = std::move(patched);
 }

@@ -48,6 +48,7 @@ Node InodeTable::Upsert(const std::string& path, const Attributes& attr, const s
     node->attr.ino = node->ino;
     node->etag = etag;
     node->attr_expiry = expiry;
+    node->stored = ++stores_;
   }
   node->nlookup += lookups;
   return *node;
@@ -179,6 +180,11 @@ void InodeTable::SetSymlinkTarget(InodeId ino, std::string target) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
   if (it != nodes_.end()) it->second->symlink_target = std::move(target);
+}
+
+uint64_t InodeTable::StoreCount() const {
+  std::lock_guard lock(mu_);
+  return stores_;
 }
 
 size_t InodeTable::size() const {

@@ -15,6 +15,11 @@
 //    inode number: the kernel must never see one inode change type. The old node stays
 //    until the kernel forgets it, reachable only by its number.
 //  - Accessors return copies (Node by value), never pointers into the table.
+//  - Every Upsert stamps the node with the table's store count (`stored`, counting up from
+//    1). Whoever keeps a copy of what a node said (a directory listing, its entries) records
+//    StoreCount() when that copy was true; a node with a higher stamp was stored after it,
+//    so is newer, and the copy must not overwrite it. A count, not a clock: two stores are
+//    never tied, whatever the clock's resolution (or a test's fake clock).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +45,7 @@ struct Node {
   std::string last_open_etag;  // The version the previous open read (for keep_cache).
   std::string symlink_target;  // Symlinks, once read.
   bool unlinked = false;       // Removed from the namespace while the kernel or a handle had it.
+  uint64_t stored = 0;         // The table's store count when attr/etag were last stored.
 };
 
 class InodeTable {
@@ -80,6 +86,8 @@ class InodeTable {
   void SetSymlinkTarget(InodeId ino, std::string target);
 
   size_t size() const;
+  // How many Upserts the table has done: the stamp of the newest node.
+  uint64_t StoreCount() const;
 
  private:
   // Requires mu_.
@@ -88,6 +96,7 @@ class InodeTable {
   const uint64_t generation_;
   mutable std::mutex mu_;
   InodeId next_ino_ = kRootInode + 1;                             // Guarded by mu_.
+  uint64_t stores_ = 0;                                           // Guarded by mu_.
   std::unordered_map<InodeId, std::unique_ptr<Node>> nodes_;      // Guarded by mu_.
   std::unordered_map<std::string, InodeId> by_path_;              // Guarded by mu_.
 };

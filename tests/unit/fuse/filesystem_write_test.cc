@@ -178,6 +178,72 @@ TEST_F(FilesystemWriteTest, CreateWriteReleaseThenLookupShowsTheSize) {
   EXPECT_NE(MetaOf("f.txt", "mtime"), "<unset>");
 }
 
+// `tar x` then `diff -r`: diff opened the directory while the file was still uploading, and
+// read its entries after the commit. The handle's snapshot holds the entry the create made
+// (size 0); the commit stored the node since. READDIRPLUS must hand the kernel the node,
+// or the kernel takes size 0 for the metadata TTL and the file reads as empty.
+TEST_F(FilesystemWriteTest, ReadDirPlusOfASnapshotTakenBeforeACommitShowsTheCommittedSize) {
+  auto listed_first = fs_->OpenDir(kRootInode);  // Caches the root's listing.
+  ASSERT_TRUE(listed_first.ok()) << listed_first.status().ToString();
+  fs_->ReleaseDir(*listed_first);
+
+  auto created = fs_->Create(kRootInode, "late.bin", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("eleven byte")).ok());
+  auto dir = fs_->OpenDir(kRootInode);  // The snapshot: late.bin as created, size 0.
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("late.bin"));
+
+  std::optional<Attributes> shown;
+  Status listed = fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+    if (e.name == "late.bin") shown = e.attr;
+    return true;
+  });
+  fs_->ReleaseDir(*dir);
+  ASSERT_TRUE(listed.ok()) << listed.ToString();
+  ASSERT_TRUE(shown.has_value());
+  EXPECT_EQ(shown->size, 11u);
+  EXPECT_EQ(shown->ino, created->entry.attr.ino);
+  // Nor did the entry overwrite the node: the next stat and open see the object.
+  auto attr = fs_->GetAttr(created->entry.attr.ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->attr.size, 11u);
+  auto opened = fs_->Open(created->entry.attr.ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto read = fs_->Read(opened->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "eleven byte");
+  fs_->Release(opened->handle);
+}
+
+// A listing fetched before a commit and cached for the TTL must not undo it either: a lookup
+// answered from it shows the committed node.
+TEST_F(FilesystemWriteTest, ALookupFromAListingOlderThanTheNodeShowsTheNode) {
+  server_.PutDirect("old.bin", "four");
+  auto dir = fs_->OpenDir(kRootInode);  // Caches the listing: old.bin, 4 bytes.
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  const InodeId ino = MustLookup(kRootInode, "old.bin");
+  auto opened = fs_->Open(ino, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("now nine!")).ok());
+  ASSERT_TRUE(fs_->Flush(opened->handle).ok());
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("old.bin"));
+  std::optional<Attributes> shown;
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+                    if (e.name == "old.bin") shown = e.attr;
+                    return true;
+                  }).ok());
+  fs_->ReleaseDir(*dir);
+  ASSERT_TRUE(shown.has_value());
+  EXPECT_EQ(shown->size, 9u);
+  auto looked = fs_->Lookup(kRootInode, "old.bin");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.size, 9u);
+}
+
 TEST_F(FilesystemWriteTest, CreateExclusiveOfAnExistingNameIsExists) {
   server_.PutDirect("there", "x");
   auto created = fs_->Create(kRootInode, "there", 0644, O_WRONLY | O_CREAT | O_EXCL, kCaller);
