@@ -255,6 +255,7 @@ Result<Node> Filesystem::Probe(const std::string& path) {
   std::future<Result<s3::ListPage>> listed = task->get_future();
   if (reads_.pool == nullptr || !reads_.pool->TrySubmit([task] { (*task)(); })) (*task)();
 
+  const uint64_t as_of = inodes_.StoreCount();
   auto head = client_.Head(s3::HeadRequest{path, {}}, {deadline});
   Result<s3::ListPage> page = listed.get();
   if (!page.ok()) return std::move(page).TakeStatus();
@@ -273,8 +274,8 @@ Result<Node> Filesystem::Probe(const std::string& path) {
     if (head.status().code() == ErrorCode::kNotFound) return NotFound(path);
     return std::move(head).TakeStatus();
   }
-  return inodes_.Upsert(path, ObjectAttributes(*head, options_.defaults), head->etag, Expiry(),
-                        0);
+  return inodes_.UpsertUnlessNewer(path, ObjectAttributes(*head, options_.defaults), head->etag,
+                                   Expiry(), 0, as_of);
 }
 
 Result<std::string> Filesystem::ChildKey(InodeId parent, std::string_view name, Node* parent_node) {
@@ -389,6 +390,7 @@ Result<Node> Filesystem::Refresh(const Node& node) {
     return inodes_.Upsert(node.path, node.attr, node.etag, Expiry(), 0);
   }
   counters_.heads.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t as_of = inodes_.StoreCount();
   auto head = client_.Head(s3::HeadRequest{node.path, {}}, {Deadline()});
   if (!head.ok()) {
     if (head.status().code() == ErrorCode::kNotFound) {
@@ -398,8 +400,9 @@ Result<Node> Filesystem::Refresh(const Node& node) {
     }
     return std::move(head).TakeStatus();
   }
-  Node fresh = inodes_.Upsert(node.path, ObjectAttributes(*head, options_.defaults), head->etag,
-                              Expiry(), 0);
+  // A commit of this mount that finished while the HEAD was in flight stored a newer node.
+  Node fresh = inodes_.UpsertUnlessNewer(node.path, ObjectAttributes(*head, options_.defaults),
+                                         head->etag, Expiry(), 0, as_of);
   if (fresh.ino != node.ino) {
     // Its type changed (a file turned out to be a symlink): the kernel must look it up again.
     return Status(ErrorCode::kStale, "'" + node.path + "' changed type in the bucket");

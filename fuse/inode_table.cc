@@ -21,6 +21,11 @@ InodeTable::InodeTable(Attributes root_attributes, uint64_t generation) : genera
 Node InodeTable::Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
                         MonoTime expiry, uint64_t lookups) {
   std::lock_guard lock(mu_);
+  return UpsertLocked(path, attr, etag, expiry, lookups);
+}
+
+Node InodeTable::UpsertLocked(const std::string& path, const Attributes& attr,
+                              const std::string& etag, MonoTime expiry, uint64_t lookups) {
   Node* node = nullptr;
   if (auto p = by_path_.find(path); p != by_path_.end()) {
     Node* existing = nodes_.at(p->second).get();
@@ -52,6 +57,20 @@ Node InodeTable::Upsert(const std::string& path, const Attributes& attr, const s
   }
   node->nlookup += lookups;
   return *node;
+}
+
+Node InodeTable::UpsertUnlessNewer(const std::string& path, const Attributes& attr,
+                                   const std::string& etag, MonoTime expiry, uint64_t lookups,
+                                   uint64_t as_of) {
+  std::lock_guard lock(mu_);
+  if (auto p = by_path_.find(path); p != by_path_.end()) {
+    Node* existing = nodes_.at(p->second).get();
+    if (existing->stored > as_of) {
+      existing->nlookup += lookups;
+      return *existing;
+    }
+  }
+  return UpsertLocked(path, attr, etag, expiry, lookups);
 }
 
 std::optional<Node> InodeTable::Get(InodeId ino) const {

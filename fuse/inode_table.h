@@ -58,6 +58,12 @@ class InodeTable {
   // `lookups` added to its count. Returns the node after the update.
   Node Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
               MonoTime expiry, uint64_t lookups);
+  // Upsert of what the server said in a reply to a request sent when the store count was
+  // `as_of`: if the node of `path` was stored since, it is newer than the reply (a commit
+  // finished while the HEAD was in flight) and is kept; only `lookups` are added.
+  Node UpsertUnlessNewer(const std::string& path, const Attributes& attr,
+                         const std::string& etag, MonoTime expiry, uint64_t lookups,
+                         uint64_t as_of);
   std::optional<Node> Get(InodeId ino) const;
   std::optional<Node> GetByPath(const std::string& path) const;
 
@@ -90,7 +96,9 @@ class InodeTable {
   uint64_t StoreCount() const;
 
  private:
-  // Requires mu_.
+  // Require mu_.
+  Node UpsertLocked(const std::string& path, const Attributes& attr, const std::string& etag,
+                    MonoTime expiry, uint64_t lookups);
   void MaybeDropLocked(std::unordered_map<InodeId, std::unique_ptr<Node>>::iterator it);
 
   const uint64_t generation_;

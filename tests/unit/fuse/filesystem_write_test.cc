@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cache/block_cache.h"
@@ -39,6 +41,72 @@ std::span<const char> Bytes(const std::string& s) { return {s.data(), s.size()};
 std::string ModeOf(uint32_t type_bits, uint32_t permissions) {
   return std::to_string(type_bits | permissions);
 }
+
+// Forwards to the fake server; a HEAD may run `after_head` (once) between the server's
+// answer and its return: the answer is then older than whatever the callback changed.
+class LateHeadClient final : public s3::ObjectClient {
+ public:
+  explicit LateHeadClient(s3::ObjectClient& inner) : inner_(inner) {}
+  std::function<void()> after_head;
+
+  const std::string& bucket() const override { return inner_.bucket(); }
+  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
+    auto answer = inner_.Head(req, opts);
+    if (auto late = std::exchange(after_head, nullptr)) late();
+    return answer;
+  }
+  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
+                            const s3::CallOptions& opts) override {
+    return inner_.Get(req, buffer, opts);
+  }
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    return inner_.Put(req, opts);
+  }
+  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
+    return inner_.Copy(req, opts);
+  }
+  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
+    return inner_.Delete(key, opts);
+  }
+  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
+                                          const s3::CallOptions& opts) override {
+    return inner_.DeleteMany(keys, opts);
+  }
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    return inner_.List(req, opts);
+  }
+  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
+                                      const s3::CallOptions& opts) override {
+    return inner_.CreateMultipart(req, opts);
+  }
+  Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
+                                  const s3::CallOptions& opts) override {
+    return inner_.UploadPart(req, opts);
+  }
+  Result<s3::PartInfo> UploadPartCopy(const s3::UploadPartCopyRequest& req,
+                                      const s3::CallOptions& opts) override {
+    return inner_.UploadPartCopy(req, opts);
+  }
+  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
+                                          const s3::CallOptions& opts) override {
+    return inner_.CompleteMultipart(req, opts);
+  }
+  Status AbortMultipart(const std::string& key, const std::string& upload_id,
+                        const s3::CallOptions& opts) override {
+    return inner_.AbortMultipart(key, upload_id, opts);
+  }
+  Result<s3::ListPartsPage> ListParts(const s3::ListPartsRequest& req,
+                                      const s3::CallOptions& opts) override {
+    return inner_.ListParts(req, opts);
+  }
+  Result<s3::ListUploadsPage> ListMultipartUploads(const s3::ListUploadsRequest& req,
+                                                   const s3::CallOptions& opts) override {
+    return inner_.ListMultipartUploads(req, opts);
+  }
+
+ private:
+  s3::ObjectClient& inner_;
+};
 
 class FilesystemWriteTest : public ::testing::Test {
  protected:
@@ -81,8 +149,11 @@ class FilesystemWriteTest : public ::testing::Test {
     return w;
   }
 
+  // `client` (default: the fake server itself) is what the filesystem sends its requests to.
   std::unique_ptr<Filesystem> Make(bool read_only, cache::Writeback* writeback,
-                                   const cache::WriteFence* fence = nullptr) {
+                                   const cache::WriteFence* fence = nullptr,
+                                   s3::ObjectClient* client = nullptr) {
+    s3::ObjectClient& to = client != nullptr ? *client : server_;
     FilesystemOptions o;
     o.fence = fence;
     o.defaults.uid = 1000;
@@ -94,8 +165,7 @@ class FilesystemWriteTest : public ::testing::Test {
     o.read_ahead.timeout = 30s;
     o.mount_time = clock_.WallNow();
     return std::make_unique<Filesystem>(
-        server_, cache::ReadContext{&server_, &cache_, &budget_, pool_.get(), &clock_}, writeback,
-        o);
+        to, cache::ReadContext{&to, &cache_, &budget_, pool_.get(), &clock_}, writeback, o);
   }
 
   InodeId MustLookup(InodeId parent, const std::string& name) {
@@ -242,6 +312,33 @@ TEST_F(FilesystemWriteTest, ALookupFromAListingOlderThanTheNodeShowsTheNode) {
   auto looked = fs_->Lookup(kRootInode, "old.bin");
   ASSERT_TRUE(looked.ok()) << looked.status().ToString();
   EXPECT_EQ(looked->attr.size, 9u);
+}
+
+// A stat whose HEAD was answered just before this mount's commit of the file landed: the
+// answer (the old size) must not replace the committed node for the TTL.
+TEST_F(FilesystemWriteTest, AHeadAnsweredBeforeACommitDoesNotUndoIt) {
+  server_.PutDirect("r.bin", "four");
+  LateHeadClient late(server_);
+  fs_.reset();  // Its destructor takes the writeback's listener: first, not after Make.
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  const InodeId ino = MustLookup(kRootInode, "r.bin");
+  clock_.Advance(kTtl + 1s);  // The next stat asks the server.
+  late.after_head = [&] {
+    auto opened = fs_->Open(ino, O_WRONLY | O_TRUNC);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("now nine!")).ok());
+    ASSERT_TRUE(fs_->Flush(opened->handle).ok());
+    fs_->Release(opened->handle);
+    ASSERT_TRUE(WaitCommitted("r.bin"));
+  };
+  auto attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_FALSE(late.after_head) << "the commit ran inside the HEAD";
+  EXPECT_EQ(attr->attr.size, 9u);
+  auto again = fs_->GetAttr(ino);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->attr.size, 9u);
+  EXPECT_EQ(server_.ObjectBody("r.bin"), "now nine!");
 }
 
 TEST_F(FilesystemWriteTest, CreateExclusiveOfAnExistingNameIsExists) {
