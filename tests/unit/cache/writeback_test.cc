@@ -26,6 +26,7 @@
 #include "common/clock.h"
 #include "s3/fake_client.h"
 #include "s3/fault_client.h"
+#include "s3/forwarding_client.h"
 #include "s3/object_client.h"
 #include "tests/support/eventually.h"
 
@@ -80,9 +81,9 @@ std::span<const char> Bytes(const std::string& s) { return {s.data(), s.size()};
 // Plays RGW where the fake plays AWS: CompleteMultipartUpload is refused (InvalidPart) while
 // the upload holds parts numbered past the last one listed. Everything else is forwarded.
 // For tests of parts in flight, an UploadPart of a held part number waits until released.
-class RgwLikeClient final : public s3::ObjectClient {
+class RgwLikeClient final : public s3::ForwardingClient {
  public:
-  explicit RgwLikeClient(s3::ObjectClient& inner) : inner_(inner) {}
+  explicit RgwLikeClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
 
   int refused_completes() const {
     std::lock_guard lock(mu_);
@@ -98,47 +99,19 @@ class RgwLikeClient final : public s3::ObjectClient {
     released_.notify_all();
   }
 
-  const std::string& bucket() const override { return inner_.bucket(); }
-  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Head(req, opts);
-  }
-  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
-                            const s3::CallOptions& opts) override {
-    return inner_.Get(req, buffer, opts);
-  }
-  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Put(req, opts);
-  }
-  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Copy(req, opts);
-  }
-  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
-    return inner_.Delete(key, opts);
-  }
-  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
-                                          const s3::CallOptions& opts) override {
-    return inner_.DeleteMany(keys, opts);
-  }
-  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
-    return inner_.List(req, opts);
-  }
-  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.CreateMultipart(req, opts);
-  }
   Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
                                   const s3::CallOptions& opts) override {
     {
       std::unique_lock lock(mu_);
       released_.wait(lock, [&] { return !held_.contains(req.part_number); });
     }
-    auto r = inner_.UploadPart(req, opts);
+    auto r = inner().UploadPart(req, opts);
     if (r.ok()) Record(req.upload_id, req.part_number);
     return r;
   }
   Result<s3::PartInfo> UploadPartCopy(const s3::UploadPartCopyRequest& req,
                                       const s3::CallOptions& opts) override {
-    auto r = inner_.UploadPartCopy(req, opts);
+    auto r = inner().UploadPartCopy(req, opts);
     if (r.ok()) Record(req.upload_id, req.part_number);
     return r;
   }
@@ -157,22 +130,14 @@ class RgwLikeClient final : public s3::ObjectClient {
             .WithServerDetails(400, "InvalidPart", "rgw-like");
       }
     }
-    auto r = inner_.CompleteMultipart(req, opts);
+    auto r = inner().CompleteMultipart(req, opts);
     if (r.ok()) Forget(req.upload_id);
     return r;
   }
   Status AbortMultipart(const std::string& key, const std::string& upload_id,
                         const s3::CallOptions& opts) override {
     Forget(upload_id);
-    return inner_.AbortMultipart(key, upload_id, opts);
-  }
-  Result<s3::ListPartsPage> ListParts(const s3::ListPartsRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.ListParts(req, opts);
-  }
-  Result<s3::ListUploadsPage> ListMultipartUploads(const s3::ListUploadsRequest& req,
-                                                   const s3::CallOptions& opts) override {
-    return inner_.ListMultipartUploads(req, opts);
+    return inner().AbortMultipart(key, upload_id, opts);
   }
 
  private:
@@ -185,7 +150,6 @@ class RgwLikeClient final : public s3::ObjectClient {
     parts_.erase(upload_id);
   }
 
-  s3::ObjectClient& inner_;
   mutable std::mutex mu_;
   std::map<std::string, std::set<int>> parts_;  // Guarded by mu_.
   int refused_ = 0;                             // Guarded by mu_.

@@ -23,6 +23,7 @@
 #include "common/task_pool.h"
 #include "fuse/filesystem.h"
 #include "s3/fake_client.h"
+#include "s3/forwarding_client.h"
 #include "tests/support/eventually.h"
 
 namespace bucketfs::fs {
@@ -44,68 +45,16 @@ std::string ModeOf(uint32_t type_bits, uint32_t permissions) {
 
 // Forwards to the fake server; a HEAD may run `after_head` (once) between the server's
 // answer and its return: the answer is then older than whatever the callback changed.
-class LateHeadClient final : public s3::ObjectClient {
+class LateHeadClient final : public s3::ForwardingClient {
  public:
-  explicit LateHeadClient(s3::ObjectClient& inner) : inner_(inner) {}
+  explicit LateHeadClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
   std::function<void()> after_head;
 
-  const std::string& bucket() const override { return inner_.bucket(); }
   Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
-    auto answer = inner_.Head(req, opts);
+    auto answer = inner().Head(req, opts);
     if (auto late = std::exchange(after_head, nullptr)) late();
     return answer;
   }
-  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
-                            const s3::CallOptions& opts) override {
-    return inner_.Get(req, buffer, opts);
-  }
-  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Put(req, opts);
-  }
-  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Copy(req, opts);
-  }
-  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
-    return inner_.Delete(key, opts);
-  }
-  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
-                                          const s3::CallOptions& opts) override {
-    return inner_.DeleteMany(keys, opts);
-  }
-  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
-    return inner_.List(req, opts);
-  }
-  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.CreateMultipart(req, opts);
-  }
-  Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
-                                  const s3::CallOptions& opts) override {
-    return inner_.UploadPart(req, opts);
-  }
-  Result<s3::PartInfo> UploadPartCopy(const s3::UploadPartCopyRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.UploadPartCopy(req, opts);
-  }
-  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
-                                          const s3::CallOptions& opts) override {
-    return inner_.CompleteMultipart(req, opts);
-  }
-  Status AbortMultipart(const std::string& key, const std::string& upload_id,
-                        const s3::CallOptions& opts) override {
-    return inner_.AbortMultipart(key, upload_id, opts);
-  }
-  Result<s3::ListPartsPage> ListParts(const s3::ListPartsRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.ListParts(req, opts);
-  }
-  Result<s3::ListUploadsPage> ListMultipartUploads(const s3::ListUploadsRequest& req,
-                                                   const s3::CallOptions& opts) override {
-    return inner_.ListMultipartUploads(req, opts);
-  }
-
- private:
-  s3::ObjectClient& inner_;
 };
 
 class FilesystemWriteTest : public ::testing::Test {

@@ -13,6 +13,7 @@
 #include "common/clock.h"
 #include "s3/fake_client.h"
 #include "s3/fault_client.h"
+#include "s3/forwarding_client.h"
 
 namespace bucketfs::mountd {
 namespace {
@@ -25,9 +26,9 @@ constexpr const char* kKey = ".bucketfs/lease";
 // Forwards to another client, with hooks the tests use to play a second party at exactly
 // the moment they need: FakeClock::SleepUntil returns at once, so a "concurrent" holder
 // cannot run in a thread; it acts from inside the waiter's calls instead.
-class HookedClient final : public s3::ObjectClient {
+class HookedClient final : public s3::ForwardingClient {
  public:
-  explicit HookedClient(s3::ObjectClient& inner) : inner_(inner) {}
+  explicit HookedClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
 
   // Called before every Get is forwarded, with the 1-based count of Gets so far.
   std::function<void(int)> on_get;
@@ -35,65 +36,17 @@ class HookedClient final : public s3::ObjectClient {
   std::function<void(s3::PutRequest&)> on_put;
   int gets = 0;
 
-  const std::string& bucket() const override { return inner_.bucket(); }
-  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Head(req, opts);
-  }
   Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
                             const s3::CallOptions& opts) override {
     ++gets;
     if (on_get) on_get(gets);
-    return inner_.Get(req, buffer, opts);
+    return inner().Get(req, buffer, opts);
   }
   Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
     s3::PutRequest copy = req;
     if (on_put) on_put(copy);
-    return inner_.Put(copy, opts);
+    return inner().Put(copy, opts);
   }
-  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
-    return inner_.Copy(req, opts);
-  }
-  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
-    return inner_.Delete(key, opts);
-  }
-  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
-                                          const s3::CallOptions& opts) override {
-    return inner_.DeleteMany(keys, opts);
-  }
-  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
-    return inner_.List(req, opts);
-  }
-  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.CreateMultipart(req, opts);
-  }
-  Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
-                                  const s3::CallOptions& opts) override {
-    return inner_.UploadPart(req, opts);
-  }
-  Result<s3::PartInfo> UploadPartCopy(const s3::UploadPartCopyRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.UploadPartCopy(req, opts);
-  }
-  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
-                                          const s3::CallOptions& opts) override {
-    return inner_.CompleteMultipart(req, opts);
-  }
-  Status AbortMultipart(const std::string& key, const std::string& upload_id,
-                        const s3::CallOptions& opts) override {
-    return inner_.AbortMultipart(key, upload_id, opts);
-  }
-  Result<s3::ListPartsPage> ListParts(const s3::ListPartsRequest& req,
-                                      const s3::CallOptions& opts) override {
-    return inner_.ListParts(req, opts);
-  }
-  Result<s3::ListUploadsPage> ListMultipartUploads(const s3::ListUploadsRequest& req,
-                                                   const s3::CallOptions& opts) override {
-    return inner_.ListMultipartUploads(req, opts);
-  }
-
- private:
-  s3::ObjectClient& inner_;
 };
 
 HolderIdentity Alice() { return {"pod-alice", "node-a", "/mnt/alice"}; }
