@@ -11,6 +11,19 @@ const ListedEntry* DirectoryListing::Find(std::string_view name) const {
   return it != entries.end() && it->name == name ? &*it : nullptr;
 }
 
+void DirectoryListing::Set(std::string_view name, const ListedEntry* entry) {
+  auto it = std::lower_bound(entries.begin(), entries.end(), name,
+                             [](const ListedEntry& e, std::string_view n) { return e.name < n; });
+  const bool found = it != entries.end() && it->name == name;
+  if (entry == nullptr) {
+    if (found) entries.erase(it);
+  } else if (found) {
+    *it = *entry;
+  } else {
+    entries.insert(it, *entry);
+  }
+}
+
 Result<std::shared_ptr<DirectoryListing>> ListDirectory(
     s3::ObjectClient& client, const std::string& dir_path, MonoTime now, MonoTime deadline,
     OnceLog& problems) {

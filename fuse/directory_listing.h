@@ -31,8 +31,8 @@ struct ListedEntry {
   uint64_t size = 0;
   WallTime mtime{};  // Files: Last-Modified. Directories: their marker's, or zero.
   std::string etag;  // Files only.
-  // The inode table's store count (fuse/inode_table.h) when this entry was the truth: set
-  // by whoever caches it. A node stored after that is newer than the entry.
+  // The inode table's tick (fuse/inode_table.h) when this entry was the truth: set by whoever
+  // lists or patches it. A node stamped later is newer than the entry.
   uint64_t as_of = 0;
 };
 
@@ -43,6 +43,9 @@ struct DirectoryListing {
 
   // The entry named `name`, or nullptr.
   const ListedEntry* Find(std::string_view name) const;
+  // Sets the entry named `name` to `entry`, or removes it when `entry` is null; keeps the
+  // entries sorted.
+  void Set(std::string_view name, const ListedEntry* entry);
 };
 
 Result<std::shared_ptr<DirectoryListing>> ListDirectory(

@@ -67,21 +67,45 @@ std::shared_ptr<const DirectoryListing> Filesystem::FreshListing(const std::stri
 Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
     const std::string& dir_path) {
   counters_.listings.fetch_add(1, std::memory_order_relaxed);
-  // Taken before the request: a node stored while the LIST is in flight may be newer than
-  // what it returns (a commit finishing), and must win over it.
-  const uint64_t as_of = inodes_.StoreCount();
-  BFS_ASSIGN_OR_RETURN(std::shared_ptr<DirectoryListing> listing,
-                       ListDirectory(client_, dir_path, Now(), Deadline(), problems_));
-  for (auto& e : listing->entries) e.as_of = as_of;
-  std::shared_ptr<const DirectoryListing> fetched = std::move(listing);
-  if (options_.max_cached_listings == 0 || options_.metadata_ttl <= Duration::zero()) {
-    return fetched;
+  uint64_t forgets_before = 0;
+  {
+    std::lock_guard lock(mu_);
+    ++listing_fetches_[dir_path];
+    forgets_before = listing_forgets_;
   }
+  // Taken before the request: what it returns was true no earlier than this.
+  const uint64_t as_of = inodes_.Tick();
+  auto listed = ListDirectory(client_, dir_path, Now(), Deadline(), problems_);
+
   std::lock_guard lock(mu_);
-  CacheListingLocked(dir_path, fetched);
+  std::vector<PendingPatch> patches;
+  if (auto f = listing_fetches_.find(dir_path); --f->second == 0) {
+    listing_fetches_.erase(f);
+    if (auto p = patches_during_fetch_.find(dir_path); p != patches_during_fetch_.end()) {
+      patches = std::move(p->second);
+      patches_during_fetch_.erase(p);
+    }
+  } else if (auto p = patches_during_fetch_.find(dir_path); p != patches_during_fetch_.end()) {
+    patches = p->second;  // Another fetch of it is still in flight and needs them too.
+  }
+  if (!listed.ok()) return std::move(listed).TakeStatus();
+  std::shared_ptr<DirectoryListing> listing = std::move(listed).value();
+  for (auto& e : listing->entries) e.as_of = as_of;
+  // This mount's changes that the server may have answered without: a commit that landed
+  // after the LIST was answered. Those made before the request was sent, it shows.
+  for (const auto& patch : patches) {
+    if (patch.as_of > as_of) listing->Set(patch.name, patch.entry ? &*patch.entry : nullptr);
+  }
+  if (options_.max_cached_listings == 0 || options_.metadata_ttl <= Duration::zero() ||
+      listing_forgets_ != forgets_before) {
+    // A rename or removal of a directory overlapped the LIST: its answer is for this call
+    // only.
+    return std::shared_ptr<const DirectoryListing>(std::move(listing));
+  }
+  CacheListingLocked(dir_path, listing);
   // A listing is the newest word on every name in it.
-  for (const auto& e : fetched->entries) negative_.erase(ChildPath(dir_path, e.name));
-  return fetched;
+  for (const auto& e : listing->entries) negative_.erase(ChildPath(dir_path, e.name));
+  return std::shared_ptr<const DirectoryListing>(std::move(listing));
 }
 
 void Filesystem::CacheListingLocked(const std::string& dir_path,
@@ -98,6 +122,7 @@ void Filesystem::CacheListingLocked(const std::string& dir_path,
 
 void Filesystem::ForgetListing(const std::string& dir_path) {
   std::lock_guard lock(mu_);
+  ++listing_forgets_;
   if (listings_.erase(dir_path) > 0) {
     listing_order_.remove(dir_path);
   }
@@ -134,12 +159,11 @@ void Filesystem::ForgetMissing(const std::string& path) {
 Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
                              uint64_t lookups) {
   if (auto existing = inodes_.GetByPath(path)) {
-    const bool same_kind = (entry.type == FileType::kDirectory) ==
-                           (existing->attr.type == FileType::kDirectory);
-    if (same_kind && existing->stored > entry.as_of && Now() < existing->attr_expiry) {
-      // The node was stored after the entry was true: a directory handle's snapshot read
+    if (existing->stored > entry.as_of) {
+      // The node was known after the entry was true: a directory handle's snapshot read
       // after a commit, or a listing fetched while the commit ran. It shows the new size and
       // ETag; the entry would give the kernel the size the file had when it was created.
+      // Newer, even when its attributes have expired: the entry is older still.
       if (lookups == 0 || inodes_.AddLookups(existing->ino, lookups)) {
         existing->nlookup += lookups;
         return *existing;
@@ -158,7 +182,8 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
     if (same_version && existing->attr.type != FileType::kDirectory) {
       // The same version: what a HEAD told before (symlink, mode, owner, the mtime in its
       // metadata) still holds, and the listing cannot tell it.
-      return inodes_.Upsert(path, existing->attr, existing->etag, Expiry(), lookups);
+      return inodes_.UpsertUnlessNewer(path, existing->attr, existing->etag, Expiry(), lookups,
+                                       entry.as_of);
     }
   }
   Attributes attr;
@@ -172,7 +197,7 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
     info.last_modified = entry.mtime;
     attr = ObjectAttributes(info, options_.defaults);
   }
-  return inodes_.Upsert(path, attr, entry.etag, Expiry(), lookups);
+  return inodes_.UpsertUnlessNewer(path, attr, entry.etag, Expiry(), lookups, entry.as_of);
 }
 
 // Symlinks are small objects whose type is in their metadata, which listings do not carry.
@@ -253,9 +278,9 @@ Result<Node> Filesystem::Probe(const std::string& path) {
   };
   auto task = std::make_shared<std::packaged_task<Result<s3::ListPage>()>>(list_one);
   std::future<Result<s3::ListPage>> listed = task->get_future();
+  const uint64_t as_of = inodes_.Tick();  // Before either request is sent.
   if (reads_.pool == nullptr || !reads_.pool->TrySubmit([task] { (*task)(); })) (*task)();
 
-  const uint64_t as_of = inodes_.StoreCount();
   auto head = client_.Head(s3::HeadRequest{path, {}}, {deadline});
   Result<s3::ListPage> page = listed.get();
   if (!page.ok()) return std::move(page).TakeStatus();
@@ -268,7 +293,8 @@ Result<Node> Filesystem::Probe(const std::string& path) {
     if (!page->objects.empty() && page->objects.front().key == DirectoryPrefix(path)) {
       mtime = page->objects.front().last_modified;  // The marker's.
     }
-    return inodes_.Upsert(path, DirectoryAttributes(mtime, options_.defaults), "", Expiry(), 0);
+    return inodes_.UpsertUnlessNewer(path, DirectoryAttributes(mtime, options_.defaults), "",
+                                     Expiry(), 0, as_of);
   }
   if (!head.ok()) {
     if (head.status().code() == ErrorCode::kNotFound) return NotFound(path);
@@ -285,6 +311,11 @@ Result<std::string> Filesystem::ChildKey(InodeId parent, std::string_view name, 
     return Status(ErrorCode::kNotDirectory, "'" + dir->path + "' is not a directory");
   }
   if (dir->unlinked) return Status(ErrorCode::kNotFound, "the directory was removed");
+  if (dir->path.empty() && dir->ino != kRootInode) {
+    // Replaced in the bucket (by a file of the same name): an empty path is the root's, and
+    // this inode must never stand for it.
+    return Status(ErrorCode::kStale, "directory inode " + std::to_string(parent) + " was replaced");
+  }
   if (NameProblem p = CheckName(name); p != NameProblem::kNone) {
     if (p == NameProblem::kTooLong) {
       return Status(ErrorCode::kNameTooLong, "file names are limited to 255 bytes");
@@ -375,7 +406,8 @@ Result<EntryReply> Filesystem::Lookup(InodeId parent, std::string_view name) {
   BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, *path));
   if (!inodes_.AddLookups(node.ino, 1)) {
     // Dropped in between (it had no lookups yet): enter it again, with this one.
-    node = inodes_.Upsert(*path, node.attr, node.etag, node.attr_expiry, 1);
+    node = inodes_.UpsertUnlessNewer(*path, node.attr, node.etag, node.attr_expiry, 1,
+                                     node.stored);
   }
   return MakeEntry(node);
 }
@@ -387,10 +419,11 @@ Result<Node> Filesystem::Refresh(const Node& node) {
   if (node.attr.type == FileType::kDirectory) {
     // A directory's attributes do not change with its contents; keep it until a listing of
     // its parent says it is gone.
-    return inodes_.Upsert(node.path, node.attr, node.etag, Expiry(), 0);
+    // Not news: it keeps its stamp.
+    return inodes_.UpsertUnlessNewer(node.path, node.attr, node.etag, Expiry(), 0, node.stored);
   }
   counters_.heads.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t as_of = inodes_.StoreCount();
+  const uint64_t as_of = inodes_.Tick();
   auto head = client_.Head(s3::HeadRequest{node.path, {}}, {Deadline()});
   if (!head.ok()) {
     if (head.status().code() == ErrorCode::kNotFound) {
@@ -475,7 +508,23 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
   if (node->attr.type != FileType::kDirectory) {
     return Status(ErrorCode::kNotDirectory, "'" + node->path + "' is not a directory");
   }
-  auto listing = FreshListing(node->path);
+  auto handle = std::make_shared<DirHandle>();
+  handle->ino = ino;
+  handle->path = node->path;
+  handle->self = node->attr;
+  if (node->unlinked) {
+    // Removed while the kernel still had it (a shell's working directory): empty, as a
+    // local directory is after rmdir. Its path is empty now; it must not list the root.
+    handle->listing = std::make_shared<const DirectoryListing>();
+    std::lock_guard lock(mu_);
+    const uint64_t id = next_handle_++;
+    dirs_.emplace(id, std::move(handle));
+    return id;
+  }
+  if (node->path.empty() && ino != kRootInode) {
+    return Status(ErrorCode::kStale, "directory inode " + std::to_string(ino) + " was replaced");
+  }
+  std::shared_ptr<const DirectoryListing> listing = FreshListing(node->path);
   if (!listing) {
     BFS_ASSIGN_OR_RETURN(listing, FetchListing(node->path));
   }
@@ -495,7 +544,7 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
       if (name.empty() || name.find('/') != std::string::npos || listing->Find(name)) continue;
       const auto attrs = dirty->Attributes();
       extra.push_back(ListedEntry{name, FileType::kRegular, attrs.size, attrs.mtime, "",
-                                  inodes_.StoreCount()});
+                                  inodes_.Tick()});
     }
   }
   bool hides = false;
@@ -519,10 +568,6 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
     listing = std::move(merged);
   }
   CheckSmallEntries(node->path, *listing);
-  auto handle = std::make_shared<DirHandle>();
-  handle->ino = ino;
-  handle->path = node->path;
-  handle->self = node->attr;
   handle->listing = std::move(listing);
   std::lock_guard lock(mu_);
   const uint64_t id = next_handle_++;
@@ -556,8 +601,18 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
     view.name = entry.name;
     if (plus) {
       // The node is entered with no lookup; the accepted entry adds one.
-      auto dirty = FindDirty(path);
-      Node node = dirty ? EnterDirty(path, *dirty, 0) : EnterListed(path, entry, 0);
+      Node node;
+      if (auto dirty = FindDirty(path)) {
+        node = EnterDirty(path, *dirty, 0);
+      } else if (entry.type == FileType::kRegular && entry.etag.empty()) {
+        // Listed while it was being written, and committed (or removed) since: the entry's
+        // size is the one it had then. What is it now?
+        auto now = Resolve(dir->path, entry.name, path);
+        if (!now.ok() && now.status().code() == ErrorCode::kNotFound) continue;  // Gone.
+        node = now.ok() ? *now : EnterListed(path, entry, 0);
+      } else {
+        node = EnterListed(path, entry, 0);
+      }
       view.attr = node.attr;
       view.counts_lookup = true;
       if (!fill(view)) {

@@ -53,9 +53,11 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "cache/read_ahead.h"
 #include "cache/write_fence.h"
@@ -252,7 +254,9 @@ class Filesystem {
   std::shared_ptr<FileHandle> FindFile(uint64_t handle);
   uint64_t AddFile(std::shared_ptr<FileHandle> handle);
   // Updates cached listings after a mutation: the entry `name` of `dir_path` set (or
-  // removed, when `entry` is null). Listings not cached are left to the next fetch.
+  // removed, when `entry` is null). `entry->as_of` is when it was true (the stamp of the
+  // caller's node), or 0 for now. Listings not cached are left to the next fetch; a fetch of
+  // `dir_path` in flight replays the patch onto what it brings back.
   void PatchListing(const std::string& dir_path, const std::string& name, const ListedEntry* entry);
   // Drops every cached listing of `dir_path` and of the directories under it.
   void ForgetListingsUnder(const std::string& dir_path);
@@ -331,6 +335,18 @@ class Filesystem {
   // Listings, least recently fetched first in `listing_order_`.
   std::unordered_map<std::string, std::shared_ptr<const DirectoryListing>> listings_;  // mu_
   std::list<std::string> listing_order_;                                      // Guarded by mu_.
+  // Listings being fetched, by directory, and the patches made to each meanwhile: a LIST
+  // answered before a commit but cached after it would otherwise hide the commit for the
+  // TTL. The log of a directory goes when its last fetch ends.                  // mu_.
+  struct PendingPatch {
+    std::string name;
+    std::optional<ListedEntry> entry;  // Empty: removed.
+    uint64_t as_of = 0;
+  };
+  std::unordered_map<std::string, int> listing_fetches_;
+  std::unordered_map<std::string, std::vector<PendingPatch>> patches_during_fetch_;
+  // Counts ForgetListing(s): a fetch that overlapped one does not cache what it brings.  mu_.
+  uint64_t listing_forgets_ = 0;
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
   // Directories where a lookup recently found a name missing, until when.     // mu_.
   std::unordered_map<std::string, MonoTime> misses_;

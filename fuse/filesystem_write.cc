@@ -65,14 +65,21 @@ Attributes Filesystem::DirtyAttributesOf(const cache::DirtyFile& dirty) const {
 
 Node Filesystem::EnterDirty(const std::string& path, const cache::DirtyFile& dirty,
                             uint64_t lookups) {
-  const auto existing = inodes_.GetByPath(path);
-  return inodes_.Upsert(path, DirtyAttributesOf(dirty), existing ? existing->etag : "", Expiry(),
-                        lookups);
+  return inodes_.UpsertKeepingEtag(path, DirtyAttributesOf(dirty), Expiry(), lookups);
 }
 
 void Filesystem::PatchListing(const std::string& dir_path, const std::string& name,
                               const ListedEntry* entry) {
+  std::optional<ListedEntry> patch;
+  if (entry != nullptr) {
+    patch = *entry;
+    if (patch->as_of == 0) patch->as_of = inodes_.Tick();
+  }
+  const uint64_t as_of = patch ? patch->as_of : inodes_.Tick();
   std::lock_guard lock(mu_);
+  if (listing_fetches_.contains(dir_path)) {
+    patches_during_fetch_[dir_path].push_back(PendingPatch{name, patch, as_of});
+  }
   auto it = listings_.find(dir_path);
   if (it == listings_.end()) return;
   // Copy-on-write, unless the cache holds the only reference (no open directory handle
@@ -83,26 +90,13 @@ void Filesystem::PatchListing(const std::string& dir_path, const std::string& na
   } else {
     patched = std::make_shared<DirectoryListing>(*it->second);
   }
-  auto& entries = patched->entries;
-  auto pos = std::lower_bound(entries.begin(), entries.end(), name,
-                              [](const ListedEntry& e, const std::string& n) { return e.name < n; });
-  const bool found = pos != entries.end() && pos->name == name;
-  if (entry == nullptr) {
-    if (found) entries.erase(pos);
-  } else {
-    ListedEntry patch = *entry;
-    patch.as_of = inodes_.StoreCount();  // What the caller's node store (if any) said.
-    if (found) {
-      *pos = std::move(patch);
-    } else {
-      entries.insert(pos, std::move(patch));
-    }
-  }
+  patched->Set(name, patch ? &*patch : nullptr);
   it->second = std::move(patched);
 }
 
 void Filesystem::ForgetListingsUnder(const std::string& dir_path) {
   std::lock_guard lock(mu_);
+  ++listing_forgets_;
   for (auto it = listings_.begin(); it != listings_.end();) {
     if (dir_path.empty() || it->first == dir_path || IsUnder(it->first, dir_path)) {
       listing_order_.remove(it->first);
@@ -130,11 +124,12 @@ void Filesystem::OnCommitted(const cache::CommittedObject& committed) {
   info.metadata = committed.metadata;
   info.last_modified = clock_.WallNow();
   const Attributes attr = ObjectAttributes(info, options_.defaults);
+  uint64_t as_of = 0;  // Now, unless the node below says when.
   if (auto node = inodes_.GetByPath(committed.key); node && node->attr.type == FileType::kRegular) {
-    inodes_.Upsert(committed.key, attr, committed.etag, Expiry(), 0);
+    as_of = inodes_.Upsert(committed.key, attr, committed.etag, Expiry(), 0).stored;
   }
   const ListedEntry entry{NameOf(committed.key), FileType::kRegular, committed.size, attr.mtime,
-                          committed.etag};
+                          committed.etag, as_of};
   PatchListing(ParentOf(committed.key), entry.name, &entry);
   ForgetMissing(committed.key);
 }
@@ -213,7 +208,8 @@ Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
     BFS_ASSIGN_OR_RETURN(OpenReply opened, Open(existing->ino, flags));
     Node node = *existing;
     if (!inodes_.AddLookups(node.ino, 1)) {
-      node = inodes_.Upsert(path, node.attr, node.etag, node.attr_expiry, 1);
+      node = inodes_.UpsertUnlessNewer(path, node.attr, node.etag, node.attr_expiry, 1,
+                                       node.stored);
     }
     if (auto dirty = FindDirty(path)) node = EnterDirty(path, *dirty, 0);
     return CreateReply{MakeEntry(node), opened};
@@ -232,7 +228,8 @@ Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
   handle->dirty = std::move(dirty);
   handle->writer = true;
   inodes_.OpenHandle(node.ino, "");
-  const ListedEntry entry{std::string(name), FileType::kRegular, 0, node.attr.mtime, ""};
+  const ListedEntry entry{std::string(name), FileType::kRegular, 0, node.attr.mtime, "",
+                          node.stored};
   PatchListing(dir.path, entry.name, &entry);
   ForgetMissing(path);
   return CreateReply{MakeEntry(node), OpenReply{AddFile(std::move(handle)), false}};

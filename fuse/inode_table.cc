@@ -21,11 +21,12 @@ InodeTable::InodeTable(Attributes root_attributes, uint64_t generation) : genera
 Node InodeTable::Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
                         MonoTime expiry, uint64_t lookups) {
   std::lock_guard lock(mu_);
-  return UpsertLocked(path, attr, etag, expiry, lookups);
+  return UpsertLocked(path, attr, etag, expiry, lookups, ++ticks_);
 }
 
 Node InodeTable::UpsertLocked(const std::string& path, const Attributes& attr,
-                              const std::string& etag, MonoTime expiry, uint64_t lookups) {
+                              const std::string& etag, MonoTime expiry, uint64_t lookups,
+                              uint64_t stamp) {
   Node* node = nullptr;
   if (auto p = by_path_.find(path); p != by_path_.end()) {
     Node* existing = nodes_.at(p->second).get();
@@ -53,7 +54,7 @@ Node InodeTable::UpsertLocked(const std::string& path, const Attributes& attr,
     node->attr.ino = node->ino;
     node->etag = etag;
     node->attr_expiry = expiry;
-    node->stored = ++stores_;
+    node->stored = stamp;
   }
   node->nlookup += lookups;
   return *node;
@@ -70,7 +71,15 @@ Node InodeTable::UpsertUnlessNewer(const std::string& path, const Attributes& at
       return *existing;
     }
   }
-  return UpsertLocked(path, attr, etag, expiry, lookups);
+  return UpsertLocked(path, attr, etag, expiry, lookups, as_of);
+}
+
+Node InodeTable::UpsertKeepingEtag(const std::string& path, const Attributes& attr,
+                                   MonoTime expiry, uint64_t lookups) {
+  std::lock_guard lock(mu_);
+  std::string etag;
+  if (auto p = by_path_.find(path); p != by_path_.end()) etag = nodes_.at(p->second)->etag;
+  return UpsertLocked(path, attr, etag, expiry, lookups, ++ticks_);
 }
 
 std::optional<Node> InodeTable::Get(InodeId ino) const {
@@ -184,7 +193,9 @@ void InodeTable::Rename(const std::string& from, const std::string& to) {
   for (const auto& [path, ino] : moving) by_path_.erase(path);
   for (const auto& [path, ino] : moving) {
     const std::string moved = to + path.substr(from.size());
-    nodes_.at(ino)->path = moved;
+    Node& node = *nodes_.at(ino);
+    node.path = moved;
+    node.stored = ++ticks_;
     by_path_[moved] = ino;
   }
 }
@@ -201,9 +212,9 @@ void InodeTable::SetSymlinkTarget(InodeId ino, std::string target) {
   if (it != nodes_.end()) it->second->symlink_target = std::move(target);
 }
 
-uint64_t InodeTable::StoreCount() const {
+uint64_t InodeTable::Tick() {
   std::lock_guard lock(mu_);
-  return stores_;
+  return ++ticks_;
 }
 
 size_t InodeTable::size() const {

@@ -15,11 +15,16 @@
 //    inode number: the kernel must never see one inode change type. The old node stays
 //    until the kernel forgets it, reachable only by its number.
 //  - Accessors return copies (Node by value), never pointers into the table.
-//  - Every Upsert stamps the node with the table's store count (`stored`, counting up from
-//    1). Whoever keeps a copy of what a node said (a directory listing, its entries) records
-//    StoreCount() when that copy was true; a node with a higher stamp was stored after it,
-//    so is newer, and the copy must not overwrite it. A count, not a clock: two stores are
-//    never tied, whatever the clock's resolution (or a test's fake clock).
+//  - Every node carries a stamp (`stored`) from the table's logical clock: when what it says
+//    was known true. Tick() advances the clock; a caller takes a tick before it asks the
+//    server, and whatever the server answers was true no earlier than that tick. Upsert
+//    (the caller's own news: a commit, a dirty file) stamps with a fresh tick;
+//    UpsertUnlessNewer stores an answer stamped with the tick taken before its request, and
+//    keeps the node instead if the node's stamp is later. Whoever keeps a copy of what the
+//    server said (a directory listing, its entries) records its tick too, and a node with a
+//    later stamp wins over the copy. Stamping with the time of knowledge, not of storing,
+//    matters: an old copy stored again late must not look new. A counter, not a clock: two
+//    stamps are never tied, whatever the clock's resolution (or a test's fake clock).
 #pragma once
 
 #include <cstdint>
@@ -45,7 +50,7 @@ struct Node {
   std::string last_open_etag;  // The version the previous open read (for keep_cache).
   std::string symlink_target;  // Symlinks, once read.
   bool unlinked = false;       // Removed from the namespace while the kernel or a handle had it.
-  uint64_t stored = 0;         // The table's store count when attr/etag were last stored.
+  uint64_t stored = 0;         // The tick at which attr/etag were known true.
 };
 
 class InodeTable {
@@ -58,12 +63,18 @@ class InodeTable {
   // `lookups` added to its count. Returns the node after the update.
   Node Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
               MonoTime expiry, uint64_t lookups);
-  // Upsert of what the server said in a reply to a request sent when the store count was
-  // `as_of`: if the node of `path` was stored since, it is newer than the reply (a commit
-  // finished while the HEAD was in flight) and is kept; only `lookups` are added.
+  // Upsert of what was true at tick `as_of` (a server's reply to a request sent then, a
+  // listing entry): if the node of `path` is stamped later, it is newer (a commit finished
+  // while the HEAD was in flight) and is kept, only `lookups` are added; else the reply is
+  // stored, stamped `as_of`.
   Node UpsertUnlessNewer(const std::string& path, const Attributes& attr,
                          const std::string& etag, MonoTime expiry, uint64_t lookups,
                          uint64_t as_of);
+  // Upsert that keeps the ETag the node of `path` has (none if new), read and written under
+  // one lock: a dirty file's attributes come from the spool, its ETag from the last commit,
+  // which may be landing meanwhile.
+  Node UpsertKeepingEtag(const std::string& path, const Attributes& attr, MonoTime expiry,
+                         uint64_t lookups);
   std::optional<Node> Get(InodeId ino) const;
   std::optional<Node> GetByPath(const std::string& path) const;
 
@@ -84,7 +95,8 @@ class InodeTable {
   // only by number, until the kernel forgets it and its handles close.
   void Detach(const std::string& path);
   // Moves the node of `from` and every node under `from/` to `to` (and under `to/`),
-  // keeping their numbers; nodes that were at those paths are detached.
+  // keeping their numbers and stamping them anew (at their new paths they are newer than
+  // anything listed there before); nodes that were at those paths are detached.
   void Rename(const std::string& from, const std::string& to);
 
   // Marks the attributes stale, so the next GetAttr/Open asks the server.
@@ -92,19 +104,19 @@ class InodeTable {
   void SetSymlinkTarget(InodeId ino, std::string target);
 
   size_t size() const;
-  // How many Upserts the table has done: the stamp of the newest node.
-  uint64_t StoreCount() const;
+  // Advances the logical clock; returns the new tick.
+  uint64_t Tick();
 
  private:
   // Require mu_.
   Node UpsertLocked(const std::string& path, const Attributes& attr, const std::string& etag,
-                    MonoTime expiry, uint64_t lookups);
+                    MonoTime expiry, uint64_t lookups, uint64_t stamp);
   void MaybeDropLocked(std::unordered_map<InodeId, std::unique_ptr<Node>>::iterator it);
 
   const uint64_t generation_;
   mutable std::mutex mu_;
   InodeId next_ino_ = kRootInode + 1;                             // Guarded by mu_.
-  uint64_t stores_ = 0;                                           // Guarded by mu_.
+  uint64_t ticks_ = 0;                                            // Guarded by mu_.
   std::unordered_map<InodeId, std::unique_ptr<Node>> nodes_;      // Guarded by mu_.
   std::unordered_map<std::string, InodeId> by_path_;              // Guarded by mu_.
 };

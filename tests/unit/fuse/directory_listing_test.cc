@@ -192,5 +192,26 @@ TEST_F(DirectoryListingTest, ListErrorsAreReturned) {
   EXPECT_EQ(r.status().code(), ErrorCode::kTimeout);
 }
 
+TEST(DirectoryListingSetTest, SetInsertsReplacesAndRemovesKeepingTheOrder) {
+  DirectoryListing l;
+  ListedEntry b{"b", FileType::kRegular, 2};
+  ListedEntry a{"a", FileType::kRegular, 1};
+  ListedEntry c{"c", FileType::kDirectory};
+  l.Set("b", &b);
+  l.Set("c", &c);
+  l.Set("a", &a);
+  ASSERT_EQ(l.entries.size(), 3u);
+  EXPECT_EQ(l.entries[0].name, "a");
+  EXPECT_EQ(l.entries[2].name, "c");
+  ListedEntry b2{"b", FileType::kRegular, 20};
+  l.Set("b", &b2);
+  EXPECT_EQ(l.Find("b")->size, 20u);
+  EXPECT_EQ(l.entries.size(), 3u);
+  l.Set("a", nullptr);
+  l.Set("zz", nullptr);  // Not there: nothing happens.
+  ASSERT_EQ(l.entries.size(), 2u);
+  EXPECT_EQ(l.entries[0].name, "b");
+}
+
 }  // namespace
 }  // namespace bucketfs::fs

@@ -57,6 +57,20 @@ class LateHeadClient final : public s3::ForwardingClient {
   }
 };
 
+// Forwards to the fake server; a LIST may run `after_list` (once) between the server's
+// answer and its return: the answer is then older than whatever the callback changed.
+class LateListClient final : public s3::ForwardingClient {
+ public:
+  explicit LateListClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+  std::function<void()> after_list;
+
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    auto answer = inner().List(req, opts);
+    if (auto late = std::exchange(after_list, nullptr)) late();
+    return answer;
+  }
+};
+
 class FilesystemWriteTest : public ::testing::Test {
  protected:
   FilesystemWriteTest()
@@ -288,6 +302,140 @@ TEST_F(FilesystemWriteTest, AHeadAnsweredBeforeACommitDoesNotUndoIt) {
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(again->attr.size, 9u);
   EXPECT_EQ(server_.ObjectBody("r.bin"), "now nine!");
+}
+
+// The entry of an old directory handle, read late, was true when the handle listed it; a
+// listing fetched since is newer, and must win the next lookup over the old entry.
+TEST_F(FilesystemWriteTest, AnOldSnapshotDoesNotHideAChangeAFreshListingShows) {
+  server_.PutDirect("a.txt", "one");
+  auto old_dir = fs_->OpenDir(kRootInode);  // Snapshot: a.txt, 3 bytes.
+  ASSERT_TRUE(old_dir.ok()) << old_dir.status().ToString();
+  server_.PutDirect("a.txt", "seven!!");  // Changed in the bucket (before this mount's lease).
+  clock_.Advance(kTtl + 1s);
+  auto new_dir = fs_->OpenDir(kRootInode);  // Lists again: a.txt, 7 bytes.
+  ASSERT_TRUE(new_dir.ok()) << new_dir.status().ToString();
+  fs_->ReleaseDir(*new_dir);
+
+  std::optional<Attributes> old_shown;
+  ASSERT_TRUE(fs_->ReadDir(*old_dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+                    if (e.name == "a.txt") old_shown = e.attr;
+                    return true;
+                  }).ok());
+  fs_->ReleaseDir(*old_dir);
+  ASSERT_TRUE(old_shown.has_value());
+  EXPECT_EQ(old_shown->size, 3u);  // The snapshot's, when nothing newer was known.
+  auto looked = fs_->Lookup(kRootInode, "a.txt");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.size, 7u);
+}
+
+// As ReadDirPlusOfASnapshotTakenBeforeACommitShowsTheCommittedSize, but the kernel forgot the
+// node before it read the snapshot: nothing newer is in the inode table to win over the
+// entry made at create time, so the entry must not be believed as it is.
+TEST_F(FilesystemWriteTest, ReadDirPlusOfASnapshotAfterTheNodeWasForgottenShowsTheCommit) {
+  auto listed_first = fs_->OpenDir(kRootInode);  // Caches the root's listing.
+  ASSERT_TRUE(listed_first.ok()) << listed_first.status().ToString();
+  fs_->ReleaseDir(*listed_first);
+  auto created = fs_->Create(kRootInode, "late.bin", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("eleven byte")).ok());
+  auto dir = fs_->OpenDir(kRootInode);  // The snapshot: late.bin as created, size 0.
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("late.bin"));
+  fs_->Forget(created->entry.attr.ino, 1);  // The kernel drops it: the node goes.
+  ASSERT_FALSE(fs_->GetAttr(created->entry.attr.ino).ok());
+
+  std::optional<Attributes> shown;
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+                    if (e.name == "late.bin") shown = e.attr;
+                    return true;
+                  }).ok());
+  fs_->ReleaseDir(*dir);
+  ASSERT_TRUE(shown.has_value());
+  EXPECT_EQ(shown->size, 11u);
+  auto opened = fs_->Open(shown->ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  auto read = fs_->Read(opened->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "eleven byte");
+  fs_->Release(opened->handle);
+}
+
+// A LIST answered before a commit landed, but cached after it, would hide the new file (ENOENT)
+// for the TTL: the commit's change to the listing is replayed onto it, without a second LIST.
+TEST_F(FilesystemWriteTest, AListingThatRacedACommitIsNotCachedWithoutTheNewFile) {
+  LateListClient late(server_);
+  fs_.reset();  // Its destructor takes the writeback's listener: first, not after Make.
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  auto created = fs_->Create(kRootInode, "new.bin", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("nine byte")).ok());
+  const uint64_t listings_before = fs_->Stats().listings;
+  late.after_list = [&] {
+    ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+    fs_->Release(created->open.handle);
+    ASSERT_TRUE(WaitCommitted("new.bin"));
+  };
+  auto dir = fs_->OpenDir(kRootInode);  // The LIST is answered, then the commit lands.
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  EXPECT_FALSE(late.after_list) << "the commit ran inside the LIST";
+  std::vector<std::string> names;
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/false, [&](const DirEntryView& e) {
+                    names.emplace_back(e.name);
+                    return true;
+                  }).ok());
+  fs_->ReleaseDir(*dir);
+  EXPECT_NE(std::find(names.begin(), names.end(), "new.bin"), names.end());
+  auto looked = fs_->Lookup(kRootInode, "new.bin");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.size, 9u);
+  EXPECT_EQ(fs_->Stats().listings, listings_before + 1) << "the listing was not cached";
+}
+
+// A directory replaced by a file in the bucket loses its path; an empty path is the root's.
+// Its old inode must not list, look up or create in the root.
+TEST_F(FilesystemWriteTest, ADirectoryReplacedByAFileNeverStandsForTheRoot) {
+  server_.PutDirect("d/x", "1");
+  server_.PutDirect("top.txt", "t");
+  const InodeId old_dir = MustLookup(kRootInode, "d");
+  server_.DeleteDirect("d/x");
+  server_.PutDirect("d", "now a file");
+  clock_.Advance(kTtl + 1s);
+  auto file = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  ASSERT_EQ(file->attr.type, FileType::kRegular);
+  ASSERT_NE(file->attr.ino, old_dir);
+
+  auto looked = fs_->Lookup(old_dir, "top.txt");
+  ASSERT_FALSE(looked.ok()) << "the old directory inode looked up a name in the root";
+  EXPECT_EQ(looked.status().code(), ErrorCode::kStale);
+  auto listed = fs_->OpenDir(old_dir);
+  ASSERT_FALSE(listed.ok()) << "the old directory inode listed the root";
+  EXPECT_EQ(listed.status().code(), ErrorCode::kStale);
+  auto created = fs_->Create(old_dir, "n.txt", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_FALSE(created.ok());
+  EXPECT_EQ(created.status().code(), ErrorCode::kStale);
+  EXPECT_FALSE(server_.ObjectInfoDirect("n.txt").has_value());
+}
+
+// rmdir while a shell sits in the directory: listing it shows nothing, as on a local disk
+// (its path is gone, and must not fall back to the root's).
+TEST_F(FilesystemWriteTest, AListingOfARemovedDirectoryIsEmpty) {
+  server_.PutDirect("top.txt", "t");
+  auto made = fs_->MkDir(kRootInode, "gone", 0755, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  ASSERT_TRUE(fs_->RmDir(kRootInode, "gone").ok());
+  auto dir = fs_->OpenDir(made->attr.ino);
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  std::vector<std::string> names;
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+                    names.emplace_back(e.name);
+                    return true;
+                  }).ok());
+  fs_->ReleaseDir(*dir);
+  EXPECT_EQ(names, (std::vector<std::string>{".", ".."}));
 }
 
 TEST_F(FilesystemWriteTest, CreateExclusiveOfAnExistingNameIsExists) {

@@ -131,6 +131,46 @@ TEST(InodeTableTest, TypeChangeGetsANewInodeNumber) {
   EXPECT_FALSE(t.Get(f2.ino).has_value()) << "an old node without lookups goes at once";
 }
 
+// A stamp is when the node's data was known, not when it was stored: an answer to a request
+// sent before a newer store loses to it, and one stored late keeps its early stamp.
+TEST(InodeTableTest, StampsAreWhenTheDataWasTrueNotWhenItWasStored) {
+  InodeTable t = Table();
+  const uint64_t asked = t.Tick();            // A request goes out...
+  Node committed = t.Upsert("f", File(9), "new", kExpiry, 1);  // ...a commit lands...
+  EXPECT_GT(committed.stored, asked);
+  Node kept = t.UpsertUnlessNewer("f", File(4), "old", kExpiry, 1, asked);  // ...it answers.
+  EXPECT_EQ(kept.etag, "new");
+  EXPECT_EQ(kept.attr.size, 9u);
+  EXPECT_EQ(kept.nlookup, 2u) << "the lookup still counts";
+
+  const uint64_t listed = t.Tick();
+  Node stored = t.UpsertUnlessNewer("g", File(3), "v1", kExpiry, 0, listed);
+  (void)t.Tick();
+  EXPECT_EQ(stored.stored, listed) << "stored late, stamped with when it was true";
+  Node newer = t.UpsertUnlessNewer("g", File(7), "v2", kExpiry, 0, t.Tick());
+  EXPECT_EQ(newer.etag, "v2");
+}
+
+TEST(InodeTableTest, UpsertKeepingEtagKeepsTheCommittedEtag) {
+  InodeTable t = Table();
+  EXPECT_EQ(t.UpsertKeepingEtag("new", File(0), kExpiry, 1).etag, "");
+  t.Upsert("f", File(4), "committed", kExpiry, 1);
+  Node dirty = t.UpsertKeepingEtag("f", File(12), kExpiry, 0);
+  EXPECT_EQ(dirty.etag, "committed");
+  EXPECT_EQ(dirty.attr.size, 12u);
+}
+
+TEST(InodeTableTest, RenameStampsTheMovedNodesAnew) {
+  InodeTable t = Table();
+  Node a = t.Upsert("d/a", File(), "e", kExpiry, 1);
+  const uint64_t before = t.Tick();
+  t.Rename("d", "e");
+  auto moved = t.GetByPath("e/a");
+  ASSERT_TRUE(moved.has_value());
+  EXPECT_EQ(moved->ino, a.ino);
+  EXPECT_GT(moved->stored, before) << "newer than anything listed at e/ before the rename";
+}
+
 TEST(InodeTableTest, InodeNumbersAreNeverReused) {
   InodeTable t = Table();
   Node a = t.Upsert("f", File(), "e", kExpiry, 1);
