@@ -70,23 +70,23 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
   uint64_t forgets_before = 0;
   {
     std::lock_guard lock(mu_);
-    ++listing_fetches_[dir_path];
-    forgets_before = listing_forgets_;
+    FetchInFlight& f = fetches_in_flight_[dir_path];
+    ++f.fetches;
+    forgets_before = f.forgets;
   }
   // Taken before the request: what it returns was true no earlier than this.
   const uint64_t as_of = inodes_.Tick();
   auto listed = ListDirectory(client_, dir_path, Now(), Deadline(), problems_);
 
   std::lock_guard lock(mu_);
+  auto f = fetches_in_flight_.find(dir_path);
+  const bool forgotten = f->second.forgets != forgets_before;
   std::vector<PendingPatch> patches;
-  if (auto f = listing_fetches_.find(dir_path); --f->second == 0) {
-    listing_fetches_.erase(f);
-    if (auto p = patches_during_fetch_.find(dir_path); p != patches_during_fetch_.end()) {
-      patches = std::move(p->second);
-      patches_during_fetch_.erase(p);
-    }
-  } else if (auto p = patches_during_fetch_.find(dir_path); p != patches_during_fetch_.end()) {
-    patches = p->second;  // Another fetch of it is still in flight and needs them too.
+  if (--f->second.fetches == 0) {
+    patches = std::move(f->second.patches);
+    fetches_in_flight_.erase(f);
+  } else {
+    patches = f->second.patches;  // Another fetch of it is still in flight and needs them too.
   }
   if (!listed.ok()) return std::move(listed).TakeStatus();
   std::shared_ptr<DirectoryListing> listing = std::move(listed).value();
@@ -97,15 +97,35 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
     if (patch.as_of > as_of) listing->Set(patch.name, patch.entry ? &*patch.entry : nullptr);
   }
   if (options_.max_cached_listings == 0 || options_.metadata_ttl <= Duration::zero() ||
-      listing_forgets_ != forgets_before) {
-    // A rename or removal of a directory overlapped the LIST: its answer is for this call
-    // only.
+      forgotten) {
+    // (forgotten: the directory, or one above it, was renamed or removed meanwhile; the
+    // answer is for this call only.)
     return std::shared_ptr<const DirectoryListing>(std::move(listing));
   }
   CacheListingLocked(dir_path, listing);
   // A listing is the newest word on every name in it.
   for (const auto& e : listing->entries) negative_.erase(ChildPath(dir_path, e.name));
   return std::shared_ptr<const DirectoryListing>(std::move(listing));
+}
+
+void Filesystem::NoteForgetLocked(const std::string& dir_path, bool under) {
+  for (auto& [path, fetch] : fetches_in_flight_) {
+    const bool below = path.size() > dir_path.size() &&
+                       path.compare(0, dir_path.size(), dir_path) == 0 &&
+                       (dir_path.empty() || path[dir_path.size()] == '/');
+    if (path == dir_path || (under && below)) ++fetch.forgets;
+  }
+}
+
+std::optional<ListedEntry> Filesystem::NewerCachedEntry(const std::string& dir_path,
+                                                        const std::string& name,
+                                                        uint64_t as_of) {
+  std::lock_guard lock(mu_);
+  auto it = listings_.find(dir_path);
+  if (it == listings_.end()) return std::nullopt;
+  const ListedEntry* entry = it->second->Find(name);
+  if (entry == nullptr || entry->as_of <= as_of) return std::nullopt;
+  return *entry;
 }
 
 void Filesystem::CacheListingLocked(const std::string& dir_path,
@@ -122,7 +142,7 @@ void Filesystem::CacheListingLocked(const std::string& dir_path,
 
 void Filesystem::ForgetListing(const std::string& dir_path) {
   std::lock_guard lock(mu_);
-  ++listing_forgets_;
+  NoteForgetLocked(dir_path, /*under=*/false);
   if (listings_.erase(dir_path) > 0) {
     listing_order_.remove(dir_path);
   }
@@ -198,6 +218,11 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
     attr = ObjectAttributes(info, options_.defaults);
   }
   return inodes_.UpsertUnlessNewer(path, attr, entry.etag, Expiry(), lookups, entry.as_of);
+}
+
+bool Filesystem::NodeNewerThan(const std::string& path, uint64_t as_of) const {
+  auto node = inodes_.GetByPath(path);
+  return node && node->stored > as_of;
 }
 
 // Symlinks are small objects whose type is in their metadata, which listings do not carry.
@@ -601,17 +626,24 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
     view.name = entry.name;
     if (plus) {
       // The node is entered with no lookup; the accepted entry adds one.
+      // The snapshot's entry, unless the cached listing learnt something newer of the name
+      // since (a commit, or a listing fetched after this handle's): the kernel keeps what
+      // it is given for the TTL.
+      ListedEntry best = entry;
+      if (auto newer = NewerCachedEntry(dir->path, entry.name, entry.as_of)) best = *newer;
       Node node;
       if (auto dirty = FindDirty(path)) {
         node = EnterDirty(path, *dirty, 0);
-      } else if (entry.type == FileType::kRegular && entry.etag.empty()) {
-        // Listed while it was being written, and committed (or removed) since: the entry's
-        // size is the one it had then. What is it now?
+      } else if (best.type == FileType::kRegular && best.etag.empty() &&
+                 !NodeNewerThan(path, best.as_of)) {
+        // Listed while it was being written, committed (or removed) since, and nothing here
+        // knows what it became (the node forgotten, the listing evicted): the entry's size is
+        // the one it had then. Ask.
         auto now = Resolve(dir->path, entry.name, path);
         if (!now.ok() && now.status().code() == ErrorCode::kNotFound) continue;  // Gone.
-        node = now.ok() ? *now : EnterListed(path, entry, 0);
+        node = now.ok() ? *now : EnterListed(path, best, 0);
       } else {
-        node = EnterListed(path, entry, 0);
+        node = EnterListed(path, best, 0);
       }
       view.attr = node.attr;
       view.counts_lookup = true;

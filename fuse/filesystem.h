@@ -289,12 +289,21 @@ class Filesystem {
   // Lists `dir_path` from the server and caches the result.
   Result<std::shared_ptr<const DirectoryListing>> FetchListing(const std::string& dir_path);
   void ForgetListing(const std::string& dir_path);
+  // Requires mu_. Counts a forget of `dir_path` (and, if `under`, every directory under it)
+  // against the fetches in flight.
+  void NoteForgetLocked(const std::string& dir_path, bool under);
+  // The entry `name` of the cached listing of `dir_path`, whatever its age, if it was true
+  // after `as_of`.
+  std::optional<ListedEntry> NewerCachedEntry(const std::string& dir_path, const std::string& name,
+                                              uint64_t as_of);
   // Requires mu_. Caches `listing` of `dir_path`, dropping the oldest beyond the limit.
   void CacheListingLocked(const std::string& dir_path,
                           std::shared_ptr<const DirectoryListing> listing);
   // The node for a listed entry, with `lookups` added. Keeps a fresh node's attributes when
   // they describe the same version (they may hold metadata a listing lacks).
   Node EnterListed(const std::string& path, const ListedEntry& entry, uint64_t lookups);
+  // True if the node of `path` was known after `as_of`.
+  bool NodeNewerThan(const std::string& path, uint64_t as_of) const;
   // As EnterListed, but a small object (it could be a symlink, which a listing cannot
   // show) not yet seen by HEAD is looked at with one HEAD first.
   Node EnterListedChecked(const std::string& path, const ListedEntry& entry, uint64_t lookups);
@@ -335,18 +344,21 @@ class Filesystem {
   // Listings, least recently fetched first in `listing_order_`.
   std::unordered_map<std::string, std::shared_ptr<const DirectoryListing>> listings_;  // mu_
   std::list<std::string> listing_order_;                                      // Guarded by mu_.
-  // Listings being fetched, by directory, and the patches made to each meanwhile: a LIST
-  // answered before a commit but cached after it would otherwise hide the commit for the
-  // TTL. The log of a directory goes when its last fetch ends.                  // mu_.
+  // Listings being fetched, by directory: the patches made to it meanwhile (a LIST answered
+  // before a commit but cached after it would otherwise hide the commit for the TTL), and
+  // how often its cached listing was forgotten meanwhile (a rename or removal under it: the
+  // answer must not be cached). The entry goes when its last fetch ends.        // mu_.
   struct PendingPatch {
     std::string name;
     std::optional<ListedEntry> entry;  // Empty: removed.
     uint64_t as_of = 0;
   };
-  std::unordered_map<std::string, int> listing_fetches_;
-  std::unordered_map<std::string, std::vector<PendingPatch>> patches_during_fetch_;
-  // Counts ForgetListing(s): a fetch that overlapped one does not cache what it brings.  mu_.
-  uint64_t listing_forgets_ = 0;
+  struct FetchInFlight {
+    int fetches = 0;
+    uint64_t forgets = 0;
+    std::vector<PendingPatch> patches;
+  };
+  std::unordered_map<std::string, FetchInFlight> fetches_in_flight_;
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
   // Directories where a lookup recently found a name missing, until when.     // mu_.
   std::unordered_map<std::string, MonoTime> misses_;

@@ -77,8 +77,8 @@ void Filesystem::PatchListing(const std::string& dir_path, const std::string& na
   }
   const uint64_t as_of = patch ? patch->as_of : inodes_.Tick();
   std::lock_guard lock(mu_);
-  if (listing_fetches_.contains(dir_path)) {
-    patches_during_fetch_[dir_path].push_back(PendingPatch{name, patch, as_of});
+  if (auto f = fetches_in_flight_.find(dir_path); f != fetches_in_flight_.end()) {
+    f->second.patches.push_back(PendingPatch{name, patch, as_of});
   }
   auto it = listings_.find(dir_path);
   if (it == listings_.end()) return;
@@ -96,7 +96,7 @@ void Filesystem::PatchListing(const std::string& dir_path, const std::string& na
 
 void Filesystem::ForgetListingsUnder(const std::string& dir_path) {
   std::lock_guard lock(mu_);
-  ++listing_forgets_;
+  NoteForgetLocked(dir_path, /*under=*/true);
   for (auto it = listings_.begin(); it != listings_.end();) {
     if (dir_path.empty() || it->first == dir_path || IsUnder(it->first, dir_path)) {
       listing_order_.remove(it->first);
@@ -150,8 +150,19 @@ void Filesystem::FinishDeferredDelete(InodeId ino) {
     Logger("fuse")->error("'{}' was unlinked while open, but deleting it at its last close "
                           "failed: {}", key, deleted.ToString());
   }
-  std::lock_guard lock(mu_);
-  if (auto h = hidden_.find(key); h != hidden_.end() && h->second == ino) hidden_.erase(h);
+  bool still_hidden = false;
+  {
+    std::lock_guard lock(mu_);
+    if (auto h = hidden_.find(key); h != hidden_.end() && h->second == ino) {
+      hidden_.erase(h);
+      still_hidden = true;
+    }
+  }
+  if (still_hidden && deleted.ok()) {
+    // A listing fetched since the unlink still shows the object (it was there until now).
+    PatchListing(ParentOf(key), NameOf(key), nullptr);
+    RememberMissing(key);
+  }
 }
 
 Status Filesystem::ClaimFreeName(const std::string& dir_path, std::string_view name,
@@ -284,6 +295,12 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
   if (node->attr.type == FileType::kDirectory) {
     if (request.size) return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
     if (ino == kRootInode) return GetAttr(ino);  // The bucket itself has no marker to hold it.
+    if (node->unlinked || node->path.empty()) {
+      // Removed or replaced: its empty path is the root's, and a marker for it would be a
+      // PUT to the bucket itself.
+      return Status(ErrorCode::kStale, "directory inode " + std::to_string(ino) +
+                                           " was removed or replaced");
+    }
     Attributes attr = node->attr;
     if (request.permissions) attr.permissions = *request.permissions & 07777;
     if (request.uid) attr.uid = *request.uid;
@@ -505,6 +522,7 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   const std::string from_prefix = DirectoryPrefix(from);
   const std::string to_prefix = DirectoryPrefix(to);
   std::vector<std::string> sources;  // Keys to delete once everything is copied.
+  std::vector<std::string> etag_changed;  // Copies whose ETag is not their source's.
   // Dirty files first: the writeback moves (and, if committed, copies) each.
   if (writeback_ != nullptr) {
     for (const auto& dirty : writeback_->Under(from_prefix)) {
@@ -523,11 +541,14 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
       if (object.key == from_prefix) has_marker = true;
       if (std::find(sources.begin(), sources.end(), object.key) != sources.end()) continue;
       const std::string dest = to_prefix + object.key.substr(from_prefix.size());
-      BFS_RETURN_IF_ERROR(cache::CopyObject(client_,
-                                            cache::CopySpec{object.key, dest, object.size,
-                                                            object.etag, std::nullopt, {}},
-                                            Deadline())
-                              .status());
+      BFS_ASSIGN_OR_RETURN(std::string copy_etag,
+                           cache::CopyObject(client_,
+                                             cache::CopySpec{object.key, dest, object.size,
+                                                             object.etag, std::nullopt, {}},
+                                             Deadline()));
+      // A copy of a multipart object has another ETag than its source: the moved node
+      // must not keep the source's (a read would If-Match it and fail).
+      if (copy_etag != object.etag) etag_changed.push_back(dest);
       sources.push_back(object.key);
     }
     if (!page.is_truncated) break;
@@ -557,6 +578,9 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     }
   }
   inodes_.Rename(from, to);
+  for (const auto& dest : etag_changed) {
+    if (auto node = inodes_.GetByPath(dest)) inodes_.Expire(node->ino);
+  }
   return Status::Ok();
 }
 

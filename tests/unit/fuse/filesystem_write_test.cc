@@ -305,7 +305,8 @@ TEST_F(FilesystemWriteTest, AHeadAnsweredBeforeACommitDoesNotUndoIt) {
 }
 
 // The entry of an old directory handle, read late, was true when the handle listed it; a
-// listing fetched since is newer, and must win the next lookup over the old entry.
+// listing fetched since is newer, and wins: over the old entry in READDIRPLUS (the kernel
+// keeps what it gets for the TTL), and in the next lookup.
 TEST_F(FilesystemWriteTest, AnOldSnapshotDoesNotHideAChangeAFreshListingShows) {
   server_.PutDirect("a.txt", "one");
   auto old_dir = fs_->OpenDir(kRootInode);  // Snapshot: a.txt, 3 bytes.
@@ -323,7 +324,7 @@ TEST_F(FilesystemWriteTest, AnOldSnapshotDoesNotHideAChangeAFreshListingShows) {
                   }).ok());
   fs_->ReleaseDir(*old_dir);
   ASSERT_TRUE(old_shown.has_value());
-  EXPECT_EQ(old_shown->size, 3u);  // The snapshot's, when nothing newer was known.
+  EXPECT_EQ(old_shown->size, 7u);
   auto looked = fs_->Lookup(kRootInode, "a.txt");
   ASSERT_TRUE(looked.ok()) << looked.status().ToString();
   EXPECT_EQ(looked->attr.size, 7u);
@@ -346,6 +347,7 @@ TEST_F(FilesystemWriteTest, ReadDirPlusOfASnapshotAfterTheNodeWasForgottenShowsT
   ASSERT_TRUE(WaitCommitted("late.bin"));
   fs_->Forget(created->entry.attr.ino, 1);  // The kernel drops it: the node goes.
   ASSERT_FALSE(fs_->GetAttr(created->entry.attr.ino).ok());
+  const FilesystemStats before = fs_->Stats();
 
   std::optional<Attributes> shown;
   ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
@@ -355,6 +357,9 @@ TEST_F(FilesystemWriteTest, ReadDirPlusOfASnapshotAfterTheNodeWasForgottenShowsT
   fs_->ReleaseDir(*dir);
   ASSERT_TRUE(shown.has_value());
   EXPECT_EQ(shown->size, 11u);
+  // The commit's patch of the cached listing told it: no request was needed.
+  EXPECT_EQ(fs_->Stats().probes, before.probes);
+  EXPECT_EQ(fs_->Stats().listings, before.listings);
   auto opened = fs_->Open(shown->ino, O_RDONLY);
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   auto read = fs_->Read(opened->handle, 0, 100);
@@ -436,6 +441,41 @@ TEST_F(FilesystemWriteTest, AListingOfARemovedDirectoryIsEmpty) {
                   }).ok());
   fs_->ReleaseDir(*dir);
   EXPECT_EQ(names, (std::vector<std::string>{".", ".."}));
+}
+
+// Unlinked while open: the object stays until the last close, so a listing fetched meanwhile
+// shows it. The close deletes it, and must take it out of that listing too.
+TEST_F(FilesystemWriteTest, TheLastCloseOfAnUnlinkedFileTakesItOutOfTheCachedListing) {
+  server_.PutDirect("u.txt", "data");
+  const InodeId ino = MustLookup(kRootInode, "u.txt");
+  auto opened = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "u.txt").ok());
+  ASSERT_TRUE(server_.ObjectInfoDirect("u.txt").has_value()) << "deleted at the last close";
+  clock_.Advance(kTtl + 1s);
+  auto dir = fs_->OpenDir(kRootInode);  // Lists again: the server still has u.txt.
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  fs_->ReleaseDir(*dir);
+  fs_->Release(opened->handle);
+  EXPECT_FALSE(server_.ObjectInfoDirect("u.txt").has_value());
+  auto looked = fs_->Lookup(kRootInode, "u.txt");
+  ASSERT_FALSE(looked.ok()) << "the deleted file is still in the cached listing";
+  EXPECT_EQ(looked.status().code(), ErrorCode::kNotFound);
+}
+
+// chmod of a directory removed while held: its empty path must not become a marker PUT at
+// the bucket's root.
+TEST_F(FilesystemWriteTest, SetAttrOfARemovedDirectoryIsStale) {
+  auto made = fs_->MkDir(kRootInode, "gone", 0755, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  ASSERT_TRUE(fs_->RmDir(kRootInode, "gone").ok());
+  const uint64_t puts = server_.calls(s3::Op::kPut);
+  SetAttrRequest chmod;
+  chmod.permissions = 0700;
+  auto changed = fs_->SetAttr(made->attr.ino, chmod);
+  ASSERT_FALSE(changed.ok());
+  EXPECT_EQ(changed.status().code(), ErrorCode::kStale);
+  EXPECT_EQ(server_.calls(s3::Op::kPut), puts);
 }
 
 TEST_F(FilesystemWriteTest, CreateExclusiveOfAnExistingNameIsExists) {
