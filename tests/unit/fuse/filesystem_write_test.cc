@@ -149,6 +149,48 @@ class FilesystemWriteTest : public ::testing::Test {
     ASSERT_TRUE(WaitCommitted(key));
   }
 
+  // Reads directory handle `dir` whole with READDIRPLUS and releases it; the attributes it
+  // gave `name`, if it was there.
+  std::optional<Attributes> ShownByReadDirPlusThenRelease(uint64_t dir, const std::string& name) {
+    std::optional<Attributes> shown;
+    Status listed = fs_->ReadDir(dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+      if (e.name == name) shown = e.attr;
+      return true;
+    });
+    fs_->ReleaseDir(dir);
+    EXPECT_TRUE(listed.ok()) << listed.ToString();
+    return shown;
+  }
+
+  // READDIRPLUS of handle `dir` (then released) and a lookup both give `name` in the root
+  // `size` bytes.
+  void ExpectReadDirPlusAndLookupShow(uint64_t dir, const std::string& name, uint64_t size) {
+    const std::optional<Attributes> shown = ShownByReadDirPlusThenRelease(dir, name);
+    ASSERT_TRUE(shown.has_value()) << name << " is not in the directory";
+    EXPECT_EQ(shown->size, size) << "READDIRPLUS";
+    auto looked = fs_->Lookup(kRootInode, name);
+    ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+    EXPECT_EQ(looked->attr.size, size) << "lookup";
+  }
+
+  // Creates late.bin in the root and writes 11 bytes; opens the root (`*dir`), whose snapshot
+  // holds late.bin as created (size 0, from the cached listing's patch); then commits it.
+  void SnapshotLateBinThenCommitIt(uint64_t* dir, InodeId* created_ino) {
+    auto listed_first = fs_->OpenDir(kRootInode);  // Caches the root's listing.
+    ASSERT_TRUE(listed_first.ok()) << listed_first.status().ToString();
+    fs_->ReleaseDir(*listed_first);
+    auto created = fs_->Create(kRootInode, "late.bin", 0644, O_WRONLY | O_CREAT, kCaller);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    *created_ino = created->entry.attr.ino;
+    ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("eleven byte")).ok());
+    auto opened = fs_->OpenDir(kRootInode);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    *dir = *opened;
+    ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+    fs_->Release(created->open.handle);
+    ASSERT_TRUE(WaitCommitted("late.bin"));
+  }
+
   bool WaitCommitted(const std::string& key) {
     return Eventually([&] { return writeback_->Find(key) == nullptr; }, 5s);
   }
@@ -216,34 +258,19 @@ TEST_F(FilesystemWriteTest, CreateWriteReleaseThenLookupShowsTheSize) {
 // (size 0); the commit stored the node since. READDIRPLUS must hand the kernel the node,
 // or the kernel takes size 0 for the metadata TTL and the file reads as empty.
 TEST_F(FilesystemWriteTest, ReadDirPlusOfASnapshotTakenBeforeACommitShowsTheCommittedSize) {
-  auto listed_first = fs_->OpenDir(kRootInode);  // Caches the root's listing.
-  ASSERT_TRUE(listed_first.ok()) << listed_first.status().ToString();
-  fs_->ReleaseDir(*listed_first);
+  uint64_t dir = 0;
+  InodeId created = 0;
+  ASSERT_NO_FATAL_FAILURE(SnapshotLateBinThenCommitIt(&dir, &created));
 
-  auto created = fs_->Create(kRootInode, "late.bin", 0644, O_WRONLY | O_CREAT, kCaller);
-  ASSERT_TRUE(created.ok()) << created.status().ToString();
-  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("eleven byte")).ok());
-  auto dir = fs_->OpenDir(kRootInode);  // The snapshot: late.bin as created, size 0.
-  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
-  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
-  fs_->Release(created->open.handle);
-  ASSERT_TRUE(WaitCommitted("late.bin"));
-
-  std::optional<Attributes> shown;
-  Status listed = fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
-    if (e.name == "late.bin") shown = e.attr;
-    return true;
-  });
-  fs_->ReleaseDir(*dir);
-  ASSERT_TRUE(listed.ok()) << listed.ToString();
+  const std::optional<Attributes> shown = ShownByReadDirPlusThenRelease(dir, "late.bin");
   ASSERT_TRUE(shown.has_value());
   EXPECT_EQ(shown->size, 11u);
-  EXPECT_EQ(shown->ino, created->entry.attr.ino);
+  EXPECT_EQ(shown->ino, created);
   // Nor did the entry overwrite the node: the next stat and open see the object.
-  auto attr = fs_->GetAttr(created->entry.attr.ino);
+  auto attr = fs_->GetAttr(created);
   ASSERT_TRUE(attr.ok()) << attr.status().ToString();
   EXPECT_EQ(attr->attr.size, 11u);
-  auto opened = fs_->Open(created->entry.attr.ino, O_RDONLY);
+  auto opened = fs_->Open(created, O_RDONLY);
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   auto read = fs_->Read(opened->handle, 0, 100);
   ASSERT_TRUE(read.ok()) << read.status().ToString();
@@ -264,17 +291,7 @@ TEST_F(FilesystemWriteTest, ALookupFromAListingOlderThanTheNodeShowsTheNode) {
   ASSERT_TRUE(fs_->Flush(opened->handle).ok());
   fs_->Release(opened->handle);
   ASSERT_TRUE(WaitCommitted("old.bin"));
-  std::optional<Attributes> shown;
-  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
-                    if (e.name == "old.bin") shown = e.attr;
-                    return true;
-                  }).ok());
-  fs_->ReleaseDir(*dir);
-  ASSERT_TRUE(shown.has_value());
-  EXPECT_EQ(shown->size, 9u);
-  auto looked = fs_->Lookup(kRootInode, "old.bin");
-  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
-  EXPECT_EQ(looked->attr.size, 9u);
+  ExpectReadDirPlusAndLookupShow(*dir, "old.bin", 9);
 }
 
 // A stat whose HEAD was answered just before this mount's commit of the file landed: the
@@ -317,44 +334,21 @@ TEST_F(FilesystemWriteTest, AnOldSnapshotDoesNotHideAChangeAFreshListingShows) {
   ASSERT_TRUE(new_dir.ok()) << new_dir.status().ToString();
   fs_->ReleaseDir(*new_dir);
 
-  std::optional<Attributes> old_shown;
-  ASSERT_TRUE(fs_->ReadDir(*old_dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
-                    if (e.name == "a.txt") old_shown = e.attr;
-                    return true;
-                  }).ok());
-  fs_->ReleaseDir(*old_dir);
-  ASSERT_TRUE(old_shown.has_value());
-  EXPECT_EQ(old_shown->size, 7u);
-  auto looked = fs_->Lookup(kRootInode, "a.txt");
-  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
-  EXPECT_EQ(looked->attr.size, 7u);
+  ExpectReadDirPlusAndLookupShow(*old_dir, "a.txt", 7);
 }
 
 // As ReadDirPlusOfASnapshotTakenBeforeACommitShowsTheCommittedSize, but the kernel forgot the
 // node before it read the snapshot: nothing newer is in the inode table to win over the
 // entry made at create time, so the entry must not be believed as it is.
 TEST_F(FilesystemWriteTest, ReadDirPlusOfASnapshotAfterTheNodeWasForgottenShowsTheCommit) {
-  auto listed_first = fs_->OpenDir(kRootInode);  // Caches the root's listing.
-  ASSERT_TRUE(listed_first.ok()) << listed_first.status().ToString();
-  fs_->ReleaseDir(*listed_first);
-  auto created = fs_->Create(kRootInode, "late.bin", 0644, O_WRONLY | O_CREAT, kCaller);
-  ASSERT_TRUE(created.ok()) << created.status().ToString();
-  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("eleven byte")).ok());
-  auto dir = fs_->OpenDir(kRootInode);  // The snapshot: late.bin as created, size 0.
-  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
-  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
-  fs_->Release(created->open.handle);
-  ASSERT_TRUE(WaitCommitted("late.bin"));
-  fs_->Forget(created->entry.attr.ino, 1);  // The kernel drops it: the node goes.
-  ASSERT_FALSE(fs_->GetAttr(created->entry.attr.ino).ok());
+  uint64_t dir = 0;
+  InodeId created = 0;
+  ASSERT_NO_FATAL_FAILURE(SnapshotLateBinThenCommitIt(&dir, &created));
+  fs_->Forget(created, 1);  // The kernel drops it: the node goes.
+  ASSERT_FALSE(fs_->GetAttr(created).ok());
   const FilesystemStats before = fs_->Stats();
 
-  std::optional<Attributes> shown;
-  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
-                    if (e.name == "late.bin") shown = e.attr;
-                    return true;
-                  }).ok());
-  fs_->ReleaseDir(*dir);
+  const std::optional<Attributes> shown = ShownByReadDirPlusThenRelease(dir, "late.bin");
   ASSERT_TRUE(shown.has_value());
   EXPECT_EQ(shown->size, 11u);
   // The commit's patch of the cached listing told it: no request was needed.
