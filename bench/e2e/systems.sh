@@ -37,8 +37,10 @@ mount_command() {
   local sys=$1 bucket=$2 mnt=$3
   case $sys in
     bucketfs)
+      # BUCKETFS_ARGS: extra options, to compare tunings (word-split on spaces).
+      # shellcheck disable=SC2206
       MOUNT_CMD=("$BUCKETFS_BIN" serve "$bucket" "$mnt" -f --endpoint "$S3_ENDPOINT" --region "$S3_REGION"
-        --spool-dir "$WORK/bucketfs-spool") ;;
+        --spool-dir "$WORK/bucketfs-spool" ${BUCKETFS_ARGS:-}) ;;
     s3fs)
       MOUNT_CMD=(s3fs "$bucket" "$mnt" -f -o "url=$S3_ENDPOINT,use_path_request_style,passwd_file=$WORK/s3fs-passwd,endpoint=$S3_REGION") ;;
     rclone-writes | rclone-full)
