@@ -596,7 +596,12 @@ TEST(ReadAheadTest, LargeSequentialReadStaysWithinASmallCacheAndBudget) {
   const BlockCacheStats cs = env.cache.Stats();
   EXPECT_LE(cs.peak_bytes_cached, env.cache.capacity());
   EXPECT_GT(cs.discarded, 150u) << "the blocks passed are dropped behind";
-  EXPECT_GT(cs.recycled, 150u) << "their buffers serve the next blocks";
+  // Their buffers serve the next blocks. Not all of them: a prefetch that misses before the
+  // block behind is dropped finds no spare and room in the cache, and takes fresh pages (and
+  // a spare beyond the cache's quarter is freed). How many depends on scheduling: most of
+  // the 200 on an idle machine, 144 to 150 in 55 of 300 runs with both cores busy, 99 once
+  // in a full CI run. Without recycling it is 0: the reads never need to evict.
+  EXPECT_GT(cs.recycled, blocks / 4) << "their buffers serve the next blocks";
   EXPECT_LE(env.budget.peak(), env.budget.capacity());
   EXPECT_LE(ra.Stats().window, 2 * kBlock) << "a quarter of an 8-block cache";
   EXPECT_EQ(ra.Stats().random_reads, 0u);
