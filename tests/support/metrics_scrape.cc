@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -37,13 +38,15 @@ print(json.dumps(out))
 }  // namespace
 
 MetricSamples ScrapeMetrics(const std::string& url) {
-  static const std::string script = [] {
-    const std::string path = fmt::format("/tmp/bfs-scrape-{}.py", getpid());
-    std::ofstream(path) << kScraper;
-    return path;
-  }();
+  // Written once per test process, and removed when it exits (a static's destructor).
+  struct ScraperFile {
+    std::string path = fmt::format("/tmp/bfs-scrape-{}.py", getpid());
+    ScraperFile() { std::ofstream(path) << kScraper; }
+    ~ScraperFile() { std::remove(path.c_str()); }
+  };
+  static const ScraperFile script;
   // Debian's python3 (with python3-prometheus-client), not whatever is first on PATH.
-  CommandResult r = RunCommand(fmt::format("/usr/bin/python3 {} '{}'", script, url));
+  CommandResult r = RunCommand(fmt::format("/usr/bin/python3 {} '{}'", script.path, url));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   MetricSamples out;
   const nlohmann::json j = nlohmann::json::parse(r.output, nullptr, false);
