@@ -108,15 +108,6 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
   return std::shared_ptr<const DirectoryListing>(std::move(listing));
 }
 
-void Filesystem::NoteForgetLocked(const std::string& dir_path, bool under) {
-  for (auto& [path, fetch] : fetches_in_flight_) {
-    const bool below = path.size() > dir_path.size() &&
-                       path.compare(0, dir_path.size(), dir_path) == 0 &&
-                       (dir_path.empty() || path[dir_path.size()] == '/');
-    if (path == dir_path || (under && below)) ++fetch.forgets;
-  }
-}
-
 std::optional<ListedEntry> Filesystem::NewerCachedEntry(const std::string& dir_path,
                                                         const std::string& name,
                                                         uint64_t as_of) {
@@ -562,6 +553,7 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
   // but is gone: files unlinked while open.
   const std::string prefix = DirectoryPrefix(node->path);
   std::vector<ListedEntry> extra;
+  const uint64_t now_tick = inodes_.Tick();  // When the spool's sizes below were true.
   if (writeback_ != nullptr) {
     for (const auto& dirty : writeback_->Under(prefix)) {
       const std::string key = dirty->key();
@@ -569,7 +561,7 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
       if (name.empty() || name.find('/') != std::string::npos || listing->Find(name)) continue;
       const auto attrs = dirty->Attributes();
       extra.push_back(ListedEntry{name, FileType::kRegular, attrs.size, attrs.mtime, "",
-                                  inodes_.Tick()});
+                                  now_tick});
     }
   }
   bool hides = false;

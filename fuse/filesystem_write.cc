@@ -94,6 +94,14 @@ void Filesystem::PatchListing(const std::string& dir_path, const std::string& na
   it->second = std::move(patched);
 }
 
+void Filesystem::NoteForgetLocked(const std::string& dir_path, bool under) {
+  for (auto& [path, fetch] : fetches_in_flight_) {
+    if (path == dir_path || (under && (dir_path.empty() || IsUnder(path, dir_path)))) {
+      ++fetch.forgets;
+    }
+  }
+}
+
 void Filesystem::ForgetListingsUnder(const std::string& dir_path) {
   std::lock_guard lock(mu_);
   NoteForgetLocked(dir_path, /*under=*/true);
