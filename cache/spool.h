@@ -13,8 +13,10 @@
 //  - Thread-safe: every method touches only its own files; ids are unique per spool.
 //  - A record marked `closed` describes data a program wrote and closed: the next mount
 //    uploads it before serving (Writeback::Recover). A daemon killed by SIGKILL loses
-//    nothing written through write(2): the bytes are in the kernel's page cache and reach
-//    the spool file regardless. A node crash (power loss) before the upload can lose them;
+//    nothing written to the spool file: the bytes are in the kernel's page cache (or on
+//    disk, for O_DIRECT writes) and reach the file regardless; the Writeback writes every
+//    byte of a file there before journaling it closed. A node crash (power loss) before
+//    the upload can lose them;
 //    the spool is not fsync()ed on every close, as that would cost a disk flush per file.
 //  - Errors are Status; a full disk is kNoSpace, never a silent loss.
 #pragma once

@@ -124,6 +124,8 @@ DirtyFile::DirtyFile(Writeback& owner, std::string key, std::string id, int fd)
     : owner_(owner), id_(std::move(id)), fd_(fd), key_(std::move(key)) {}
 
 DirtyFile::~DirtyFile() {
+  if (assembly_) owner_.GivePartBuffer(std::move(assembly_->buffer));
+  if (direct_fd_ >= 0) ::close(direct_fd_);
   ::close(fd_);
   if (remove_on_destroy_) owner_.spool_.Remove(id_);
 }
@@ -150,11 +152,13 @@ void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
   for (int n = first; n <= last; ++n) ++parts_[n].version;
 }
 
+size_t DirtyFile::EagerCap() const { return owner_.options_.upload_parallelism * 2; }
+
 std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
   std::vector<int> eager;
   if (unlinked_ || committing_ || begin >= end) return eager;
   if (owner_.clock_.Now() < eager_paused_until_) return eager;
-  const size_t cap = owner_.options_.upload_parallelism * 2;
+  const size_t cap = EagerCap();
   for (PartSpan span = owner_.layout_.PartAt(begin); span.offset < end;
        span = owner_.layout_.Part(span.number + 1)) {
     if (span.number > s3::kMaxParts) break;
@@ -178,6 +182,9 @@ Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
   }
   if (data.empty()) return Status::Ok();  // POSIX: no effect, not even on the size.
   std::vector<int> eager;
+  std::vector<AssembledPart> full;  // Parts this write completed in memory.
+  bool hold_buffers = false;
+  Status result = Status::Ok();
   {
     std::lock_guard lock(mu_);
     if (!error_.ok() && !unlinked_) return error_;
@@ -187,31 +194,152 @@ Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
       closed_ = false;
       BFS_RETURN_IF_ERROR(JournalLocked());
     }
-    const uint64_t end = offset + data.size();
-    Status written = PwriteAll(fd_, data.data(), data.size(), offset, owner_.spool_);
-    if (!written.ok()) {
-      // What reached the spool may be any prefix: keep the file consistent by treating the
-      // whole range as written (its bytes are whatever the spool holds, as on a local disk
-      // after a failed write).
-      if (end > size_) {
-        (void)::ftruncate(fd_, static_cast<off_t>(size_));
+    // Part by part: the streaming writer's bytes go into the assembly; the others to the
+    // spool, up to the next part boundary, where an assembly may start.
+    size_t done = 0;
+    while (done < data.size() && result.ok()) {
+      Result<size_t> took = AssembleLocked(offset + done, data.subspan(done), full);
+      if (!took.ok()) {
+        result = took.status();
+      } else if (*took > 0) {
+        done += *took;
       } else {
-        present_.Add(offset, end);
-        TouchLocked(offset, end);
-        ++data_generation_;
+        const uint64_t at = offset + done;
+        const size_t n = static_cast<size_t>(
+            std::min<uint64_t>(data.size() - done, owner_.layout_.PartAt(at).end() - at));
+        result = SpillLocked();
+        if (result.ok()) result = WriteSpoolLocked(at, data.subspan(done, n));
+        if (result.ok()) done += n;
       }
-      return written;
     }
-    present_.Add(offset, end);
-    TouchLocked(offset, end);
-    size_ = std::max(size_, end);
-    mtime_ = owner_.clock_.WallNow();
-    ++data_generation_;
-    eager = EagerPartsLocked(offset, end);
+    if (done > 0 || result.ok()) mtime_ = owner_.clock_.WallNow();
+    if (result.ok()) eager = EagerPartsLocked(offset, offset + data.size());
+    // A part that waits behind a full set of uploads gives its buffer back (its upload
+    // reads it from disk by O_DIRECT): memory holds the parts being sent, not the queue.
+    hold_buffers = static_cast<size_t>(eager_in_flight_) <= owner_.options_.upload_parallelism;
   }
   for (int number : eager) {
-    owner_.parts_pool_->Submit([self = shared_from_this(), number] { self->RunEagerPart(number); });
+    std::optional<AssembledPart> assembled;
+    for (AssembledPart& part : full) {
+      if (hold_buffers && part.number == number && part.buffer.buffer) {
+        assembled = std::move(part);
+      }
+    }
+    // std::function needs a copyable task: the buffer rides in a shared holder.
+    auto holder = std::make_shared<std::optional<AssembledPart>>(std::move(assembled));
+    owner_.parts_pool_->Submit([self = shared_from_this(), number, holder] {
+      self->RunEagerPart(number, std::move(*holder));
+    });
   }
+  for (AssembledPart& part : full) {  // Not sent early: the commit reads the spool.
+    if (part.buffer.buffer) owner_.GivePartBuffer(std::move(part.buffer));
+  }
+  return result;
+}
+
+Status DirtyFile::WriteSpoolLocked(uint64_t begin, std::span<const char> data) {
+  const uint64_t end = begin + data.size();
+  Status written = PwriteAll(fd_, data.data(), data.size(), begin, owner_.spool_);
+  if (!written.ok()) {
+    // What reached the spool may be any prefix: keep the file consistent by treating the
+    // whole range as written (its bytes are whatever the spool holds, as on a local disk
+    // after a failed write).
+    if (end > size_) {
+      (void)::ftruncate(fd_, static_cast<off_t>(size_));
+    } else {
+      present_.Add(begin, end);
+      TouchLocked(begin, end);
+      ++data_generation_;
+    }
+    return written;
+  }
+  present_.Add(begin, end);
+  TouchLocked(begin, end);
+  size_ = std::max(size_, end);
+  ++data_generation_;
+  return Status::Ok();
+}
+
+Result<size_t> DirtyFile::AssembleLocked(uint64_t offset, std::span<const char> data,
+                                         std::vector<AssembledPart>& full) {
+  if (assembly_ && offset != assembly_->span.offset + assembly_->filled) return 0;
+  if (!assembly_) {
+    if (!owner_.options_.assemble_parts) return 0;
+    const PartSpan span = owner_.layout_.PartAt(offset);
+    // A fresh part at the file's end: none of its bytes is in the spool or the base object.
+    // The first part is left to the spool: most files are no bigger, and go as one PUT.
+    if (span.number < 2 || span.number > s3::kMaxParts || offset != span.offset ||
+        offset < size_ || offset < base_limit_ || unlinked_ || committing_) {
+      return 0;
+    }
+    std::optional<PartBuffer> buffer = owner_.TryTakePartBuffer(span.size);
+    if (!buffer) return 0;
+    assembly_.emplace(Assembly{span, 0, std::move(*buffer)});
+  }
+  Assembly& a = *assembly_;
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(data.size(), a.span.size - a.filled));
+  const uint64_t old_size = size_;
+  std::memcpy(a.buffer.buffer.data() + a.filled, data.data(), n);
+  a.filled += n;
+  size_ = a.span.offset + a.filled;  // The assembly always ends the file.
+  TouchLocked(offset, offset + n);
+  ++data_generation_;
+  if (a.filled < a.span.size) return n;
+  if (Status spilled = WriteAssemblyLocked(); !spilled.ok()) {
+    a.filled -= n;  // This write did not happen; the bytes before it wait in memory.
+    size_ = old_size;
+    return spilled;
+  }
+  owner_.counters_.parts_assembled.fetch_add(1, std::memory_order_relaxed);
+  full.push_back(AssembledPart{a.span.number, parts_[a.span.number].version,
+                               std::move(a.buffer)});
+  assembly_.reset();
+  return n;
+}
+
+int DirtyFile::DirectFdLocked() {
+  if (!direct_tried_) {
+    direct_tried_ = true;
+    direct_fd_ = ::open(owner_.spool_.DataPath(id_).c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (direct_fd_ < 0) {
+      Logger("writeback")->debug("the spool's filesystem refuses O_DIRECT ({}): buffered writes",
+                                 std::strerror(errno));
+    }
+  }
+  return direct_fd_;
+}
+
+Status DirtyFile::WriteAssemblyLocked() {
+  Assembly& a = *assembly_;
+  const char* bytes = a.buffer.buffer.data();
+  uint64_t written = 0;
+  // A whole, page-aligned part in a page-aligned buffer goes around the page cache.
+  constexpr uint64_t kAlign = 4096;
+  if (a.filled == a.span.size && a.span.offset % kAlign == 0 && a.filled % kAlign == 0) {
+    if (const int direct = DirectFdLocked(); direct >= 0) {
+      for (;;) {
+        const ssize_t n = ::pwrite(direct, bytes, a.filled, static_cast<off_t>(a.span.offset));
+        if (n < 0 && errno == EINTR) continue;
+        // Refused (EINVAL: alignment the device wants), or short (a full disk): the
+        // buffered descriptor writes the rest, and reports the error if there is one.
+        if (n > 0) written = static_cast<uint64_t>(n);
+        break;
+      }
+    }
+  }
+  BFS_RETURN_IF_ERROR(PwriteAll(fd_, bytes + written, a.filled - written,
+                                a.span.offset + written, owner_.spool_));
+  present_.Add(a.span.offset, a.span.offset + a.filled);
+  PartState& part = parts_[a.span.number];
+  part.direct_version = written == a.filled ? part.version : 0;
+  return Status::Ok();
+}
+
+Status DirtyFile::SpillLocked() {
+  if (!assembly_) return Status::Ok();
+  BFS_RETURN_IF_ERROR(WriteAssemblyLocked());
+  owner_.GivePartBuffer(std::move(assembly_->buffer));
+  assembly_.reset();
   return Status::Ok();
 }
 
@@ -222,6 +350,7 @@ Status DirtyFile::Truncate(uint64_t size) {
   std::lock_guard lock(mu_);
   mtime_ = owner_.clock_.WallNow();
   if (size == size_) return Status::Ok();
+  BFS_RETURN_IF_ERROR(SpillLocked());
   if (closed_ && !unlinked_) {
     closed_ = false;
     BFS_RETURN_IF_ERROR(JournalLocked());
@@ -293,6 +422,9 @@ Result<ReadReply> DirtyFile::Read(uint64_t offset, size_t size) {
     std::lock_guard lock(mu_);
     if (offset >= size_ || size == 0) return ReadReply{};
     end = std::min<uint64_t>(offset + size, size_);
+    // Bytes still assembled in memory are read from the spool once spilled. (Bytes after
+    // `end` that a writer assembles meanwhile are not read.)
+    if (assembly_ && end > assembly_->span.offset) BFS_RETURN_IF_ERROR(SpillLocked());
   }
   const size_t n = end - offset;
   ReadReply reply;
@@ -322,18 +454,31 @@ Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_g
   return Status::Ok();
 }
 
-Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
+Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
+                             std::optional<AssembledPart> assembled) {
   const PartSpan span = owner_.layout_.Part(number);
   const uint64_t end = std::min(span.end(), file_size);
   const uint64_t length = end - span.offset;
   uint64_t version = 0;
   std::string key, upload_id, base_etag;
+  int direct_fd = -1;  // Set when the part's bytes are on disk only (written O_DIRECT).
   {
     std::lock_guard lock(mu_);
     version = parts_[number].version;
+    if (parts_[number].direct_version == version && version != 0 && length == span.size &&
+        span.offset >= base_limit_) {
+      direct_fd = DirectFdLocked();
+    }
     key = key_;
     upload_id = upload_id_;
     base_etag = base_etag_;
+  }
+  // The assembled bytes serve only while the part is as they were and whole in the file.
+  const bool from_memory = assembled && assembled->number == number &&
+                           assembled->version == version && length == span.size;
+  if (assembled && !from_memory) {
+    owner_.GivePartBuffer(std::move(assembled->buffer));
+    assembled.reset();
   }
   Result<s3::PartInfo> sent = Status(ErrorCode::kInternal, "part not sent");
   if (copy) {
@@ -341,11 +486,35 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
                                   base_etag};
     sent = owner_.client_.UploadPartCopy(req, {owner_.Deadline()});
     if (sent.ok()) owner_.counters_.parts_copied.fetch_add(1, std::memory_order_relaxed);
+    if (assembled) owner_.GivePartBuffer(std::move(assembled->buffer));
   } else {
-    BFS_ASSIGN_OR_RETURN(Writeback::PartBuffer buffer, owner_.TakePartBuffer(length));
+    Writeback::PartBuffer buffer;
+    Status read = Status::Ok();
+    if (from_memory) {
+      buffer = std::move(assembled->buffer);
+      owner_.counters_.parts_sent_from_memory.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      BFS_ASSIGN_OR_RETURN(buffer, owner_.TakePartBuffer(length));
+    }
     std::span<char> bytes(buffer.buffer.data(), length);
-    Status read = Fill(span.offset, end, bytes);
-    if (read.ok()) read = PreadAll(fd_, bytes.data(), length, span.offset, owner_.spool_);
+    if (!from_memory) {
+      // Bytes written around the page cache are read around it too: a buffered read would
+      // fetch them from disk into the cache and copy them again.
+      uint64_t got = 0;
+      if (direct_fd >= 0) {
+        for (;;) {
+          const ssize_t n = ::pread(direct_fd, bytes.data(), length, static_cast<off_t>(span.offset));
+          if (n < 0 && errno == EINTR) continue;
+          if (n > 0) got = static_cast<uint64_t>(n);
+          break;
+        }
+      } else {
+        read = Fill(span.offset, end, bytes);
+      }
+      if (read.ok() && got < length) {
+        read = PreadAll(fd_, bytes.data() + got, length - got, span.offset + got, owner_.spool_);
+      }
+    }
     if (read.ok()) {
       sent = owner_.client_.UploadPart({key, upload_id, number, bytes}, {owner_.Deadline()});
     }
@@ -368,7 +537,7 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy) {
   return Status::Ok();
 }
 
-void DirtyFile::RunEagerPart(int number) {
+void DirtyFile::RunEagerPart(int number, std::optional<AssembledPart> assembled) {
   s3::UserMetadata metadata;
   uint64_t size = 0, meta_generation = 0;
   bool skip = false;
@@ -383,13 +552,14 @@ void DirtyFile::RunEagerPart(int number) {
   Status s = Status::Ok();
   if (!skip) {
     s = EnsureUpload(metadata, meta_generation);
-    if (s.ok()) s = UploadPart(number, size, /*copy=*/false);
+    if (s.ok()) s = UploadPart(number, size, /*copy=*/false, std::move(assembled));
     if (!s.ok()) {
       Logger("writeback")->debug(
           "early upload of part {} of '{}' failed (the commit sends it): {}", number, key(),
           s.ToString());
     }
   }
+  if (assembled && assembled->buffer.buffer) owner_.GivePartBuffer(std::move(assembled->buffer));
   std::lock_guard lock(mu_);
   if (!s.ok()) eager_paused_until_ = owner_.clock_.Now() + owner_.options_.first_retry;
   parts_[number].eager_in_flight = false;
@@ -523,6 +693,8 @@ Status DirtyFile::CommitOnce() {
   {
     std::unique_lock lock(mu_);
     changed_.wait(lock, [&] { return eager_in_flight_ == 0; });
+    // The commit reads the spool: bytes still assembled in memory go there first.
+    BFS_RETURN_IF_ERROR(SpillLocked());
     eager_paused_until_ = MonoTime{};  // This commit sends what failed.
     key = key_;
     size = size_;
@@ -684,13 +856,19 @@ void DirtyFile::MarkTorn() {
            {{"key", key_}});
 }
 
-void DirtyFile::MarkClosedLocked() {
-  if (closed_ || torn_) return;
+Status DirtyFile::MarkClosedLocked() {
+  if (closed_ || torn_) return Status::Ok();
+  // The journal must not call the file closed while some of its bytes are only in memory.
+  if (Status spilled = SpillLocked(); !spilled.ok()) {
+    Logger("writeback")->error("cannot journal '{}' as closed: {}", key_, spilled.ToString());
+    return spilled;
+  }
   closed_ = true;
   Status journaled = JournalLocked();
   if (!journaled.ok()) {
     Logger("writeback")->error("cannot journal '{}' as closed: {}", key_, journaled.ToString());
   }
+  return Status::Ok();
 }
 
 // --- Writeback ---------------------------------------------------------------------------
@@ -702,8 +880,9 @@ Writeback::Writeback(const WriteContext& context, WritebackOptions options)
       clock_(context.clock ? *context.clock : RealClock()),
       options_(options),
       layout_(options.part_size),
+      // Enough for a streaming file's early uploads and its assembly (see EagerCap()).
       max_spare_parts_(std::min<uint64_t>(
-          options.upload_parallelism,
+          2 * options.upload_parallelism + 1,
           options.part_size == 0 ? 0 : budget_.capacity() / 8 / options.part_size)),
       parts_pool_(std::make_unique<TaskPool>("upload", std::max<size_t>(1, options.upload_parallelism),
                                              4 * std::max<size_t>(1, options.upload_parallelism))),
@@ -721,6 +900,14 @@ Writeback::~Writeback() {
   retry_thread_.join();
   commit_pool_.reset();  // Runs the commits already queued.
   parts_pool_.reset();
+  // The files go while every member still exists: a file's destructor gives its assembly's
+  // buffer back to the spares, which are declared after files_ (and so destroyed first).
+  std::unordered_map<std::string, std::shared_ptr<DirtyFile>> files;
+  {
+    std::lock_guard lock(mu_);
+    files.swap(files_);
+  }
+  files.clear();
 }
 
 Result<Writeback::PartBuffer> Writeback::TakePartBuffer(uint64_t bytes) {
@@ -768,6 +955,26 @@ void Writeback::GivePartBuffer(PartBuffer part) {
       spare_parts_.clear();
     }
   }
+}
+
+std::optional<PartBuffer> Writeback::TryTakePartBuffer(uint64_t bytes) {
+  {
+    std::lock_guard lock(spare_mu_);
+    if (bytes == options_.part_size && !spare_parts_.empty()) {
+      ++parts_out_;
+      PartBuffer part = std::move(spare_parts_.back());
+      spare_parts_.pop_back();
+      counters_.part_buffers_reused.fetch_add(1, std::memory_order_relaxed);
+      return part;
+    }
+  }
+  Result<Reservation> charge = budget_.TryReserve(bytes);
+  if (!charge.ok()) return std::nullopt;
+  PartBuffer part{MappedBuffer::Allocate(bytes), std::move(*charge)};
+  if (!part.buffer) return std::nullopt;
+  std::lock_guard lock(spare_mu_);
+  ++parts_out_;
+  return part;
 }
 
 void Writeback::SetListener(Listener listener) {
@@ -825,14 +1032,14 @@ Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& ke
   return file;
 }
 
-void Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
+Status Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
   // Journaled only: the commit waits for the RELEASE. A FLUSH is every close(2) of a
   // descriptor, and the open file may still be written through another one: a shell's
   // `printf x > f` closes the file's first descriptor before it writes, so committing here
   // would upload an empty object and then the file again.
   std::lock_guard lock(file->mu_);
-  if (file->writers_ != 1 || file->unlinked_ || file->torn_) return;
-  file->MarkClosedLocked();
+  if (file->writers_ != 1 || file->unlinked_ || file->torn_) return Status::Ok();
+  return file->MarkClosedLocked();
 }
 
 void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {
@@ -840,7 +1047,9 @@ void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {
     std::lock_guard lock(file->mu_);
     // A torn file (a write was refused) is never committed: see MarkTorn().
     if (--file->writers_ > 0 || file->unlinked_ || file->torn_) return;
-    file->MarkClosedLocked();
+    // A failed spill leaves the file journaled open; the commit tries the spill again and
+    // keeps failing (and being retried) until the bytes reach the spool.
+    (void)file->MarkClosedLocked();
   }
   StartCommit(file);
 }
@@ -1207,6 +1416,8 @@ Writeback::Stats Writeback::GetStats() const {
   s.parts_uploaded = counters_.parts_uploaded.load();
   s.parts_copied = counters_.parts_copied.load();
   s.part_buffers_reused = counters_.part_buffers_reused.load();
+  s.parts_assembled = counters_.parts_assembled.load();
+  s.parts_sent_from_memory = counters_.parts_sent_from_memory.load();
   s.bytes_uploaded = counters_.bytes_uploaded.load();
   return s;
 }

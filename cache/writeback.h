@@ -4,12 +4,29 @@
 //
 // Contract:
 //  - Thread-safe. One DirtyFile per key at a time; every handle writing the key shares it.
-//  - Data path: write() puts the bytes in the file's spool file (cache/spool.h) and returns;
-//    nothing is held in memory. A part (cache/part_layout.h) whose bytes are all written is
-//    uploaded at once, in the background, while the program writes on ("eager" parts);
-//    on commit the rest of the parts are uploaded in parallel and the upload completed. A
-//    file of at most one part is a single PUT. Part buffers are charged to the global
-//    MemoryBudget: writers wait for memory instead of the daemon growing.
+//  - Data path: write() puts the bytes in the file's spool file (cache/spool.h) and returns.
+//    A part (cache/part_layout.h) whose bytes are all written is uploaded at once, in the
+//    background, while the program writes on ("eager" parts); on commit the rest of the
+//    parts are uploaded in parallel and the upload completed. A file of at most one part is
+//    a single PUT. Part buffers are charged to the global MemoryBudget: writers wait for
+//    memory instead of the daemon growing.
+//  - Part assembly (the streaming writer's fast path): from the second part on, a program
+//    appending at the file's end at a part boundary has its bytes copied into a part buffer
+//    instead of the spool. When the part is full it is written to the spool in one
+//    O_DIRECT write (no page-cache copy, no dirty pages for the kernel to flush) and the
+//    same buffer is uploaded, without reading the spool back. Anything else that touches
+//    the file (another write, a read of those bytes, truncate, close, fsync, a commit)
+//    first writes the assembled bytes to the spool ("spill"), so the spool is the one
+//    truth whenever anyone looks. Before the change the daemon spent about half its CPU of
+//    a 1 GiB `dd` copying into the spool's page cache. At most one part per file is
+//    assembled, and only while the budget has room at once (TryReserve): otherwise the
+//    bytes go to the spool as before. A full part that cannot join the early uploads
+//    (their queue is full) gives its buffer back; its upload later reads it with O_DIRECT
+//    too, so the writer's bytes never enter the page cache. A failed spill (a full
+//    spool disk) keeps the bytes in memory and returns kNoSpace to that write, close or
+//    fsync; the file is not journaled as closed until they reach the spool. What a
+//    program wrote but never closed is not promised after a crash, and up to one part of
+//    it is then missing from lost+found/.
 //  - Files that started as an existing object (opened without O_TRUNC): the bytes not
 //    written stay in S3; reads fill them into the spool on demand (GET with If-Match of the
 //    base ETag); on commit, a part no byte of which was written is copied server-side
@@ -31,9 +48,9 @@
 //    half-written one.
 //  - Part buffers: a part is read from the spool into a buffer of its own, charged to the
 //    budget. Buffers of the standard part size are kept between parts while uploads are
-//    running (at most `upload_parallelism`, and an eighth of the budget), so a long write
-//    reuses them instead of mapping fresh pages the kernel must zero; when no part is in
-//    flight the spares are freed, so an idle daemon holds none.
+//    running (at most 2 × `upload_parallelism` + 1, and an eighth of the budget), so a long
+//    write reuses them instead of mapping fresh pages the kernel must zero; when no part is
+//    in flight the spares are freed, so an idle daemon holds none.
 //  - Integrity: every part and PUT is sent with its SHA-256 payload hash in the SigV4
 //    signature, which the server verifies (a mismatch is kBadDigest, retried by the client,
 //    then reported).
@@ -70,6 +87,7 @@ struct WritebackOptions {
   uint64_t part_size = 8ull << 20;    // The first parts' size; see PartLayout.
   size_t upload_parallelism = 8;      // Part uploads in flight, across all files.
   size_t commit_parallelism = 16;     // Files committing at once (a small file is one PUT).
+  bool assemble_parts = true;         // See "Part assembly" (off: every byte via the spool).
   Duration request_timeout = std::chrono::seconds(120);  // Deadline of each S3 call.
   Duration first_retry = std::chrono::seconds(5);        // Then doubling, up to max_retry.
   Duration max_retry = std::chrono::minutes(5);
@@ -111,6 +129,13 @@ struct DirtyAttributes {
 
 class Writeback;
 
+// A part's buffer with its budget bytes (see "Part buffers"). Taken from and given back to
+// the Writeback (TakePartBuffer / GivePartBuffer), which keeps spares.
+struct PartBuffer {
+  MappedBuffer buffer;
+  Reservation charge;
+};
+
 class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
  public:
   const std::string& id() const { return id_; }
@@ -141,15 +166,50 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
     uint64_t version = 0;           // Bumped by every change to the part's bytes.
     uint64_t uploaded_version = 0;  // The version `etag` holds (valid when etag is set).
     uint64_t uploaded_size = 0;
+    uint64_t direct_version = 0;    // The version written to the spool by O_DIRECT, if any.
     std::string etag;
     bool eager_in_flight = false;
   };
   struct CommitPlan;
+  // The part a streaming writer is filling (see "Part assembly"). It always ends at size_:
+  // any write elsewhere spills it first.
+  struct Assembly {
+    PartSpan span;
+    uint64_t filled = 0;  // Bytes [span.offset, span.offset + filled) are in `buffer`.
+    PartBuffer buffer;
+  };
+  // A full part just written to the spool, with its bytes still in memory for the upload.
+  struct AssembledPart {
+    int number = 0;
+    uint64_t version = 0;  // The part's version the bytes are; stale once it changes.
+    PartBuffer buffer;
+  };
 
   DirtyFile(Writeback& owner, std::string key, std::string id, int fd);
 
+  // Requires mu_. Takes the front of `data` (at `offset`), up to the part's end, into the
+  // assembly when it continues it, or starts one when the write opens a fresh part at the
+  // file's end; returns the bytes taken (0: the caller writes them to the spool, after
+  // SpillLocked). A part made full is written to the spool and appended to `full`.
+  Result<size_t> AssembleLocked(uint64_t offset, std::span<const char> data,
+                                std::vector<AssembledPart>& full);
+  // Requires mu_. Writes `data` at `begin` to the spool file (the assembly must not
+  // overlap it).
+  Status WriteSpoolLocked(uint64_t begin, std::span<const char> data);
+  // Requires mu_. Writes the assembled bytes to the spool (O_DIRECT when the part is full
+  // and aligned). On failure the assembly is kept, for the next spill to retry.
+  Status WriteAssemblyLocked();
+  // Requires mu_. Writes the assembled bytes to the spool and frees the buffer; Ok when
+  // there is no assembly.
+  Status SpillLocked();
+  // Requires mu_. An O_DIRECT descriptor of the spool file, or -1 when the spool's
+  // filesystem refuses O_DIRECT (the buffered one is used then).
+  int DirectFdLocked();
+
   // Requires mu_. Marks [begin, end) changed: bumps the versions of the parts it touches.
   void TouchLocked(uint64_t begin, uint64_t end);
+  // Early part uploads queued or running per file, at most.
+  size_t EagerCap() const;
   // Requires mu_. Parts completely written by now that are worth uploading early.
   std::vector<int> EagerPartsLocked(uint64_t begin, uint64_t end);
   // Fills [begin, end) ∩ [0, base_limit) from the base object where the spool lacks it.
@@ -157,9 +217,11 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // Creates the multipart upload unless there is one; `meta_generation` is that of
   // `metadata`.
   Status EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation);
-  // Uploads part `number` as it is now (copying it server-side when `copy`).
-  Status UploadPart(int number, uint64_t file_size, bool copy);
-  void RunEagerPart(int number);
+  // Uploads part `number` as it is now (copying it server-side when `copy`). `assembled`:
+  // the part's bytes, already in memory (used when still current, else the spool is read).
+  Status UploadPart(int number, uint64_t file_size, bool copy,
+                    std::optional<AssembledPart> assembled = std::nullopt);
+  void RunEagerPart(int number, std::optional<AssembledPart> assembled);
   // Uploads the file as it is now. Requires committing_ (set by Commit).
   Status CommitOnce();
   Status Commit();  // CommitOnce, serialised with other commits of this file.
@@ -174,12 +236,15 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   s3::UserMetadata UploadMetadataLocked() const;
   SpoolRecord RecordLocked() const;
   Status JournalLocked();
-  // Requires mu_. Journals the file as closed (a crash from here on uploads it).
-  void MarkClosedLocked();
+  // Requires mu_. Spills the assembly and journals the file as closed (a crash from here on
+  // uploads it). Not Ok (and not journaled closed) when the spill failed.
+  Status MarkClosedLocked();
 
   Writeback& owner_;
   const std::string id_;
   const int fd_;
+  int direct_fd_ = -1;         // Opened at the first full assembled part; -1 before/never.
+  bool direct_tried_ = false;
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // With mu_: a commit or an eager part finished.
@@ -195,6 +260,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   uint64_t data_generation_ = 0, committed_data_generation_ = 0;
   uint64_t meta_generation_ = 0, committed_meta_generation_ = 0;
   std::map<int, PartState> parts_;
+  std::optional<Assembly> assembly_;
   std::string upload_id_;
   uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
   int highest_part_sent_ = 0;             // Of upload_id_.
@@ -239,8 +305,9 @@ class Writeback {
   // A writer's close(2) (FLUSH). When it is the only writer, what it wrote is journaled as
   // closed: the kernel's RELEASE comes later, asynchronously, and a crash must not lose a
   // file close() already returned for. The commit starts at the RELEASE (ReleaseWriter),
-  // when no descriptor of the open file is left to write through.
-  void Flushed(const std::shared_ptr<DirtyFile>& file);
+  // when no descriptor of the open file is left to write through. Not Ok when the bytes
+  // still assembled in memory cannot reach the spool (kNoSpace): close() must say so.
+  Status Flushed(const std::shared_ptr<DirtyFile>& file);
   // The last writer's release journals the file as closed and starts its commit.
   void ReleaseWriter(const std::shared_ptr<DirtyFile>& file);
   // Commits now and waits (fsync). Ok at once when nothing changed since the last commit.
@@ -269,11 +336,7 @@ class Writeback {
   // file); they count as not drained.
   Status Drain(MonoTime deadline, bool closed_only = false);
 
-  // A part's buffer with its budget bytes (see "Part buffers").
-  struct PartBuffer {
-    MappedBuffer buffer;
-    Reservation charge;
-  };
+  using PartBuffer = cache::PartBuffer;
 
   struct Stats {
     size_t dirty_files = 0;
@@ -290,6 +353,8 @@ class Writeback {
              parts_copied = 0,
              bytes_uploaded = 0;
     uint64_t part_buffers_reused = 0;  // Parts read into a spare buffer (no fresh pages).
+    uint64_t parts_assembled = 0;  // Full parts a streaming writer filled in memory.
+    uint64_t parts_sent_from_memory = 0;  // Of those, uploaded without reading the spool.
   };
   Stats GetStats() const;
 
@@ -308,6 +373,8 @@ class Writeback {
   // Keeps `part` as a spare if allowed, else frees it; frees every spare once no part
   // buffer is out.
   void GivePartBuffer(PartBuffer part);
+  // A buffer of `bytes` now, or nullopt: a spare, or budget bytes that fit without waiting.
+  std::optional<PartBuffer> TryTakePartBuffer(uint64_t bytes);
   MonoTime Deadline() const { return clock_.Now() + options_.request_timeout; }
 
   s3::ObjectClient& client_;
@@ -327,7 +394,7 @@ class Writeback {
   struct Counters {
     std::atomic<uint64_t> commits{0}, failed_commits{0}, restarted_commits{0}, parts_uploaded{0},
         parts_copied{0},
-        bytes_uploaded{0}, part_buffers_reused{0};
+        bytes_uploaded{0}, part_buffers_reused{0}, parts_assembled{0}, parts_sent_from_memory{0};
   };
   Counters counters_;
 

@@ -275,7 +275,7 @@ Status Filesystem::Flush(uint64_t handle) {
   if (!file || !file->writer) return Status::Ok();
   if (options_.sync_on_close) return writeback_->Sync(file->dirty);
   BFS_RETURN_IF_ERROR(file->dirty->Error());
-  writeback_->Flushed(file->dirty);
+  BFS_RETURN_IF_ERROR(writeback_->Flushed(file->dirty));
   // Fenced (the lease is lost): what was written is journaled as closed above, so a mount
   // that holds the lease again uploads it, but this close() must not pretend it will be.
   if (options_.fence != nullptr) BFS_RETURN_IF_ERROR(options_.fence->Check());

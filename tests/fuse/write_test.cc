@@ -1385,6 +1385,43 @@ TEST_F(FuseWriteFaultTest, AFullSpoolDiskGivesEnospcToTheWriterNeverAPartialObje
   }
 }
 
+TEST_F(FuseWriteFaultTest, ASpoolDiskFillingUnderAStreamingWriterGivesEnospcAndKeepsWhatItAccepted) {
+  if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs as the spool disk needs root";
+  ScopedTmpfs spool(work_dir_ + "/filling-spool", 32 * kMiB);  // Outlives the mount below.
+  if (!spool.error().empty()) {
+    GTEST_SKIP() << "cannot mount a tmpfs as the spool disk: " << spool.error();
+  }
+  auto m = MountBucket(SmallParts(), spool.dir());
+  ASSERT_NE(m, nullptr);
+  const uint64_t seed = 1601;
+  const int fd = open(m->Path("stream.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  // Part 1 goes to the spool; the first bytes of part 2 are assembled in memory (writeback.h,
+  // "Part assembly"), so the disk does not see them yet.
+  uint64_t accepted = kPartSize + 2 * kMiB;
+  ASSERT_EQ(ErrnoName(WritePattern(fd, seed, accepted)), "OK");
+  // Then the disk fills, leaving less than the part needs.
+  ASSERT_TRUE(FillDiskLeaving(spool.dir() + "/filler", kMiB));
+  int write_error = 0;
+  for (uint64_t off = accepted; off < 4 * kPartSize && write_error == 0; off += kMiB) {
+    write_error = WriteAll(fd, Pattern(seed, off, kMiB));
+    if (write_error == 0) accepted = off + kMiB;
+  }
+  // The write that completes part 2 finds no room for it; close() cannot put the bytes
+  // assembled before it on the disk either, and says so.
+  EXPECT_EQ(ErrnoName(write_error), "ENOSPC") << "after " << accepted << " bytes";
+  EXPECT_EQ(ErrnoName(close(fd) == 0 ? 0 : errno), "ENOSPC");
+  EXPECT_EQ(accepted, 2 * kPartSize - kMiB);
+  ObjectInfo info = Head("stream.bin");
+  EXPECT_TRUE(!info.exists || info.size == 0) << info.size << " bytes in S3";
+
+  // Room again: the retried commit spools the bytes kept in memory and uploads exactly what
+  // write() accepted.
+  fs::remove(spool.dir() + "/filler");
+  EXPECT_TRUE(ReachesS3("stream.bin", FromPattern(seed, accepted)));
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+}
+
 // The ctest fixture's radosgw, stopped and started again the way rgw.sh does it: by the PID
 // in its state directory's pid file, after checking that the PID is that cluster's radosgw
 // (its command line names the state directory's ceph.conf). Never by name.

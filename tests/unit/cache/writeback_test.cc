@@ -194,9 +194,10 @@ class WritebackTest : public ::testing::Test {
     return o;
   }
 
-  void Start(s3::ObjectClient& client, MemoryBudget* budget = nullptr) {
+  void Start(s3::ObjectClient& client, MemoryBudget* budget = nullptr,
+             const WritebackOptions& options = Options()) {
     wb_ = std::make_unique<Writeback>(
-        WriteContext{&client, budget ? budget : &budget_, spool_.get(), &clock_}, Options());
+        WriteContext{&client, budget ? budget : &budget_, spool_.get(), &clock_}, options);
   }
 
   std::shared_ptr<DirtyFile> MustOpen(const std::string& key,
@@ -380,7 +381,7 @@ TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndOnlyTheReleaseCommits
   Start(fake_);
   auto file = MustOpen("f");
   ASSERT_NE(file, nullptr);
-  wb_->Flushed(file);  // The first descriptor, before anything is written.
+  ASSERT_TRUE(wb_->Flushed(file).ok());  // The first descriptor, before anything is written.
   auto record = RecordOf("f");
   ASSERT_TRUE(record.has_value());
   EXPECT_TRUE(record->closed);  // A crash now would upload the empty file close() returned for.
@@ -391,7 +392,7 @@ TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndOnlyTheReleaseCommits
   ASSERT_TRUE(record.has_value());
   EXPECT_FALSE(record->closed);  // Being rewritten: a crash must not upload it.
 
-  wb_->Flushed(file);
+  ASSERT_TRUE(wb_->Flushed(file).ok());
   record = RecordOf("f");
   ASSERT_TRUE(record.has_value());
   EXPECT_TRUE(record->closed);
@@ -1011,7 +1012,7 @@ TEST_F(WritebackTest, TornFileStaysJournaledOpenAfterItsLastReleaseAndRecoverQua
     ASSERT_TRUE(torn->Write(0, Bytes("first half")).ok());
     fence.Close("the lease was lost");
     torn->MarkTorn();  // The second half was refused.
-    wb_->Flushed(torn);
+    ASSERT_TRUE(wb_->Flushed(torn).ok());
     wb_->ReleaseWriter(torn);
     // A torn file is never committed: no commit was even attempted.
     EXPECT_EQ(wb_->GetStats().commits, 0u);
@@ -1339,6 +1340,125 @@ TEST_F(WritebackTest, WritesAfterARenameWithCopyCommitToTheNewKey) {
   EXPECT_EQ(fake_.ObjectBody("c2"), "onetwo");
   EXPECT_FALSE(fake_.Exists("c1"));
   EXPECT_TRUE(file->Error().ok()) << file->Error().ToString();
+}
+
+// --- Part assembly (a streaming writer's parts in memory) ----------------------------------
+
+TEST_F(WritebackTest, AStreamingWriterAssemblesEachFullPartAfterTheFirstAndSendsItFromMemory) {
+  Start(fake_);
+  const std::string data = Body(4 * kPart + 123, 81);
+  auto file = MustOpen("stream");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  // Parts 2, 3 and 4 were filled in memory (part 1 goes to the spool: most files are one
+  // part); the 123 bytes of part 5 are still assembling.
+  EXPECT_EQ(wb_->GetStats().parts_assembled, 3u);
+  EXPECT_TRUE(SameBytes(MustRead(*file, 0, data.size()), data));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("stream"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("stream"), data));
+  // Early uploads had the assembled bytes at hand (the fake answers at once, so a part
+  // never waits behind a full set of uploads here).
+  EXPECT_GE(wb_->GetStats().parts_sent_from_memory, 1u);
+}
+
+TEST_F(WritebackTest, WithoutAssemblyEveryByteGoesThroughTheSpool) {
+  WritebackOptions options = Options();
+  options.assemble_parts = false;
+  Start(fake_, nullptr, options);
+  const std::string data = Body(4 * kPart + 123, 82);
+  auto file = MustOpen("spooled");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("spooled"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("spooled"), data));
+  EXPECT_EQ(wb_->GetStats().parts_assembled, 0u);
+  EXPECT_EQ(wb_->GetStats().parts_sent_from_memory, 0u);
+}
+
+TEST_F(WritebackTest, AReadOfAssembledBytesSeesThemAndTheWriterGoesOn) {
+  Start(fake_);
+  const std::string data = Body(3 * kPart + 7, 83);
+  auto file = MustOpen("read-back");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, data.substr(0, kPart + kMiB + 10), kMiB));
+  // Bytes in part 2 are only in memory: a read across the part boundary sees them.
+  EXPECT_EQ(MustRead(*file, kPart - 5, kMiB + 15), data.substr(kPart - 5, kMiB + 15));
+  ASSERT_TRUE(WriteAll(*file, data.substr(kPart + kMiB + 10), kMiB, kPart + kMiB + 10));
+  EXPECT_TRUE(SameBytes(MustRead(*file, 0, data.size()), data));
+  // The read spilled part 2's assembly; part 3 started a new one at its boundary.
+  EXPECT_EQ(wb_->GetStats().parts_assembled, 1u);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("read-back"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("read-back"), data));
+}
+
+TEST_F(WritebackTest, RewritesAndTruncatesOfAssembledBytesLandInTheObject) {
+  Start(fake_);
+  std::string want = Body(kPart + 3 * kMiB, 84);
+  auto file = MustOpen("rewritten");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, want, kMiB));
+  // A write inside the assembled range (not where the writer left off).
+  const std::string patch = Body(100, 85);
+  ASSERT_TRUE(file->Write(kPart + 10, Bytes(patch)).ok());
+  want.replace(kPart + 10, patch.size(), patch);
+  // Appends again, then cuts into what the appends wrote.
+  const std::string more = Body(2 * kPart, 86);
+  ASSERT_TRUE(WriteAll(*file, more, kMiB, want.size()));
+  want += more;
+  ASSERT_TRUE(file->Truncate(want.size() - kMiB - 3).ok());
+  want.resize(want.size() - kMiB - 3);
+  // Grown again: what was cut off reads as zeros, not as the bytes it held.
+  ASSERT_TRUE(file->Truncate(want.size() + 2 * kMiB).ok());
+  want.resize(want.size() + 2 * kMiB, '\0');
+  const std::string tail = Body(kPart, 87);
+  ASSERT_TRUE(WriteAll(*file, tail, kMiB, want.size()));
+  want += tail;
+  EXPECT_TRUE(SameBytes(MustRead(*file, 0, want.size()), want));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("rewritten"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("rewritten"), want));
+}
+
+TEST_F(WritebackTest, ADaemonKilledAfterCloseLosesNoAssembledByte) {
+  const std::string data = Body(2 * kPart + 3 * kMiB + 1, 88);
+  {
+    // No upload gets through: everything stays local until the "kill".
+    faulty_.FailAlways(s3::Op::kUploadPart, s3::InjectedError(ErrorCode::kServerError));
+    faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+    Start(faulty_);
+    auto file = MustOpen("killed");
+    ASSERT_NE(file, nullptr);
+    ASSERT_TRUE(WriteAll(*file, data, kMiB));
+    EXPECT_EQ(wb_->GetStats().parts_assembled, 1u);  // Part 2; part 3 is partly in memory.
+    // close(): FLUSH journals the file closed; the daemon dies before the RELEASE.
+    Status flushed = wb_->Flushed(file);
+    ASSERT_TRUE(flushed.ok()) << flushed.ToString();
+    file.reset();
+    wb_.reset();
+    spool_.reset();
+  }
+  EXPECT_FALSE(fake_.Exists("killed"));
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  faulty_.ClearRules();
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("killed"), data));
+  EXPECT_TRUE(LostAndFound().empty());
+}
+
+TEST_F(WritebackTest, AWritebackStoppedWhileAFileIsMidPartGivesTheAssembledMemoryBack) {
+  Start(fake_);
+  auto file = MustOpen("mid-part");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(WriteAll(*file, Body(kPart + 2 * kMiB, 89), kMiB));
+  EXPECT_GE(budget_.used(), kPart);  // Part 2's buffer, assembling.
+  file.reset();  // The writeback alone holds the file now (a forced stop mid-write).
+  wb_.reset();
+  EXPECT_EQ(budget_.used(), 0u);
 }
 
 // --- Memory --------------------------------------------------------------------------------
