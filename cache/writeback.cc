@@ -438,16 +438,27 @@ Result<ReadReply> DirtyFile::Read(uint64_t offset, size_t size) {
 
 Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation) {
   std::unique_lock lock(mu_);
-  changed_.wait(lock, [&] { return !creating_upload_; });
+  if (creating_upload_) {
+    // Another part is creating the upload: its answer is this part's too. When it failed,
+    // asking again at once would cost every queued part its own deadline, one after the
+    // other, against a server that does not answer (an fsync waited 30 minutes so).
+    const uint64_t attempt = create_attempts_;
+    changed_.wait(lock, [&] { return !creating_upload_; });
+    if (upload_id_.empty() && create_attempts_ == attempt) return create_error_;
+  }
   if (!upload_id_.empty()) return Status::Ok();
   creating_upload_ = true;
+  ++create_attempts_;
   const std::string key = key_;
   lock.unlock();
   auto created = owner_.client_.CreateMultipart({key, "", metadata}, {owner_.Deadline()});
   lock.lock();
   creating_upload_ = false;
   changed_.notify_all();
-  if (!created.ok()) return created.status();
+  if (!created.ok()) {
+    create_error_ = created.status();
+    return created.status();
+  }
   upload_id_ = *created;
   upload_meta_generation_ = meta_generation;
   highest_part_sent_ = 0;

@@ -265,6 +265,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
   int highest_part_sent_ = 0;             // Of upload_id_.
   bool creating_upload_ = false;
+  uint64_t create_attempts_ = 0;  // CreateMultipart calls started.
+  Status create_error_;           // What the last failed one answered.
   int eager_in_flight_ = 0;
   // An eager part failed: no more are started (nor those queued sent) until this time
   // (options' first_retry later) or the next commit, so that a server that is down costs

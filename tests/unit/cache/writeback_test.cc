@@ -157,6 +157,49 @@ class RgwLikeClient final : public s3::ForwardingClient {
   std::condition_variable released_;            // With mu_: a part was released.
 };
 
+// CreateMultipart waits until the test opens the gate, then answers `answer` (or forwards
+// when it is Ok): a server slow to refuse the upload. Everything else is forwarded.
+class GatedCreateClient final : public s3::ForwardingClient {
+ public:
+  explicit GatedCreateClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+
+  void Open(Status answer) {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    answer_ = std::move(answer);
+    changed_.notify_all();
+  }
+  int calls() const {
+    std::lock_guard lock(mu_);
+    return calls_;
+  }
+  int waiting() const {
+    std::lock_guard lock(mu_);
+    return waiting_;
+  }
+
+  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
+                                      const s3::CallOptions& opts) override {
+    {
+      std::unique_lock lock(mu_);
+      ++calls_;
+      ++waiting_;
+      changed_.wait(lock, [&] { return open_; });
+      --waiting_;
+      if (!answer_.ok()) return answer_;
+    }
+    return inner().CreateMultipart(req, opts);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // With mu_: the gate opened.
+  bool open_ = false;                // Guarded by mu_.
+  Status answer_;                    // Guarded by mu_.
+  int calls_ = 0;                    // Guarded by mu_.
+  int waiting_ = 0;                  // Guarded by mu_.
+};
+
 class WritebackTest : public ::testing::Test {
  protected:
   WritebackTest() : budget_(64 * kMiB, clock_) {
@@ -1068,6 +1111,24 @@ TEST_F(WritebackTest, FileClosedWhileFencedStaysJournaledClosedAndTheNextMountUp
   EXPECT_EQ(wb_->Recover(), 1u);
   EXPECT_EQ(fake_.ObjectBody("whole"), "all of it");
   EXPECT_TRUE(LostAndFound().empty());
+}
+
+TEST_F(WritebackTest, EarlyPartsWaitingOnAFailedCreateMultipartDoNotEachAskAgain) {
+  GatedCreateClient gate(fake_);
+  Start(gate);
+  auto file = MustOpen("gated");
+  ASSERT_NE(file, nullptr);
+  // Three full parts: three early uploads, one creating the upload, two waiting on it.
+  ASSERT_TRUE(WriteAll(*file, Body(3 * kPart, 91), kMiB));
+  ASSERT_TRUE(Eventually([&] { return gate.waiting() == 1; }, kWait));
+  EXPECT_EQ(wb_->GetStats().eager_parts, 3u);
+  // Give the other two parts' threads time to reach the wait (nothing to observe there).
+  std::this_thread::sleep_for(200ms);
+  gate.Open(s3::InjectedError(ErrorCode::kServerError));
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().eager_parts == 0; }, kWait));
+  // The parts that waited took the failure as theirs: one request, not one per part,
+  // each with its own deadline against a server that does not answer.
+  EXPECT_EQ(gate.calls(), 1);
 }
 
 // --- Crash recovery ------------------------------------------------------------------------
