@@ -1,6 +1,7 @@
 #include "cache/writeback.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -124,7 +125,18 @@ DirtyFile::DirtyFile(Writeback& owner, std::string key, std::string id, int fd)
     : owner_(owner), id_(std::move(id)), fd_(fd), key_(std::move(key)) {}
 
 DirtyFile::~DirtyFile() {
-  if (assembly_) owner_.GivePartBuffer(std::move(assembly_->buffer));
+  if (assembly_) {
+    // A file still open for writing when the daemon stops: its spool file (kept for
+    // lost+found) gets what was assembled too.
+    if (!unlinked_ && assembly_->filled > 0) {
+      if (Status spilled = WriteAssemblyLocked(); !spilled.ok()) {
+        Logger("writeback")->error("{} bytes of '{}' after offset {} never reached the spool: {}",
+                                   assembly_->filled, key_, assembly_->span.offset,
+                                   spilled.ToString());
+      }
+    }
+    owner_.GiveAssemblyBuffer(std::move(assembly_->buffer));
+  }
   if (direct_fd_ >= 0) ::close(direct_fd_);
   ::close(fd_);
   if (remove_on_destroy_) owner_.spool_.Remove(id_);
@@ -272,7 +284,9 @@ Result<size_t> DirtyFile::AssembleLocked(uint64_t offset, std::span<const char> 
         offset < size_ || offset < base_limit_ || unlinked_ || committing_) {
       return 0;
     }
-    std::optional<PartBuffer> buffer = owner_.TryTakePartBuffer(span.size);
+    // A bigger part would hold the file's lock for its whole O_DIRECT write.
+    if (span.size > kMaxAssembledPart) return 0;
+    std::optional<PartBuffer> buffer = owner_.TakeAssemblyBuffer(span.size);
     if (!buffer) return 0;
     assembly_.emplace(Assembly{span, 0, std::move(*buffer)});
   }
@@ -291,6 +305,7 @@ Result<size_t> DirtyFile::AssembleLocked(uint64_t offset, std::span<const char> 
     return spilled;
   }
   owner_.counters_.parts_assembled.fetch_add(1, std::memory_order_relaxed);
+  owner_.AssemblyBecomesPart();
   full.push_back(AssembledPart{a.span.number, parts_[a.span.number].version,
                                std::move(a.buffer)});
   assembly_.reset();
@@ -313,6 +328,8 @@ Status DirtyFile::WriteAssemblyLocked() {
   Assembly& a = *assembly_;
   const char* bytes = a.buffer.buffer.data();
   uint64_t written = 0;
+  struct stat before {};
+  if (::fstat(fd_, &before) != 0) return SpoolIoError(errno, "reading the spool file's size", owner_.spool_);
   // A whole, page-aligned part in a page-aligned buffer goes around the page cache.
   constexpr uint64_t kAlign = 4096;
   if (a.filled == a.span.size && a.span.offset % kAlign == 0 && a.filled % kAlign == 0) {
@@ -327,8 +344,15 @@ Status DirtyFile::WriteAssemblyLocked() {
       }
     }
   }
-  BFS_RETURN_IF_ERROR(PwriteAll(fd_, bytes + written, a.filled - written,
-                                a.span.offset + written, owner_.spool_));
+  Status rest = PwriteAll(fd_, bytes + written, a.filled - written, a.span.offset + written,
+                          owner_.spool_);
+  if (!rest.ok()) {
+    // Whatever prefix reached the disk goes again (the assembly still has every byte): the
+    // spool must hold nothing past the file's end that could later show through as content
+    // (a hole, or a truncate that grows the file).
+    (void)::ftruncate(fd_, before.st_size);
+    return rest;
+  }
   present_.Add(a.span.offset, a.span.offset + a.filled);
   PartState& part = parts_[a.span.number];
   part.direct_version = written == a.filled ? part.version : 0;
@@ -338,7 +362,7 @@ Status DirtyFile::WriteAssemblyLocked() {
 Status DirtyFile::SpillLocked() {
   if (!assembly_) return Status::Ok();
   BFS_RETURN_IF_ERROR(WriteAssemblyLocked());
-  owner_.GivePartBuffer(std::move(assembly_->buffer));
+  owner_.GiveAssemblyBuffer(std::move(assembly_->buffer));
   assembly_.reset();
   return Status::Ok();
 }
@@ -350,7 +374,18 @@ Status DirtyFile::Truncate(uint64_t size) {
   std::lock_guard lock(mu_);
   mtime_ = owner_.clock_.WallNow();
   if (size == size_) return Status::Ok();
-  BFS_RETURN_IF_ERROR(SpillLocked());
+  if (assembly_ && size < size_) {
+    // The cut bytes need no disk (a full disk must not refuse the truncate that frees it):
+    // the assembly is shortened, or let go when the cut reaches its start.
+    if (size <= assembly_->span.offset) {
+      owner_.GiveAssemblyBuffer(std::move(assembly_->buffer));
+      assembly_.reset();
+    } else {
+      assembly_->filled = size - assembly_->span.offset;
+    }
+  } else {
+    BFS_RETURN_IF_ERROR(SpillLocked());  // Grown: the assembly no longer ends the file.
+  }
   if (closed_ && !unlinked_) {
     closed_ = false;
     BFS_RETURN_IF_ERROR(JournalLocked());
@@ -417,38 +452,52 @@ Status DirtyFile::Fill(uint64_t begin, uint64_t end, std::span<char> scratch) {
 }
 
 Result<ReadReply> DirtyFile::Read(uint64_t offset, size_t size) {
-  uint64_t end = 0;
+  ReadReply reply;
+  std::span<char> buffer;
+  uint64_t spool_end = 0;  // [offset, spool_end) comes from the spool, the rest from memory.
   {
     std::lock_guard lock(mu_);
     if (offset >= size_ || size == 0) return ReadReply{};
-    end = std::min<uint64_t>(offset + size, size_);
-    // Bytes still assembled in memory are read from the spool once spilled. (Bytes after
-    // `end` that a writer assembles meanwhile are not read.)
-    if (assembly_ && end > assembly_->span.offset) BFS_RETURN_IF_ERROR(SpillLocked());
+    const uint64_t end = std::min<uint64_t>(offset + size, size_);
+    reply.owned = std::make_unique<char[]>(end - offset);
+    buffer = std::span<char>(reply.owned.get(), end - offset);
+    spool_end = end;
+    // Bytes still assembled are copied from memory: a read needs no disk space, and the
+    // writer's assembly goes on. (The assembly ends the file, so it holds all of
+    // [its start, end); bytes a writer assembles after `end` meanwhile are not read.)
+    if (assembly_ && end > assembly_->span.offset) {
+      const Assembly& a = *assembly_;
+      const uint64_t from = std::max(offset, a.span.offset);
+      if (a.span.offset + a.filled >= end) {
+        std::memcpy(buffer.data() + (from - offset), a.buffer.buffer.data() + (from - a.span.offset),
+                    end - from);
+        spool_end = from;
+      } else {
+        BFS_RETURN_IF_ERROR(SpillLocked());
+      }
+    }
   }
-  const size_t n = end - offset;
-  ReadReply reply;
-  reply.owned = std::make_unique<char[]>(n);
-  std::span<char> buffer(reply.owned.get(), n);
-  BFS_RETURN_IF_ERROR(Fill(offset, end, buffer));
-  BFS_RETURN_IF_ERROR(PreadAll(fd_, buffer.data(), n, offset, owner_.spool_));
-  reply.pieces.push_back({buffer.data(), n});
+  if (spool_end > offset) {
+    std::span<char> from_spool = buffer.subspan(0, spool_end - offset);
+    BFS_RETURN_IF_ERROR(Fill(offset, spool_end, from_spool));
+    BFS_RETURN_IF_ERROR(
+        PreadAll(fd_, from_spool.data(), from_spool.size(), offset, owner_.spool_));
+  }
+  reply.pieces.push_back({buffer.data(), buffer.size()});
   return reply;
 }
 
-Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation) {
+Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation,
+                               bool early) {
   std::unique_lock lock(mu_);
-  if (creating_upload_) {
-    // Another part is creating the upload: its answer is this part's too. When it failed,
-    // asking again at once would cost every queued part its own deadline, one after the
-    // other, against a server that does not answer (an fsync waited 30 minutes so).
-    const uint64_t attempt = create_attempts_;
-    changed_.wait(lock, [&] { return !creating_upload_; });
-    if (upload_id_.empty() && create_attempts_ == attempt) return create_error_;
-  }
+  changed_.wait(lock, [&] { return !creating_upload_; });
   if (!upload_id_.empty()) return Status::Ok();
+  // An early part after a failed creation (the one it waited on, or one just before) takes
+  // that failure as its own: asking again at once would cost every queued part its own
+  // deadline, one after the other, against a server that does not answer (an fsync waited
+  // 30 minutes so). The commit clears the pause and asks again.
+  if (early && owner_.clock_.Now() < eager_paused_until_) return create_error_;
   creating_upload_ = true;
-  ++create_attempts_;
   const std::string key = key_;
   lock.unlock();
   auto created = owner_.client_.CreateMultipart({key, "", metadata}, {owner_.Deadline()});
@@ -457,6 +506,7 @@ Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_g
   changed_.notify_all();
   if (!created.ok()) {
     create_error_ = created.status();
+    if (early) eager_paused_until_ = owner_.clock_.Now() + owner_.options_.first_retry;
     return created.status();
   }
   upload_id_ = *created;
@@ -562,7 +612,7 @@ void DirtyFile::RunEagerPart(int number, std::optional<AssembledPart> assembled)
   }
   Status s = Status::Ok();
   if (!skip) {
-    s = EnsureUpload(metadata, meta_generation);
+    s = EnsureUpload(metadata, meta_generation, /*early=*/true);
     if (s.ok()) s = UploadPart(number, size, /*copy=*/false, std::move(assembled));
     if (!s.ok()) {
       Logger("writeback")->debug(
@@ -706,6 +756,9 @@ Status DirtyFile::CommitOnce() {
     changed_.wait(lock, [&] { return eager_in_flight_ == 0; });
     // The commit reads the spool: bytes still assembled in memory go there first.
     BFS_RETURN_IF_ERROR(SpillLocked());
+    // Its last writer is gone, but the spill at its release failed: journal it closed now
+    // that every byte is on disk, or a restart would treat it as never closed.
+    if (writers_ == 0 && !closed_ && !unlinked_) BFS_RETURN_IF_ERROR(MarkClosedLocked());
     eager_paused_until_ = MonoTime{};  // This commit sends what failed.
     key = key_;
     size = size_;
@@ -895,6 +948,11 @@ Writeback::Writeback(const WriteContext& context, WritebackOptions options)
       max_spare_parts_(std::min<uint64_t>(
           2 * options.upload_parallelism + 1,
           options.part_size == 0 ? 0 : budget_.capacity() / 8 / options.part_size)),
+      max_assemblies_(!options.assemble_parts ? 0
+                      : std::min<uint64_t>(options.upload_parallelism,
+                                           options.part_size == 0
+                                               ? 0
+                                               : budget_.capacity() / 8 / options.part_size)),
       parts_pool_(std::make_unique<TaskPool>("upload", std::max<size_t>(1, options.upload_parallelism),
                                              4 * std::max<size_t>(1, options.upload_parallelism))),
       commit_pool_(std::make_unique<TaskPool>("commit", std::max<size_t>(1, options.commit_parallelism),
@@ -968,11 +1026,12 @@ void Writeback::GivePartBuffer(PartBuffer part) {
   }
 }
 
-std::optional<PartBuffer> Writeback::TryTakePartBuffer(uint64_t bytes) {
+std::optional<PartBuffer> Writeback::TakeAssemblyBuffer(uint64_t bytes) {
   {
     std::lock_guard lock(spare_mu_);
+    if (assemblies_ >= max_assemblies_) return std::nullopt;
     if (bytes == options_.part_size && !spare_parts_.empty()) {
-      ++parts_out_;
+      ++assemblies_;
       PartBuffer part = std::move(spare_parts_.back());
       spare_parts_.pop_back();
       counters_.part_buffers_reused.fetch_add(1, std::memory_order_relaxed);
@@ -984,8 +1043,28 @@ std::optional<PartBuffer> Writeback::TryTakePartBuffer(uint64_t bytes) {
   PartBuffer part{MappedBuffer::Allocate(bytes), std::move(*charge)};
   if (!part.buffer) return std::nullopt;
   std::lock_guard lock(spare_mu_);
-  ++parts_out_;
+  if (assemblies_ >= max_assemblies_) return std::nullopt;  // Another file took the slot.
+  ++assemblies_;
   return part;
+}
+
+void Writeback::AssemblyBecomesPart() {
+  std::lock_guard lock(spare_mu_);
+  --assemblies_;
+  ++parts_out_;
+}
+
+void Writeback::GiveAssemblyBuffer(PartBuffer part) {
+  std::vector<PartBuffer> freed;  // Unmapped after the lock is dropped.
+  std::lock_guard lock(spare_mu_);
+  --assemblies_;
+  // A spare only while parts are out (an idle daemon keeps none).
+  if (parts_out_ > 0 && part.charge.bytes() == options_.part_size &&
+      spare_parts_.size() < max_spare_parts_) {
+    spare_parts_.push_back(std::move(part));
+  } else {
+    freed.push_back(std::move(part));
+  }
 }
 
 void Writeback::SetListener(Listener listener) {
@@ -1049,7 +1128,10 @@ Status Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
   // `printf x > f` closes the file's first descriptor before it writes, so committing here
   // would upload an empty object and then the file again.
   std::lock_guard lock(file->mu_);
-  if (file->writers_ != 1 || file->unlinked_ || file->torn_) return Status::Ok();
+  if (file->unlinked_) return Status::Ok();
+  // Every close(2) puts what its descriptor wrote on the spool disk, or says why not.
+  BFS_RETURN_IF_ERROR(file->SpillLocked());
+  if (file->writers_ != 1 || file->torn_) return Status::Ok();
   return file->MarkClosedLocked();
 }
 

@@ -14,19 +14,23 @@
 //    appending at the file's end at a part boundary has its bytes copied into a part buffer
 //    instead of the spool. When the part is full it is written to the spool in one
 //    O_DIRECT write (no page-cache copy, no dirty pages for the kernel to flush) and the
-//    same buffer is uploaded, without reading the spool back. Anything else that touches
-//    the file (another write, a read of those bytes, truncate, close, fsync, a commit)
-//    first writes the assembled bytes to the spool ("spill"), so the spool is the one
-//    truth whenever anyone looks. Before the change the daemon spent about half its CPU of
-//    a 1 GiB `dd` copying into the spool's page cache. At most one part per file is
-//    assembled, and only while the budget has room at once (TryReserve): otherwise the
-//    bytes go to the spool as before. A full part that cannot join the early uploads
-//    (their queue is full) gives its buffer back; its upload later reads it with O_DIRECT
-//    too, so the writer's bytes never enter the page cache. A failed spill (a full
-//    spool disk) keeps the bytes in memory and returns kNoSpace to that write, close or
-//    fsync; the file is not journaled as closed until they reach the spool. What a
-//    program wrote but never closed is not promised after a crash, and up to one part of
-//    it is then missing from lost+found/.
+//    same buffer is uploaded, without reading the spool back; a full part that waits
+//    behind a full set of uploads gives its buffer back and is later read with O_DIRECT
+//    too. Before this the daemon spent about half its CPU of a 1 GiB `dd` copying into the
+//    spool's page cache.
+//    - Whatever else touches the file first writes the assembled bytes to the spool
+//      ("spill"): another write, close (every FLUSH), fsync, a commit, a truncate that
+//      grows the file. A read of assembled bytes copies them from memory, and a truncate
+//      into them shortens the assembly: neither needs disk space.
+//    - Bounds: one part per file; at most `upload_parallelism` files at once (and an
+//      eighth of the budget), since an idle appender (a log) keeps its assembly until the
+//      part fills; only parts up to 64 MiB (the file's lock is held during the O_DIRECT
+//      write); only when the budget has room at once (TryReserve). Otherwise the bytes go
+//      to the spool as before.
+//    - A failed spill (a full spool disk) keeps the bytes in memory and returns kNoSpace
+//      to that write, close or fsync; the file is journaled closed only once they reach
+//      the spool (the retried commit does it). What a program wrote but never closed is
+//      not promised after a crash: up to one part of it may be missing from lost+found/.
 //  - Files that started as an existing object (opened without O_TRUNC): the bytes not
 //    written stay in S3; reads fill them into the spool on demand (GET with If-Match of the
 //    base ETag); on commit, a part no byte of which was written is copied server-side
@@ -171,6 +175,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
     bool eager_in_flight = false;
   };
   struct CommitPlan;
+  // Parts above this are not assembled: the file's lock is held for the O_DIRECT write.
+  static constexpr uint64_t kMaxAssembledPart = 64ull << 20;
   // The part a streaming writer is filling (see "Part assembly"). It always ends at size_:
   // any write elsewhere spills it first.
   struct Assembly {
@@ -215,8 +221,10 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // Fills [begin, end) ∩ [0, base_limit) from the base object where the spool lacks it.
   Status Fill(uint64_t begin, uint64_t end, std::span<char> scratch);
   // Creates the multipart upload unless there is one; `meta_generation` is that of
-  // `metadata`.
-  Status EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation);
+  // `metadata`. `early`: for an early part (which gives up while early uploads are paused
+  // by a failure, and pauses them when its own creation fails).
+  Status EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_generation,
+                      bool early = false);
   // Uploads part `number` as it is now (copying it server-side when `copy`). `assembled`:
   // the part's bytes, already in memory (used when still current, else the spool is read).
   Status UploadPart(int number, uint64_t file_size, bool copy,
@@ -265,8 +273,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
   int highest_part_sent_ = 0;             // Of upload_id_.
   bool creating_upload_ = false;
-  uint64_t create_attempts_ = 0;  // CreateMultipart calls started.
-  Status create_error_;           // What the last failed one answered.
+  Status create_error_;  // What the last failed CreateMultipart answered.
   int eager_in_flight_ = 0;
   // An eager part failed: no more are started (nor those queued sent) until this time
   // (options' first_retry later) or the next commit, so that a server that is down costs
@@ -375,8 +382,14 @@ class Writeback {
   // Keeps `part` as a spare if allowed, else frees it; frees every spare once no part
   // buffer is out.
   void GivePartBuffer(PartBuffer part);
-  // A buffer of `bytes` now, or nullopt: a spare, or budget bytes that fit without waiting.
-  std::optional<PartBuffer> TryTakePartBuffer(uint64_t bytes);
+  // A buffer of `bytes` for an assembly now, or nullopt: when fewer than max_assemblies_
+  // exist, a spare or budget bytes that fit without waiting. Assembly buffers are not
+  // parts out: a slow appender's assembly may live for hours, and must not keep the spares.
+  std::optional<PartBuffer> TakeAssemblyBuffer(uint64_t bytes);
+  // An assembly's part is full: its buffer now counts as a part out (GivePartBuffer it).
+  void AssemblyBecomesPart();
+  // An assembly's buffer, spilled or dropped.
+  void GiveAssemblyBuffer(PartBuffer part);
   MonoTime Deadline() const { return clock_.Now() + options_.request_timeout; }
 
   s3::ObjectClient& client_;
@@ -404,6 +417,10 @@ class Writeback {
   std::vector<PartBuffer> spare_parts_;  // Guarded by spare_mu_. Each options_.part_size.
   size_t parts_out_ = 0;                 // Guarded by spare_mu_. Buffers taken, not given.
   const size_t max_spare_parts_;
+  size_t assemblies_ = 0;  // Guarded by spare_mu_. Assembly buffers held by files.
+  // At most upload_parallelism, and an eighth of the budget: idle appenders (a log) keep
+  // theirs for as long as their part takes to fill.
+  const size_t max_assemblies_;
 
   // Declared last: destroyed first, so no task runs on a half-destroyed Writeback.
   std::unique_ptr<TaskPool> parts_pool_;

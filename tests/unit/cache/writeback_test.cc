@@ -1122,8 +1122,6 @@ TEST_F(WritebackTest, EarlyPartsWaitingOnAFailedCreateMultipartDoNotEachAskAgain
   ASSERT_TRUE(WriteAll(*file, Body(3 * kPart, 91), kMiB));
   ASSERT_TRUE(Eventually([&] { return gate.waiting() == 1; }, kWait));
   EXPECT_EQ(wb_->GetStats().eager_parts, 3u);
-  // Give the other two parts' threads time to reach the wait (nothing to observe there).
-  std::this_thread::sleep_for(200ms);
   gate.Open(s3::InjectedError(ErrorCode::kServerError));
   ASSERT_TRUE(Eventually([&] { return wb_->GetStats().eager_parts == 0; }, kWait));
   // The parts that waited took the failure as theirs: one request, not one per part,
@@ -1448,8 +1446,9 @@ TEST_F(WritebackTest, AReadOfAssembledBytesSeesThemAndTheWriterGoesOn) {
   EXPECT_EQ(MustRead(*file, kPart - 5, kMiB + 15), data.substr(kPart - 5, kMiB + 15));
   ASSERT_TRUE(WriteAll(*file, data.substr(kPart + kMiB + 10), kMiB, kPart + kMiB + 10));
   EXPECT_TRUE(SameBytes(MustRead(*file, 0, data.size()), data));
-  // The read spilled part 2's assembly; part 3 started a new one at its boundary.
-  EXPECT_EQ(wb_->GetStats().parts_assembled, 1u);
+  // The read copied part 2's bytes from memory and its assembly went on; part 3 started a
+  // new one at its boundary.
+  EXPECT_EQ(wb_->GetStats().parts_assembled, 2u);
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("read-back"));
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("read-back"), data));
@@ -1481,6 +1480,46 @@ TEST_F(WritebackTest, RewritesAndTruncatesOfAssembledBytesLandInTheObject) {
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("rewritten"));
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("rewritten"), want));
+}
+
+TEST_F(WritebackTest, EveryCloseOfASharedFilePutsTheAssembledBytesOnTheSpoolDisk) {
+  Start(fake_);
+  auto file = MustOpen("shared");
+  auto second = MustOpen("shared");  // Another writer of the same file (a second open).
+  ASSERT_TRUE(file && second);
+  ASSERT_EQ(file, second);
+  const std::string data = Body(kPart + 3 * kMiB, 92);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  const std::string path = spool_->DataPath(file->id());
+  EXPECT_EQ(stdfs::file_size(path), kPart);  // Part 2's bytes are in memory.
+  ASSERT_TRUE(wb_->Flushed(file).ok());  // close() of one descriptor; the other stays open.
+  EXPECT_EQ(stdfs::file_size(path), data.size());
+  wb_->ReleaseWriter(file);
+  wb_->ReleaseWriter(second);
+  ASSERT_TRUE(WaitCommitted("shared"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("shared"), data));
+}
+
+TEST_F(WritebackTest, OnlyAsManyFilesAssembleAtOnceAsTheBudgetAllows) {
+  // 64 MiB budget, 5 MiB parts: an eighth of the budget is one assembly.
+  Start(fake_);
+  auto slow = MustOpen("slow-appender");
+  auto fast = MustOpen("fast-writer");
+  ASSERT_TRUE(slow && fast);
+  const std::string log = Body(kPart + kMiB, 93);
+  ASSERT_TRUE(WriteAll(*slow, log, kMiB));  // Holds an assembly for part 2.
+  const std::string big = Body(4 * kPart, 94);
+  ASSERT_TRUE(WriteAll(*fast, big, kMiB));
+  EXPECT_EQ(wb_->GetStats().parts_assembled, 0u);  // Its parts went through the spool.
+  wb_->ReleaseWriter(fast);
+  wb_->ReleaseWriter(slow);
+  ASSERT_TRUE(WaitCommitted("fast-writer"));
+  ASSERT_TRUE(WaitCommitted("slow-appender"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("fast-writer"), big));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("slow-appender"), log));
+  slow.reset();
+  fast.reset();
+  EXPECT_TRUE(Eventually([&] { return budget_.used() == 0; }, kWait)) << budget_.used();
 }
 
 TEST_F(WritebackTest, ADaemonKilledAfterCloseLosesNoAssembledByte) {
