@@ -1,8 +1,8 @@
 #include "cache/writeback.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +36,18 @@ Status PwriteAll(int fd, const char* data, size_t size, uint64_t offset, const S
     offset += static_cast<uint64_t>(n);
   }
   return Status::Ok();
+}
+
+// One O_DIRECT pread or pwrite (`io`), retried on EINTR only: the bytes it moved, 0 when it
+// was refused. The caller moves the rest through the buffered descriptor, which also
+// reports any error.
+template <typename Io>
+uint64_t DirectTransfer(Io io) {
+  for (;;) {
+    const ssize_t n = io();
+    if (n < 0 && errno == EINTR) continue;
+    return n > 0 ? static_cast<uint64_t>(n) : 0;
+  }
 }
 
 // Reads [offset, offset + size); bytes past the spool file's end read as zeros (a file
@@ -164,13 +176,11 @@ void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
   for (int n = first; n <= last; ++n) ++parts_[n].version;
 }
 
-size_t DirtyFile::EagerCap() const { return owner_.options_.upload_parallelism * 2; }
-
 std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
   std::vector<int> eager;
   if (unlinked_ || committing_ || begin >= end) return eager;
   if (owner_.clock_.Now() < eager_paused_until_) return eager;
-  const size_t cap = EagerCap();
+  const size_t cap = owner_.options_.upload_parallelism * 2;
   for (PartSpan span = owner_.layout_.PartAt(begin); span.offset < end;
        span = owner_.layout_.Part(span.number + 1)) {
     if (span.number > s3::kMaxParts) break;
@@ -333,15 +343,11 @@ Status DirtyFile::WriteAssemblyLocked() {
   // A whole, page-aligned part in a page-aligned buffer goes around the page cache.
   constexpr uint64_t kAlign = 4096;
   if (a.filled == a.span.size && a.span.offset % kAlign == 0 && a.filled % kAlign == 0) {
+    // Refused (EINVAL: an alignment the device wants) or short (a full disk): the
+    // buffered descriptor writes the rest below, and reports the error if there is one.
     if (const int direct = DirectFdLocked(); direct >= 0) {
-      for (;;) {
-        const ssize_t n = ::pwrite(direct, bytes, a.filled, static_cast<off_t>(a.span.offset));
-        if (n < 0 && errno == EINTR) continue;
-        // Refused (EINVAL: alignment the device wants), or short (a full disk): the
-        // buffered descriptor writes the rest, and reports the error if there is one.
-        if (n > 0) written = static_cast<uint64_t>(n);
-        break;
-      }
+      written = DirectTransfer(
+          [&] { return ::pwrite(direct, bytes, a.filled, static_cast<off_t>(a.span.offset)); });
     }
   }
   Status rest = PwriteAll(fd_, bytes + written, a.filled - written, a.span.offset + written,
@@ -535,7 +541,7 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
     base_etag = base_etag_;
   }
   // The assembled bytes serve only while the part is as they were and whole in the file.
-  const bool from_memory = assembled && assembled->number == number &&
+  const bool from_memory = !copy && assembled && assembled->number == number &&
                            assembled->version == version && length == span.size;
   if (assembled && !from_memory) {
     owner_.GivePartBuffer(std::move(assembled->buffer));
@@ -547,7 +553,6 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
                                   base_etag};
     sent = owner_.client_.UploadPartCopy(req, {owner_.Deadline()});
     if (sent.ok()) owner_.counters_.parts_copied.fetch_add(1, std::memory_order_relaxed);
-    if (assembled) owner_.GivePartBuffer(std::move(assembled->buffer));
   } else {
     Writeback::PartBuffer buffer;
     Status read = Status::Ok();
@@ -563,12 +568,8 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
       // fetch them from disk into the cache and copy them again.
       uint64_t got = 0;
       if (direct_fd >= 0) {
-        for (;;) {
-          const ssize_t n = ::pread(direct_fd, bytes.data(), length, static_cast<off_t>(span.offset));
-          if (n < 0 && errno == EINTR) continue;
-          if (n > 0) got = static_cast<uint64_t>(n);
-          break;
-        }
+        got = DirectTransfer(
+            [&] { return ::pread(direct_fd, bytes.data(), length, static_cast<off_t>(span.offset)); });
       } else {
         read = Fill(span.offset, end, bytes);
       }
@@ -937,6 +938,15 @@ Status DirtyFile::MarkClosedLocked() {
 
 // --- Writeback ---------------------------------------------------------------------------
 
+namespace {
+
+// Spare and assembly buffers together stay within an eighth of the budget each.
+uint64_t PartsInAnEighthOf(const MemoryBudget& budget, uint64_t part_size) {
+  return part_size == 0 ? 0 : budget.capacity() / 8 / part_size;
+}
+
+}  // namespace
+
 Writeback::Writeback(const WriteContext& context, WritebackOptions options)
     : client_(*context.client),
       budget_(*context.budget),
@@ -944,15 +954,13 @@ Writeback::Writeback(const WriteContext& context, WritebackOptions options)
       clock_(context.clock ? *context.clock : RealClock()),
       options_(options),
       layout_(options.part_size),
-      // Enough for a streaming file's early uploads and its assembly (see EagerCap()).
-      max_spare_parts_(std::min<uint64_t>(
-          2 * options.upload_parallelism + 1,
-          options.part_size == 0 ? 0 : budget_.capacity() / 8 / options.part_size)),
-      max_assemblies_(!options.assemble_parts ? 0
-                      : std::min<uint64_t>(options.upload_parallelism,
-                                           options.part_size == 0
-                                               ? 0
-                                               : budget_.capacity() / 8 / options.part_size)),
+      // Enough for a streaming file's early uploads (2 × parallelism) and its assembly.
+      max_spare_parts_(std::min<uint64_t>(2 * options.upload_parallelism + 1,
+                                          PartsInAnEighthOf(budget_, options.part_size))),
+      max_assemblies_(!options.assemble_parts
+                          ? 0
+                          : std::min<uint64_t>(options.upload_parallelism,
+                                               PartsInAnEighthOf(budget_, options.part_size))),
       parts_pool_(std::make_unique<TaskPool>("upload", std::max<size_t>(1, options.upload_parallelism),
                                              4 * std::max<size_t>(1, options.upload_parallelism))),
       commit_pool_(std::make_unique<TaskPool>("commit", std::max<size_t>(1, options.commit_parallelism),
@@ -979,16 +987,19 @@ Writeback::~Writeback() {
   files.clear();
 }
 
+std::optional<PartBuffer> Writeback::TakeSpareLocked(uint64_t bytes) {
+  if (bytes != options_.part_size || spare_parts_.empty()) return std::nullopt;
+  PartBuffer part = std::move(spare_parts_.back());
+  spare_parts_.pop_back();
+  counters_.part_buffers_reused.fetch_add(1, std::memory_order_relaxed);
+  return part;
+}
+
 Result<Writeback::PartBuffer> Writeback::TakePartBuffer(uint64_t bytes) {
   {
     std::lock_guard lock(spare_mu_);
     ++parts_out_;
-    if (bytes == options_.part_size && !spare_parts_.empty()) {
-      PartBuffer part = std::move(spare_parts_.back());
-      spare_parts_.pop_back();
-      counters_.part_buffers_reused.fetch_add(1, std::memory_order_relaxed);
-      return part;
-    }
+    if (std::optional<PartBuffer> spare = TakeSpareLocked(bytes)) return std::move(*spare);
   }
   PartBuffer part;
   Result<Reservation> charge = budget_.Reserve(bytes, Deadline());
@@ -1030,12 +1041,9 @@ std::optional<PartBuffer> Writeback::TakeAssemblyBuffer(uint64_t bytes) {
   {
     std::lock_guard lock(spare_mu_);
     if (assemblies_ >= max_assemblies_) return std::nullopt;
-    if (bytes == options_.part_size && !spare_parts_.empty()) {
+    if (std::optional<PartBuffer> spare = TakeSpareLocked(bytes)) {
       ++assemblies_;
-      PartBuffer part = std::move(spare_parts_.back());
-      spare_parts_.pop_back();
-      counters_.part_buffers_reused.fetch_add(1, std::memory_order_relaxed);
-      return part;
+      return spare;
     }
   }
   Result<Reservation> charge = budget_.TryReserve(bytes);

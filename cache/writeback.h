@@ -214,8 +214,6 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
 
   // Requires mu_. Marks [begin, end) changed: bumps the versions of the parts it touches.
   void TouchLocked(uint64_t begin, uint64_t end);
-  // Early part uploads queued or running per file, at most.
-  size_t EagerCap() const;
   // Requires mu_. Parts completely written by now that are worth uploading early.
   std::vector<int> EagerPartsLocked(uint64_t begin, uint64_t end);
   // Fills [begin, end) ∩ [0, base_limit) from the base object where the spool lacks it.
@@ -382,6 +380,8 @@ class Writeback {
   // Keeps `part` as a spare if allowed, else frees it; frees every spare once no part
   // buffer is out.
   void GivePartBuffer(PartBuffer part);
+  // Requires spare_mu_. A spare buffer for `bytes` (counted as reused), or nullopt.
+  std::optional<PartBuffer> TakeSpareLocked(uint64_t bytes);
   // A buffer of `bytes` for an assembly now, or nullopt: when fewer than max_assemblies_
   // exist, a spare or budget bytes that fit without waiting. Assembly buffers are not
   // parts out: a slow appender's assembly may live for hours, and must not keep the spares.
