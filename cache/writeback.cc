@@ -624,6 +624,10 @@ void DirtyFile::RunEagerPart(int number, std::optional<AssembledPart> assembled)
   if (assembled && assembled->buffer.buffer) owner_.GivePartBuffer(std::move(assembled->buffer));
   std::lock_guard lock(mu_);
   if (!s.ok()) eager_paused_until_ = owner_.clock_.Now() + owner_.options_.first_retry;
+  if (s.code() == ErrorCode::kTimeout) {
+    ++eager_timeouts_;
+    eager_timeout_error_ = s;
+  }
   parts_[number].eager_in_flight = false;
   --eager_in_flight_;
   changed_.notify_all();
@@ -754,12 +758,17 @@ Status DirtyFile::CommitOnce() {
   bool multipart = false;
   {
     std::unique_lock lock(mu_);
+    const uint64_t timeouts_before = eager_timeouts_;
     changed_.wait(lock, [&] { return eager_in_flight_ == 0; });
     // The commit reads the spool: bytes still assembled in memory go there first.
     BFS_RETURN_IF_ERROR(SpillLocked());
     // Its last writer is gone, but the spill at its release failed: journal it closed now
     // that every byte is on disk, or a restart would treat it as never closed.
     if (writers_ == 0 && !closed_ && !unlinked_) BFS_RETURN_IF_ERROR(MarkClosedLocked());
+    // Early parts reached their deadline while this commit waited for them: asking the
+    // same server again now would make the caller wait out a second deadline for the same
+    // answer. The background retry goes on.
+    if (eager_timeouts_ != timeouts_before) return eager_timeout_error_;
     eager_paused_until_ = MonoTime{};  // This commit sends what failed.
     key = key_;
     size = size_;

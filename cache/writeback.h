@@ -278,6 +278,13 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // a commit one request deadline, not one per part, and a passing error does not stop
   // early uploads for the rest of a long write.
   MonoTime eager_paused_until_{};
+  // Early parts that failed at their deadline (the server did not answer in time), and the
+  // last such error. A commit that waited for early parts and saw this count rise reports
+  // that error instead of sending the parts again at once, so an fsync against a server
+  // that does not answer fails after one deadline, not two. Quicker failures (a 5xx after
+  // the client's retries) are sent again by the commit: that costs little.
+  uint64_t eager_timeouts_ = 0;
+  Status eager_timeout_error_;
   bool committing_ = false;
   int writers_ = 0;
   bool closed_ = false;     // The journal says closed.

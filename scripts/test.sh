@@ -20,10 +20,14 @@ jobs=$(nproc)
 scripts/setup-deps.sh
 
 # ctest's rgw_stop fixture stops the S3 server after the tests; this trap covers Ctrl-C and
-# failures in between, stopping it by the PIDs in its state directory.
+# failures in between, stopping it by the PIDs in its state directory and removing that
+# directory (its logs go to the build tree, as the fixture does it).
 rgw_state=""
+rgw_log=""
 stop_rgw() {
-  if [[ -n $rgw_state ]]; then tests/s3server/rgw.sh stop "$rgw_state" >/dev/null 2>&1 || true; fi
+  if [[ -n $rgw_state ]]; then
+    tests/s3server/rgw.sh stop "$rgw_state" --purge --keep-log "$rgw_log" >/dev/null 2>&1 || true
+  fi
 }
 trap stop_rgw EXIT
 trap 'stop_rgw; exit 130' INT TERM
@@ -34,6 +38,7 @@ for preset in "${presets[@]}"; do
   echo "=== [$preset] configure and build"
   cmake --preset "$preset" -DBUCKETFS_RGW_PORT="$port" >/dev/null
   rgw_state=$(sed -n 's/^BUCKETFS_RGW_STATE:PATH=//p' "build/$preset/CMakeCache.txt")
+  rgw_log=$PWD/build/$preset/rgw-log
   cmake --build --preset "$preset" -j "$jobs"
   echo "=== [$preset] tests"
   # TSan needs the address space layout it expects on newer kernels.

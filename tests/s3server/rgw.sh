@@ -2,9 +2,10 @@
 # A throw-away single-node Ceph RADOS Gateway (S3) on 127.0.0.1 for tests and benchmarks.
 #
 #   rgw.sh start  STATE_DIR [PORT]   fresh cluster (mon + bluestore OSD + RGW), S3 on PORT (7480)
-#   rgw.sh stop   STATE_DIR [--purge]  stop RGW, OSD, monitor by the PIDs in their pid files;
-#                                    --purge then deletes the cluster's data (GBs of OSD
-#                                    store), keeping log/ for a post-mortem
+#   rgw.sh stop   STATE_DIR [--purge [--keep-log DIR]]
+#                                    stop RGW, OSD, monitor by the PIDs in their pid files;
+#                                    --purge then deletes STATE_DIR (GBs of OSD store), first
+#                                    moving its log/ to DIR (replacing DIR) if given
 #   rgw.sh status STATE_DIR          exit 0 if this RGW runs and answers HTTP
 #   rgw.sh mkbucket STATE_DIR NAME   create a bucket (boto3, path style)
 #   rgw.sh add-key STATE_DIR         add an access key to the test user; prints "ACCESS SECRET"
@@ -34,7 +35,7 @@ log() { echo "rgw.sh: $*" >&2; }
 die() { echo "rgw.sh: ERROR: $*" >&2; exit 1; }
 
 usage() {
-  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -443,12 +444,18 @@ cmd_stop() {
   [[ -e $MARKER || -z $(ls -A -- "$S") ]] || die "'$S' was not made by rgw.sh"
   stop_all || die "some processes could not be stopped"
   rm -f -- "$S"/run/*.asok
-  if [[ ${2:-} == --purge ]]; then
-    find "$S" -mindepth 1 -maxdepth 1 ! -name log ! -name "$(basename -- "$MARKER")" \
-      -exec rm -rf -- {} +
-  elif [[ -n ${2:-} ]]; then
-    usage
-  fi
+  case "${2:-}|${3:-}" in
+    "|") return 0 ;;
+    "--purge|") ;;
+    "--purge|--keep-log") [[ -n ${4:-} ]] || usage
+      # The logs outlive the cluster in a directory of the caller's (a build tree), so a
+      # post-mortem needs nothing left behind in /tmp.
+      rm -rf -- "$4"
+      mkdir -p -- "$(dirname -- "$4")"
+      if [[ -d $S/log ]]; then mv -- "$S/log" "$4"; fi ;;
+    *) usage ;;
+  esac
+  rm -rf -- "$S"
 }
 
 cmd_status() {

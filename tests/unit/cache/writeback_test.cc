@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,6 +19,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cache/memory_budget.h"
@@ -1127,6 +1129,42 @@ TEST_F(WritebackTest, EarlyPartsWaitingOnAFailedCreateMultipartDoNotEachAskAgain
   // The parts that waited took the failure as theirs: one request, not one per part,
   // each with its own deadline against a server that does not answer.
   EXPECT_EQ(gate.calls(), 1);
+}
+
+// An fsync that waits for early parts which then reach their deadline reports that
+// timeout; it does not ask the same server again at once, which against a server that does
+// not answer made fsync wait out a second deadline (about 4 minutes instead of 2).
+TEST_F(WritebackTest, AnFsyncWhoseEarlyPartsTimeOutWhileItWaitsReportsTheTimeoutAtOnce) {
+  GatedCreateClient gate(fake_);
+  Start(gate);
+  auto file = MustOpen("gated-sync");
+  ASSERT_NE(file, nullptr);
+  const std::string data = Body(3 * kPart, 93);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  ASSERT_TRUE(Eventually([&] { return gate.waiting() == 1; }, kWait));
+  std::packaged_task<Status()> sync([&] { return wb_->Sync(file); });
+  std::future<Status> synced = sync.get_future();
+  std::thread syncer(std::move(sync));
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().commits_in_flight == 1; }, kWait));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // Into its wait.
+  gate.Open(s3::InjectedError(ErrorCode::kTimeout));
+  const Status result = synced.get();
+  syncer.join();
+  EXPECT_EQ(result.code(), ErrorCode::kTimeout) << result.ToString();
+  EXPECT_EQ(gate.calls(), 1) << "the fsync created the upload again";
+  gate.Open(Status::Ok());  // The server is back.
+  EXPECT_FALSE(file->Error().ok()) << "the error is sticky until a retry succeeds";
+  EXPECT_FALSE(fake_.Exists("gated-sync"));
+
+  // The background retry, and the next fsync, still send everything.
+  clock_.Advance(Options().first_retry + 1s);
+  EXPECT_TRUE(Eventually([&] { return file->Error().ok(); }, kWait))
+      << "still failing: " << file->Error().ToString();
+  const Status again = wb_->Sync(file);
+  ASSERT_TRUE(again.ok()) << again.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("gated-sync"), data));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("gated-sync"));
 }
 
 // --- Crash recovery ------------------------------------------------------------------------
