@@ -111,6 +111,41 @@ children_cpu() {
 
 peak_rss_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 
+# The share of all CPUs (0..1) busy over the next second, from /proc/stat (idle and iowait
+# count as not busy).
+cpu_busy_1s() {
+  local a b
+  a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%.3f", (busy + idle > 0) ? busy / (busy + idle) : 0 }'
+}
+
+# Not timed: waits until the machine is quiet before a measurement, so that no system is
+# measured while the server still compacts, collects garbage or writes back what the one
+# before it left (the first repetition ran up to 1.6x slower than the others before this,
+# for every system). Quiet: dirty pages written back (sync) and at most QUIET_BUSY of the
+# CPUs busy in two seconds in a row; after QUIET_TIMEOUT seconds it measures anyway and
+# says so.
+wait_quiet() {
+  local t0=$SECONDS calm=0 busy
+  sync
+  while ((calm < 2)); do
+    busy=$(cpu_busy_1s)
+    if awk -v b="$busy" -v m="$QUIET_BUSY" 'BEGIN { exit !(b <= m) }'; then
+      calm=$((calm + 1))
+    else
+      calm=0
+    fi
+    if ((SECONDS - t0 >= QUIET_TIMEOUT)); then
+      warn "the machine is still busy (${busy} of its CPUs) after ${QUIET_TIMEOUT} s; measuring anyway"
+      return 0
+    fi
+  done
+  ((SECONDS - t0 <= 3)) || log "  (waited $((SECONDS - t0)) s for a quiet machine)"
+}
+
 # --- samples ------------------------------------------------------------------------------
 
 # JSON string (the values here are plain text: escape backslash, quote, control chars).

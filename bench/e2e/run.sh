@@ -38,7 +38,10 @@
 #
 # Every group of workloads gets a fresh mount (a cold kernel page cache and a cold
 # filesystem cache); the caches are never dropped globally, which would make RGW read its
-# disk. The raw client is curl (ranged GETs for random reads and TTFB, curl processes in
+# disk. Before each group the run waits (untimed, up to 60 s) until the machine is quiet:
+# dirty pages written back and at most QUIET_BUSY (0.15) of the CPUs busy for 2 s, so the
+# server's background work after an upload or a delete lands on nobody's measurement.
+# The raw client is curl (ranged GETs for random reads and TTFB, curl processes in
 # parallel for fio, one curl process with one connection for the 1,000 PUTs). Writes are
 # measured on bucketfs only once it can create a file: a mount where that fails is
 # recorded as n/a with the reason.
@@ -96,15 +99,16 @@ MIB=$((1 << 20))
 if ((QUICK)); then
   REPS=${REPS:-1}
   BIG_SIZE=$((16 * MIB)) WRITE_SIZE=$((16 * MIB)) SMALL_COUNT=50 LS_COUNT=300 RAND_COUNT=50
-  FIO_RUNTIME=2 PAR_SIZE=$((4 * MIB)) OP_TIMEOUT=120 VISIBLE_TIMEOUT=60
+  FIO_RUNTIME=2 PAR_SIZE=$((4 * MIB)) OP_TIMEOUT=120 VISIBLE_TIMEOUT=60 QUIET_TIMEOUT=5
   RESULTS_MD=${RESULTS_MD:-none}
 else
   REPS=${REPS:-3}
   BIG_SIZE=$((1024 * MIB)) WRITE_SIZE=$((1024 * MIB)) SMALL_COUNT=1000 LS_COUNT=10000 RAND_COUNT=1000
-  FIO_RUNTIME=15 PAR_SIZE=$((256 * MIB)) OP_TIMEOUT=900 VISIBLE_TIMEOUT=300
+  FIO_RUNTIME=15 PAR_SIZE=$((256 * MIB)) OP_TIMEOUT=900 VISIBLE_TIMEOUT=300 QUIET_TIMEOUT=60
   RESULTS_MD=${RESULTS_MD:-$ROOT/bench/RESULTS.md}
 fi
 SMALL_SIZE=4096 TTFB_SIZE=$MIB PAR_READERS=4
+QUIET_BUSY=${QUIET_BUSY:-0.15}   # see wait_quiet
 READ_BUCKET=bench-read WRITE_BUCKET=bench-write
 WORK=$STATE-work                        # logs, mount points, rclone caches
 DATA=/dev/shm/${STATE##*/}-data         # the bytes uploaded and written

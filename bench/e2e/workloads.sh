@@ -286,6 +286,7 @@ run_group() {
     for wl in ${GROUP_WORKLOADS[$group]}; do na "$wl" "${WRITABLE[$SYS]}"; done
     return 0
   fi
+  wait_quiet
   if [[ $SYS != raw ]]; then
     [[ ${GROUP_BUCKET[$group]:-} == write ]] && bucket=$WRITE_BUCKET || bucket=$READ_BUCKET
     if ! mount_system "$SYS" "$bucket"; then
