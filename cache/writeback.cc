@@ -305,6 +305,7 @@ Result<size_t> DirtyFile::AssembleLocked(uint64_t offset, std::span<const char> 
   const uint64_t old_size = size_;
   std::memcpy(a.buffer.buffer.data() + a.filled, data.data(), n);
   a.filled += n;
+  a.touched = owner_.clock_.Now();
   size_ = a.span.offset + a.filled;  // The assembly always ends the file.
   TouchLocked(offset, offset + n);
   ++data_generation_;
@@ -371,6 +372,15 @@ Status DirtyFile::SpillLocked() {
   owner_.GiveAssemblyBuffer(std::move(assembly_->buffer));
   assembly_.reset();
   return Status::Ok();
+}
+
+void DirtyFile::SpillIfIdle(MonoTime idle_since) {
+  std::lock_guard lock(mu_);
+  if (!assembly_ || assembly_->touched > idle_since) return;
+  if (Status spilled = SpillLocked(); !spilled.ok()) {
+    Logger("writeback")->debug("idle assembly of '{}' stays in memory: {}", key_,
+                               spilled.ToString());
+  }
 }
 
 Status DirtyFile::Truncate(uint64_t size) {
@@ -1234,9 +1244,11 @@ void Writeback::RetryLoop() {
     settled_.wait_for(lock, std::chrono::seconds(1));
     if (stopping_) break;
     const MonoTime now = clock_.Now();
-    std::vector<std::shared_ptr<DirtyFile>> due;
+    const MonoTime idle_since = now - options_.assembly_idle;
+    std::vector<std::shared_ptr<DirtyFile>> due, idle;
     for (const auto& [key, file] : files_) {
       std::lock_guard file_lock(file->mu_);
+      if (file->assembly_ && file->assembly_->touched <= idle_since) idle.push_back(file);
       // Writers may still have it open: their writes fail with the sticky error until a
       // retry succeeds, so the retry must not wait for them to close.
       if (!file->error_.ok() && !file->conflict_ && !file->committing_ &&
@@ -1247,6 +1259,8 @@ void Writeback::RetryLoop() {
     }
     lock.unlock();
     for (const auto& file : due) StartCommit(file);
+    // Outside mu_: a spill is a disk write.
+    for (const auto& file : idle) file->SpillIfIdle(idle_since);
     lock.lock();
   }
 }
@@ -1526,6 +1540,10 @@ Writeback::Stats Writeback::GetStats() const {
   s.parts_uploaded = counters_.parts_uploaded.load();
   s.parts_copied = counters_.parts_copied.load();
   s.part_buffers_reused = counters_.part_buffers_reused.load();
+  {
+    std::lock_guard lock(spare_mu_);
+    s.assemblies = assemblies_;
+  }
   s.parts_assembled = counters_.parts_assembled.load();
   s.parts_sent_from_memory = counters_.parts_sent_from_memory.load();
   s.bytes_uploaded = counters_.bytes_uploaded.load();

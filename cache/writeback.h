@@ -20,17 +20,18 @@
 //    spool's page cache.
 //    - Whatever else touches the file first writes the assembled bytes to the spool
 //      ("spill"): another write, close (every FLUSH), fsync, a commit, a truncate that
-//      grows the file. A read of assembled bytes copies them from memory, and a truncate
-//      into them shortens the assembly: neither needs disk space.
+//      grows the file; and the background loop, once no write touched the assembly for
+//      `assembly_idle` (2 s). A read of assembled bytes copies them from memory, and a
+//      truncate into them shortens the assembly: neither needs disk space.
 //    - Bounds: one part per file; at most `upload_parallelism` files at once (and an
-//      eighth of the budget), since an idle appender (a log) keeps its assembly until the
-//      part fills; only parts up to 64 MiB (the file's lock is held during the O_DIRECT
+//      eighth of the budget); only parts up to 64 MiB (the file's lock is held during the O_DIRECT
 //      write); only when the budget has room at once (TryReserve). Otherwise the bytes go
 //      to the spool as before.
 //    - A failed spill (a full spool disk) keeps the bytes in memory and returns kNoSpace
 //      to that write, close or fsync; the file is journaled closed only once they reach
 //      the spool (the retried commit does it). What a program wrote but never closed is
-//      not promised after a crash: up to one part of it may be missing from lost+found/.
+//      not promised after a crash: what it wrote in the last `assembly_idle` or so (at most
+//      one part) may be missing from lost+found/.
 //  - Files that started as an existing object (opened without O_TRUNC): the bytes not
 //    written stay in S3; reads fill them into the spool on demand (GET with If-Match of the
 //    base ETag); on commit, a part no byte of which was written is copied server-side
@@ -92,6 +93,10 @@ struct WritebackOptions {
   size_t upload_parallelism = 8;      // Part uploads in flight, across all files.
   size_t commit_parallelism = 16;     // Files committing at once (a small file is one PUT).
   bool assemble_parts = true;         // See "Part assembly" (off: every byte via the spool).
+  // A part being assembled that no write touched for this long is written to the spool
+  // (checked every second): a writer that pauses mid-part neither holds a part buffer nor
+  // leaves its bytes only in memory for longer.
+  Duration assembly_idle = std::chrono::seconds(2);
   Duration request_timeout = std::chrono::seconds(120);  // Deadline of each S3 call.
   Duration first_retry = std::chrono::seconds(5);        // Then doubling, up to max_retry.
   Duration max_retry = std::chrono::minutes(5);
@@ -183,6 +188,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
     PartSpan span;
     uint64_t filled = 0;  // Bytes [span.offset, span.offset + filled) are in `buffer`.
     PartBuffer buffer;
+    MonoTime touched{};  // The last write into it.
   };
   // A full part just written to the spool, with its bytes still in memory for the upload.
   struct AssembledPart {
@@ -208,6 +214,9 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // Requires mu_. Writes the assembled bytes to the spool and frees the buffer; Ok when
   // there is no assembly.
   Status SpillLocked();
+  // Spills the assembly if no write touched it since `idle_since`. A failure (a full disk)
+  // keeps it; the next write, close or spill reports it.
+  void SpillIfIdle(MonoTime idle_since);
   // Requires mu_. An O_DIRECT descriptor of the spool file, or -1 when the spool's
   // filesystem refuses O_DIRECT (the buffered one is used then).
   int DirectFdLocked();
@@ -367,6 +376,7 @@ class Writeback {
              parts_copied = 0,
              bytes_uploaded = 0;
     uint64_t part_buffers_reused = 0;  // Parts read into a spare buffer (no fresh pages).
+    size_t assemblies = 0;         // Parts being filled in memory now.
     uint64_t parts_assembled = 0;  // Full parts a streaming writer filled in memory.
     uint64_t parts_sent_from_memory = 0;  // Of those, uploaded without reading the spool.
   };
@@ -420,7 +430,7 @@ class Writeback {
   };
   Counters counters_;
 
-  std::mutex spare_mu_;
+  mutable std::mutex spare_mu_;
   std::vector<PartBuffer> spare_parts_;  // Guarded by spare_mu_. Each options_.part_size.
   size_t parts_out_ = 0;                 // Guarded by spare_mu_. Buffers taken, not given.
   const size_t max_spare_parts_;

@@ -11,7 +11,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -1536,6 +1538,40 @@ TEST_F(WritebackTest, EveryCloseOfASharedFilePutsTheAssembledBytesOnTheSpoolDisk
   wb_->ReleaseWriter(second);
   ASSERT_TRUE(WaitCommitted("shared"));
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("shared"), data));
+}
+
+// A writer that stops mid-part (a log between bursts, a program waiting on its input) does
+// not keep the part's bytes only in memory, nor its buffer: after assembly_idle without a
+// write they are on the spool disk, where a daemon killed now leaves them for lost+found/.
+TEST_F(WritebackTest, AWriterThatPausesMidPartHasItsAssembledBytesWrittenToTheSpool) {
+  Start(fake_);
+  auto file = MustOpen("pausing");
+  ASSERT_NE(file, nullptr);
+  const std::string data = Body(kPart + 3 * kMiB, 95);
+  ASSERT_TRUE(WriteAll(*file, data, kMiB));
+  const std::string path = spool_->DataPath(file->id());
+  EXPECT_EQ(stdfs::file_size(path), kPart);  // Part 2's bytes are in memory.
+  EXPECT_EQ(wb_->GetStats().assemblies, 1u);
+
+  // Not idle long enough yet: a check of the background loop (every second) leaves it.
+  clock_.Advance(Options().assembly_idle - 1s);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(wb_->GetStats().assemblies, 1u);
+  EXPECT_EQ(stdfs::file_size(path), kPart);
+
+  clock_.Advance(2s);
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().assemblies == 0; }, kWait));
+  std::ifstream in(path, std::ios::binary);
+  const std::string spooled((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(SameBytes(spooled, data));
+
+  // The writer goes on where it stopped; the next part assembles again.
+  const std::string more = Body(2 * kPart, 96);
+  ASSERT_TRUE(WriteAll(*file, more, kMiB, data.size()));
+  EXPECT_EQ(wb_->GetStats().parts_assembled, 1u);  // Part 3, filled from its start.
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("pausing"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("pausing"), data + more));
 }
 
 TEST_F(WritebackTest, OnlyAsManyFilesAssembleAtOnceAsTheBudgetAllows) {
