@@ -1341,6 +1341,41 @@ TEST_F(FuseWriteFaultTest, ClosedFilesSurviveSigkillAndReachS3AfterRemount) {
   EXPECT_EQ(m->Unmount(), 0) << m->Log();
 }
 
+// A daemon killed while a program still has a file open (a crash mid-write): the file was
+// never closed, so it is not uploaded, but what the program wrote before it paused is kept
+// in the spool's lost+found/ for a person to recover. That includes the part being
+// collected in memory (part assembly): a writer that pauses 2 s has it written to the
+// spool.
+TEST_F(FuseWriteFaultTest, AFileOpenWhenTheDaemonIsKilledIsKeptInLostAndFoundUpToItsPause) {
+  auto m = MountBucket(SmallParts());
+  ASSERT_NE(m, nullptr);
+  const uint64_t size = kPartSize + 3 * kMiB;  // Part 2 is being collected in memory.
+  const int fd = open(m->Path("open-at-kill.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  EXPECT_EQ(ErrnoName(WritePattern(fd, 1701, size)), "OK");
+  // The writer pauses: longer than the 2 s after which an assembly is spilled, plus the
+  // background loop's 1 s period, with room for a slow (sanitized) build.
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  ASSERT_EQ(m->Kill(), 128 + SIGKILL);
+  close(fd);  // The connection is gone; whatever close says, nothing more can arrive.
+
+  // The next mount with the same spool recovers: it uploads closed files only, and moves
+  // this one to lost+found/.
+  ASSERT_TRUE(m->Mount(MountArgs(SmallParts())));
+  std::vector<fs::path> kept;
+  for (const auto& e : fs::recursive_directory_iterator(spool_dir_)) {
+    if (e.path().parent_path().filename() == "lost+found" && e.path().extension() == ".data") {
+      kept.push_back(e.path());
+    }
+  }
+  ASSERT_EQ(kept.size(), 1u) << m->Log();
+  EXPECT_TRUE(ReadFile(kept[0].string()) == Pattern(1701, 0, size))
+      << "lost+found/ holds " << fs::file_size(kept[0]) << " bytes of the " << size
+      << " written";
+  EXPECT_FALSE(Head("open-at-kill.bin").exists) << "a file never closed was uploaded";
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+}
+
 TEST_F(FuseWriteFaultTest, AFullSpoolDiskGivesEnospcToTheWriterNeverAPartialObject) {
   if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs as the spool disk needs root";
   ScopedTmpfs spool(work_dir_ + "/small-spool", 16 * kMiB);  // Outlives the mount below.
