@@ -24,9 +24,9 @@
 //      `assembly_idle` (2 s). A read of assembled bytes copies them from memory, and a
 //      truncate into them shortens the assembly: neither needs disk space.
 //    - Bounds: one part per file; at most `upload_parallelism` files at once (and an
-//      eighth of the budget); only parts up to 64 MiB (the file's lock is held during the O_DIRECT
-//      write); only when the budget has room at once (TryReserve). Otherwise the bytes go
-//      to the spool as before.
+//      eighth of the budget); only parts up to 64 MiB (the file's lock is held during the
+//      O_DIRECT write); only when the budget has room at once (TryReserve). Otherwise the
+//      bytes go to the spool as before.
 //    - A failed spill (a full spool disk) keeps the bytes in memory and returns kNoSpace
 //      to that write, close or fsync; the file is journaled closed only once they reach
 //      the spool (the retried commit does it). What a program wrote but never closed is
