@@ -340,7 +340,9 @@ Status DirtyFile::WriteAssemblyLocked() {
   const char* bytes = a.buffer.buffer.data();
   uint64_t written = 0;
   struct stat before {};
-  if (::fstat(fd_, &before) != 0) return SpoolIoError(errno, "reading the spool file's size", owner_.spool_);
+  if (::fstat(fd_, &before) != 0) {
+    return SpoolIoError(errno, "reading the spool file's size", owner_.spool_);
+  }
   // A whole, page-aligned part in a page-aligned buffer goes around the page cache.
   constexpr uint64_t kAlign = 4096;
   if (a.filled == a.span.size && a.span.offset % kAlign == 0 && a.filled % kAlign == 0) {
@@ -485,8 +487,8 @@ Result<ReadReply> DirtyFile::Read(uint64_t offset, size_t size) {
       const Assembly& a = *assembly_;
       const uint64_t from = std::max(offset, a.span.offset);
       if (a.span.offset + a.filled >= end) {
-        std::memcpy(buffer.data() + (from - offset), a.buffer.buffer.data() + (from - a.span.offset),
-                    end - from);
+        std::memcpy(buffer.data() + (from - offset),
+                    a.buffer.buffer.data() + (from - a.span.offset), end - from);
         spool_end = from;
       } else {
         BFS_RETURN_IF_ERROR(SpillLocked());
@@ -578,8 +580,9 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
       // fetch them from disk into the cache and copy them again.
       uint64_t got = 0;
       if (direct_fd >= 0) {
-        got = DirectTransfer(
-            [&] { return ::pread(direct_fd, bytes.data(), length, static_cast<off_t>(span.offset)); });
+        got = DirectTransfer([&] {
+          return ::pread(direct_fd, bytes.data(), length, static_cast<off_t>(span.offset));
+        });
       } else {
         read = Fill(span.offset, end, bytes);
       }
