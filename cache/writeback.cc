@@ -1304,6 +1304,62 @@ void Writeback::Unlink(const std::string& key) {
   if (!upload_id.empty()) (void)client_.AbortMultipart(key, upload_id, {Deadline()});
 }
 
+Writeback::CommitHold Writeback::HoldCommits(const std::string& key) {
+  std::shared_ptr<DirtyFile> file = Find(key);
+  if (!file) return CommitHold();
+  std::unique_lock lock(file->mu_);
+  file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
+  // Commit(), early parts, the retry loop and Drain() all stand back from a file marked
+  // committing.
+  file->committing_ = true;
+  return CommitHold(this, std::move(file));
+}
+
+Writeback::CommitHold& Writeback::CommitHold::operator=(CommitHold&& other) noexcept {
+  if (this != &other) {
+    Release();
+    owner_ = std::exchange(other.owner_, nullptr);
+    file_ = std::move(other.file_);
+  }
+  return *this;
+}
+
+Writeback::CommitHold::~CommitHold() { Release(); }
+
+void Writeback::CommitHold::Release() {
+  if (!file_) return;
+  std::shared_ptr<DirtyFile> file = std::move(file_);
+  {
+    std::lock_guard lock(file->mu_);
+    file->committing_ = false;
+    file->changed_.notify_all();
+  }
+  // Drain() may be waiting for this file to settle.
+  std::lock_guard lock(owner_->mu_);
+  owner_->settled_.notify_all();
+}
+
+void Writeback::CommitHold::Discard() {
+  if (!file_) return;
+  std::shared_ptr<DirtyFile> file = std::move(file_);
+  std::string key, upload_id;
+  {
+    std::lock_guard lock(owner_->mu_);
+    std::lock_guard file_lock(file->mu_);
+    auto it = owner_->files_.find(file->key_);
+    if (it != owner_->files_.end() && it->second == file) owner_->files_.erase(it);
+    file->unlinked_ = true;
+    file->remove_on_destroy_ = true;
+    owner_->spool_.RemoveRecord(file->id_);
+    file->committing_ = false;
+    file->changed_.notify_all();
+    key = file->key_;
+    upload_id = std::exchange(file->upload_id_, std::string());
+    owner_->settled_.notify_all();
+  }
+  if (!upload_id.empty()) (void)owner_->client_.AbortMultipart(key, upload_id, {owner_->Deadline()});
+}
+
 Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
                                                    const std::string& to) {
   auto file = Find(from);

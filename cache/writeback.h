@@ -73,6 +73,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "cache/extent_set.h"
@@ -349,6 +350,35 @@ class Writeback {
   Result<RenameOutcome> Rename(const std::string& from, const std::string& to);
   // The key is unlinked: its dirty data will never be committed.
   void Unlink(const std::string& key);
+
+  // Keeps the dirty file of a key from committing while an operation that may replace it
+  // runs (a rename over it): the hold waits for a commit or early parts in flight, then no
+  // commit starts until it ends. Discard() when the operation succeeded: the held file's
+  // data is dropped, as Unlink() would, but only that file's (a file moved to the key
+  // meanwhile is not touched). Let it go without Discard() when the operation failed: the
+  // file is as it was, and its commit, retry or the next close goes on. Move-only; an
+  // empty hold (no dirty file had the key) does nothing.
+  class CommitHold {
+   public:
+    CommitHold() = default;
+    CommitHold(CommitHold&& other) noexcept
+        : owner_(std::exchange(other.owner_, nullptr)), file_(std::move(other.file_)) {}
+    CommitHold& operator=(CommitHold&& other) noexcept;
+    CommitHold(const CommitHold&) = delete;
+    CommitHold& operator=(const CommitHold&) = delete;
+    ~CommitHold();
+    void Discard();
+
+   private:
+    friend class Writeback;
+    // Ends the hold without discarding: commits may start again.
+    void Release();
+    CommitHold(Writeback* owner, std::shared_ptr<DirtyFile> file)
+        : owner_(owner), file_(std::move(file)) {}
+    Writeback* owner_ = nullptr;
+    std::shared_ptr<DirtyFile> file_;
+  };
+  CommitHold HoldCommits(const std::string& key);
 
   // Commits every closed file a previous daemon left in the spool. Returns the number
   // committed; failures are logged and kept in the spool (and retried in the background).

@@ -616,6 +616,9 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   if (!target.ok() && target.status().code() != ErrorCode::kNotFound) {
     return std::move(target).TakeStatus();
   }
+  // A file being written at `to` is replaced only if the rename succeeds: until then it
+  // must neither commit (its upload would land over the renamed object) nor lose its data.
+  cache::Writeback::CommitHold replaced;
   if (target.ok()) {
     if ((flags & kRenameNoReplace) != 0) return Status(ErrorCode::kExists, "'" + to + "' exists");
     const bool target_is_dir = target->attr.type == FileType::kDirectory;
@@ -638,7 +641,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
         if (object.key != list.prefix) return Status(ErrorCode::kNotEmpty, "'" + to + "' is not empty");
       }
     } else if (writeback_ != nullptr) {
-      writeback_->Unlink(to);  // Replaced: its pending data must not land after the rename.
+      replaced = writeback_->HoldCommits(to);
     }
   }
 
@@ -651,6 +654,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
     PatchListing(to_dir.path, entry.name, &entry);
   } else {
     BFS_RETURN_IF_ERROR(RenameFile(source, from, to));
+    replaced.Discard();
   }
   PatchListing(from_dir.path, std::string(name), nullptr);
   RememberMissing(from);

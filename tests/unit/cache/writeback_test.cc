@@ -1356,6 +1356,49 @@ TEST_F(WritebackTest, UnlinkAbortsAnUploadAlreadyStarted) {
   EXPECT_EQ(fake_.calls(s3::Op::kCompleteMultipart), 0u);
 }
 
+TEST_F(WritebackTest, AHeldFileCommitsOnlyOnceTheHoldEnds) {
+  Start(fake_);
+  EXPECT_FALSE(wb_->Find("nobody"));
+  { Writeback::CommitHold nothing = wb_->HoldCommits("nobody"); }  // An empty hold.
+
+  auto file = MustOpen("held");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("kept")).ok());
+  {
+    Writeback::CommitHold hold = wb_->HoldCommits("held");
+    wb_->ReleaseWriter(file);  // The close's commit starts, and waits for the hold.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_FALSE(fake_.Exists("held"));
+    EXPECT_NE(wb_->Find("held"), nullptr);
+  }  // Let go without Discard(): the operation failed, the file goes on.
+  ASSERT_TRUE(Eventually([&] { return wb_->Find("held") == nullptr; }, kWait));
+  EXPECT_EQ(fake_.ObjectBody("held"), "kept");
+}
+
+TEST_F(WritebackTest, ADiscardedHoldDropsOnlyTheHeldFile) {
+  Start(fake_);
+  auto file = MustOpen("t");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(Body(2 * kPart + 5))).ok());
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded >= 2; }, kWait));
+  Writeback::CommitHold hold = wb_->HoldCommits("t");
+  // Another file takes the key meanwhile (a rename of a file being written onto it).
+  auto other = MustOpen("s");
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(other->Write(0, Bytes("new")).ok());
+  ASSERT_EQ(*wb_->Rename("s", "t"), Writeback::RenameOutcome::kMoved);
+  hold.Discard();
+  EXPECT_EQ(fake_.PendingUploads(), 0u);  // The held file's upload is aborted.
+  ASSERT_NE(wb_->Find("t"), nullptr);     // The moved file is untouched.
+  wb_->ReleaseWriter(file);
+  wb_->ReleaseWriter(other);
+  ASSERT_TRUE(Eventually([&] { return wb_->Find("t") == nullptr; }, kWait));
+  EXPECT_EQ(fake_.ObjectBody("t"), "new");
+  file.reset();
+  other.reset();
+  EXPECT_EQ(FilesInSpool(), 0u);
+}
+
 TEST_F(WritebackTest, RenameOfAFileNeverCommittedMovesItAndItCommitsAtTheNewKeyOnly) {
   Start(fake_);
   EXPECT_EQ(*wb_->Rename("nobody", "else"), Writeback::RenameOutcome::kNotDirty);

@@ -71,6 +71,16 @@ class LateListClient final : public s3::ForwardingClient {
   }
 };
 
+// Forwards to the fake server, except that every server-side copy fails with a 500.
+class FailingCopyClient final : public s3::ForwardingClient {
+ public:
+  explicit FailingCopyClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+
+  Result<s3::PutResult> Copy(const s3::CopyRequest&, const s3::CallOptions&) override {
+    return Status(ErrorCode::kServerError, "injected: the copy failed", /*retryable=*/true);
+  }
+};
+
 class FilesystemWriteTest : public ::testing::Test {
  protected:
   FilesystemWriteTest()
@@ -722,6 +732,43 @@ TEST_F(FilesystemWriteTest, RenameOverAnExistingFileReplacesIt) {
   ASSERT_TRUE(renamed.ok()) << renamed.ToString();
   EXPECT_EQ(server_.Keys(), std::vector<std::string>{"y"});
   EXPECT_EQ(server_.ObjectBody("y"), "new");
+}
+
+TEST_F(FilesystemWriteTest, AFailedRenameOverAFileBeingWrittenKeepsThatFilesData) {
+  FailingCopyClient failing(server_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
+  server_.PutDirect("s", "source");
+  auto created = fs_->Create(kRootInode, "t", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("target")).ok());
+
+  Status renamed = fs_->Rename(kRootInode, "s", kRootInode, "t", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kServerError) << renamed.ToString();
+  // Neither file changed: the source is where it was, and the file being written keeps its
+  // data and reaches S3 when it is closed.
+  EXPECT_EQ(server_.ObjectBody("s"), "source");
+  ASSERT_NE(writeback_->Find("t"), nullptr) << "the failed rename dropped t's unsaved data";
+  ASSERT_TRUE(fs_->Write(created->open.handle, 6, Bytes("!")).ok());
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("t"));
+  EXPECT_EQ(server_.ObjectBody("t"), "target!");
+}
+
+TEST_F(FilesystemWriteTest, RenameOverAFileBeingWrittenReplacesItAndItsDataNeverLands) {
+  server_.PutDirect("s", "source");
+  auto created = fs_->Create(kRootInode, "t", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("target")).ok());
+
+  Status renamed = fs_->Rename(kRootInode, "s", kRootInode, "t", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  EXPECT_EQ(writeback_->Find("t"), nullptr);
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(writeback_->Drain(clock_.Now() + 5s).ok());
+  EXPECT_EQ(server_.Keys(), std::vector<std::string>{"t"});
+  EXPECT_EQ(server_.ObjectBody("t"), "source");
+  EXPECT_EQ(server_.PendingUploads(), 0u);
 }
 
 // --- Links ---------------------------------------------------------------------------------
