@@ -693,6 +693,7 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
     int number;
     bool copy;
     Status result;
+    uint64_t version;  // The part's version when chosen: the upload must hold at least it.
   };
   std::vector<Job> jobs;
   {
@@ -709,7 +710,7 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
       const bool copy = !base_etag_.empty() && end <= base_limit_ &&
                         !present_.Intersects(span.offset, end) &&
                         (end - span.offset >= s3::kMinPartSize || n == count);
-      jobs.push_back({n, copy, Status::Ok()});
+      jobs.push_back({n, copy, Status::Ok(), part.version});
     }
   }
   if (!jobs.empty()) {
@@ -738,6 +739,16 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
   {
     std::lock_guard lock(mu_);
     complete.upload_id = upload_id_;
+    // A part written to while this commit uploaded it keeps its older ETag (UploadPart
+    // drops an upload whose bytes may be torn). Completing with that ETag cannot work: S3
+    // now holds the newer upload under the part's number and refuses it (InvalidPart), and
+    // that part would lack the writes this commit is for anyway. Start over instead.
+    for (const Job& job : jobs) {
+      if (parts_[job.number].uploaded_version < job.version) {
+        return Status(ErrorCode::kCancelled, "part " + std::to_string(job.number) + " of '" +
+                                                 key + "' changed while uploading");
+      }
+    }
     for (int n = 1; n <= count; ++n) {
       const PartState& part = parts_[n];
       if (part.etag.empty()) {
@@ -1190,7 +1201,15 @@ Status Writeback::Sync(const std::shared_ptr<DirtyFile>& file) {
     std::lock_guard lock(mu_);
     ++commits_in_flight_;
   }
+  // A commit that another write overtook (kCancelled) is tried again here, not reported:
+  // fsync has no "try again" answer (EINTR would be taken for a failure). Each attempt sends
+  // only the parts that changed; a writer that keeps rewriting the same part through all
+  // of them gets EINTR.
   Status result = file->Commit();
+  for (int attempt = 1; attempt < kSyncAttempts && result.code() == ErrorCode::kCancelled;
+       ++attempt) {
+    result = file->Commit();
+  }
   Settle(file, result);
   return result;
 }

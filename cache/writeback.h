@@ -414,6 +414,8 @@ class Writeback {
 
  private:
   friend class DirtyFile;
+  // Commits an fsync tries when writes keep overtaking them (see Sync()).
+  static constexpr int kSyncAttempts = 4;
 
   std::shared_ptr<DirtyFile> Adopt(const SpoolRecord& record, int fd);
   void StartCommit(const std::shared_ptr<DirtyFile>& file);

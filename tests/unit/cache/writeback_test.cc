@@ -102,12 +102,19 @@ class RgwLikeClient final : public s3::ForwardingClient {
     held_.erase(number);
     released_.notify_all();
   }
+  // UploadPart calls waiting on a held part number now.
+  int waiting() const {
+    std::lock_guard lock(mu_);
+    return waiting_;
+  }
 
   Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
                                   const s3::CallOptions& opts) override {
     {
       std::unique_lock lock(mu_);
+      ++waiting_;
       released_.wait(lock, [&] { return !held_.contains(req.part_number); });
+      --waiting_;
     }
     auto r = inner().UploadPart(req, opts);
     if (r.ok()) Record(req.upload_id, req.part_number);
@@ -158,6 +165,7 @@ class RgwLikeClient final : public s3::ForwardingClient {
   std::map<std::string, std::set<int>> parts_;  // Guarded by mu_.
   int refused_ = 0;                             // Guarded by mu_.
   std::set<int> held_;                          // Guarded by mu_.
+  int waiting_ = 0;                             // Guarded by mu_.
   std::condition_variable released_;            // With mu_: a part was released.
 };
 
@@ -861,6 +869,38 @@ TEST_F(WritebackTest, AFailedEarlyPartPausesEarlyUploadsForTheRetryDelayOnly) {
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("paused"), data));
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("paused"));
+}
+
+TEST_F(WritebackTest, AnFsyncWhosePartIsWrittenToWhileItUploadsStoresTheWritesBeforeIt) {
+  Start(rgw_);
+  std::string data = Body(2 * kPart + 100, 9);
+  auto file = MustOpen("overtaken");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded == 2; }, kWait))
+      << "parts 1 and 2 sent early";
+
+  // Written before the fsync: part 1 must go again, and its upload is held.
+  data[10] = 'A';
+  ASSERT_TRUE(file->Write(10, Bytes("A")).ok());
+  rgw_.HoldPart(1);
+  Status synced = Status(ErrorCode::kInternal, "not run");
+  std::thread fsync([&] { synced = wb_->Sync(file); });
+  ASSERT_TRUE(Eventually([&] { return rgw_.waiting() == 1; }, kWait));
+  // Written while the commit uploads part 1: that upload may hold either version.
+  data[20] = 'B';
+  ASSERT_TRUE(file->Write(20, Bytes("B")).ok());
+  rgw_.ReleasePart(1);
+  fsync.join();
+
+  // The fsync did not complete with part 1's ETag from its early upload (S3 refuses that:
+  // the part's number now holds other bytes, InvalidPart, which was an EIO to the program
+  // and a sticky error on the file): it sent the part again and stored the file as it is.
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("overtaken"), data));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("overtaken"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("overtaken"), data));
 }
 
 TEST_F(WritebackTest, PartBuffersAreReusedWhileUploadsRunAndFreedOnceIdle) {
