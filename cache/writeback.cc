@@ -600,6 +600,21 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
       owner_.counters_.bytes_uploaded.fetch_add(length, std::memory_order_relaxed);
     }
   }
+  if (!sent.ok() && sent.status().code() == ErrorCode::kNoSuchUpload) {
+    // The upload is gone (a lifecycle rule that aborts old incomplete uploads, another
+    // client): keeping its id would fail every retry the same way. Start a new one; the
+    // caller tries again at once (kCancelled), sending every part.
+    std::lock_guard lock(mu_);
+    if (upload_id_ == upload_id) {
+      upload_id_.clear();
+      highest_part_sent_ = 0;
+      for (auto& entry : parts_) entry.second.etag.clear();
+    }
+    return Status(ErrorCode::kCancelled,
+                  "the multipart upload of '" + key + "' is gone from the server (aborted by " +
+                      "a lifecycle rule or another client); starting it over: " +
+                      sent.status().ToString());
+  }
   if (!sent.ok()) return Explain(sent.status(), key, owner_.spool_.DataPath(id_));
   std::lock_guard lock(mu_);
   PartState& part = parts_[number];

@@ -903,6 +903,30 @@ TEST_F(WritebackTest, AnFsyncWhosePartIsWrittenToWhileItUploadsStoresTheWritesBe
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("overtaken"), data));
 }
 
+TEST_F(WritebackTest, AnUploadAbortedOnTheServerIsStartedOverAndTheFsyncSucceeds) {
+  Start(fake_);
+  std::string data = Body(2 * kPart, 12);
+  auto file = MustOpen("aborted");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  ASSERT_TRUE(Eventually([&] { return wb_->GetStats().parts_uploaded == 2; }, kWait))
+      << "parts 1 and 2 sent early";
+  // A lifecycle rule (or another client) aborts the upload while the file is still open.
+  auto uploads = fake_.ListMultipartUploads({}, {});
+  ASSERT_TRUE(uploads.ok()) << uploads.status().ToString();
+  ASSERT_EQ(uploads->uploads.size(), 1u);
+  ASSERT_TRUE(fake_.AbortMultipart("aborted", uploads->uploads[0].upload_id, {}).ok());
+
+  data += "tail";  // Part 3, not sent early: the commit's UploadPart finds the upload gone.
+  ASSERT_TRUE(file->Write(2 * kPart, Bytes("tail")).ok());
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("aborted"), data));
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("aborted"));
+}
+
 TEST_F(WritebackTest, PartBuffersAreReusedWhileUploadsRunAndFreedOnceIdle) {
   Start(rgw_);
   rgw_.HoldPart(1);
