@@ -1178,6 +1178,15 @@ Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& ke
   return file;
 }
 
+std::shared_ptr<DirtyFile> Writeback::ReopenForWrite(const std::string& key) {
+  std::lock_guard lock(mu_);
+  auto it = files_.find(key);
+  if (it == files_.end()) return nullptr;
+  std::lock_guard file_lock(it->second->mu_);
+  ++it->second->writers_;  // Journaled as open again only by a write (DirtyFile::Write).
+  return it->second;
+}
+
 Status Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
   // Journaled only: the commit waits for the RELEASE. A FLUSH is every close(2) of a
   // descriptor, and the open file may still be written through another one: a shell's

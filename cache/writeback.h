@@ -326,6 +326,12 @@ class Writeback {
                                                   const std::optional<BaseObject>& base,
                                                   const s3::UserMetadata& metadata,
                                                   bool create_only);
+  // Opens the existing DirtyFile of `key` for writing (pair it with ReleaseWriter()), or
+  // nullptr when there is none. Opening an existing file goes through this first, and
+  // only on nullptr asks S3 for the base: a dirty file that settles between a Find() and
+  // OpenForWrite(key, nullopt, ...) would otherwise be reopened as a new empty file, and
+  // its commit would overwrite the object.
+  std::shared_ptr<DirtyFile> ReopenForWrite(const std::string& key);
   // A writer's close(2) (FLUSH). When it is the only writer, what it wrote is journaled as
   // closed: the kernel's RELEASE comes later, asynchronously, and a crash must not lose a
   // file close() already returned for. The commit starts at the RELEASE (ReleaseWriter),

@@ -685,11 +685,13 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
     if (node->attr.type != FileType::kRegular) {
       return Status(ErrorCode::kInvalidArgument, "'" + node->path + "' is not a regular file");
     }
-    std::optional<cache::BaseObject> base;
-    s3::UserMetadata metadata;
-    if (!FindDirty(node->path)) {
-      // The version to keep untouched bytes of and to If-Match on commit, with all of its
-      // metadata (a rewrite must not drop what another tool stored there).
+    // A file being written is joined as it is. Otherwise the object is the base: the
+    // version to keep untouched bytes of and to If-Match on commit, with all of its
+    // metadata (a rewrite must not drop what another tool stored there).
+    handle->dirty = writeback_->ReopenForWrite(node->path);
+    if (!handle->dirty) {
+      std::optional<cache::BaseObject> base;
+      s3::UserMetadata metadata;
       auto head = client_.Head(s3::HeadRequest{node->path, {}}, {Deadline()});
       if (!head.ok() && head.status().code() != ErrorCode::kNotFound) {
         return std::move(head).TakeStatus();
@@ -701,9 +703,9 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
       const auto own = AttributeMetadata(FileType::kRegular, node->attr.permissions,
                                          node->attr.uid, node->attr.gid);
       for (const auto& [k, v] : own) metadata.try_emplace(k, v);
+      BFS_ASSIGN_OR_RETURN(handle->dirty,
+                           writeback_->OpenForWrite(node->path, base, metadata, false));
     }
-    BFS_ASSIGN_OR_RETURN(handle->dirty,
-                         writeback_->OpenForWrite(node->path, base, metadata, false));
     handle->writer = true;
     if ((flags & O_TRUNC) != 0) {
       Status truncated = handle->dirty->Truncate(0);

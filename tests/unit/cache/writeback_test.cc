@@ -1420,6 +1420,27 @@ TEST_F(WritebackTest, UnlinkAbortsAnUploadAlreadyStarted) {
   EXPECT_EQ(fake_.calls(s3::Op::kCompleteMultipart), 0u);
 }
 
+TEST_F(WritebackTest, ReopenForWriteJoinsOnlyAFileStillDirty) {
+  Start(fake_);
+  EXPECT_EQ(wb_->ReopenForWrite("k"), nullptr);  // Nothing dirty: the caller asks S3.
+  EXPECT_EQ(FilesInSpool(), 0u) << "and nothing was created";
+
+  auto first = MustOpen("k");
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->Write(0, Bytes("one")).ok());
+  auto second = wb_->ReopenForWrite("k");
+  ASSERT_EQ(second, first);  // The same file, one more writer.
+  wb_->ReleaseWriter(first);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(fake_.Exists("k")) << "committed while a writer still had it open";
+  ASSERT_TRUE(second->Write(3, Bytes("two")).ok());
+  wb_->ReleaseWriter(second);
+  ASSERT_TRUE(WaitCommitted("k"));
+  EXPECT_EQ(fake_.ObjectBody("k"), "onetwo");
+  // Once settled it is gone from the writeback: reopening it must start from the object.
+  EXPECT_EQ(wb_->ReopenForWrite("k"), nullptr);
+}
+
 TEST_F(WritebackTest, AHeldFileCommitsOnlyOnceTheHoldEnds) {
   Start(fake_);
   EXPECT_FALSE(wb_->Find("nobody"));
