@@ -269,6 +269,9 @@ class Filesystem {
   // `path` is about to be used again: if it is hidden (unlinked while open), its old object
   // is deleted now instead of at the last close.
   Status Unhide(const std::string& path);
+  // Unhide() of every hidden path under `prefix` (a directory that is going away: removed,
+  // or renamed, whose unlinked-but-open files must neither keep it non-empty nor move).
+  Status UnhideUnder(const std::string& prefix);
   // kExists unless nothing is at `path` (child `name` of `dir_path`); then claims it
   // (Unhide) for a new object.
   Status ClaimFreeName(const std::string& dir_path, std::string_view name,

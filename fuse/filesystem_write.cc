@@ -181,6 +181,18 @@ Status Filesystem::ClaimFreeName(const std::string& dir_path, std::string_view n
   return Unhide(path);
 }
 
+Status Filesystem::UnhideUnder(const std::string& prefix) {
+  std::vector<std::string> paths;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [path, ino] : hidden_) {
+      if (path.starts_with(prefix)) paths.push_back(path);
+    }
+  }
+  for (const auto& path : paths) BFS_RETURN_IF_ERROR(Unhide(path));
+  return Status::Ok();
+}
+
 Status Filesystem::Unhide(const std::string& path) {
   InodeId ino = 0;
   {
@@ -395,6 +407,9 @@ Status Filesystem::RmDir(InodeId parent, std::string_view name) {
   if (writeback_ != nullptr && !writeback_->Under(prefix).empty()) {
     return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
   }
+  // Files unlinked while open are gone from the directory already; their objects, kept
+  // for their open descriptors, go now (as when their name is reused).
+  BFS_RETURN_IF_ERROR(UnhideUnder(prefix));
   s3::ListRequest list;
   list.prefix = prefix;
   list.max_keys = 2;  // The marker, if any, sorts first; one more key means not empty.
@@ -529,6 +544,9 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
 Status Filesystem::RenameDirectory(const std::string& from, const std::string& to) {
   const std::string from_prefix = DirectoryPrefix(from);
   const std::string to_prefix = DirectoryPrefix(to);
+  // An unlinked file still open inside is not moved: copied, it would appear under the
+  // new name, and its last close would delete only the old key.
+  BFS_RETURN_IF_ERROR(UnhideUnder(from_prefix));
   std::vector<std::string> sources;  // Keys to delete once everything is copied.
   std::vector<std::string> etag_changed;  // Copies whose ETag is not their source's.
   // Dirty files first: the writeback moves (and, if committed, copies) each.
@@ -633,6 +651,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
       if (writeback_ != nullptr && !writeback_->Under(DirectoryPrefix(to)).empty()) {
         return Status(ErrorCode::kNotEmpty, "'" + to + "' is not empty");
       }
+      BFS_RETURN_IF_ERROR(UnhideUnder(DirectoryPrefix(to)));  // See RmDir.
       s3::ListRequest list;
       list.prefix = DirectoryPrefix(to);
       list.max_keys = 2;

@@ -633,6 +633,39 @@ TEST_F(FilesystemWriteTest, UnlinkOfAFileOpenForReadingDeletesItAtTheLastClose) 
   EXPECT_FALSE(server_.Exists("reading"));
 }
 
+TEST_F(FilesystemWriteTest, RmDirOfADirectoryWhoseOnlyFileIsUnlinkedButOpenSucceeds) {
+  server_.PutDirect("d/f", "open");
+  const InodeId d = MustLookup(kRootInode, "d");
+  const InodeId f = MustLookup(d, "f");
+  auto opened = fs_->Open(f, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(d, "f").ok());
+  // `rm -rf d` while a program has d/f open: the directory looks empty, and is.
+  Status removed = fs_->RmDir(kRootInode, "d");
+  ASSERT_TRUE(removed.ok()) << removed.ToString();
+  EXPECT_TRUE(server_.Keys().empty());
+  EXPECT_EQ(fs_->Lookup(kRootInode, "d").status().code(), ErrorCode::kNotFound);
+  fs_->Release(opened->handle);
+  EXPECT_TRUE(server_.Keys().empty());
+}
+
+TEST_F(FilesystemWriteTest, RenameOfADirectoryLeavesItsUnlinkedOpenFilesBehind) {
+  server_.PutDirect("a/f", "unlinked");
+  server_.PutDirect("a/g", "kept");
+  const InodeId a = MustLookup(kRootInode, "a");
+  const InodeId f = MustLookup(a, "f");
+  auto opened = fs_->Open(f, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(a, "f").ok());
+  Status renamed = fs_->Rename(kRootInode, "a", kRootInode, "b", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  // The unlinked file does not come back under the new name.
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"b/", "b/g"}));
+  EXPECT_EQ(fs_->Lookup(a, "f").status().code(), ErrorCode::kNotFound);
+  fs_->Release(opened->handle);
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"b/", "b/g"}));
+}
+
 // --- Rename --------------------------------------------------------------------------------
 
 TEST_F(FilesystemWriteTest, RenameFileMovesTheObject) {
