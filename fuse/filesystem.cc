@@ -167,6 +167,11 @@ void Filesystem::ForgetMissing(const std::string& path) {
   negative_.erase(path);
 }
 
+void Filesystem::ForgetMissingUnder(const std::string& prefix) {
+  std::lock_guard lock(mu_);
+  std::erase_if(negative_, [&](const auto& kv) { return kv.first.starts_with(prefix); });
+}
+
 Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
                              uint64_t lookups) {
   if (auto existing = inodes_.GetByPath(path)) {

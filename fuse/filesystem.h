@@ -331,6 +331,8 @@ class Filesystem {
   bool IsNegative(const std::string& path);
   void RememberMissing(const std::string& path);
   void ForgetMissing(const std::string& path);
+  // ForgetMissing() of every path under `prefix` (a directory renamed onto it). O(entries).
+  void ForgetMissingUnder(const std::string& prefix);
 
   s3::ObjectClient& client_;
   const cache::ReadContext reads_;

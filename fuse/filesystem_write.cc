@@ -669,6 +669,8 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
     BFS_RETURN_IF_ERROR(RenameDirectory(from, to));
     ForgetListingsUnder(from);
     ForgetListingsUnder(to);
+    // Names looked up in vain under `to` before (`rmdir b; mv a b`) may exist now.
+    ForgetMissingUnder(DirectoryPrefix(to));
     const ListedEntry entry{std::string(new_name), FileType::kDirectory, 0, source.attr.mtime, ""};
     PatchListing(to_dir.path, entry.name, &entry);
   } else {

@@ -649,6 +649,23 @@ TEST_F(FilesystemWriteTest, RmDirOfADirectoryWhoseOnlyFileIsUnlinkedButOpenSucce
   EXPECT_TRUE(server_.Keys().empty());
 }
 
+TEST_F(FilesystemWriteTest, ANameMissingUnderADirectoryIsFoundOnceADirectoryIsRenamedThere) {
+  server_.PutDirect("b/", "");
+  server_.PutDirect("a/x", "moved");
+  MustLookup(kRootInode, "a");
+  const InodeId b = MustLookup(kRootInode, "b");
+  EXPECT_EQ(fs_->Lookup(b, "x").status().code(), ErrorCode::kNotFound);  // Remembered.
+  ASSERT_TRUE(fs_->RmDir(kRootInode, "b").ok());
+  Status renamed = fs_->Rename(kRootInode, "a", kRootInode, "b", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  auto moved_dir = fs_->Lookup(kRootInode, "b");
+  ASSERT_TRUE(moved_dir.ok()) << moved_dir.status().ToString();
+  auto x = fs_->Lookup(moved_dir->attr.ino, "x");
+  ASSERT_TRUE(x.ok()) << "b/x is in S3, but its earlier miss was still believed: "
+                      << x.status().ToString();
+  EXPECT_EQ(x->attr.size, 5u);
+}
+
 TEST_F(FilesystemWriteTest, RenameOfADirectoryLeavesItsUnlinkedOpenFilesBehind) {
   server_.PutDirect("a/f", "unlinked");
   server_.PutDirect("a/g", "kept");
