@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "cache/object_copy.h"
 #include "common/log.h"
@@ -549,14 +552,24 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   BFS_RETURN_IF_ERROR(UnhideUnder(from_prefix));
   std::vector<std::string> sources;  // Keys to delete once everything is copied.
   std::vector<std::string> etag_changed;  // Copies whose ETag is not their source's.
-  // Dirty files first: the writeback moves (and, if committed, copies) each.
+  const auto copy = [&](const std::string& key, uint64_t size,
+                        const std::string& etag) -> Status {
+    const std::string dest = to_prefix + key.substr(from_prefix.size());
+    BFS_ASSIGN_OR_RETURN(std::string copy_etag,
+                         cache::CopyObject(client_,
+                                           cache::CopySpec{key, dest, size, etag, std::nullopt, {}},
+                                           Deadline()));
+    // A copy of a multipart object has another ETag than its source: the moved node must
+    // not keep the source's (a read would If-Match it and fail).
+    if (copy_etag != etag) etag_changed.push_back(dest);
+    sources.push_back(key);
+    return Status::Ok();
+  };
+  // Files being written are moved last, by the writeback: a copy that fails before then
+  // leaves them where they are, with the rest of the directory.
+  std::set<std::string> dirty;
   if (writeback_ != nullptr) {
-    for (const auto& dirty : writeback_->Under(from_prefix)) {
-      const std::string key = dirty->key();
-      BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, to_prefix + key.substr(from_prefix.size())));
-      // Committed meanwhile (kNotDirty): the listing below finds and copies it.
-      if (moved == cache::Writeback::RenameOutcome::kCopied) sources.push_back(key);
-    }
+    for (const auto& file : writeback_->Under(from_prefix)) dirty.insert(file->key());
   }
   s3::ListRequest list;
   list.prefix = from_prefix;
@@ -565,20 +578,23 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
     for (const auto& object : page.objects) {
       if (object.key == from_prefix) has_marker = true;
-      if (std::find(sources.begin(), sources.end(), object.key) != sources.end()) continue;
-      const std::string dest = to_prefix + object.key.substr(from_prefix.size());
-      BFS_ASSIGN_OR_RETURN(std::string copy_etag,
-                           cache::CopyObject(client_,
-                                             cache::CopySpec{object.key, dest, object.size,
-                                                             object.etag, std::nullopt, {}},
-                                             Deadline()));
-      // A copy of a multipart object has another ETag than its source: the moved node
-      // must not keep the source's (a read would If-Match it and fail).
-      if (copy_etag != object.etag) etag_changed.push_back(dest);
-      sources.push_back(object.key);
+      if (dirty.contains(object.key)) continue;
+      BFS_RETURN_IF_ERROR(copy(object.key, object.size, object.etag));
     }
     if (!page.is_truncated) break;
     list.continuation_token = page.next_continuation_token;
+  }
+  for (const std::string& key : dirty) {
+    const std::string dest = to_prefix + key.substr(from_prefix.size());
+    BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, dest));
+    if (moved == cache::Writeback::RenameOutcome::kCopied) sources.push_back(key);
+    if (moved == cache::Writeback::RenameOutcome::kNotDirty) {
+      // Committed since the listing skipped it: copy its object like the others.
+      auto head = client_.Head(s3::HeadRequest{key, {}}, {Deadline()});
+      if (!head.ok() && head.status().code() == ErrorCode::kNotFound) continue;  // Unlinked.
+      if (!head.ok()) return std::move(head).TakeStatus();
+      BFS_RETURN_IF_ERROR(copy(key, head->size, head->etag));
+    }
   }
   if (!has_marker) {
     // The directory had no marker (it existed through its files): give the new one a

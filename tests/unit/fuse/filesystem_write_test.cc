@@ -751,6 +751,29 @@ TEST_F(FilesystemWriteTest, RenameDirectoryWithAFileBeingWrittenCommitsItUnderTh
   EXPECT_EQ(server_.ObjectBody("dst/old"), "committed");
 }
 
+TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesTheFilesBeingWrittenInIt) {
+  FailingCopyClient failing(server_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
+  auto made = fs_->MkDir(kRootInode, "src", 0755, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  server_.PutDirect("src/old", "committed");
+  auto created = fs_->Create(made->attr.ino, "new", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("in flight")).ok());
+
+  Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kServerError) << renamed.ToString();
+  // The rename failed: the file being written is still src/new, and lands there.
+  EXPECT_NE(writeback_->Find("src/new"), nullptr);
+  EXPECT_EQ(writeback_->Find("dst/new"), nullptr);
+  EXPECT_TRUE(fs_->Lookup(made->attr.ino, "new").ok());
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("src/new"));
+  EXPECT_EQ(server_.ObjectBody("src/new"), "in flight");
+  EXPECT_FALSE(server_.Exists("dst/new"));
+}
+
 TEST_F(FilesystemWriteTest, RenameExchangeIsInvalidAndMovesNothing) {
   server_.PutDirect("x", "1");
   server_.PutDirect("y", "2");
