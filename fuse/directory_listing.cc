@@ -53,7 +53,10 @@ Result<std::shared_ptr<DirectoryListing>> ListDirectory(
     for (auto& obj : page.objects) {
       listing->exists = true;
       std::string_view name = std::string_view(obj.key).substr(prefix.size());
-      if (name.empty()) continue;  // The directory's own marker.
+      if (name.empty()) {  // The directory's own marker.
+        listing->has_marker = true;
+        continue;
+      }
       if (!usable(obj.key, name)) continue;
       ListedEntry e;
       e.name = std::string(name);

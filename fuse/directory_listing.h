@@ -39,6 +39,9 @@ struct ListedEntry {
 struct DirectoryListing {
   std::vector<ListedEntry> entries;  // Sorted by name, unique.
   bool exists = false;
+  // The directory's own marker object (`dir/`) is there: it stays a directory when it has
+  // no entries left.
+  bool has_marker = false;
   MonoTime fetched_at{};
 
   // The entry named `name`, or nullptr.

@@ -272,6 +272,11 @@ class Filesystem {
   // Unhide() of every hidden path under `prefix` (a directory that is going away: removed,
   // or renamed, whose unlinked-but-open files must neither keep it non-empty nor move).
   Status UnhideUnder(const std::string& prefix);
+  // An entry of `dir_path` was just removed. If the directory's cached listing shows it
+  // empty now and it has no marker (it existed through its files), writes the marker, so
+  // that `rm d/*` leaves `d` as a local disk would. Best effort: a failure is logged, and
+  // without a fresh listing nothing is done (no LIST per unlink).
+  void KeepEmptiedDirectory(const std::string& dir_path);
   // kExists unless nothing is at `path` (child `name` of `dir_path`); then claims it
   // (Unhide) for a new object.
   Status ClaimFreeName(const std::string& dir_path, std::string_view name,

@@ -184,6 +184,32 @@ Status Filesystem::ClaimFreeName(const std::string& dir_path, std::string_view n
   return Unhide(path);
 }
 
+void Filesystem::KeepEmptiedDirectory(const std::string& dir_path) {
+  if (dir_path.empty()) return;  // The bucket itself needs no marker.
+  auto listing = FreshListing(dir_path);
+  if (!listing || listing->has_marker || !listing->entries.empty()) return;
+  // Files being written are not in the listing until they are created in it (Create
+  // patches it), so an empty listing is an empty directory.
+  auto node = inodes_.GetByPath(dir_path);
+  const Attributes attr = node ? node->attr : Attributes{};
+  auto put = PutSmallObject(DirectoryPrefix(dir_path), "",
+                            AttributeMetadata(FileType::kDirectory,
+                                              node ? attr.permissions : options_.defaults.dir_mode,
+                                              node ? attr.uid : options_.defaults.uid,
+                                              node ? attr.gid : options_.defaults.gid));
+  if (!put.ok()) {
+    Logger("fuse")->warn("'{}' has no marker and its last entry is gone; writing one failed, "
+                         "so it may vanish: {}", dir_path, put.status().ToString());
+    return;
+  }
+  std::lock_guard lock(mu_);
+  auto it = listings_.find(dir_path);
+  if (it == listings_.end()) return;
+  auto marked = std::make_shared<DirectoryListing>(*it->second);
+  marked->has_marker = true;
+  it->second = std::move(marked);
+}
+
 Status Filesystem::UnhideUnder(const std::string& prefix) {
   std::vector<std::string> paths;
   {
@@ -431,6 +457,7 @@ Status Filesystem::RmDir(InodeId parent, std::string_view name) {
   PatchListing(dir.path, std::string(name), nullptr);
   ForgetListingsUnder(path);
   RememberMissing(path);
+  KeepEmptiedDirectory(dir.path);
   return Status::Ok();
 }
 
@@ -464,6 +491,7 @@ Status Filesystem::Unlink(InodeId parent, std::string_view name) {
   inodes_.Detach(path);
   PatchListing(dir.path, std::string(name), nullptr);
   RememberMissing(path);
+  KeepEmptiedDirectory(dir.path);
   return Status::Ok();
 }
 
@@ -696,6 +724,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   PatchListing(from_dir.path, std::string(name), nullptr);
   RememberMissing(from);
   ForgetMissing(to);
+  if (from_dir.path != to_dir.path) KeepEmptiedDirectory(from_dir.path);
   return Status::Ok();
 }
 

@@ -633,6 +633,30 @@ TEST_F(FilesystemWriteTest, UnlinkOfAFileOpenForReadingDeletesItAtTheLastClose) 
   EXPECT_FALSE(server_.Exists("reading"));
 }
 
+TEST_F(FilesystemWriteTest, ADirectoryWithoutAMarkerStaysWhenItsLastFileIsRemoved) {
+  server_.PutDirect("d/x", "1");
+  server_.PutDirect("d/y", "2");
+  const InodeId d = MustLookup(kRootInode, "d");
+  auto listed = fs_->OpenDir(d);  // `rm d/*` reads the directory first.
+  ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+  fs_->ReleaseDir(*listed);
+  ASSERT_TRUE(fs_->Unlink(d, "x").ok());
+  EXPECT_FALSE(server_.Exists("d/")) << "not empty yet: no marker";
+  ASSERT_TRUE(fs_->Unlink(d, "y").ok());
+  // Like a local directory, d is still there, empty: it has a marker now.
+  EXPECT_EQ(server_.Keys(), std::vector<std::string>{"d/"});
+  auto again = fs_->OpenDir(d);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(ShownByReadDirPlusThenRelease(*again, "x") == std::nullopt);
+  clock_.Advance(kTtl + 1s);
+  auto looked = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.type, FileType::kDirectory);
+  // And rmdir takes it away.
+  ASSERT_TRUE(fs_->RmDir(kRootInode, "d").ok());
+  EXPECT_TRUE(server_.Keys().empty());
+}
+
 TEST_F(FilesystemWriteTest, RmDirOfADirectoryWhoseOnlyFileIsUnlinkedButOpenSucceeds) {
   server_.PutDirect("d/f", "open");
   const InodeId d = MustLookup(kRootInode, "d");
