@@ -212,9 +212,8 @@ Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
     if (!error_.ok() && !unlinked_) return error_;
     if (closed_ && !unlinked_) {
       // Written again after a close (through a dup'd descriptor): a crash now must not
-      // upload a half-rewritten file.
-      closed_ = false;
-      BFS_RETURN_IF_ERROR(JournalLocked());
+      // upload a half-rewritten file. Refused (nothing written) until the record says so.
+      BFS_RETURN_IF_ERROR(JournalReopenedLocked());
     }
     // Part by part: the streaming writer's bytes go into the assembly; the others to the
     // spool, up to the next part boundary, where an assembly may start.
@@ -404,10 +403,7 @@ Status DirtyFile::Truncate(uint64_t size) {
   } else {
     BFS_RETURN_IF_ERROR(SpillLocked());  // Grown: the assembly no longer ends the file.
   }
-  if (closed_ && !unlinked_) {
-    closed_ = false;
-    BFS_RETURN_IF_ERROR(JournalLocked());
-  }
+  if (closed_ && !unlinked_) BFS_RETURN_IF_ERROR(JournalReopenedLocked());
   if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
     return SpoolIoError(errno, "truncating the spool file", owner_.spool_);
   }
@@ -803,7 +799,9 @@ Status DirtyFile::CommitOnce() {
     BFS_RETURN_IF_ERROR(SpillLocked());
     // Its last writer is gone, but the spill at its release failed: journal it closed now
     // that every byte is on disk, or a restart would treat it as never closed.
-    if (writers_ == 0 && !closed_ && !unlinked_) BFS_RETURN_IF_ERROR(MarkClosedLocked());
+    // A record that cannot be rewritten (a full spool disk) must not stop the upload,
+    // which is what frees the spool: MarkClosedLocked() logs it, and the commit goes on.
+    if (writers_ == 0 && !closed_ && !unlinked_) (void)MarkClosedLocked();
     // Early parts reached their deadline while this commit waited for them: asking the
     // same server again now would make the caller wait out a second deadline for the same
     // answer. The background retry goes on.
@@ -959,6 +957,13 @@ SpoolRecord DirtyFile::RecordLocked() const {
 
 Status DirtyFile::JournalLocked() { return owner_.spool_.WriteRecord(RecordLocked()); }
 
+Status DirtyFile::JournalReopenedLocked() {
+  closed_ = false;
+  Status journaled = JournalLocked();
+  if (!journaled.ok()) closed_ = true;  // The record still says closed: change nothing.
+  return journaled;
+}
+
 void DirtyFile::MarkTorn() {
   std::lock_guard lock(mu_);
   if (torn_) return;
@@ -979,7 +984,11 @@ Status DirtyFile::MarkClosedLocked() {
   closed_ = true;
   Status journaled = JournalLocked();
   if (!journaled.ok()) {
+    // The record still says open: a crash now would keep the file in lost+found/, not
+    // upload it, so close() must not report success. The next close or commit tries again.
+    closed_ = false;
     Logger("writeback")->error("cannot journal '{}' as closed: {}", key_, journaled.ToString());
+    return journaled;
   }
   return Status::Ok();
 }

@@ -252,8 +252,11 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   s3::UserMetadata UploadMetadataLocked() const;
   SpoolRecord RecordLocked() const;
   Status JournalLocked();
+  // Requires mu_ and closed_. Journals the file as open again (a crash from here on keeps it
+  // in lost+found/); on failure it stays closed, and the caller must change nothing.
+  Status JournalReopenedLocked();
   // Requires mu_. Spills the assembly and journals the file as closed (a crash from here on
-  // uploads it). Not Ok (and not journaled closed) when the spill failed.
+  // uploads it). Not Ok (and not journaled closed) when the spill or the journal failed.
   Status MarkClosedLocked();
 
   Writeback& owner_;

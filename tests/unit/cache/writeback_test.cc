@@ -1420,6 +1420,53 @@ TEST_F(WritebackTest, UnlinkAbortsAnUploadAlreadyStarted) {
   EXPECT_EQ(fake_.calls(s3::Op::kCompleteMultipart), 0u);
 }
 
+// Makes the spool's next replace-whole write of `file`'s record fail (a directory where its
+// temporary file goes): the record must first be too big to rewrite in place (4 KiB), which
+// 600 separate extents make it.
+void MakeRecordUnwritable(const stdfs::path& root, const std::shared_ptr<DirtyFile>& file) {
+  for (int i = 0; i < 600; ++i) ASSERT_TRUE(file->Write(2 * i, Bytes("x")).ok());
+  stdfs::create_directory(root / "bucket" / "files" / (file->id() + ".json.tmp"));
+}
+
+TEST_F(WritebackTest, ACloseWhoseJournalCannotBeWrittenFailsAndTheNextOneJournalsIt) {
+  Start(fake_);
+  auto file = MustOpen("j");
+  ASSERT_NE(file, nullptr);
+  MakeRecordUnwritable(root_, file);
+  Status closed = wb_->Flushed(file);
+  EXPECT_EQ(closed.code(), ErrorCode::kInternal) << closed.ToString();  // EISDIR: EIO.
+  ASSERT_TRUE(RecordOf("j").has_value());
+  EXPECT_FALSE(RecordOf("j")->closed) << "a crash now keeps it in lost+found/";
+
+  stdfs::remove(root_ / "bucket" / "files" / (file->id() + ".json.tmp"));
+  ASSERT_TRUE(wb_->Flushed(file).ok());
+  EXPECT_TRUE(RecordOf("j")->closed);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("j"));
+  EXPECT_EQ(fake_.ObjectBody("j")->size(), 1199u);
+}
+
+TEST_F(WritebackTest, AWriteAfterACloseIsRefusedWhileTheJournalCannotSayOpen) {
+  Start(fake_);
+  auto file = MustOpen("j");
+  ASSERT_NE(file, nullptr);
+  for (int i = 0; i < 600; ++i) ASSERT_TRUE(file->Write(2 * i, Bytes("x")).ok());
+  ASSERT_TRUE(wb_->Flushed(file).ok());
+  ASSERT_TRUE(RecordOf("j")->closed);
+  stdfs::create_directory(root_ / "bucket" / "files" / (file->id() + ".json.tmp"));
+  // Written again through another descriptor: the record must say open first.
+  Status wrote = file->Write(0, Bytes("y"));
+  EXPECT_EQ(wrote.code(), ErrorCode::kInternal) << wrote.ToString();
+  Status again = file->Write(0, Bytes("y"));
+  EXPECT_EQ(again.code(), ErrorCode::kInternal) << "the second write slipped through";
+  EXPECT_TRUE(RecordOf("j")->closed);
+  auto read = file->Read(0, 1);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "x") << "a refused write changed the file";
+  stdfs::remove(root_ / "bucket" / "files" / (file->id() + ".json.tmp"));
+  wb_->ReleaseWriter(file);
+}
+
 TEST_F(WritebackTest, ReopenForWriteJoinsOnlyAFileStillDirty) {
   Start(fake_);
   EXPECT_EQ(wb_->ReopenForWrite("k"), nullptr);  // Nothing dirty: the caller asks S3.
