@@ -425,6 +425,14 @@ void DirtyFile::SetMetadata(const s3::UserMetadata& changes, std::optional<WallT
   for (const auto& [k, v] : changes) metadata_[k] = v;
   if (mtime) mtime_ = *mtime;
   ++meta_generation_;
+  // A closed file's record is what a restart uploads: it must carry the change (chmod or
+  // touch after close, before the upload). An open file's is rewritten at its close.
+  if (closed_ && !torn_ && !unlinked_) {
+    if (Status journaled = JournalLocked(); !journaled.ok()) {
+      Logger("writeback")->error("cannot journal the new attributes of '{}' (a restart would "
+                                 "upload it without them): {}", key_, journaled.ToString());
+    }
+  }
 }
 
 s3::UserMetadata DirtyFile::UploadMetadataLocked() const {

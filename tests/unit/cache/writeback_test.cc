@@ -1467,6 +1467,21 @@ TEST_F(WritebackTest, AWriteAfterACloseIsRefusedWhileTheJournalCannotSayOpen) {
   wb_->ReleaseWriter(file);
 }
 
+TEST_F(WritebackTest, AChmodAfterCloseIsInTheRecordARestartUploads) {
+  Start(faulty_);
+  faulty_.FailNext(s3::Op::kPut, 1000, s3::InjectedError(ErrorCode::kServerError));
+  auto file = MustOpen("m");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("data")).ok());
+  ASSERT_TRUE(wb_->Flushed(file).ok());
+  wb_->ReleaseWriter(file);  // Closed; its upload fails and waits for a retry.
+  ASSERT_TRUE(RecordOf("m")->closed);
+  file->SetMetadata({{"mode", "33261"}}, std::nullopt);  // chmod 755 meanwhile.
+  auto record = RecordOf("m");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->metadata["mode"], "33261");
+}
+
 TEST_F(WritebackTest, ReopenForWriteJoinsOnlyAFileStillDirty) {
   Start(fake_);
   EXPECT_EQ(wb_->ReopenForWrite("k"), nullptr);  // Nothing dirty: the caller asks S3.
