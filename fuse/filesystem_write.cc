@@ -579,7 +579,8 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   // new name, and its last close would delete only the old key.
   BFS_RETURN_IF_ERROR(UnhideUnder(from_prefix));
   std::vector<std::string> sources;  // Keys to delete once everything is copied.
-  std::vector<std::string> etag_changed;  // Copies whose ETag is not their source's.
+  // Each copy's key and ETag (empty when the server did not say), for the moved nodes.
+  std::vector<std::pair<std::string, std::string>> copies;
   const auto copy = [&](const std::string& key, uint64_t size,
                         const std::string& etag) -> Status {
     const std::string dest = to_prefix + key.substr(from_prefix.size());
@@ -587,9 +588,7 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
                          cache::CopyObject(client_,
                                            cache::CopySpec{key, dest, size, etag, std::nullopt, {}},
                                            Deadline()));
-    // A copy of a multipart object has another ETag than its source: the moved node must
-    // not keep the source's (a read would If-Match it and fail).
-    if (copy_etag != etag) etag_changed.push_back(dest);
+    copies.emplace_back(dest, copy_etag);
     sources.push_back(key);
     return Status::Ok();
   };
@@ -648,8 +647,17 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     }
   }
   inodes_.Rename(from, to);
-  for (const auto& dest : etag_changed) {
-    if (auto node = inodes_.GetByPath(dest)) inodes_.Expire(node->ino);
+  // The moved nodes hold their copy's ETag, fresh: a descriptor open on one follows it to
+  // the new key (Read), as on a local disk; the source's ETag would fail its If-Match (a
+  // copy of a multipart object has another ETag). Unknown: ask the server next time.
+  for (const auto& [dest, etag] : copies) {
+    auto node = inodes_.GetByPath(dest);
+    if (!node || node->attr.type == FileType::kDirectory) continue;
+    if (etag.empty()) {
+      inodes_.Expire(node->ino);
+    } else {
+      inodes_.Upsert(dest, node->attr, etag, Expiry(), 0);
+    }
   }
   return Status::Ok();
 }

@@ -748,6 +748,22 @@ TEST_F(FilesystemWriteTest, RenameDirectoryMovesEveryKeyAndGivesItAMarker) {
   EXPECT_EQ(dst->attr.type, FileType::kDirectory);
 }
 
+TEST_F(FilesystemWriteTest, AFileOpenInADirectoryRenamedLaterStillReads) {
+  server_.PutDirect("a/f", "hello");
+  const InodeId a = MustLookup(kRootInode, "a");
+  const InodeId f = MustLookup(a, "f");
+  auto opened = fs_->Open(f, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  clock_.Advance(kTtl + 1s);  // Its attributes are old by the time of the rename.
+  Status renamed = fs_->Rename(kRootInode, "a", kRootInode, "b", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  // The descriptor follows the file to b/f, as on a local disk.
+  auto read = fs_->Read(opened->handle, 0, 5);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "hello");
+  fs_->Release(opened->handle);
+}
+
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {
   server_.PutDirect("m/", "", {{"mode", ModeOf(S_IFDIR, 0700)}});
   server_.PutDirect("m/f", "file");
