@@ -345,7 +345,8 @@ Result<std::string> Filesystem::ChildKey(InodeId parent, std::string_view name, 
                   "'" + std::string(name) + "' cannot be a name in an S3 bucket");
   }
   std::string path = ChildPath(dir->path, name);
-  if (path.size() + 1 > kMaxKeyBytes) {
+  // A file's key is the path; a directory's marker (MkDir checks) is one byte longer.
+  if (path.size() > kMaxKeyBytes) {
     return Status(ErrorCode::kNameTooLong, "S3 keys are limited to 1024 bytes");
   }
   if (dir->path.empty() && IsReservedKey(path + "/")) {

@@ -277,6 +277,8 @@ class Filesystem {
   // that `rm d/*` leaves `d` as a local disk would. Best effort: a failure is logged, and
   // without a fresh listing nothing is done (no LIST per unlink).
   void KeepEmptiedDirectory(const std::string& dir_path);
+  // kNameTooLong unless a directory at `path` fits S3's key limit (its marker, `path/`).
+  static Status CheckDirectoryKeyFits(const std::string& path);
   // kExists unless nothing is at `path` (child `name` of `dir_path`); then claims it
   // (Unhide) for a new object.
   Status ClaimFreeName(const std::string& dir_path, std::string_view name,

@@ -184,6 +184,15 @@ Status Filesystem::ClaimFreeName(const std::string& dir_path, std::string_view n
   return Unhide(path);
 }
 
+Status Filesystem::CheckDirectoryKeyFits(const std::string& path) {
+  if (DirectoryPrefix(path).size() > kMaxKeyBytes) {
+    return Status(ErrorCode::kNameTooLong,
+                  "a directory here would need the key '" + path.substr(0, 40) +
+                      "…/' of more than 1024 bytes, the S3 limit (a file of this name fits)");
+  }
+  return Status::Ok();
+}
+
 void Filesystem::KeepEmptiedDirectory(const std::string& dir_path) {
   if (dir_path.empty()) return;  // The bucket itself needs no marker.
   auto listing = FreshListing(dir_path);
@@ -407,6 +416,7 @@ Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
   BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  BFS_RETURN_IF_ERROR(CheckDirectoryKeyFits(path));
   BFS_RETURN_IF_ERROR(ClaimFreeName(dir.path, name, path));
   BFS_RETURN_IF_ERROR(PutSmallObject(DirectoryPrefix(path), "",
                                      AttributeMetadata(FileType::kDirectory, permissions,
@@ -679,6 +689,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   if (from == to) return Status::Ok();
   Logger("fuse")->debug("rename '{}' -> '{}'", from, to);
   const bool source_is_dir = source.attr.type == FileType::kDirectory;
+  if (source_is_dir) BFS_RETURN_IF_ERROR(CheckDirectoryKeyFits(to));
   if (source_is_dir && IsUnder(to, from)) {
     return Status(ErrorCode::kInvalidArgument, "cannot move '" + from + "' into itself");
   }

@@ -707,6 +707,22 @@ TEST_F(FilesystemWriteTest, RenameOfADirectoryLeavesItsUnlinkedOpenFilesBehind) 
   EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"b/", "b/g"}));
 }
 
+TEST_F(FilesystemWriteTest, AFileWhoseKeyIsExactlyTheS3LimitCanBeUsedButNotADirectory) {
+  const std::string part(204, 'k');  // Five of them and four slashes: 1024 bytes.
+  const std::string key = part + "/" + part + "/" + part + "/" + part + "/" + part;
+  ASSERT_EQ(key.size(), 1024u);
+  server_.PutDirect(key, "at the limit");
+  InodeId dir = kRootInode;
+  for (int i = 0; i < 4; ++i) dir = MustLookup(dir, part);
+  auto file = fs_->Lookup(dir, part);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_EQ(file->attr.size, 12u);
+  EXPECT_EQ(fs_->MkDir(dir, std::string(204, 'd'), 0755, kCaller).status().code(),
+            ErrorCode::kNameTooLong);
+  ASSERT_TRUE(fs_->Unlink(dir, part).ok());
+  EXPECT_FALSE(server_.Exists(key));
+}
+
 // --- Rename --------------------------------------------------------------------------------
 
 TEST_F(FilesystemWriteTest, RenameFileMovesTheObject) {
