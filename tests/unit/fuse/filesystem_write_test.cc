@@ -201,6 +201,19 @@ class FilesystemWriteTest : public ::testing::Test {
     ASSERT_TRUE(WaitCommitted("late.bin"));
   }
 
+  // Makes directory src holding a committed file `old` and a file `new` being written
+  // ("in flight", not closed): its inode and new's handle.
+  void StartWritingSrcNew(InodeId* src, uint64_t* handle) {
+    auto made = fs_->MkDir(kRootInode, "src", 0755, kCaller);
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    server_.PutDirect("src/old", "committed");
+    auto created = fs_->Create(made->attr.ino, "new", 0644, O_WRONLY | O_CREAT, kCaller);
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("in flight")).ok());
+    *src = made->attr.ino;
+    *handle = created->open.handle;
+  }
+
   bool WaitCommitted(const std::string& key) {
     return Eventually([&] { return writeback_->Find(key) == nullptr; }, 5s);
   }
@@ -790,17 +803,14 @@ TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {
 }
 
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAFileBeingWrittenCommitsItUnderTheNewName) {
-  auto made = fs_->MkDir(kRootInode, "src", 0755, kCaller);
-  ASSERT_TRUE(made.ok()) << made.status().ToString();
-  server_.PutDirect("src/old", "committed");
-  auto created = fs_->Create(made->attr.ino, "new", 0644, O_WRONLY | O_CREAT, kCaller);
-  ASSERT_TRUE(created.ok()) << created.status().ToString();
-  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("in flight")).ok());
+  InodeId src = 0;
+  uint64_t handle = 0;
+  ASSERT_NO_FATAL_FAILURE(StartWritingSrcNew(&src, &handle));
 
   Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
   ASSERT_TRUE(renamed.ok()) << renamed.ToString();
-  ASSERT_TRUE(fs_->Write(created->open.handle, 9, Bytes("!")).ok());  // Still writable.
-  fs_->Release(created->open.handle);
+  ASSERT_TRUE(fs_->Write(handle, 9, Bytes("!")).ok());  // Still writable.
+  fs_->Release(handle);
   ASSERT_TRUE(WaitCommitted("dst/new"));
   EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"dst/", "dst/new", "dst/old"}));
   EXPECT_EQ(server_.ObjectBody("dst/new"), "in flight!");
@@ -810,21 +820,18 @@ TEST_F(FilesystemWriteTest, RenameDirectoryWithAFileBeingWrittenCommitsItUnderTh
 TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesTheFilesBeingWrittenInIt) {
   FailingCopyClient failing(server_);
   fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
-  auto made = fs_->MkDir(kRootInode, "src", 0755, kCaller);
-  ASSERT_TRUE(made.ok()) << made.status().ToString();
-  server_.PutDirect("src/old", "committed");
-  auto created = fs_->Create(made->attr.ino, "new", 0644, O_WRONLY | O_CREAT, kCaller);
-  ASSERT_TRUE(created.ok()) << created.status().ToString();
-  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("in flight")).ok());
+  InodeId src = 0;
+  uint64_t handle = 0;
+  ASSERT_NO_FATAL_FAILURE(StartWritingSrcNew(&src, &handle));
 
   Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
   EXPECT_EQ(renamed.code(), ErrorCode::kServerError) << renamed.ToString();
   // The rename failed: the file being written is still src/new, and lands there.
   EXPECT_NE(writeback_->Find("src/new"), nullptr);
   EXPECT_EQ(writeback_->Find("dst/new"), nullptr);
-  EXPECT_TRUE(fs_->Lookup(made->attr.ino, "new").ok());
-  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
-  fs_->Release(created->open.handle);
+  EXPECT_TRUE(fs_->Lookup(src, "new").ok());
+  ASSERT_TRUE(fs_->Flush(handle).ok());
+  fs_->Release(handle);
   ASSERT_TRUE(WaitCommitted("src/new"));
   EXPECT_EQ(server_.ObjectBody("src/new"), "in flight");
   EXPECT_FALSE(server_.Exists("dst/new"));
