@@ -1012,6 +1012,31 @@ TEST_F(FuseNamespaceTest, RmdirOfANonEmptyDirectoryIsEnotemptyAndDeletesNothing)
                                            "marked/deeper/file", "fresh/", "fresh/new.txt"}));
 }
 
+TEST_F(FuseNamespaceTest, RemovingEveryFileOfAnImplicitDirectoryLeavesItThereEmpty) {
+  PutBytes("implicit/a.txt", "a");
+  PutBytes("implicit/b.txt", "b");
+  auto m = MountBucket();
+  ASSERT_NE(m, nullptr);
+  // `rm implicit/*`: the shell reads the directory, then unlinks each file.
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(m->Path("implicit"))) {
+    names.push_back(e.path().filename().string());
+  }
+  ASSERT_EQ(names.size(), 2u);
+  for (const auto& name : names) {
+    ASSERT_EQ(Outcome(unlink(m->Path("implicit/" + name).c_str())), "OK") << name;
+  }
+  // Still a directory, and empty, as on a local disk: bucketfs wrote its marker.
+  struct stat st {};
+  ASSERT_EQ(stat(m->Path("implicit").c_str(), &st), 0) << strerror(errno);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_TRUE(std::filesystem::is_empty(m->Path("implicit")));
+  EXPECT_TRUE(KeysBecome("", {"implicit/"}));
+  ASSERT_EQ(Outcome(rmdir(m->Path("implicit").c_str())), "OK");
+  EXPECT_TRUE(KeysBecome("", {}));
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+}
+
 TEST_F(FuseNamespaceTest, UnlinkRemovesTheKeyAndAFileUnlinkedRightAfterCloseNeverAppears) {
   PutBytes("gone.txt", "bye");
   PutBytes("kept.txt", "stay");
