@@ -1040,7 +1040,12 @@ Writeback::~Writeback() {
     settled_.notify_all();
   }
   retry_thread_.join();
-  commit_pool_.reset();  // Runs the commits already queued.
+  // Runs the commits already queued. Not reset(): that nulls commit_pool_ while the pool
+  // joins its threads, and a commit still running may start the next through it (Settle ->
+  // StartCommit: the file changed while it was committed).
+  commit_pool_->Shutdown();
+  parts_pool_->Shutdown();
+  commit_pool_.reset();
   parts_pool_.reset();
   // The files go while every member still exists: a file's destructor gives its assembly's
   // buffer back to the spares, which are declared after files_ (and so destroyed first).
@@ -1204,24 +1209,38 @@ std::shared_ptr<DirtyFile> Writeback::ReopenForWrite(const std::string& key) {
   return it->second;
 }
 
-Status Writeback::Flushed(const std::shared_ptr<DirtyFile>& file) {
+void Writeback::WriterChanged(const std::shared_ptr<DirtyFile>& file) {
+  std::lock_guard lock(file->mu_);
+  ++file->unflushed_writers_;
+}
+
+Status Writeback::Flushed(const std::shared_ptr<DirtyFile>& file, bool writer_changed) {
   // Journaled only: the commit waits for the RELEASE. A FLUSH is every close(2) of a
   // descriptor, and the open file may still be written through another one: a shell's
   // `printf x > f` closes the file's first descriptor before it writes, so committing here
   // would upload an empty object and then the file again.
   std::lock_guard lock(file->mu_);
+  if (writer_changed && file->unflushed_writers_ > 0) --file->unflushed_writers_;
   if (file->unlinked_) return Status::Ok();
   // Every close(2) puts what its descriptor wrote on the spool disk, or says why not.
   BFS_RETURN_IF_ERROR(file->SpillLocked());
-  if (file->writers_ != 1 || file->torn_) return Status::Ok();
+  if (file->unflushed_writers_ != 0 || file->torn_) return Status::Ok();
   return file->MarkClosedLocked();
 }
 
-void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file) {
+void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file, bool writer_changed) {
   {
     std::lock_guard lock(file->mu_);
+    if (writer_changed && file->unflushed_writers_ > 0) --file->unflushed_writers_;
     // A torn file (a write was refused) is never committed: see MarkTorn().
-    if (--file->writers_ > 0 || file->unlinked_ || file->torn_) return;
+    if (file->unlinked_ || file->torn_) {
+      --file->writers_;
+      return;
+    }
+    if (--file->writers_ > 0) {
+      if (file->unflushed_writers_ == 0) (void)file->MarkClosedLocked();
+      return;
+    }
     // A failed spill leaves the file journaled open; the commit tries the spill again and
     // keeps failing (and being retried) until the bytes reach the spool.
     (void)file->MarkClosedLocked();

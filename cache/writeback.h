@@ -300,6 +300,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   Status eager_timeout_error_;
   bool committing_ = false;
   int writers_ = 0;
+  int unflushed_writers_ = 0;  // Writers that changed the file since their last FLUSH.
   bool closed_ = false;     // The journal says closed.
   bool torn_ = false;       // A write was refused: never journal closed (MarkTorn).
   bool unlinked_ = false;   // Never commit again; remove the spool when the last user goes.
@@ -335,14 +336,22 @@ class Writeback {
   // OpenForWrite(key, nullopt, ...) would otherwise be reopened as a new empty file, and
   // its commit would overwrite the object.
   std::shared_ptr<DirtyFile> ReopenForWrite(const std::string& key);
-  // A writer's close(2) (FLUSH). When it is the only writer, what it wrote is journaled as
-  // closed: the kernel's RELEASE comes later, asynchronously, and a crash must not lose a
-  // file close() already returned for. The commit starts at the RELEASE (ReleaseWriter),
-  // when no descriptor of the open file is left to write through. Not Ok when the bytes
-  // still assembled in memory cannot reach the spool (kNoSpace): close() must say so.
-  Status Flushed(const std::shared_ptr<DirtyFile>& file);
-  // The last writer's release journals the file as closed and starts its commit.
-  void ReleaseWriter(const std::shared_ptr<DirtyFile>& file);
+  // A writer (an open file of the kernel's, a FUSE handle) changed the file for the first
+  // time since its last FLUSH: until it flushes, a crash must not upload the file.
+  void WriterChanged(const std::shared_ptr<DirtyFile>& file);
+  // A writer's close(2) (FLUSH); `writer_changed`: it had called WriterChanged() since its
+  // last FLUSH. Once no writer has unflushed changes, the file is journaled as closed: the
+  // kernel's RELEASEs come later, asynchronously, and a crash must not lose a file every
+  // close() returned for, even while another writer that wrote nothing since its own
+  // close is still open. The commit starts at the last RELEASE (ReleaseWriter), when no
+  // descriptor is left to write through. Not Ok when the bytes still assembled in memory
+  // cannot reach the spool (kNoSpace), or the record cannot say closed: close() must say so.
+  Status Flushed(const std::shared_ptr<DirtyFile>& file, bool writer_changed = false);
+  // A writer's release (`writer_changed`: released with unflushed changes). The last one
+  // journals the file as closed and starts its commit; an earlier one journals it closed
+  // if no writer left has unflushed changes (a change of our own, like a truncate by path,
+  // reopened it).
+  void ReleaseWriter(const std::shared_ptr<DirtyFile>& file, bool writer_changed = false);
   // Commits now and waits (fsync). Ok at once when nothing changed since the last commit.
   Status Sync(const std::shared_ptr<DirtyFile>& file);
 

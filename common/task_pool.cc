@@ -16,14 +16,18 @@ TaskPool::TaskPool(std::string name, size_t threads, size_t max_queued)
   }
 }
 
-TaskPool::~TaskPool() {
+TaskPool::~TaskPool() { Shutdown(); }
+
+void TaskPool::Shutdown() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
   has_task_.notify_all();
   // Workers leave only once the queue is empty, so every task already submitted runs.
-  for (auto& t : threads_) t.join();
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
 }
 
 bool TaskPool::TrySubmit(Task task) {

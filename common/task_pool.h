@@ -7,8 +7,11 @@
 //  - Bounded: at most `max_queued` tasks wait; TrySubmit() refuses (returns false) beyond
 //    that instead of growing without limit, so a caller can fall back to doing less
 //    (read-ahead simply prefetches less). Submit() waits for room instead.
-//  - Shutdown (destructor): stops taking tasks, runs every task already queued, joins the
-//    threads. Anything a task refers to must outlive the pool.
+//  - Shutdown (Shutdown(), or the destructor): runs every task queued, including tasks that
+//    running tasks submit meanwhile, then joins the threads. Anything a task refers to must
+//    outlive the pool. Shutdown() leaves the object alive, so that tasks still running can
+//    reach it through their owner's pointer: an owner that reset() its unique_ptr instead
+//    would null that pointer while they run.
 //
 // Why not oneTBB: its task arena has one worker per core, which must not block, while these
 // tasks spend their lives waiting for the network. Its concurrent_bounded_queue would do as
@@ -37,6 +40,10 @@ class TaskPool {
   TaskPool(const TaskPool&) = delete;
   TaskPool& operator=(const TaskPool&) = delete;
   ~TaskPool();
+
+  // Runs what is queued and joins the threads (see Shutdown above). Idempotent; not to be
+  // called concurrently with itself or from a task. Tasks submitted afterwards never run.
+  void Shutdown();
 
   // Queues `task` if fewer than max_queued tasks wait; false otherwise.
   bool TrySubmit(Task task);

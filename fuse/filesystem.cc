@@ -719,6 +719,7 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
         writeback_->ReleaseWriter(handle->dirty);
         return truncated;
       }
+      MarkChanged(*handle);  // Emptied: not a file to upload until this writer closes.
     }
     inodes_.OpenHandle(ino, "");
     InvalidateKernelCache(ino);  // Its pages were of the old object's size, perhaps.
@@ -802,7 +803,7 @@ void Filesystem::Release(uint64_t handle) {
     file = std::move(it->second);
     files_.erase(it);
   }
-  if (file->writer) writeback_->ReleaseWriter(file->dirty);
+  if (file->writer) writeback_->ReleaseWriter(file->dirty, file->changed_since_flush.exchange(false));
   inodes_.CloseHandle(file->ino);
   FinishDeferredDelete(file->ino);
 }

@@ -231,6 +231,8 @@ class Filesystem {
     std::unique_ptr<cache::ReadAhead> reader;  // Reads of the clean object, if any.
     std::shared_ptr<cache::DirtyFile> dirty;   // Set for writers (and readers of a dirty file).
     bool writer = false;
+    // A writer changed the file since its last FLUSH (Writeback::WriterChanged).
+    std::atomic<bool> changed_since_flush{false};
     std::mutex reader_mu;  // Guards replacing `reader` (a file renamed or rewritten here).
   };
   struct DirHandle {
@@ -269,6 +271,9 @@ class Filesystem {
   // `path` is about to be used again: if it is hidden (unlinked while open), its old object
   // is deleted now instead of at the last close.
   Status Unhide(const std::string& path);
+  // A writer's handle changes the file: the first change since its last FLUSH tells the
+  // writeback (Writeback::WriterChanged).
+  void MarkChanged(FileHandle& file);
   // Unhide() of every hidden path under `prefix` (a directory that is going away: removed,
   // or renamed, whose unlinked-but-open files must neither keep it non-empty nor move).
   Status UnhideUnder(const std::string& prefix);

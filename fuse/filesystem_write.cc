@@ -296,6 +296,7 @@ Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
   handle->key = path;
   handle->dirty = std::move(dirty);
   handle->writer = true;
+  MarkChanged(*handle);  // A new file: uploaded once its creator closes it.
   inodes_.OpenHandle(node.ino, "");
   const ListedEntry entry{std::string(name), FileType::kRegular, 0, node.attr.mtime, "",
                           node.stored};
@@ -316,16 +317,24 @@ Result<size_t> Filesystem::Write(uint64_t handle, uint64_t offset, std::span<con
       return fenced;
     }
   }
+  MarkChanged(*file);
   BFS_RETURN_IF_ERROR(file->dirty->Write(offset, data));
   return data.size();
+}
+
+void Filesystem::MarkChanged(FileHandle& file) {
+  if (!file.changed_since_flush.exchange(true)) writeback_->WriterChanged(file.dirty);
 }
 
 Status Filesystem::Flush(uint64_t handle) {
   auto file = FindFile(handle);
   if (!file || !file->writer) return Status::Ok();
-  if (options_.sync_on_close) return writeback_->Sync(file->dirty);
+  if (options_.sync_on_close) {
+    BFS_RETURN_IF_ERROR(writeback_->Flushed(file->dirty, file->changed_since_flush.exchange(false)));
+    return writeback_->Sync(file->dirty);
+  }
   BFS_RETURN_IF_ERROR(file->dirty->Error());
-  BFS_RETURN_IF_ERROR(writeback_->Flushed(file->dirty));
+  BFS_RETURN_IF_ERROR(writeback_->Flushed(file->dirty, file->changed_since_flush.exchange(false)));
   // Fenced (the lease is lost): what was written is journaled as closed above, so a mount
   // that holds the lease again uploads it, but this close() must not pretend it will be.
   if (options_.fence != nullptr) BFS_RETURN_IF_ERROR(options_.fence->Check());
@@ -380,7 +389,10 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
   // is released at the end: that starts the commit.
   std::shared_ptr<cache::DirtyFile> dirty;
   if (request.handle) {
-    if (auto file = FindFile(*request.handle); file && file->writer) dirty = file->dirty;
+    if (auto file = FindFile(*request.handle); file && file->writer) {
+      dirty = file->dirty;
+      if (request.size) MarkChanged(*file);  // ftruncate changes it like a write.
+    }
   }
   std::optional<uint64_t> own_handle;
   if (!dirty) {

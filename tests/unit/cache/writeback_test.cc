@@ -1712,6 +1712,42 @@ TEST_F(WritebackTest, RewritesAndTruncatesOfAssembledBytesLandInTheObject) {
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("rewritten"), want));
 }
 
+TEST_F(WritebackTest, AFileIsJournaledClosedOnceEveryWriterThatChangedItHasClosed) {
+  Start(fake_);
+  auto a = MustOpen("k");
+  auto b = wb_->ReopenForWrite("k");  // A second open file of the same file.
+  ASSERT_TRUE(a && b);
+  wb_->WriterChanged(a);
+  ASSERT_TRUE(a->Write(0, Bytes("a")).ok());
+  wb_->WriterChanged(b);
+  ASSERT_TRUE(b->Write(1, Bytes("b")).ok());
+  ASSERT_TRUE(wb_->Flushed(a, /*writer_changed=*/true).ok());
+  EXPECT_FALSE(RecordOf("k")->closed) << "b has not closed: a crash must not upload it";
+  // b's close(): both RELEASEs are still on their way, yet every close() has returned.
+  ASSERT_TRUE(wb_->Flushed(b, /*writer_changed=*/true).ok());
+  EXPECT_TRUE(RecordOf("k")->closed) << "a crash now would keep a closed file out of S3";
+  wb_->ReleaseWriter(a);
+  wb_->ReleaseWriter(b);
+  ASSERT_TRUE(WaitCommitted("k"));
+  EXPECT_EQ(fake_.ObjectBody("k"), "ab");
+}
+
+TEST_F(WritebackTest, AWriterThatChangedNothingDoesNotKeepAClosedFileJournaledOpen) {
+  Start(fake_);
+  auto reader_writer = MustOpen("k");  // Opened O_RDWR, say, and only read.
+  auto writer = wb_->ReopenForWrite("k");
+  ASSERT_TRUE(reader_writer && writer);
+  wb_->WriterChanged(writer);
+  ASSERT_TRUE(writer->Write(0, Bytes("data")).ok());
+  ASSERT_TRUE(wb_->Flushed(writer, /*writer_changed=*/true).ok());
+  EXPECT_TRUE(RecordOf("k")->closed);
+  wb_->ReleaseWriter(writer);
+  EXPECT_FALSE(fake_.Exists("k")) << "the other writer is still open";
+  wb_->ReleaseWriter(reader_writer);
+  ASSERT_TRUE(WaitCommitted("k"));
+  EXPECT_EQ(fake_.ObjectBody("k"), "data");
+}
+
 TEST_F(WritebackTest, EveryCloseOfASharedFilePutsTheAssembledBytesOnTheSpoolDisk) {
   Start(fake_);
   auto file = MustOpen("shared");

@@ -47,6 +47,24 @@ TEST(TaskPoolTest, TasksRunOnThePoolThreads) {
   for (const auto& id : ids) EXPECT_NE(id, std::this_thread::get_id());
 }
 
+TEST(TaskPoolTest, ShutdownRunsTasksThatRunningTasksSubmitAndLeavesThePoolReachable) {
+  std::unique_ptr<TaskPool> pool = std::make_unique<TaskPool>("test-pool", 1, 4);
+  std::atomic<bool> follow_up_ran{false};
+  std::latch started(1);
+  // Like a commit that finds its file changed and starts the next commit through its
+  // owner's pointer to the pool, while the owner shuts the pool down.
+  pool->Submit([&] {
+    started.count_down();
+    std::this_thread::sleep_for(50ms);
+    pool->Submit([&] { follow_up_ran = true; });
+  });
+  started.wait();
+  pool->Shutdown();
+  EXPECT_TRUE(follow_up_ran);
+  pool->Shutdown();  // Idempotent.
+  pool.reset();
+}
+
 TEST(TaskPoolTest, SingleThreadRunsTasksInSubmissionOrder) {
   std::vector<int> order;  // Only the one pool thread touches it until the pool is gone.
   {

@@ -736,6 +736,24 @@ TEST_F(FilesystemWriteTest, AFileWhoseKeyIsExactlyTheS3LimitCanBeUsedButNotADire
   EXPECT_FALSE(server_.Exists(key));
 }
 
+TEST_F(FilesystemWriteTest, TwoDescriptorsThatWroteAreJournaledClosedOnceBothClose) {
+  auto created = fs_->Create(kRootInode, "two", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  auto second = fs_->Open(created->entry.attr.ino, O_WRONLY);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("one")).ok());
+  ASSERT_TRUE(fs_->Write(second->handle, 3, Bytes("two")).ok());
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  EXPECT_FALSE(RecordOf("two")->closed);
+  ASSERT_TRUE(fs_->Flush(second->handle).ok());
+  // Both close()s returned; their RELEASEs have not come yet.
+  EXPECT_TRUE(RecordOf("two")->closed);
+  fs_->Release(created->open.handle);
+  fs_->Release(second->handle);
+  ASSERT_TRUE(WaitCommitted("two"));
+  EXPECT_EQ(server_.ObjectBody("two"), "onetwo");
+}
+
 // --- Rename --------------------------------------------------------------------------------
 
 TEST_F(FilesystemWriteTest, RenameFileMovesTheObject) {
