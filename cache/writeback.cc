@@ -965,6 +965,12 @@ SpoolRecord DirtyFile::RecordLocked() const {
 
 Status DirtyFile::JournalLocked() { return owner_.spool_.WriteRecord(RecordLocked()); }
 
+void DirtyFile::MarkUnlinkedLocked() {
+  unlinked_ = true;
+  remove_on_destroy_ = true;
+  owner_.spool_.RemoveRecord(id_);
+}
+
 Status DirtyFile::JournalReopenedLocked() {
   closed_ = false;
   Status journaled = JournalLocked();
@@ -1232,12 +1238,10 @@ void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file, bool write
   {
     std::lock_guard lock(file->mu_);
     if (writer_changed && file->unflushed_writers_ > 0) --file->unflushed_writers_;
+    const int writers_left = --file->writers_;
     // A torn file (a write was refused) is never committed: see MarkTorn().
-    if (file->unlinked_ || file->torn_) {
-      --file->writers_;
-      return;
-    }
-    if (--file->writers_ > 0) {
+    if (file->unlinked_ || file->torn_) return;
+    if (writers_left > 0) {
       if (file->unflushed_writers_ == 0) (void)file->MarkClosedLocked();
       return;
     }
@@ -1374,9 +1378,7 @@ void Writeback::Unlink(const std::string& key) {
   std::string upload_id;
   {
     std::unique_lock lock(file->mu_);
-    file->unlinked_ = true;
-    file->remove_on_destroy_ = true;
-    spool_.RemoveRecord(file->id_);
+    file->MarkUnlinkedLocked();
     file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
     upload_id = std::exchange(file->upload_id_, std::string());
   }
@@ -1427,9 +1429,7 @@ void Writeback::CommitHold::Discard() {
     std::lock_guard file_lock(file->mu_);
     auto it = owner_->files_.find(file->key_);
     if (it != owner_->files_.end() && it->second == file) owner_->files_.erase(it);
-    file->unlinked_ = true;
-    file->remove_on_destroy_ = true;
-    owner_->spool_.RemoveRecord(file->id_);
+    file->MarkUnlinkedLocked();
     file->committing_ = false;
     file->changed_.notify_all();
     key = file->key_;
@@ -1522,9 +1522,7 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
   }
   if (replaced) {
     std::lock_guard lock(replaced->mu_);
-    replaced->unlinked_ = true;
-    replaced->remove_on_destroy_ = true;
-    spool_.RemoveRecord(replaced->id_);
+    replaced->MarkUnlinkedLocked();
   }
   if (exists_remotely) {
     // The copy's ETag from RGW may be empty on some paths; the next commit would then

@@ -255,6 +255,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // Requires mu_ and closed_. Journals the file as open again (a crash from here on keeps it
   // in lost+found/); on failure it stays closed, and the caller must change nothing.
   Status JournalReopenedLocked();
+  // Requires mu_. Never committed again; its spool record goes now, its data with the file.
+  void MarkUnlinkedLocked();
   // Requires mu_. Spills the assembly and journals the file as closed (a crash from here on
   // uploads it). Not Ok (and not journaled closed) when the spill or the journal failed.
   Status MarkClosedLocked();
