@@ -68,6 +68,9 @@ struct Operation {
   std::string owned_body;  // For bodies we build (XML).
   std::span<char> response_buffer;
   uint64_t bytes_moved = 0;  // Scales the default deadline.
+  // CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after the 200 OK has
+  // been sent, with an <Error> body: such a reply is that error, retried like any other.
+  bool error_may_follow_ok = false;
 };
 
 Operation ObjectOp(std::string name, std::string method, std::string key) {
@@ -325,9 +328,12 @@ class CurlObjectClient::Impl {
 
   // Turns an HTTP reply into OK or the server's error.
   Status StatusOf(const Operation& op, const HttpResponse& r) const {
-    if (r.status >= 200 && r.status < 300) return Status::Ok();
     ServerError err;
-    ParseErrorBody(r.body, &err);
+    if (r.status >= 200 && r.status < 300) {
+      if (!op.error_may_follow_ok || !ParseErrorBody(r.body, &err)) return Status::Ok();
+    } else {
+      ParseErrorBody(r.body, &err);
+    }
     if (err.request_id.empty()) err.request_id = r.Header("x-amz-request-id");
     return ErrorFromServer(r.status, err, Describe(op));
   }
@@ -454,6 +460,7 @@ Result<PutResult> CurlObjectClient::Put(const PutRequest& req, const CallOptions
 
 Result<PutResult> CurlObjectClient::Copy(const CopyRequest& req, const CallOptions& opts) {
   Operation op = ObjectOp("CopyObject", "PUT", req.dest_key);
+  op.error_may_follow_ok = true;
   op.headers.emplace_back("x-amz-copy-source",
                           "/" + UriEncode(bucket(), true) + "/" + UriEncode(req.source_key, false));
   if (req.directive == CopyRequest::MetadataDirective::kReplace) {
@@ -557,6 +564,7 @@ Result<PartInfo> CurlObjectClient::UploadPartCopy(const UploadPartCopyRequest& r
                                                   const CallOptions& opts) {
   BFS_RETURN_IF_ERROR(CheckPartNumber("UploadPartCopy", req.key, req.part_number));
   Operation op = ObjectOp("UploadPartCopy", "PUT", req.key);
+  op.error_may_follow_ok = true;
   op.query = {{"partNumber", std::to_string(req.part_number)}, {"uploadId", req.upload_id}};
   op.headers.emplace_back("x-amz-copy-source",
                           "/" + UriEncode(bucket(), true) + "/" + UriEncode(req.source_key, false));
@@ -585,6 +593,7 @@ Result<PartInfo> CurlObjectClient::UploadPartCopy(const UploadPartCopyRequest& r
 Result<PutResult> CurlObjectClient::CompleteMultipart(const CompleteMultipartRequest& req,
                                                       const CallOptions& opts) {
   Operation op = ObjectOp("CompleteMultipartUpload", "POST", req.key);
+  op.error_may_follow_ok = true;
   op.query = {{"uploadId", req.upload_id}};
   op.owned_body = BuildCompleteMultipartUpload(req.parts);
   op.headers.emplace_back("content-type", "application/xml");
@@ -593,9 +602,11 @@ Result<PutResult> CurlObjectClient::CompleteMultipart(const CompleteMultipartReq
   if (!r.ok()) return UploadGone(std::move(r).TakeStatus(), req.upload_id);
   BFS_ASSIGN_OR_RETURN(PutResult done, ParseCompleteMultipartUpload(r->body));
   if (done.etag.empty()) {
-    // Some servers (Ceph RGW) leave the ETag out of the reply; the object has it.
-    BFS_ASSIGN_OR_RETURN(ObjectInfo info, Head({req.key, ""}, opts));
-    done.etag = info.etag;
+    // Some servers (Ceph RGW) leave the ETag out of the reply; the object has it. The
+    // upload is complete whatever this HEAD answers: if it fails, the ETag stays unknown
+    // (empty), as for a server that sends none.
+    auto info = Head({req.key, ""}, opts);
+    if (info.ok()) done.etag = info->etag;
   }
   return done;
 }

@@ -5,6 +5,8 @@
 //    next request; every attempt is signed afresh (SigV4 dates expire).
 //  - Bodies are hashed once per call (not per attempt) for x-amz-content-sha256, which the
 //    server verifies; DeleteObjects carries Content-MD5 as S3 requires.
+//  - CopyObject, UploadPartCopy and CompleteMultipartUpload can fail after their 200 OK with
+//    an <Error> body: that is their reply's error, retried inside the call if transient.
 //  - Listings ask for encoding-type=url so keys with bytes XML cannot carry survive.
 //  - Bucket-level helpers (CreateBucket/DeleteBucket) exist for tests, benchmarks and the
 //    quick-start script; the filesystem never calls them.
