@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "cache/lost_reply.h"
+
 namespace bucketfs::cache {
 namespace {
 
@@ -56,6 +58,13 @@ Result<std::string> MultipartCopy(s3::ObjectClient& client, const CopySpec& spec
     auto done = client.CompleteMultipart(complete, {deadline});
     if (done.ok()) return done->etag;
     failure = done.status();
+    // A Complete retried after its reply was lost finds the upload gone (lost_reply.h).
+    if (failure.code() == ErrorCode::kNoSuchUpload ||
+        failure.code() == ErrorCode::kPreconditionFailed) {
+      if (auto landed = LandedAs(client, spec.to, MultipartEtag(complete.parts), deadline)) {
+        return *landed;
+      }
+    }
   }
   (void)client.AbortMultipart(spec.to, upload_id, {deadline});
   return failure;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <latch>
 
+#include "cache/lost_reply.h"
 #include "cache/mapped_buffer.h"
 #include "cache/object_copy.h"
 #include "common/log.h"
@@ -68,18 +69,6 @@ Status PreadAll(int fd, char* data, size_t size, uint64_t offset, const Spool& s
     offset += static_cast<uint64_t>(n);
   }
   return Status::Ok();
-}
-
-// The ETag S3 gives a multipart object: MD5 of the parts' binary MD5s, then "-N".
-std::string MultipartEtag(const std::vector<s3::PartInfo>& parts) {
-  std::string digests;
-  for (const auto& p : parts) {
-    for (size_t i = 0; i + 1 < p.etag.size(); i += 2) {
-      digests.push_back(static_cast<char>(std::stoi(p.etag.substr(i, 2), nullptr, 16)));
-    }
-  }
-  const s3::Md5Digest md5 = s3::Md5({digests.data(), digests.size()});
-  return s3::HexLower(md5) + "-" + std::to_string(parts.size());
 }
 
 }  // namespace
@@ -679,9 +668,16 @@ Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
   put.body = bytes;
   put.metadata = metadata;
   put.condition = condition;
-  BFS_ASSIGN_OR_RETURN(s3::PutResult done, owner_.client_.Put(put, {owner_.Deadline()}));
+  auto done = owner_.client_.Put(put, {owner_.Deadline()});
+  if (!done.ok()) {
+    // A PUT retried after its reply was lost meets its own object (lost_reply.h).
+    if (done.status().code() != ErrorCode::kPreconditionFailed) return done.status();
+    auto landed = LandedAs(owner_.client_, key, SinglePutEtag(bytes), owner_.Deadline());
+    if (!landed) return done.status();
+    done = s3::PutResult{*landed};
+  }
   owner_.counters_.bytes_uploaded.fetch_add(size, std::memory_order_relaxed);
-  return done.etag;
+  return done->etag;
 }
 
 Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t size,
@@ -779,12 +775,16 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
   }
   auto completed = owner_.client_.CompleteMultipart(complete, {owner_.Deadline()});
   if (completed.ok()) return completed->etag;
-  if (completed.status().code() == ErrorCode::kNoSuchUpload) {
-    // A retried Complete whose first attempt succeeded finds the upload gone: the object
-    // is there if its ETag is the one these parts make.
-    const std::string expected = MultipartEtag(complete.parts);
-    auto head = owner_.client_.Head({key, ""}, {owner_.Deadline()});
-    if (head.ok() && head->etag == expected) return head->etag;
+  const ErrorCode code = completed.status().code();
+  if (code == ErrorCode::kNoSuchUpload || code == ErrorCode::kPreconditionFailed) {
+    // A Complete retried after its reply was lost finds the upload gone or, conditional,
+    // the object no longer the version it was conditioned on: the object is ours if its
+    // ETag is the one these parts make (lost_reply.h).
+    auto landed =
+        LandedAs(owner_.client_, key, MultipartEtag(complete.parts), owner_.Deadline());
+    if (landed) return *landed;
+  }
+  if (code == ErrorCode::kNoSuchUpload) {
     std::lock_guard lock(mu_);
     upload_id_.clear();  // Gone: the next attempt starts a new upload.
     parts_.clear();
@@ -884,6 +884,13 @@ Status DirtyFile::CommitOnce() {
     // Set it by copying the object onto itself, server-side.
     CopySpec spec{key, key, size, etag, metadata, s3::WriteCondition::IfMatch(etag)};
     auto copied = CopyObject(owner_.client_, spec, owner_.Deadline());
+    if (!copied.ok() && copied.status().code() == ErrorCode::kPreconditionFailed) {
+      // Retried after its reply was lost, the copy finds the object already rewritten, with
+      // a new ETag if it was a multipart one (lost_reply.h).
+      if (auto landed = LandedWithMetadata(owner_.client_, key, size, metadata, owner_.Deadline())) {
+        copied = *landed;
+      }
+    }
     if (!copied.ok()) return Explain(copied.status(), key, owner_.spool_.DataPath(id_));
     etag = *copied;
   }

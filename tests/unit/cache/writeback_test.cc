@@ -637,6 +637,94 @@ TEST_F(WritebackTest, DeletedBaseMakesTheCommitStaleAndNothingIsRecreated) {
   EXPECT_FALSE(fake_.Exists("small"));
 }
 
+// A write can land and its reply be lost; its retry then meets its own object (412 for a
+// conditional write, cache/lost_reply.h). That is a success, not someone else's change.
+
+TEST_F(WritebackTest, ACreateOnlyPutWhoseReplyWasLostIsFoundLandedNotAConflict) {
+  Start(faulty_);
+  auto file = MustOpen("free", std::nullopt, kMeta, /*create_only=*/true);
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("mine")).ok());
+  faulty_.FailNextAfterSuccess(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kTimeout));
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kTimeout);
+  ASSERT_EQ(fake_.ObjectBody("free"), "mine") << "the PUT landed";
+
+  Status synced = wb_->Sync(file);  // If-None-Match: * now gets 412: the object is ours.
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(file->Error().ok());
+  ASSERT_TRUE(file->Write(4, Bytes("+more")).ok()) << "no sticky conflict";
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_EQ(fake_.ObjectBody("free"), "mine+more");
+}
+
+TEST_F(WritebackTest, AnIfMatchPutWhoseReplyWasLostIsFoundLandedNotAConflict) {
+  Start(faulty_);
+  fake_.PutDirect("k", "old");
+  auto file = MustOpen("k", BaseOf("k"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("new")).ok());
+  faulty_.FailNextAfterSuccess(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kNetwork));
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kNetwork);
+  Status synced = wb_->Sync(file);  // If-Match of "old"'s ETag gets 412.
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_EQ(fake_.ObjectBody("k"), "new");
+  EXPECT_EQ(fake_.calls(s3::Op::kHead), 1u) << "one HEAD told the two apart";
+}
+
+TEST_F(WritebackTest, AConditionalCompleteRetriedIntoA412FindsItsObjectLanded) {
+  Start(faulty_);
+  fake_.PutDirect("big", Body(kPart, 3));
+  auto file = MustOpen("big", BaseOf("big"));
+  ASSERT_NE(file, nullptr);
+  const std::string data = Body(2 * kPart + 5, 4);
+  ASSERT_TRUE(file->Write(0, Bytes(data)).ok());
+  // The Complete lands; the client's retry of it answers 412 (If-Match no longer holds).
+  faulty_.FailNextAfterSuccess(s3::Op::kCompleteMultipart, 1,
+                               s3::InjectedError(ErrorCode::kPreconditionFailed));
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), data));
+  EXPECT_EQ(fake_.PendingUploads(), 0u);
+}
+
+TEST_F(WritebackTest, AMetadataCopyWhoseReplyWasLostIsFoundLandedNotAConflict) {
+  Start(faulty_);
+  // A multipart object: copying it onto itself gives it a new (plain MD5) ETag, so the
+  // retried copy's x-amz-copy-source-if-match no longer holds.
+  const std::string data = Body(2 * kPart, 5);
+  {
+    auto writer = MustOpen("mp");
+    ASSERT_NE(writer, nullptr);
+    ASSERT_TRUE(writer->Write(0, Bytes(data)).ok());
+    ASSERT_TRUE(wb_->Sync(writer).ok());
+    wb_->ReleaseWriter(writer);
+    ASSERT_TRUE(WaitCommitted("mp"));
+  }
+  ASSERT_NE(BaseOf("mp").etag.find('-'), std::string::npos) << "a multipart ETag";
+  auto file = MustOpen("mp", BaseOf("mp"));
+  ASSERT_NE(file, nullptr);
+  file->SetMetadata({{"mode", "33261"}}, std::nullopt);
+  faulty_.FailNextAfterSuccess(s3::Op::kCopy, 1, s3::InjectedError(ErrorCode::kTimeout));
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kTimeout);
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("mp"), data));
+  EXPECT_EQ(fake_.ObjectInfoDirect("mp")->metadata.at("mode"), "33261");
+  ASSERT_TRUE(file->Write(0, Bytes("x")).ok()) << "no sticky conflict";
+}
+
+TEST_F(WritebackTest, A412WhoseObjectIsNotOursIsStillAConflict) {
+  Start(faulty_);
+  auto file = MustOpen("race", std::nullopt, kMeta, /*create_only=*/true);
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("mine")).ok());
+  faulty_.FailNextAfterSuccess(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kTimeout));
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kTimeout);
+  fake_.PutDirect("race", "theirs");  // Another client replaced it since.
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kStale);
+  EXPECT_EQ(fake_.ObjectBody("race"), "theirs");
+}
+
 // --- Truncate ------------------------------------------------------------------------------
 
 TEST_F(WritebackTest, TruncateGrowReadsAndCommitsZeros) {
