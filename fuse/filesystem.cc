@@ -733,7 +733,7 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
   BFS_ASSIGN_OR_RETURN(Node fresh, Refresh(*node));
   if (fresh.path.empty()) return Status(ErrorCode::kStale, "inode was replaced");
   handle->key = fresh.path;
-  handle->reader = std::make_unique<cache::ReadAhead>(
+  handle->reader = std::make_shared<cache::ReadAhead>(
       reads_, cache::ObjectVersion{fresh.path, fresh.etag, fresh.attr.size}, options_.read_ahead);
   const std::string previous_etag = inodes_.PreviousOpenEtag(ino);
   const bool keep_cache = previous_etag == fresh.etag;
@@ -764,24 +764,27 @@ Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size
   if (node && !node->path.empty()) {
     if (auto dirty = FindDirty(node->path)) return dirty->Read(offset, size);
   }
-  cache::ReadAhead* reader = nullptr;
+  std::shared_ptr<cache::ReadAhead> reader;
   {
     std::lock_guard lock(file->reader_mu);
-    reader = file->reader.get();
+    reader = file->reader;
   }
   auto reply = reader->Read(offset, size);
   if (!reply.ok() && reply.status().code() == ErrorCode::kStale && node && !node->path.empty() &&
       (node->path != reader->object().key || node->etag != reader->object().etag) &&
-      !node->etag.empty() && Now() < node->attr_expiry) {
-    // This mount renamed or rewrote the file (its node says so, freshly): follow it, as a
-    // local file's descriptor would.
-    std::lock_guard lock(file->reader_mu);
-    if (file->reader.get() == reader) {
-      file->reader = std::make_unique<cache::ReadAhead>(
-          reads_, cache::ObjectVersion{node->path, node->etag, node->attr.size},
-          options_.read_ahead);
+      !node->etag.empty() && node->etag == node->own_etag) {
+    // This mount renamed or rewrote the file, and its node holds the version this mount
+    // made: follow it, as a local file's descriptor would. A version found on the server
+    // (someone else's) is never followed: the handle would mix two versions; ESTALE.
+    {
+      std::lock_guard lock(file->reader_mu);
+      if (file->reader == reader) {
+        file->reader = std::make_shared<cache::ReadAhead>(
+            reads_, cache::ObjectVersion{node->path, node->etag, node->attr.size},
+            options_.read_ahead);
+      }
+      reader = file->reader;
     }
-    reader = file->reader.get();
     reply = reader->Read(offset, size);
   }
   if (!reply.ok() && reply.status().code() == ErrorCode::kStale) {

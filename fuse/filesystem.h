@@ -228,12 +228,14 @@ class Filesystem {
   struct FileHandle {
     InodeId ino = 0;
     std::string key;
-    std::unique_ptr<cache::ReadAhead> reader;  // Reads of the clean object, if any.
+    // Reads of the clean object, if any. Shared: a read in flight keeps the one it started
+    // with alive while another thread replaces it (a file renamed or rewritten here).
+    std::shared_ptr<cache::ReadAhead> reader;
     std::shared_ptr<cache::DirtyFile> dirty;   // Set for writers (and readers of a dirty file).
     bool writer = false;
     // A writer changed the file since its last FLUSH (Writeback::WriterChanged).
     std::atomic<bool> changed_since_flush{false};
-    std::mutex reader_mu;  // Guards replacing `reader` (a file renamed or rewritten here).
+    std::mutex reader_mu;  // Guards `reader` (the pointer, not the ReadAhead).
   };
   struct DirHandle {
     InodeId ino = 0;

@@ -21,12 +21,12 @@ InodeTable::InodeTable(Attributes root_attributes, uint64_t generation) : genera
 Node InodeTable::Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
                         MonoTime expiry, uint64_t lookups) {
   std::lock_guard lock(mu_);
-  return UpsertLocked(path, attr, etag, expiry, lookups, ++ticks_);
+  return UpsertLocked(path, attr, etag, expiry, lookups, ++ticks_, /*own=*/true);
 }
 
 Node InodeTable::UpsertLocked(const std::string& path, const Attributes& attr,
                               const std::string& etag, MonoTime expiry, uint64_t lookups,
-                              uint64_t stamp) {
+                              uint64_t stamp, bool own) {
   Node* node = nullptr;
   if (auto p = by_path_.find(path); p != by_path_.end()) {
     Node* existing = nodes_.at(p->second).get();
@@ -55,6 +55,7 @@ Node InodeTable::UpsertLocked(const std::string& path, const Attributes& attr,
     node->etag = etag;
     node->attr_expiry = expiry;
     node->stored = stamp;
+    if (own && !etag.empty()) node->own_etag = etag;
   }
   node->nlookup += lookups;
   return *node;
@@ -71,7 +72,7 @@ Node InodeTable::UpsertUnlessNewer(const std::string& path, const Attributes& at
       return *existing;
     }
   }
-  return UpsertLocked(path, attr, etag, expiry, lookups, as_of);
+  return UpsertLocked(path, attr, etag, expiry, lookups, as_of, /*own=*/false);
 }
 
 Node InodeTable::UpsertKeepingEtag(const std::string& path, const Attributes& attr,
@@ -79,7 +80,7 @@ Node InodeTable::UpsertKeepingEtag(const std::string& path, const Attributes& at
   std::lock_guard lock(mu_);
   std::string etag;
   if (auto p = by_path_.find(path); p != by_path_.end()) etag = nodes_.at(p->second)->etag;
-  return UpsertLocked(path, attr, etag, expiry, lookups, ++ticks_);
+  return UpsertLocked(path, attr, etag, expiry, lookups, ++ticks_, /*own=*/false);
 }
 
 std::optional<Node> InodeTable::Get(InodeId ino) const {

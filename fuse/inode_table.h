@@ -51,6 +51,9 @@ struct Node {
   std::string symlink_target;  // Symlinks, once read.
   bool unlinked = false;       // Removed from the namespace while the kernel or a handle had it.
   uint64_t stored = 0;         // The tick at which attr/etag were known true.
+  // The last version this mount made itself (a commit, a copy: stored by Upsert), never one
+  // only found on the server. An open handle may follow the file to it.
+  std::string own_etag;
 };
 
 class InodeTable {
@@ -60,7 +63,8 @@ class InodeTable {
   uint64_t generation() const { return generation_; }
 
   // The node of `path`, created if missing, with `attr`/`etag`/`expiry` stored and
-  // `lookups` added to its count. Returns the node after the update.
+  // `lookups` added to its count: the caller's own news, so a non-empty `etag` also
+  // becomes the node's own_etag. Returns the node after the update.
   Node Upsert(const std::string& path, const Attributes& attr, const std::string& etag,
               MonoTime expiry, uint64_t lookups);
   // Upsert of what was true at tick `as_of` (a server's reply to a request sent then, a
@@ -110,7 +114,7 @@ class InodeTable {
  private:
   // Require mu_.
   Node UpsertLocked(const std::string& path, const Attributes& attr, const std::string& etag,
-                    MonoTime expiry, uint64_t lookups, uint64_t stamp);
+                    MonoTime expiry, uint64_t lookups, uint64_t stamp, bool own);
   void MaybeDropLocked(std::unordered_map<InodeId, std::unique_ptr<Node>>::iterator it);
 
   const uint64_t generation_;

@@ -401,6 +401,27 @@ TEST_F(FilesystemTest, RemoteReplacementWhileOpenIsStaleAndTheNextOpenReadsTheNe
   fs_->Release(o2->handle);
 }
 
+TEST_F(FilesystemTest, AHandleNeverFollowsAVersionFoundOnTheServerEvenOnceItsNodeHoldsIt) {
+  const std::string v1 = Body(8 * kBlock, 1);
+  const std::string v2 = Body(8 * kBlock, 2);
+  server_.PutDirect("f", v1);
+  const InodeId ino = MustLookup(kRootInode, "f");
+  auto opened = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_EQ(MustRead(opened->handle, 0, 4096), v1.substr(0, 4096));
+
+  // Another client replaces it; a stat after the TTL puts v2's ETag into the node, fresh.
+  server_.PutDirect("f", v2);
+  clock_.Advance(kTtl + 1s);
+  ASSERT_TRUE(fs_->GetAttr(ino).ok());
+
+  // The handle read v1: it must not go on with v2's bytes as if nothing happened.
+  auto read = fs_->Read(opened->handle, 7 * kBlock, 4096);
+  ASSERT_FALSE(read.ok()) << "read v2's bytes through a handle that read v1";
+  EXPECT_EQ(read.status().code(), ErrorCode::kStale) << read.status().ToString();
+  fs_->Release(opened->handle);
+}
+
 TEST_F(FilesystemTest, OpenHandleKeepsTheInodeAfterForget) {
   server_.PutDirect("f", "contents");
   InodeId ino = MustLookup(kRootInode, "f");

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
+#include <barrier>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -12,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <thread>
 #include <vector>
 
 #include "cache/block_cache.h"
@@ -809,6 +812,41 @@ TEST_F(FilesystemWriteTest, AFileOpenInADirectoryRenamedLaterStillReads) {
   ASSERT_TRUE(read.ok()) << read.status().ToString();
   EXPECT_EQ(read->ToString(), "hello");
   fs_->Release(opened->handle);
+}
+
+TEST_F(FilesystemWriteTest, ConcurrentStaleReadsOfOneHandleShareItsReaderSafely) {
+  // Several FUSE threads read one handle when its object goes stale at once: whichever
+  // replaces the handle's reader must not free the one the others are still using (ASan
+  // and TSan builds run this).
+  for (int round = 0; round < 50; ++round) {
+    const std::string key = "g" + std::to_string(round);
+    server_.PutDirect(key, std::string(8 * kBlock, '1'));
+    const InodeId ino = MustLookup(kRootInode, key);
+    auto opened = fs_->Open(ino, O_RDONLY);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    // This mount rewrites it (a commit's news): the handle follows, from any thread.
+    auto writer = fs_->Open(ino, O_WRONLY | O_TRUNC);
+    ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+    const std::string v2(8 * kBlock, '2');
+    ASSERT_TRUE(fs_->Write(writer->handle, 0, Bytes(v2)).ok());
+    ASSERT_TRUE(fs_->Flush(writer->handle).ok());
+    fs_->Release(writer->handle);
+    ASSERT_TRUE(WaitCommitted(key));
+
+    std::barrier start(4);
+    std::vector<std::thread> readers;
+    std::atomic<int> followed{0};
+    for (int t = 0; t < 4; ++t) {
+      readers.emplace_back([&, t] {
+        start.arrive_and_wait();
+        auto r = fs_->Read(opened->handle, static_cast<uint64_t>(t) * 2 * kBlock, 4096);
+        if (r.ok() && r->ToString() == v2.substr(t * 2 * kBlock, 4096)) followed.fetch_add(1);
+      });
+    }
+    for (auto& t : readers) t.join();
+    EXPECT_EQ(followed.load(), 4) << "round " << round;
+    fs_->Release(opened->handle);
+  }
 }
 
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {

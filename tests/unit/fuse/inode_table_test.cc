@@ -52,6 +52,20 @@ TEST(InodeTableTest, UpsertThenForgetDropsTheNode) {
   EXPECT_EQ(t.size(), 1u);
 }
 
+TEST(InodeTableTest, OwnEtagIsOnlyWhatThisMountStoredItself) {
+  InodeTable t = Table();
+  const uint64_t before = t.Tick();
+  Node n = t.UpsertUnlessNewer("f", File(), "server-1", kExpiry, 1, before);
+  EXPECT_EQ(n.own_etag, "") << "found on the server";
+  n = t.Upsert("f", File(), "mine", kExpiry, 0);  // A commit of this mount.
+  EXPECT_EQ(n.own_etag, "mine");
+  n = t.UpsertUnlessNewer("f", File(), "server-2", kExpiry, 0, t.Tick());
+  EXPECT_EQ(n.etag, "server-2");
+  EXPECT_EQ(n.own_etag, "mine") << "a later server answer is not this mount's version";
+  n = t.Upsert("f", File(), "", kExpiry, 0);  // Dirty again: no version yet.
+  EXPECT_EQ(n.own_etag, "mine");
+}
+
 TEST(InodeTableTest, LookupsAddUpAndForgetsSubtract) {
   InodeTable t = Table();
   Node n = t.Upsert("f", File(), "e", kExpiry, 2);
