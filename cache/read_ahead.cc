@@ -1,5 +1,7 @@
 #include "cache/read_ahead.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -87,10 +89,18 @@ Result<size_t> ReadAhead::FetchBlock(const Shared& shared, uint64_t index, std::
   req.if_match = shared.object.etag;
   auto got = shared.context.client->Get(req, into, {deadline});
   if (!got.ok()) return GetFailure(shared.object, got.status());
-  if (disk != nullptr && got->bytes_read == into.size()) {
-    disk->Store(key, block_size, into.first(static_cast<size_t>(got->bytes_read)));
+  if (got->bytes_read != into.size()) {
+    // The pinned version has these bytes (its If-Match held): a shorter body is a server's
+    // or a proxy's fault, not the end of the object. Cached, it would end the file early
+    // for every reader of this version.
+    return Status(ErrorCode::kMalformedResponse,
+                  fmt::format("reading '{}': S3 sent {} bytes of the {}-byte range at {}",
+                              shared.object.key, got->bytes_read, into.size(),
+                              index * block_size),
+                  /*retryable=*/true);
   }
-  return static_cast<size_t>(got->bytes_read);
+  if (disk != nullptr) disk->Store(key, block_size, into);
+  return into.size();
 }
 
 Result<BlockHandle> ReadAhead::GetBlock(const Shared& shared, uint64_t index,

@@ -545,6 +545,25 @@ TEST(ReadAheadTest, ServerErrorIsReturnedAndTheNextReadRetries) {
   EXPECT_EQ(MustRead(ra, offset, 10), body.substr(offset, 10));
 }
 
+TEST(ReadAheadTest, AShortGetBodyIsAnErrorAndNeverACachedBlock) {
+  Env env(64);
+  const std::string body = Body(4 * kBlock);
+  ObjectVersion v = env.Put("k", body);
+  {
+    ReadAhead ra(env.Context(), v, Options(8));
+    // A server or proxy that cuts the ranged body short, with a matching Content-Length:
+    // the pinned version has these bytes (its If-Match held), so this is no end of file.
+    const auto rule = env.faults.ShortReadNextGet(s3::FaultRule::kEvery, kBlock / 2);
+    auto r = ra.Read(0, kBlock);
+    ASSERT_FALSE(r.ok()) << "returned " << r->size() << " bytes of a block S3 cut short";
+    EXPECT_EQ(r.status().code(), ErrorCode::kMalformedResponse) << r.status().ToString();
+    env.faults.RemoveRule(rule);
+  }
+  // Nothing short was cached: the next handle reads the whole block.
+  ReadAhead again(env.Context(), v, Options(8));
+  EXPECT_EQ(MustRead(again, 0, kBlock), body.substr(0, kBlock));
+}
+
 // --- Concurrency -----------------------------------------------------------------------
 
 TEST(ReadAheadTest, ConcurrentReadersOfOneHandleGetCorrectBytes) {
