@@ -736,8 +736,16 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
   handle->reader = std::make_shared<cache::ReadAhead>(
       reads_, cache::ObjectVersion{fresh.path, fresh.etag, fresh.attr.size}, options_.read_ahead);
   const std::string previous_etag = inodes_.PreviousOpenEtag(ino);
-  const bool keep_cache = previous_etag == fresh.etag;
-  if (!previous_etag.empty() && !keep_cache) InvalidateKernelCache(ino);
+  // An object without an ETag (a server that sends none) cannot be told from its next
+  // version: every open starts without the pages and blocks an earlier one read.
+  const bool unversioned = fresh.etag.empty();
+  const bool keep_cache = !unversioned && previous_etag == fresh.etag;
+  if (unversioned) {
+    if (reads_.cache != nullptr) reads_.cache->InvalidateObject(fresh.path);
+    InvalidateKernelCache(ino);
+  } else if (!previous_etag.empty() && !keep_cache) {
+    InvalidateKernelCache(ino);
+  }
   inodes_.OpenHandle(ino, fresh.etag);
   return OpenReply{AddFile(std::move(handle)), keep_cache};
 }

@@ -13,6 +13,7 @@
 #include "common/clock.h"
 #include "common/task_pool.h"
 #include "s3/fake_client.h"
+#include "s3/forwarding_client.h"
 
 namespace bucketfs::fs {
 namespace {
@@ -420,6 +421,52 @@ TEST_F(FilesystemTest, AHandleNeverFollowsAVersionFoundOnTheServerEvenOnceItsNod
   ASSERT_FALSE(read.ok()) << "read v2's bytes through a handle that read v1";
   EXPECT_EQ(read.status().code(), ErrorCode::kStale) << read.status().ToString();
   fs_->Release(opened->handle);
+}
+
+// A server that sends no ETags (HEAD and listings).
+class EtagLessClient : public s3::ForwardingClient {
+ public:
+  using ForwardingClient::ForwardingClient;
+  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
+    auto r = inner().Head(req, opts);
+    if (r.ok()) r->etag.clear();
+    return r;
+  }
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    auto r = inner().List(req, opts);
+    if (r.ok()) {
+      for (auto& o : r->objects) o.etag.clear();
+    }
+    return r;
+  }
+};
+
+TEST_F(FilesystemTest, AnObjectWithoutAnEtagIsReadAfreshByEveryOpen) {
+  EtagLessClient client(server_);
+  fs_.reset();
+  FilesystemOptions o;
+  o.metadata_ttl = kTtl;
+  o.read_ahead.initial_window = kBlock;
+  o.read_ahead.max_window = 4 * kBlock;
+  o.mount_time = clock_.WallNow();
+  fs_ = std::make_unique<Filesystem>(
+      client, cache::ReadContext{&client, &cache_, &budget_, pool_.get(), &clock_}, o);
+
+  const std::string v1 = Body(3 * kBlock, 1), v2 = Body(3 * kBlock, 2);
+  server_.PutDirect("f", v1);
+  const InodeId ino = MustLookup(kRootInode, "f");
+  auto first = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(MustRead(first->handle, 0, v1.size()), v1);
+  fs_->Release(first->handle);
+
+  server_.PutDirect("f", v2);  // Same size; nothing tells the versions apart.
+  clock_.Advance(kTtl + 1s);
+  auto second = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_FALSE(second->keep_cache) << "the kernel's pages may be the old version's";
+  EXPECT_EQ(MustRead(second->handle, 0, v2.size()), v2) << "not the old version's blocks";
+  fs_->Release(second->handle);
 }
 
 TEST_F(FilesystemTest, OpenHandleKeepsTheInodeAfterForget) {
