@@ -623,7 +623,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
     const std::string path = ChildPath(dir->path, entry.name);
     view.name = entry.name;
     if (plus) {
-      // The node is entered with no lookup; the accepted entry adds one.
+      // The node is entered with no lookup; the entry takes one below.
       // The snapshot's entry, unless the cached listing learnt something newer of the name
       // since (a commit, or a listing fetched after this handle's): the kernel keeps what
       // it is given for the TTL.
@@ -643,16 +643,17 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       } else {
         node = EnterListed(path, best, 0);
       }
+      // The lookup the entry gives the kernel is taken before the entry is handed out: a
+      // concurrent readdirplus that refuses the same new node could drop it otherwise.
+      if (!inodes_.AddLookups(node.ino, 1)) {
+        node = inodes_.UpsertUnlessNewer(path, node.attr, node.etag, node.attr_expiry, 1,
+                                         node.stored);
+      }
       view.attr = node.attr;
       view.counts_lookup = true;
       if (!fill(view)) {
-        inodes_.DropIfUnused(node.ino);
+        inodes_.Forget(node.ino, 1);  // Not returned: the lookup goes back.
         return Status::Ok();
-      }
-      if (!inodes_.AddLookups(node.ino, 1)) {
-        // Cannot happen while we hold no lookup... unless a type change raced; harmless:
-        // the kernel will look the name up again when its entry fails.
-        Logger("fuse")->debug("readdirplus entry '{}' vanished while being returned", path);
       }
     } else {
       auto existing = inodes_.GetByPath(path);

@@ -204,7 +204,11 @@ void InodeTable::Rename(const std::string& from, const std::string& to) {
 void InodeTable::Expire(InodeId ino) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);
-  if (it != nodes_.end() && ino != kRootInode) it->second->attr_expiry = MonoTime::min();
+  if (it != nodes_.end() && ino != kRootInode) {
+    it->second->attr_expiry = MonoTime::min();
+    // Known stale now: a listing or reply from before cannot make it fresh again.
+    it->second->stored = ++ticks_;
+  }
 }
 
 void InodeTable::SetSymlinkTarget(InodeId ino, std::string target) {

@@ -103,7 +103,8 @@ class InodeTable {
   // anything listed there before); nodes that were at those paths are detached.
   void Rename(const std::string& from, const std::string& to);
 
-  // Marks the attributes stale, so the next GetAttr/Open asks the server.
+  // Marks the attributes stale, so the next GetAttr/Open asks the server. Stamped anew: an
+  // answer from before (a directory handle's old listing) cannot make them fresh again.
   void Expire(InodeId ino);
   void SetSymlinkTarget(InodeId ino, std::string target);
 
