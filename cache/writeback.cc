@@ -1621,7 +1621,9 @@ Status Writeback::Drain(MonoTime deadline, bool closed_only) {
     bool needs_commit = false;
     {
       std::lock_guard lock(file->mu_);
-      if (file->torn_ || (closed_only && file->writers_ > 0)) {
+      // A writer that closed (FLUSH) but whose RELEASE has not come is done: only changes
+      // not yet closed make a file half-written.
+      if (file->torn_ || (closed_only && file->unflushed_writers_ > 0)) {
         ++left_open;
         continue;
       }

@@ -404,9 +404,9 @@ class Writeback {
   // committed; failures are logged and kept in the spool (and retried in the background).
   size_t Recover();
   // Commits every dirty file and waits, until `deadline`. Not OK if any failed (their data
-  // stays in the spool for the next mount). With `closed_only`, files a program still has
-  // open for writing are not committed (a forced unmount must not upload a half-written
-  // file); they count as not drained.
+  // stays in the spool for the next mount). With `closed_only`, files a program changed and
+  // has not closed since are not committed (a forced unmount, or a daemon stopped by a
+  // signal, must not upload a half-written file); they count as not drained (kBusy).
   Status Drain(MonoTime deadline, bool closed_only = false);
 
   using PartBuffer = cache::PartBuffer;

@@ -599,10 +599,13 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
     rc = 1;
   }
   if (d.writeback) {
-    // Unmounted (or stopped by a signal): every closed file goes to S3 before we exit.
+    // Unmounted (or stopped by a signal): every closed file goes to S3 before we exit. A
+    // file a program still had open with unclosed writes is half-written (a signal ended
+    // the mount under it): uploading it could replace a good object with a torn one. It
+    // stays in the spool, and the next mount keeps it in lost+found/, as after a crash.
     const auto deadline = RealClock().Now() + std::chrono::duration_cast<Duration>(
                                                   std::chrono::duration<double>(a.drain_timeout));
-    Status drained = d.writeback->Drain(deadline);
+    Status drained = d.writeback->Drain(deadline, /*closed_only=*/true);
     if (!drained.ok()) {
       Logger("writeback")->error("unmounted with uploads unfinished: {}", drained.ToString());
       rc = 1;

@@ -1401,6 +1401,29 @@ TEST_F(FuseWriteFaultTest, AFileOpenWhenTheDaemonIsKilledIsKeptInLostAndFoundUpT
   EXPECT_EQ(m->Unmount(), 0) << m->Log();
 }
 
+TEST_F(FuseWriteFaultTest, ASigtermWhileAFileIsBeingRewrittenLeavesTheObjectAsItWas) {
+  // The coordinator dies (its child gets SIGTERM) or someone stops the daemon while a job
+  // rewrites a checkpoint: the half-written file must not replace the good object.
+  PutPattern("ckpt.bin", 1801, 3 * kMiB);
+  auto m = MountBucket(SmallParts());
+  ASSERT_NE(m, nullptr);
+  const int fd = open(m->Path("ckpt.bin").c_str(), O_WRONLY | O_TRUNC);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  EXPECT_EQ(ErrnoName(WritePattern(fd, 1802, kMiB)), "OK");  // A third of the new one.
+  // A file closed before the signal still goes up.
+  const int closed = open(m->Path("closed.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(closed, 0) << strerror(errno);
+  EXPECT_EQ(ErrnoName(WritePattern(closed, 1803, kMiB)), "OK");
+  ASSERT_EQ(Outcome(close(closed)), "OK");
+
+  EXPECT_EQ(m->Signal(SIGTERM), 1) << "exit 1: a file was left unuploaded\n" << m->Log();
+  close(fd);
+  EXPECT_TRUE(InS3Now("ckpt.bin", FromPattern(1801, 3 * kMiB)))
+      << "the half-written rewrite replaced the object";
+  EXPECT_TRUE(InS3Now("closed.bin", FromPattern(1803, kMiB)));
+  EXPECT_NE(m->Log().find("still open for writing"), std::string::npos) << m->Log();
+}
+
 TEST_F(FuseWriteFaultTest, AFullSpoolDiskGivesEnospcToTheWriterNeverAPartialObject) {
   if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs as the spool disk needs root";
   ScopedTmpfs spool(work_dir_ + "/small-spool", 16 * kMiB);  // Outlives the mount below.

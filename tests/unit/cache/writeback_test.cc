@@ -1161,23 +1161,32 @@ TEST_F(WritebackTest, ClosedOnlyDrainCommitsClosedFilesButNotOpenOnesAndSaysHowM
   faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kServerError), "closed");
   auto open = MustOpen("open");
   auto closed = MustOpen("closed");
-  ASSERT_TRUE(open && closed);
+  auto flushed = MustOpen("flushed");
+  ASSERT_TRUE(open && closed && flushed);
   ASSERT_TRUE(open->Write(0, Bytes("still writing")).ok());
+  wb_->WriterChanged(open);  // As the filesystem reports each handle's writes.
   ASSERT_TRUE(closed->Write(0, Bytes("done")).ok());
-  wb_->ReleaseWriter(closed);
+  wb_->WriterChanged(closed);
+  wb_->ReleaseWriter(closed, /*writer_changed=*/true);
   ASSERT_TRUE(WaitFailedCommits(1));
   ASSERT_FALSE(fake_.Exists("closed"));
+  // Its program closed it (FLUSH), but the RELEASE has not arrived: done all the same.
+  ASSERT_TRUE(flushed->Write(0, Bytes("closed, not released")).ok());
+  wb_->WriterChanged(flushed);
+  ASSERT_TRUE(wb_->Flushed(flushed, /*writer_changed=*/true).ok());
 
   Status drained = wb_->Drain(clock_.Now() + 60s, /*closed_only=*/true);
   EXPECT_EQ(drained.code(), ErrorCode::kBusy) << drained.ToString();
   EXPECT_THAT(drained.message(), ::testing::StartsWith("1 file(s) still open for writing"));
   EXPECT_EQ(fake_.ObjectBody("closed"), "done");
+  EXPECT_EQ(fake_.ObjectBody("flushed"), "closed, not released");
   EXPECT_FALSE(fake_.Exists("open"));
   auto record = RecordOf("open");
   ASSERT_TRUE(record.has_value());
   EXPECT_FALSE(record->closed);
   EXPECT_EQ(wb_->Find("open"), open);
   wb_->ReleaseWriter(open);
+  wb_->ReleaseWriter(flushed);
 }
 
 TEST_F(WritebackTest, PlainDrainCommitsBothTheClosedAndTheStillOpenFile) {
