@@ -19,19 +19,30 @@ WriteFence::WriteFence(Clock& clock, MonoTime deadline)
 void WriteFence::Unlimited() { deadline_ns_.store(kUnlimited); }
 
 void WriteFence::ExtendUntil(MonoTime deadline) {
-  // A deadline that has passed closed the fence, whether or not a Check() saw it yet: a
-  // late renewal must not reopen it (Check() records the closing).
-  if (!Check().ok()) return;
   const int64_t ticks = Ticks(deadline);
+  if (!Check().ok()) {  // Check() records a deadline that passed unobserved.
+    // Closed. A lease lost (Close) stays so. A deadline that passed is lifted by this
+    // renewal: the coordinator pushes a deadline only after a renewal succeeded with
+    // If-Match of its own lease record, which proves no other pod took the lease meanwhile
+    // (a takeover rewrites that record), and no other pod can before this new deadline plus
+    // the takeover margin. Writes in the gap were refused; nothing else changes.
+    std::lock_guard lock(mu_);
+    if (closed_for_good_ || ticks <= clock_.Now().time_since_epoch().count()) return;
+    deadline_ns_.store(ticks);
+    reason_.clear();
+    closed_.store(false);
+    return;
+  }
   int64_t current = deadline_ns_.load();
   while (current < ticks && !deadline_ns_.compare_exchange_weak(current, ticks)) {
   }
 }
 
-void WriteFence::Close(const std::string& reason) { Fence(reason); }
+void WriteFence::Close(const std::string& reason) { Fence(reason, /*for_good=*/true); }
 
-void WriteFence::Fence(const std::string& reason) const {
+void WriteFence::Fence(const std::string& reason, bool for_good) const {
   std::lock_guard lock(mu_);
+  if (for_good) closed_for_good_ = true;
   if (closed_.load()) return;
   reason_ = reason;
   closed_.store(true);
@@ -43,11 +54,12 @@ Status WriteFence::Check() const {
     if (deadline == kUnlimited || clock_.Now().time_since_epoch().count() < deadline) {
       return Status::Ok();
     }
-    // Not renewed in time: from here on another pod may take the lease over, so this
-    // daemon must not change the bucket again, even if a late renewal arrives.
+    // Not renewed in time: another pod may take the lease over once the margin has passed,
+    // so this daemon must not change the bucket until a renewal proves it still holds it.
     Fence(
         "the lease was not renewed before its deadline (is the coordinator running, and can "
-        "it reach S3?)");
+        "it reach S3?)",
+        /*for_good=*/false);
   }
   std::lock_guard lock(mu_);
   return Status(ErrorCode::kReadOnly, "writes are fenced: " + reason_);

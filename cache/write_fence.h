@@ -8,7 +8,11 @@
 //    without a renewal — the coordinator died, hung, or cannot reach S3 — the fence closes
 //    on its own, on this host's monotonic clock, before another pod may take the lease over
 //    (it waits TTL + margin on its own clock). Close() fences at once (the lease was lost).
-//  - Closed is final for the life of the daemon: a lost lease is never silently regained.
+//  - Close() is final for the life of the daemon: a lost lease is never silently regained.
+//    A fence its deadline closed opens again when the coordinator pushes a later deadline
+//    (ExtendUntil): it does so only after a renewal succeeded with If-Match of its own lease
+//    record, which proves no other pod took the lease in the gap. A renewal that was slow
+//    (a server timing out, a stalled coordinator) costs EROFS in the gap, not the mount.
 //  - A daemon without a coordinator (tests, benchmarks, `bucketfs serve` by hand) calls
 //    Unlimited(): nothing fences it.
 //  - FencedObjectClient refuses, with kReadOnly and the reason, every request that changes
@@ -39,7 +43,8 @@ class WriteFence {
   explicit WriteFence(Clock& clock, MonoTime deadline = MonoTime::max());
 
   void Unlimited();
-  // Opens the fence until `deadline`; ignored once closed, and never moves it backwards.
+  // Opens the fence until `deadline`: never moves it backwards, reopens a fence its deadline
+  // closed if `deadline` is still ahead, and is ignored once Close() was called.
   void ExtendUntil(MonoTime deadline);
   // Fences for good; the first reason is kept.
   void Close(const std::string& reason);
@@ -51,14 +56,16 @@ class WriteFence {
   MonoTime deadline() const;
 
  private:
-  // Closes the fence (first reason kept). Const: Check() closes it when the deadline passed.
-  void Fence(const std::string& reason) const;
+  // Closes the fence (first reason kept); `for_good` (Close) forbids reopening. Const:
+  // Check() closes it when the deadline passed.
+  void Fence(const std::string& reason, bool for_good) const;
 
   Clock& clock_;
   std::atomic<int64_t> deadline_ns_;  // steady_clock ticks since epoch; max: unlimited.
   mutable std::atomic<bool> closed_{false};
   mutable std::mutex mu_;
   mutable std::string reason_;  // Guarded by mu_.
+  mutable bool closed_for_good_ = false;  // Guarded by mu_.
 };
 
 // Forwards to `inner`, refusing mutations while `fence` is closed.

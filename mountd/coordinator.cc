@@ -364,6 +364,9 @@ struct Coordinator::State {
     if (!reply.ok()) {
       Logger("mountd")->warn("could not pass the renewed lease to the daemon: {}",
                              reply.status().ToString());
+    } else if (reply->value("fenced", false)) {
+      Logger("mountd")->error("the lease is renewed but the daemon stays fenced (its deadline "
+                              "passed before this renewal reached it); writes fail with EROFS");
     }
   }
 

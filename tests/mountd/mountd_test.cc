@@ -368,6 +368,36 @@ TEST_F(MountdTest, AKilledDaemonIsRestartedAndNoClosedDataIsLost) {
   EXPECT_EQ(Get("after-restart.txt"), "the new daemon writes\n");
 }
 
+TEST_F(MountdTest, ACoordinatorStalledPastTheLeaseDeadlineFencesUntilItRenewsThenWritesAgain) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/before.txt", "written before the stall\n");
+  // The coordinator stalls (CPU starvation, a debugger, a slow S3) past the lease's validity:
+  // the daemon's fence closes on its own, since another pod may soon take the bucket over.
+  ASSERT_EQ(kill(a.coordinator_pid(), SIGSTOP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>(kTtl * 1000) + 1000));
+  const int fd = open((a.dir() + "/during.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const int create_errno = fd < 0 ? errno : 0;
+  if (fd >= 0) close(fd);
+  ASSERT_EQ(kill(a.coordinator_pid(), SIGCONT), 0);
+  EXPECT_EQ(create_errno, EROFS) << "no write while the lease may be someone else's";
+
+  // Nobody took it: the coordinator's next renewal (If-Match of its own record) succeeds,
+  // and the mount writes again instead of staying read-only while holding the lease.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        json s = a.Status();
+        return s.contains("lease") && s["lease"].value("state", "") == "held" &&
+               s.contains("daemon") && !s["daemon"].value("fenced", true);
+      },
+      std::chrono::seconds(static_cast<int>(kTtl) + 10)))
+      << a.Status().dump() << "\n" << a.log();
+  WriteFile(a.dir() + "/after.txt", "written after the renewal\n");
+  ASSERT_EQ(a.Unmount().exit_code, 0) << a.log();
+  EXPECT_EQ(Get("after.txt"), "written after the renewal\n");
+  EXPECT_EQ(Get("before.txt"), "written before the stall\n");
+}
+
 TEST_F(MountdTest, AnUnmountFromOutsideEndsTheCoordinatorAndReleasesTheLease) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
