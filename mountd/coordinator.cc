@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <mutex>
@@ -39,6 +40,17 @@ constexpr Duration kDaemonCallTimeout = std::chrono::seconds(10);
 std::atomic<unsigned> g_signals{0};
 constexpr unsigned kStopSignal = 1, kReloadSignal = 2;
 void OnSignal(int sig) { g_signals.fetch_or(sig == SIGHUP ? kReloadSignal : kStopSignal); }
+
+// Whether the bucket's spool directory holds files waiting for an upload (their journal
+// records; see cache/spool.h for the layout).
+bool SpoolHoldsFiles(const std::string& bucket_spool_dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(
+           std::filesystem::path(bucket_spool_dir) / "files", ec)) {
+    if (e.path().extension() == ".json") return true;
+  }
+  return false;
+}
 
 std::string MountHash(const std::string& mountpoint) {
   char hex[17];
@@ -843,9 +855,9 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
       return 1;
     }
     auto lease = std::make_unique<Lease>(s.client, s.clock, o.lease, o.holder);
-    Status acquired = lease->Acquire([](const std::string& line) {
-      Logger("mountd")->info("{}", line);
-    });
+    Status acquired = lease->Acquire(
+        [](const std::string& line) { Logger("mountd")->info("{}", line); },
+        [] { return (g_signals.load() & kStopSignal) != 0; });
     if (!acquired.ok()) {
       ready(acquired.ToString());
       return 1;
@@ -871,11 +883,20 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
   Status started = s.StartDaemonGuarded();
   if (!started.ok()) {
     s.DetachDeadMount();
+    std::string lease_note;
     if (s.lease && s.lease->held()) {
-      Status released = s.lease->Release();
-      (void)released;  // Logged by the lease; it expires on its own otherwise.
+      if (SpoolHoldsFiles(o.spool_dir)) {
+        // Files a previous mount here closed but did not upload: the daemon that failed
+        // would have uploaded them first. Another pod must not mount the bucket (and change
+        // those keys) before a mount here does, so the lease is left to expire.
+        lease_note = "; the lease is kept until it expires (TTL), because the spool " +
+                     o.spool_dir + " holds files a mount here must upload first";
+      } else {
+        Status released = s.lease->Release();
+        (void)released;  // Logged by the lease; it expires on its own otherwise.
+      }
     }
-    ready("cannot mount " + s.Where() + ": " + started.ToString());
+    ready("cannot mount " + s.Where() + ": " + started.ToString() + lease_note);
     return 1;
   }
   s.PushLeaseToDaemon();  // Renewals may have happened while it started.

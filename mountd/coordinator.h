@@ -74,7 +74,7 @@ struct CoordinatorOptions {
   std::string endpoint;    // For messages and status.
   std::string mountpoint;  // Absolute and resolved.
   std::string runtime_dir;
-  std::string spool_dir;
+  std::string spool_dir;  // The bucket's own directory in the spool: SPOOL/BUCKET.
   bool read_only = false;
   // The daemon's command line: `bucketfs serve … MOUNTPOINT -f` and its options; the
   // coordinator appends --control-socket and --lease-valid-until-ns.

@@ -335,7 +335,8 @@ Status Lease::Busy(const Observed& seen, MonoTime takeover_at, std::string_view 
   return Status(ErrorCode::kBusy, std::move(msg));
 }
 
-Status Lease::Acquire(const std::function<void(const std::string&)>& progress) {
+Status Lease::Acquire(const std::function<void(const std::string&)>& progress,
+                     const std::function<bool()>& stop) {
   {
     std::lock_guard lock(mu_);
     if (held_) {
@@ -358,6 +359,7 @@ Status Lease::Acquire(const std::function<void(const std::string&)>& progress) {
   };
   std::optional<Watch> watch;
   int races = 0;
+  bool rechecked_lost_reply = false;
 
   for (;;) {
     BFS_ASSIGN_OR_RETURN(Observed seen, Read());
@@ -403,6 +405,10 @@ Status Lease::Acquire(const std::function<void(const std::string&)>& progress) {
                ") for it to be released, taking it over then if it was not renewed");
       }
       if (now < watch->takeover_at) {
+        if (stop && stop()) {
+          return Status(ErrorCode::kCancelled,
+                        Where() + ": stopped while waiting for the lease; it was not taken");
+        }
         clock_.SleepUntil(std::min(now + options_.poll, watch->takeover_at));
         continue;
       }
@@ -420,6 +426,14 @@ Status Lease::Acquire(const std::function<void(const std::string&)>& progress) {
       return st;
     }
     if (!IsRace(st)) {
+      // A timeout or a 5xx may come after the PUT landed: a record with our nonce is ours,
+      // and left there it would keep every pod (this one too, next time) waiting TTL +
+      // margin for a holder that never renews. Read once; the loop takes it back.
+      if (st.retryable() && !rechecked_lost_reply) {
+        rechecked_lost_reply = true;
+        auto landed = Read();
+        if (landed.ok() && landed->decoded && landed->record.nonce == nonce_) continue;
+      }
       st.Annotate(Where() + ": writing the lease");
       return st;
     }

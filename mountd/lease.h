@@ -98,8 +98,11 @@ class Lease {
   // bucket, holder, host, mountpoint, since when, last renewal, when it would be taken over
   // if abandoned, and what to do. progress(line) reports the wait. Calling it while held is
   // kInvalidArgument. A record carrying our own nonce is one our earlier PUT wrote whose
-  // reply was lost; it is taken back at once.
-  [[nodiscard]] Status Acquire(const std::function<void(const std::string&)>& progress = {});
+  // reply was lost; it is taken back at once (also when this call's own PUT timed out or
+  // got a 5xx: it reads the record once before failing). `stop()`, checked while waiting,
+  // ends the wait with kCancelled (a signal: the lease is not taken).
+  [[nodiscard]] Status Acquire(const std::function<void(const std::string&)>& progress = {},
+                               const std::function<bool()>& stop = {});
   // If-Match own ETag with renew_seq+1. Lost (412/404): kReadOnly, lost() true. Anything
   // else (network, 5xx, timeout): returned unchanged, the lease still counts as held
   // until valid_until(); the caller retries and calls MarkLost() past the deadline.

@@ -398,6 +398,21 @@ TEST_F(MountdTest, ACoordinatorStalledPastTheLeaseDeadlineFencesUntilItRenewsThe
   EXPECT_EQ(Get("before.txt"), "written before the stall\n");
 }
 
+TEST_F(MountdTest, AMountThatFailsToStartKeepsTheLeaseWhileItsSpoolHoldsFilesToUpload) {
+  Pod a(*server_, bucket_, "pod-a");
+  // What an earlier mount here left: the journal record of a file closed, not yet uploaded.
+  const std::filesystem::path files = std::filesystem::path(a.spool()) / bucket_ / "files";
+  std::filesystem::create_directories(files);
+  std::ofstream(files / "left-behind.json") << "{}";
+  // The daemon fails after the lease is taken (an option only it checks).
+  CommandResult r = a.Mount("--part-size 1M");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("--part-size"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the lease is kept until it expires"), std::string::npos) << r.output;
+  // Released, another pod could mount and change those keys before they are uploaded.
+  EXPECT_EQ(LeaseObject().value("state", ""), "held") << LeaseObject().dump();
+}
+
 TEST_F(MountdTest, AnUnmountFromOutsideEndsTheCoordinatorAndReleasesTheLease) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();

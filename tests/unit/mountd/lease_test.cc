@@ -416,6 +416,22 @@ TEST_F(LeaseTest, AbandonedLeaseIsTakenOverOnlyAfterTtlPlusMargin) {
   EXPECT_THAT(alice.lost_reason(), HasSubstr("pod-bob"));
 }
 
+TEST_F(LeaseTest, AWaitForAStaleLeaseEndsWhenAskedToStopAndTakesNothing) {
+  Lease alice(fake_, clock_, Opts(), Alice());
+  ASSERT_TRUE(alice.Acquire().ok());
+  const std::string alices = StoredEtag();
+
+  Lease bob(fake_, clock_, Opts(), Bob());
+  const MonoTime start = clock_.Now();
+  // SIGTERM (Ctrl-C, systemd) 5 s into the 40 s wait.
+  Status st = bob.Acquire(Progress(), [&] { return clock_.Now() - start >= 5s; });
+  EXPECT_EQ(st.code(), ErrorCode::kCancelled) << st.ToString();
+  EXPECT_THAT(st.message(), HasSubstr("not taken"));
+  EXPECT_LE(clock_.Now() - start, 6s) << "the wait went on after the stop";
+  EXPECT_FALSE(bob.held());
+  EXPECT_EQ(StoredEtag(), alices) << "the lease is still Alice's";
+}
+
 TEST_F(LeaseTest, TakeoverWaitsForTheLongerOfTheRecordsTtlAndOurs) {
   LeaseRecord old = SomeRecord("pod-slow", "held", 4);
   old.ttl_ms = 120'000;
@@ -516,9 +532,23 @@ TEST_F(LeaseTest, RaceOnTheInitialCreateAgainstAReleasedRecordTakesIt) {
   EXPECT_EQ(alice.record().epoch, 5u);
 }
 
-TEST_F(LeaseTest, AcquireTakesBackItsOwnWriteWhoseReplyWasLost) {
+TEST_F(LeaseTest, AnAcquireWhosePutLandedButTimedOutTakesItsRecordAtOnce) {
   s3::FaultInjectingClient client(fake_, clock_);
   client.FailNextAfterSuccess(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kTimeout));
+  Lease alice(client, clock_, Opts(/*wait_for_stale=*/false), Alice());
+  Status st = alice.Acquire();
+  ASSERT_TRUE(st.ok()) << "a record of ours left behind would keep every pod waiting: "
+                       << st.ToString();
+  EXPECT_TRUE(alice.held());
+  EXPECT_EQ(alice.etag(), StoredEtag());
+  EXPECT_EQ(Stored()->nonce, alice.nonce());
+  EXPECT_EQ(clock_.slept(), Duration::zero());
+}
+
+TEST_F(LeaseTest, AcquireTakesBackItsOwnWriteWhoseReplyWasLost) {
+  s3::FaultInjectingClient client(fake_, clock_);
+  // Both the PUT and the PUT that takes it back lose their replies: the call fails...
+  client.FailNextAfterSuccess(s3::Op::kPut, 2, s3::InjectedError(ErrorCode::kTimeout));
   Lease alice(client, clock_, Opts(/*wait_for_stale=*/false), Alice());
   EXPECT_EQ(alice.Acquire().code(), ErrorCode::kTimeout);
   EXPECT_FALSE(alice.held());
