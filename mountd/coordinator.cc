@@ -350,9 +350,12 @@ struct Coordinator::State {
     return started;
   }
 
-  // Reaps the daemon if it exited. Returns true when it did.
-  bool ReapDaemon(int* status_out = nullptr) {
+  // Reaps the daemon if it exited. Returns true when it did. `unless_unmounting`: not while
+  // an unmount is under way, decided under the same lock as the reaping, since the unmount
+  // reaps (or kills) the PID it took itself: reaped here, that PID could be reused.
+  bool ReapDaemon(int* status_out = nullptr, bool unless_unmounting = false) {
     std::lock_guard lock(mu);
+    if (unless_unmounting && (unmounting || finished)) return false;
     if (daemon_pid <= 0) return false;
     int status = 0;
     if (waitpid(daemon_pid, &status, WNOHANG) != daemon_pid) return false;
@@ -428,12 +431,8 @@ struct Coordinator::State {
   }
 
   void TendDaemon() {
-    {
-      std::lock_guard lock(mu);
-      if (unmounting || finished) return;
-    }
     int status = 0;
-    if (!ReapDaemon(&status)) return;
+    if (!ReapDaemon(&status, /*unless_unmounting=*/true)) return;
     if (WIFEXITED(status) && !IsFuseMounted(options.mountpoint)) {
       // The daemon ended by itself after its mount went away (`umount`, `fusermount3 -u`,
       // SIGTERM to it): someone unmounted it on purpose. It uploaded what it could before
