@@ -771,6 +771,10 @@ TEST(XmlTest, ErrorFromServerMapsServerCodes) {
       {403, "RequestTimeTooSkewed", ErrorCode::kExpiredCredentials, false},
       {412, "PreconditionFailed", ErrorCode::kPreconditionFailed, false},
       {409, "ConditionalRequestConflict", ErrorCode::kConflict, true},
+      {403, "InvalidObjectState", ErrorCode::kAccessDenied, false},
+      {409, "BucketAlreadyOwnedByYou", ErrorCode::kExists, false},
+      {409, "BucketAlreadyExists", ErrorCode::kExists, false},
+      {409, "BucketNotEmpty", ErrorCode::kNotEmpty, false},
       {416, "InvalidRange", ErrorCode::kInvalidRange, false},
       {400, "EntityTooSmall", ErrorCode::kEntityTooSmall, false},
       {400, "EntityTooLarge", ErrorCode::kEntityTooLarge, false},
@@ -800,6 +804,14 @@ TEST(XmlTest, ErrorFromServerMapsServerCodes) {
     EXPECT_EQ(s.request_id(), "req-1");
     EXPECT_THAT(s.message(), HasSubstr("GET data/a.bin: msg")) << c.code;
   }
+}
+
+TEST(XmlTest, AnArchivedObjectSaysToRestoreItNotToCheckTheKeys) {
+  ServerError err{"InvalidObjectState", "The operation is not valid for the object's storage "
+                  "class", "req-1", "/b/k"};
+  Status s = ErrorFromServer(403, err, "GET k");
+  EXPECT_THAT(s.message(), HasSubstr("restore it first"));
+  EXPECT_THAT(s.message(), Not(HasSubstr("S3_SECRET_KEY")));
 }
 
 TEST(XmlTest, ErrorFromServerMapsBodilessStatuses) {
