@@ -7,28 +7,14 @@ namespace bucketfs::cache {
 
 std::string SinglePutEtag(std::span<const char> body) { return s3::HexLower(s3::Md5(body)); }
 
-namespace {
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-}  // namespace
-
 std::string MultipartEtag(const std::vector<s3::PartInfo>& parts) {
   std::string digests;
   for (const auto& p : parts) {
-    // A part ETag that is not 32 hex digits is no MD5 (some servers, SSE-C): no ETag can
-    // be predicted, and an empty one matches nothing.
-    if (p.etag.size() != 32) return "";
-    for (size_t i = 0; i < p.etag.size(); i += 2) {
-      const int hi = HexValue(p.etag[i]), lo = HexValue(p.etag[i + 1]);
-      if (hi < 0 || lo < 0) return "";
-      digests.push_back(static_cast<char>(hi * 16 + lo));
-    }
+    // A part ETag that is not an MD5 in hex (some servers, SSE-C): no ETag can be
+    // predicted, and an empty one matches nothing.
+    auto digest = p.etag.size() == 32 ? s3::HexDecode(p.etag) : std::nullopt;
+    if (!digest) return "";
+    digests += *digest;
   }
   return s3::HexLower(s3::Md5({digests.data(), digests.size()})) + "-" +
          std::to_string(parts.size());

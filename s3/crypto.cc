@@ -1,5 +1,6 @@
 #include "s3/crypto.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -33,6 +34,19 @@ std::string HexLower(std::span<const uint8_t> bytes) {
   for (size_t i = 0; i < bytes.size(); ++i) {
     out[2 * i] = kDigits[bytes[i] >> 4];
     out[2 * i + 1] = kDigits[bytes[i] & 0xf];
+  }
+  return out;
+}
+
+std::optional<std::string> HexDecode(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = OPENSSL_hexchar2int(static_cast<unsigned char>(hex[i]));
+    const int lo = OPENSSL_hexchar2int(static_cast<unsigned char>(hex[i + 1]));
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hi * 16 + lo));
   }
   return out;
 }

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -18,6 +19,8 @@ Sha256Digest HmacSha256(std::span<const uint8_t> key, std::string_view data);
 Md5Digest Md5(std::span<const char> data);
 
 std::string HexLower(std::span<const uint8_t> bytes);
+// The bytes `hex` spells (either case); nullopt if it has an odd length or a non-hex digit.
+std::optional<std::string> HexDecode(std::string_view hex);
 std::string Base64(std::span<const uint8_t> bytes);
 
 inline std::string Sha256Hex(std::string_view data) {

@@ -1,17 +1,14 @@
 #include "s3/uri.h"
 
+#include <openssl/crypto.h>
+
 namespace bucketfs::s3 {
 namespace {
 bool Unreserved(unsigned char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
          c == '-' || c == '.' || c == '_' || c == '~';
 }
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
+int HexValue(char c) { return OPENSSL_hexchar2int(static_cast<unsigned char>(c)); }
 }  // namespace
 
 std::string UriEncode(std::string_view in, bool encode_slash) {

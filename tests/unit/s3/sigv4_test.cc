@@ -20,6 +20,19 @@ const Credentials kS3DocCreds{"AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPx
                               ""};
 const SigningScope kS3DocScope{"us-east-1", "s3", At(2013, 5, 24, 0, 0, 0)};
 
+TEST(CryptoTest, HexDecodeInvertsHexLowerAndRefusesWhatIsNotHex) {
+  const std::string bytes("\x00\x7f\x80\xff\x12", 5);
+  const std::string hex =
+      HexLower({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+  EXPECT_EQ(hex, "007f80ff12");
+  EXPECT_EQ(HexDecode(hex), bytes);
+  EXPECT_EQ(HexDecode("007F80FF12"), bytes);
+  EXPECT_EQ(HexDecode(""), std::string());
+  EXPECT_EQ(HexDecode("abc"), std::nullopt);
+  EXPECT_EQ(HexDecode("zz"), std::nullopt);
+  EXPECT_EQ(HexDecode("0g"), std::nullopt);
+}
+
 TEST(SigV4Test, AmzDateFormats) {
   EXPECT_EQ(AmzDate(At(2015, 8, 30, 12, 36, 0)), "20150830T123600Z");
   EXPECT_EQ(AmzDay(At(2015, 8, 30, 12, 36, 0)), "20150830");
