@@ -20,11 +20,26 @@ std::string MultipartEtag(const std::vector<s3::PartInfo>& parts) {
          std::to_string(parts.size());
 }
 
+namespace {
+
+bool CarriesAll(const s3::ObjectInfo& object, const s3::UserMetadata& metadata) {
+  for (const auto& [name, value] : metadata) {
+    auto it = object.metadata.find(name);
+    if (it == object.metadata.end() || it->second != value) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 std::optional<std::string> LandedAs(s3::ObjectClient& client, const std::string& key,
-                                    const std::string& expected_etag, MonoTime deadline) {
+                                    const std::string& expected_etag,
+                                    const s3::UserMetadata& metadata, MonoTime deadline) {
   if (expected_etag.empty()) return std::nullopt;
   auto head = client.Head({key, ""}, {deadline});
-  if (!head.ok() || head->etag != expected_etag) return std::nullopt;
+  if (!head.ok() || head->etag != expected_etag || !CarriesAll(*head, metadata)) {
+    return std::nullopt;
+  }
   Logger("writeback")->info("'{}': a retried write found its first attempt had landed", key);
   return head->etag;
 }
@@ -33,11 +48,7 @@ std::optional<std::string> LandedWithMetadata(s3::ObjectClient& client, const st
                                               uint64_t size, const s3::UserMetadata& metadata,
                                               MonoTime deadline) {
   auto head = client.Head({key, ""}, {deadline});
-  if (!head.ok() || head->size != size) return std::nullopt;
-  for (const auto& [name, value] : metadata) {
-    auto it = head->metadata.find(name);
-    if (it == head->metadata.end() || it->second != value) return std::nullopt;
-  }
+  if (!head.ok() || head->size != size || !CarriesAll(*head, metadata)) return std::nullopt;
   Logger("writeback")->info("'{}': a retried metadata copy found its first attempt had landed",
                             key);
   return head->etag;

@@ -10,13 +10,17 @@
 // Contract:
 //  - Each check HEADs the key once and says whether the object there is the one the write
 //    would have made: by ETag where S3 derives it from the bytes (the MD5 of a single PUT's
-//    body; the MD5 of the parts' MD5s and "-N" for a multipart upload), or, for a copy that
-//    only rewrites metadata, by size and every metadata entry written.
+//    body; the MD5 of the parts' MD5s and "-N" for a multipart upload), with every metadata
+//    entry the write carried (mode, owner, the nanosecond mtime); for a copy that only
+//    rewrites metadata, by size and those entries.
 //  - Returns the object's ETag if it is, nullopt if it is not or the HEAD failed: the caller
 //    then reports its original error. Where ETags are not MD5s (SSE-KMS, SSE-C) nothing
 //    matches, and the original error stands.
-//  - An identical object written by someone else is taken for ours: same bytes (and, for a
-//    copy, same metadata down to the nanosecond mtime), so nothing is lost either way.
+//  - An object someone else wrote with the same bytes and the same metadata down to the
+//    nanosecond mtime is taken for ours: nothing tells them apart, and nothing differs.
+//  - Not covered: an upload whose reply was lost after every retry of its call, followed by
+//    new writes before the next commit. That commit's 412 compares against the new bytes,
+//    and ends as a conflict (ESTALE, the data kept in the spool).
 #pragma once
 
 #include <optional>
@@ -35,9 +39,11 @@ std::string SinglePutEtag(std::span<const char> body);
 // The ETag S3 gives a multipart object made of `parts`: MD5 of the parts' binary MD5s, "-N".
 std::string MultipartEtag(const std::vector<s3::PartInfo>& parts);
 
-// The ETag of the object at `key` if it is `expected_etag`.
+// The ETag of the object at `key` if it is `expected_etag` and carries every entry of
+// `metadata` with the same value.
 std::optional<std::string> LandedAs(s3::ObjectClient& client, const std::string& key,
-                                    const std::string& expected_etag, MonoTime deadline);
+                                    const std::string& expected_etag,
+                                    const s3::UserMetadata& metadata, MonoTime deadline);
 
 // The ETag of the object at `key` if it has `size` bytes and carries every entry of
 // `metadata` with the same value.

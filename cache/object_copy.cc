@@ -61,7 +61,7 @@ Result<std::string> MultipartCopy(s3::ObjectClient& client, const CopySpec& spec
     // A Complete retried after its reply was lost finds the upload gone (lost_reply.h).
     if (failure.code() == ErrorCode::kNoSuchUpload ||
         failure.code() == ErrorCode::kPreconditionFailed) {
-      if (auto landed = LandedAs(client, spec.to, MultipartEtag(complete.parts), deadline)) {
+      if (auto landed = LandedAs(client, spec.to, MultipartEtag(complete.parts), {}, deadline)) {
         return *landed;
       }
     }

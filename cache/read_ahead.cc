@@ -92,7 +92,9 @@ Result<size_t> ReadAhead::FetchBlock(const Shared& shared, uint64_t index, std::
   if (got->bytes_read != into.size()) {
     // The pinned version has these bytes (its If-Match held): a shorter body is a server's
     // or a proxy's fault, not the end of the object. Cached, it would end the file early
-    // for every reader of this version.
+    // for every reader of this version. (An object without an ETag, fetched without
+    // If-Match, may have been replaced by a shorter one: an error too, until a HEAD after
+    // the TTL gives the new size.)
     return Status(ErrorCode::kMalformedResponse,
                   fmt::format("reading '{}': S3 sent {} bytes of the {}-byte range at {}",
                               shared.object.key, got->bytes_read, into.size(),

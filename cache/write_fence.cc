@@ -20,32 +20,39 @@ void WriteFence::Unlimited() { deadline_ns_.store(kUnlimited); }
 
 void WriteFence::ExtendUntil(MonoTime deadline) {
   const int64_t ticks = Ticks(deadline);
-  if (!Check().ok()) {  // Check() records a deadline that passed unobserved.
-    // Closed. A lease lost (Close) stays so. A deadline that passed is lifted by this
-    // renewal: the coordinator pushes a deadline only after a renewal succeeded with
-    // If-Match of its own lease record, which proves no other pod took the lease meanwhile
-    // (a takeover rewrites that record), and no other pod can before this new deadline plus
-    // the takeover margin. Writes in the gap were refused; nothing else changes.
-    std::lock_guard lock(mu_);
-    if (closed_for_good_ || ticks <= clock_.Now().time_since_epoch().count()) return;
-    deadline_ns_.store(ticks);
+  std::lock_guard lock(mu_);
+  if (closed_for_good_) return;  // The lease was lost: never silently regained.
+  if (ticks > deadline_ns_.load()) deadline_ns_.store(ticks);
+  // A fence its deadline closed (whether a Check() saw it yet or not) opens again if the new
+  // deadline is ahead. The coordinator pushes a deadline only after a renewal succeeded with
+  // If-Match of its own lease record, which proves no other pod took the lease meanwhile (a
+  // takeover rewrites that record), and none can before this deadline plus the takeover
+  // margin. Writes in the gap were refused; nothing else changes.
+  if (closed_.load() && deadline_ns_.load() > clock_.Now().time_since_epoch().count()) {
     reason_.clear();
     closed_.store(false);
-    return;
-  }
-  int64_t current = deadline_ns_.load();
-  while (current < ticks && !deadline_ns_.compare_exchange_weak(current, ticks)) {
   }
 }
 
-void WriteFence::Close(const std::string& reason) { Fence(reason, /*for_good=*/true); }
+void WriteFence::Close(const std::string& reason) { (void)Fence(reason, /*for_good=*/true); }
 
-void WriteFence::Fence(const std::string& reason, bool for_good) const {
+bool WriteFence::Fence(const std::string& reason, bool for_good) const {
   std::lock_guard lock(mu_);
-  if (for_good) closed_for_good_ = true;
-  if (closed_.load()) return;
-  reason_ = reason;
-  closed_.store(true);
+  if (for_good) {
+    closed_for_good_ = true;
+  } else {
+    // Closing for a deadline seen to pass: a renewal may have moved it since (ExtendUntil
+    // holds mu_), and must not be undone by this late look.
+    const int64_t deadline = deadline_ns_.load();
+    if (deadline == kUnlimited || clock_.Now().time_since_epoch().count() < deadline) {
+      return closed_.load();
+    }
+  }
+  if (!closed_.load()) {
+    reason_ = reason;
+    closed_.store(true);
+  }
+  return true;
 }
 
 Status WriteFence::Check() const {
@@ -56,12 +63,14 @@ Status WriteFence::Check() const {
     }
     // Not renewed in time: another pod may take the lease over once the margin has passed,
     // so this daemon must not change the bucket until a renewal proves it still holds it.
-    Fence(
-        "the lease was not renewed before its deadline (is the coordinator running, and can "
-        "it reach S3?)",
-        /*for_good=*/false);
+    if (!Fence("the lease was not renewed before its deadline (is the coordinator running, "
+               "and can it reach S3?)",
+               /*for_good=*/false)) {
+      return Status::Ok();
+    }
   }
   std::lock_guard lock(mu_);
+  if (!closed_.load()) return Status::Ok();  // Reopened by a renewal just now.
   return Status(ErrorCode::kReadOnly, "writes are fenced: " + reason_);
 }
 

@@ -56,9 +56,10 @@ class WriteFence {
   MonoTime deadline() const;
 
  private:
-  // Closes the fence (first reason kept); `for_good` (Close) forbids reopening. Const:
-  // Check() closes it when the deadline passed.
-  void Fence(const std::string& reason, bool for_good) const;
+  // Closes the fence (first reason kept); `for_good` (Close) forbids reopening. Without it,
+  // only if the deadline has still passed under mu_ (a renewal may just have moved it).
+  // Returns whether the fence is closed. Const: Check() closes it when the deadline passed.
+  bool Fence(const std::string& reason, bool for_good) const;
 
   Clock& clock_;
   std::atomic<int64_t> deadline_ns_;  // steady_clock ticks since epoch; max: unlimited.

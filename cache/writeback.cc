@@ -672,7 +672,8 @@ Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
   if (!done.ok()) {
     // A PUT retried after its reply was lost meets its own object (lost_reply.h).
     if (done.status().code() != ErrorCode::kPreconditionFailed) return done.status();
-    auto landed = LandedAs(owner_.client_, key, SinglePutEtag(bytes), owner_.Deadline());
+    auto landed =
+        LandedAs(owner_.client_, key, SinglePutEtag(bytes), metadata, owner_.Deadline());
     if (!landed) return done.status();
     done = s3::PutResult{*landed};
   }
@@ -780,8 +781,10 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
     // A Complete retried after its reply was lost finds the upload gone or, conditional,
     // the object no longer the version it was conditioned on: the object is ours if its
     // ETag is the one these parts make (lost_reply.h).
+    // The parts' MD5s are of this file's bytes: no metadata to compare (the upload carries
+    // that of its creation; a copy applies newer metadata after).
     auto landed =
-        LandedAs(owner_.client_, key, MultipartEtag(complete.parts), owner_.Deadline());
+        LandedAs(owner_.client_, key, MultipartEtag(complete.parts), {}, owner_.Deadline());
     if (landed) return *landed;
   }
   if (code == ErrorCode::kNoSuchUpload) {
@@ -873,8 +876,12 @@ Status DirtyFile::CommitOnce() {
     }
     if (etag.empty()) {
       // RGW answers CompleteMultipartUpload with an empty ETag (docs/S3-COMPATIBILITY.md).
+      // The object is there, but without its ETag the next commit could not be conditional,
+      // nor a metadata copy: a failed HEAD fails this commit, and its retry finds the upload
+      // gone and the object landed (lost_reply.h).
       auto head = owner_.client_.Head({key, ""}, {owner_.Deadline()});
-      if (head.ok()) etag = head->etag;
+      if (!head.ok()) return Explain(head.status(), key, owner_.spool_.DataPath(id_));
+      etag = head->etag;
     }
   } else {
     std::lock_guard lock(mu_);

@@ -36,6 +36,7 @@
 
 #include "cache/block_cache.h"
 #include "cache/disk_cache.h"
+#include "cache/local_dir.h"
 #include "cache/memory_budget.h"
 #include "cache/read_ahead.h"
 #include "cache/spool.h"
@@ -712,7 +713,7 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
   o.endpoint = settings.config.endpoint;
   o.mountpoint = a.mountpoint;
   o.runtime_dir = RuntimeDirOf(a);
-  o.spool_dir = a.spool_dir + "/" + settings.config.bucket;
+  o.spool_dir = a.spool_dir + "/" + cache::SafeDirName(settings.config.bucket);  // As Spool.
   o.read_only = a.read_only;
   o.mount_timeout = std::chrono::duration_cast<Duration>(
       std::chrono::duration<double>(a.mount_timeout));

@@ -583,12 +583,14 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
                                                          std::nullopt, {}},
                                          Deadline()));
   BFS_RETURN_IF_ERROR(client_.Delete(from, {Deadline()}));
-  if (etag.empty()) etag = head.etag;
   Attributes attr = source.attr.type == FileType::kSymlink ? source.attr
                                                            : ObjectAttributes(head, options_.defaults);
   if (source.attr.type == FileType::kSymlink) attr.type = FileType::kSymlink;
   inodes_.Rename(from, to);
-  inodes_.Upsert(to, attr, etag, Expiry(), 0);
+  const Node renamed = inodes_.Upsert(to, attr, etag, Expiry(), 0);
+  // The copy's ETag unknown (a multipart copy whose HEAD failed): nothing to follow; the
+  // server is asked next time.
+  if (etag.empty()) inodes_.Expire(renamed.ino);
   const ListedEntry entry{NameOf(to), FileType::kRegular, head.size, attr.mtime, etag};
   PatchListing(ParentOf(to), entry.name, &entry);
   return Status::Ok();
@@ -636,7 +638,13 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   for (const std::string& key : dirty) {
     const std::string dest = to_prefix + key.substr(from_prefix.size());
     BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, dest));
-    if (moved == cache::Writeback::RenameOutcome::kCopied) sources.push_back(key);
+    if (moved == cache::Writeback::RenameOutcome::kCopied) {
+      // Committed, then copied by the writeback: the node needs the copy's ETag (a copy of a
+      // multipart object has another), or a descriptor open on it could not follow it.
+      sources.push_back(key);
+      auto head = client_.Head(s3::HeadRequest{dest, {}}, {Deadline()});
+      copies.emplace_back(dest, head.ok() ? head->etag : std::string());
+    }
     if (moved == cache::Writeback::RenameOutcome::kNotDirty) {
       // Committed since the listing skipped it: copy its object like the others.
       auto head = client_.Head(s3::HeadRequest{key, {}}, {Deadline()});
@@ -675,11 +683,10 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   for (const auto& [dest, etag] : copies) {
     auto node = inodes_.GetByPath(dest);
     if (!node || node->attr.type == FileType::kDirectory) continue;
-    if (etag.empty()) {
-      inodes_.Expire(node->ino);
-    } else {
-      inodes_.Upsert(dest, node->attr, etag, Expiry(), 0);
-    }
+    // Unknown: no version to follow (the source's ETag would fail its If-Match), and the
+    // server is asked next time.
+    const Node moved = inodes_.Upsert(dest, node->attr, etag, Expiry(), 0);
+    if (etag.empty()) inodes_.Expire(moved.ino);
   }
   return Status::Ok();
 }

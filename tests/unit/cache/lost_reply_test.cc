@@ -38,8 +38,19 @@ TEST(LostReplyTest, MultipartEtagMatchesTheFakeServersAndRefusesNonMd5PartEtags)
   EXPECT_EQ(MultipartEtag(parts), "");
   parts[0].etag = "abc";
   EXPECT_EQ(MultipartEtag(parts), "");
-  EXPECT_EQ(LandedAs(server, "k", "", clock.Now() + 1s), std::nullopt)
+  EXPECT_EQ(LandedAs(server, "k", "", {}, clock.Now() + 1s), std::nullopt)
       << "an empty expectation matches nothing";
+}
+
+TEST(LostReplyTest, LandedAsWantsTheEtagAndEveryMetadataEntry) {
+  FakeClock clock;
+  s3::FakeObjectClient server(clock);
+  const std::string etag = server.PutDirect("k", "", {{"mode", "33188"}, {"mtime", "17.5"}});
+  const MonoTime deadline = clock.Now() + 1s;
+  EXPECT_EQ(LandedAs(server, "k", etag, {{"mtime", "17.5"}}, deadline), etag);
+  // Someone else's empty file (an O_EXCL lock file): same bytes, not our metadata.
+  EXPECT_EQ(LandedAs(server, "k", etag, {{"mtime", "18.25"}}, deadline), std::nullopt);
+  EXPECT_EQ(LandedAs(server, "k", "other", {}, deadline), std::nullopt);
 }
 
 TEST(LostReplyTest, LandedWithMetadataWantsTheSizeAndEveryEntry) {

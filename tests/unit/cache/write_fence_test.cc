@@ -3,12 +3,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/clock.h"
@@ -93,6 +96,50 @@ TEST(WriteFenceTest, DeadlinePassedWithoutACheckStaysClosedForARenewalAlsoPast) 
   EXPECT_THAT(checked.message(), HasSubstr("deadline"));
   fence.ExtendUntil(clock.Now() + 30s);
   EXPECT_TRUE(fence.Check().ok());
+}
+
+// A FakeClock that runs `hook` inside the next Now() call, once: a way to act between a
+// Check()'s reading of the time and what it does with it.
+class InterruptingClock final : public Clock {
+ public:
+  MonoTime Now() const override {
+    std::function<void()> hook;
+    {
+      std::lock_guard lock(mu_);
+      hook = std::exchange(hook_, nullptr);
+    }
+    const MonoTime now = clock_.Now();
+    if (hook) hook();
+    return now;
+  }
+  WallTime WallNow() const override { return clock_.WallNow(); }
+  void SleepUntil(MonoTime when) override { clock_.SleepUntil(when); }
+  void Advance(Duration d) { clock_.Advance(d); }
+  void OnNextNow(std::function<void()> hook) {
+    std::lock_guard lock(mu_);
+    hook_ = std::move(hook);
+  }
+
+ private:
+  mutable FakeClock clock_;
+  mutable std::mutex mu_;
+  mutable std::function<void()> hook_;
+};
+
+TEST(WriteFenceTest, AChecksLateLookNeverUndoesTheRenewalThatReopenedTheFence) {
+  // A writer's Check() reads the time just past the deadline; before it acts on it, the
+  // coordinator's renewal moves the deadline (on another thread). The writer must not close
+  // the fence that renewal just opened.
+  InterruptingClock clock;
+  WriteFence fence(clock, clock.Now() + 30s);
+  clock.Advance(31s);
+  clock.OnNextNow([&] {
+    std::thread renewal([&] { fence.ExtendUntil(clock.Now() + 30s); });
+    renewal.join();
+  });
+  EXPECT_TRUE(fence.Check().ok()) << "the renewal landed before this check acted";
+  EXPECT_TRUE(fence.Check().ok()) << fence.Check().ToString();
+  EXPECT_FALSE(fence.closed());
 }
 
 TEST(WriteFenceTest, ExtendUntilBeforeTheDeadlineKeepsTheFenceOpenPastTheOldOne) {

@@ -725,6 +725,52 @@ TEST_F(WritebackTest, A412WhoseObjectIsNotOursIsStillAConflict) {
   EXPECT_EQ(fake_.ObjectBody("race"), "theirs");
 }
 
+TEST_F(WritebackTest, AnO_ExclFileMeetingSomeoneElsesIdenticalBytesIsStillAConflict) {
+  Start(faulty_);
+  auto file = MustOpen("lock", std::nullopt, kMeta, /*create_only=*/true);
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("1")).ok());
+  faulty_.FailNext(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kTimeout));  // Never landed.
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kTimeout);
+  fake_.PutDirect("lock", "1", {{"mode", "33188"}, {"uid", "0"}});  // Someone else's lock.
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kStale) << "the same bytes, not our file";
+  EXPECT_EQ(fake_.ObjectInfoDirect("lock")->metadata.at("uid"), "0");
+}
+
+// RGW leaves CompleteMultipartUpload's ETag empty; the commit learns it with a HEAD.
+class BlankCompleteEtagClient final : public s3::ForwardingClient {
+ public:
+  using s3::ForwardingClient::ForwardingClient;
+  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
+                                          const s3::CallOptions& opts) override {
+    auto r = inner().CompleteMultipart(req, opts);
+    if (r.ok()) r->etag.clear();
+    return r;
+  }
+};
+
+TEST_F(WritebackTest, ACommitThatCannotLearnItsEtagStaysConditionalAfterwards) {
+  BlankCompleteEtagClient rgw_etagless(faulty_);
+  Start(rgw_etagless);
+  fake_.PutDirect("mp", "old");
+  auto file = MustOpen("mp", BaseOf("mp"));
+  ASSERT_NE(file, nullptr);
+  const std::string mine = Body(2 * kPart, 21);
+  ASSERT_TRUE(file->Write(0, Bytes(mine)).ok());
+  // The HEAD after the Complete fails: without the new ETag, the next commit of this file
+  // could not carry If-Match.
+  faulty_.FailNext(s3::Op::kHead, 1, s3::InjectedError(ErrorCode::kNetwork));
+  (void)wb_->Sync(file);
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("mp"), mine));
+
+  fake_.PutDirect("mp", "theirs");  // Another client replaces it.
+  ASSERT_TRUE(file->Write(0, Bytes("more")).ok());
+  Status synced = wb_->Sync(file);
+  EXPECT_EQ(synced.code(), ErrorCode::kStale) << synced.ToString();
+  EXPECT_EQ(fake_.ObjectBody("mp"), "theirs") << "overwritten by an unconditional upload";
+}
+
 // --- Truncate ------------------------------------------------------------------------------
 
 TEST_F(WritebackTest, TruncateGrowReadsAndCommitsZeros) {

@@ -849,6 +849,33 @@ TEST_F(FilesystemWriteTest, ConcurrentStaleReadsOfOneHandleShareItsReaderSafely)
   }
 }
 
+TEST_F(FilesystemWriteTest, AReaderFollowsAFileRewrittenInPartsWhenItsDirectoryIsRenamed) {
+  server_.PutDirect("d/f", "old");
+  const InodeId d = MustLookup(kRootInode, "d");
+  const InodeId f = MustLookup(d, "f");
+  auto reader = fs_->Open(f, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  // Rewritten here in two parts, still open: the directory rename commits it (a multipart
+  // ETag) and copies it, and the copy has another ETag (an MD5).
+  auto writer = fs_->Open(f, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  const std::string data(s3::kMinPartSize + 100, 'n');
+  ASSERT_TRUE(fs_->Write(writer->handle, 0, Bytes(data)).ok());
+  Status renamed = fs_->Rename(kRootInode, "d", kRootInode, "d2", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  ASSERT_TRUE(fs_->Flush(writer->handle).ok());
+  fs_->Release(writer->handle);
+  ASSERT_TRUE(WaitCommitted("d2/f"));
+  ASSERT_EQ(server_.ObjectInfoDirect("d2/f")->etag.find('-'), std::string::npos)
+      << "the copy of a multipart object has a plain MD5 ETag";
+
+  // The reader follows the file to d2/f, as on a local disk, and reads what was written.
+  auto read = fs_->Read(reader->handle, 0, 4);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "nnnn");
+  fs_->Release(reader->handle);
+}
+
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {
   server_.PutDirect("m/", "", {{"mode", ModeOf(S_IFDIR, 0700)}});
   server_.PutDirect("m/f", "file");
