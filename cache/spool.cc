@@ -185,6 +185,15 @@ void Spool::Quarantine(const std::string& id, const std::string& why) const {
   Logger("writeback")->error("spool file {} moved to {}/lost+found/: {}", id, dir_, why);
 }
 
+bool Spool::HoldsFiles(const std::string& root, const std::string& bucket) {
+  std::error_code ec;
+  for (const auto& entry :
+       stdfs::directory_iterator(stdfs::path(root) / SafeDirName(bucket) / "files", ec)) {
+    if (entry.path().extension() == ".json") return true;
+  }
+  return false;
+}
+
 std::vector<SpoolRecord> Spool::Scan() const {
   std::vector<SpoolRecord> records;
   std::vector<std::string> data_ids;

@@ -77,6 +77,10 @@ class Spool {
   // Moves a file's data and record to lost+found/, logging `why`.
   void Quarantine(const std::string& id, const std::string& why) const;
 
+  // Whether the spool of `bucket` under `root` holds files waiting for an upload (journal
+  // records), without opening it: another process (a daemon) may hold its lock.
+  static bool HoldsFiles(const std::string& root, const std::string& bucket);
+
   // Every readable record; unreadable ones are quarantined. Data files without a record
   // (a file unlinked or committed, whose data removal was cut short) are removed.
   std::vector<SpoolRecord> Scan() const;

@@ -748,6 +748,9 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
   services.presign_get = [client](const std::string& key, int ttl) {
     return client->PresignGet(key, ttl);
   };
+  services.spool_holds_files = [root = a.spool_dir, bucket = settings.config.bucket] {
+    return cache::Spool::HoldsFiles(root, bucket);
+  };
   mountd::Coordinator coordinator(*client, std::move(services), std::move(o));
   return coordinator.Run(report);
 }

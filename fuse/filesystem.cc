@@ -426,12 +426,14 @@ Result<EntryReply> Filesystem::Lookup(InodeId parent, std::string_view name) {
     return std::move(path).TakeStatus();
   }
   BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, *path));
-  if (!inodes_.AddLookups(node.ino, 1)) {
-    // Dropped in between (it had no lookups yet): enter it again, with this one.
-    node = inodes_.UpsertUnlessNewer(*path, node.attr, node.etag, node.attr_expiry, 1,
-                                     node.stored);
-  }
-  return MakeEntry(node);
+  return MakeEntry(TakeLookup(*path, node));
+}
+
+Node Filesystem::TakeLookup(const std::string& path, const Node& node) {
+  if (inodes_.AddLookups(node.ino, 1)) return node;
+  // Dropped in between (it had no lookups yet): enter it again, with this one.
+  return inodes_.UpsertUnlessNewer(path, node.attr, node.etag, node.attr_expiry, 1,
+                                   node.stored);
 }
 
 void Filesystem::Forget(InodeId ino, uint64_t nlookup) { inodes_.Forget(ino, nlookup); }
@@ -645,10 +647,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       }
       // The lookup the entry gives the kernel is taken before the entry is handed out: a
       // concurrent readdirplus that refuses the same new node could drop it otherwise.
-      if (!inodes_.AddLookups(node.ino, 1)) {
-        node = inodes_.UpsertUnlessNewer(path, node.attr, node.etag, node.attr_expiry, 1,
-                                         node.stored);
-      }
+      node = TakeLookup(path, node);
       view.attr = node.attr;
       view.counts_lookup = true;
       if (!fill(view)) {

@@ -273,6 +273,13 @@ class Filesystem {
   // `path` is about to be used again: if it is hidden (unlinked while open), its old object
   // is deleted now instead of at the last close.
   Status Unhide(const std::string& path);
+  // Adds the lookup a reply hands the kernel to `node` (of `path`), entering it again if it
+  // was dropped meanwhile (it had none yet). Returns the node the reply must carry.
+  Node TakeLookup(const std::string& path, const Node& node);
+  // Stores what a copy made at `path` (a rename): its ETag is this mount's own version. An
+  // unknown ETag (the server did not say) is no version to follow: the node expires, and
+  // the server is asked next time.
+  Node EnterCopy(const std::string& path, const Attributes& attr, const std::string& etag);
   // A writer's handle changes the file: the first change since its last FLUSH tells the
   // writeback (Writeback::WriterChanged).
   void MarkChanged(FileHandle& file);

@@ -549,6 +549,13 @@ Status Filesystem::Link(InodeId, InodeId, std::string_view) {
   return Status(ErrorCode::kNotPermitted, "hard links cannot be stored in S3");
 }
 
+Node Filesystem::EnterCopy(const std::string& path, const Attributes& attr,
+                           const std::string& etag) {
+  Node node = inodes_.Upsert(path, attr, etag, Expiry(), 0);
+  if (etag.empty()) inodes_.Expire(node.ino);
+  return node;
+}
+
 Status Filesystem::RenameFile(const Node& source, const std::string& from, const std::string& to) {
   using Outcome = cache::Writeback::RenameOutcome;
   BFS_ASSIGN_OR_RETURN(Outcome moved, writeback_->Rename(from, to));
@@ -587,10 +594,7 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
                                                            : ObjectAttributes(head, options_.defaults);
   if (source.attr.type == FileType::kSymlink) attr.type = FileType::kSymlink;
   inodes_.Rename(from, to);
-  const Node renamed = inodes_.Upsert(to, attr, etag, Expiry(), 0);
-  // The copy's ETag unknown (a multipart copy whose HEAD failed): nothing to follow; the
-  // server is asked next time.
-  if (etag.empty()) inodes_.Expire(renamed.ino);
+  EnterCopy(to, attr, etag);
   const ListedEntry entry{NameOf(to), FileType::kRegular, head.size, attr.mtime, etag};
   PatchListing(ParentOf(to), entry.name, &entry);
   return Status::Ok();
@@ -683,10 +687,7 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   for (const auto& [dest, etag] : copies) {
     auto node = inodes_.GetByPath(dest);
     if (!node || node->attr.type == FileType::kDirectory) continue;
-    // Unknown: no version to follow (the source's ETag would fail its If-Match), and the
-    // server is asked next time.
-    const Node moved = inodes_.Upsert(dest, node->attr, etag, Expiry(), 0);
-    if (etag.empty()) inodes_.Expire(moved.ino);
+    EnterCopy(dest, node->attr, etag);
   }
   return Status::Ok();
 }

@@ -14,7 +14,6 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <future>
 #include <mutex>
@@ -40,17 +39,6 @@ constexpr Duration kDaemonCallTimeout = std::chrono::seconds(10);
 std::atomic<unsigned> g_signals{0};
 constexpr unsigned kStopSignal = 1, kReloadSignal = 2;
 void OnSignal(int sig) { g_signals.fetch_or(sig == SIGHUP ? kReloadSignal : kStopSignal); }
-
-// Whether the bucket's spool directory holds files waiting for an upload (their journal
-// records; see cache/spool.h for the layout).
-bool SpoolHoldsFiles(const std::string& bucket_spool_dir) {
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(
-           std::filesystem::path(bucket_spool_dir) / "files", ec)) {
-    if (e.path().extension() == ".json") return true;
-  }
-  return false;
-}
 
 std::string MountHash(const std::string& mountpoint) {
   char hex[17];
@@ -884,7 +872,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
     s.DetachDeadMount();
     std::string lease_note;
     if (s.lease && s.lease->held()) {
-      if (SpoolHoldsFiles(o.spool_dir)) {
+      if (s.services.spool_holds_files && s.services.spool_holds_files()) {
         // Files a previous mount here closed but did not upload: the daemon that failed
         // would have uploaded them first. Another pod must not mount the bucket (and change
         // those keys) before a mount here does, so the lease is left to expire.

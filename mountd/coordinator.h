@@ -91,6 +91,9 @@ struct CoordinatorServices {
   // Replaces static credentials (a `reload` that carries them); nullptr when not possible.
   std::function<Status(const s3::Credentials&)> set_credentials;
   std::function<Result<std::string>(const std::string& key, int ttl_seconds)> presign_get;
+  // Whether the bucket's spool holds files a mount here must upload first (the spool's
+  // layout is cache::Spool's); nullptr: none.
+  std::function<bool()> spool_holds_files;
 };
 
 class Coordinator {
