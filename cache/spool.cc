@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <xxhash.h>
 
 #include "cache/local_dir.h"
 #include "common/log.h"
@@ -70,7 +71,7 @@ std::string NewId() {
 Result<std::unique_ptr<Spool>> Spool::Open(const std::string& root, const std::string& bucket) {
   const std::string dir = (stdfs::path(root) / SafeDirName(bucket)).string();
   std::error_code ec;
-  for (const char* sub : {"files", "lost+found"}) {
+  for (const char* sub : {"files", "lost+found", "uploads"}) {
     stdfs::create_directories(stdfs::path(dir) / sub, ec);
     if (ec) {
       return LocalIoStatus(ec.value(), "cannot create the spool directory '" + dir + "/" + sub +
@@ -230,6 +231,55 @@ std::vector<SpoolRecord> Spool::Scan() const {
     }
   }
   return records;
+}
+
+namespace {
+
+// uploads/<XXH3 of the upload id>.json: upload ids are the server's and may hold any byte.
+std::string UploadEntryPath(const std::string& dir, const std::string& upload_id) {
+  char name[32];
+  std::snprintf(name, sizeof name, "%016llx.json",
+                static_cast<unsigned long long>(XXH3_64bits(upload_id.data(), upload_id.size())));
+  return dir + "/uploads/" + name;
+}
+
+}  // namespace
+
+void Spool::NoteUpload(const StartedUpload& upload) const {
+  const std::string path = UploadEntryPath(dir_, upload.upload_id);
+  const std::string text = json{{"key", upload.key}, {"upload_id", upload.upload_id}}.dump();
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  const bool written = fd >= 0 && PwriteAll(fd, text, 0);
+  const int err = errno;
+  if (fd >= 0) ::close(fd);
+  if (!written) {
+    if (fd >= 0) ::unlink(path.c_str());
+    Logger("writeback")->warn(
+        "cannot note the multipart upload of '{}' in {} ({}): if the daemon is killed before it "
+        "completes, abort upload {} by hand or let a lifecycle rule do it",
+        upload.key, path, std::strerror(err), upload.upload_id);
+  }
+}
+
+void Spool::ForgetUpload(const std::string& upload_id) const {
+  ::unlink(UploadEntryPath(dir_, upload_id).c_str());
+}
+
+std::vector<StartedUpload> Spool::NotedUploads() const {
+  std::vector<StartedUpload> uploads;
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(stdfs::path(dir_) / "uploads", ec)) {
+    std::ifstream in(entry.path());
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+      const json j = json::parse(text.str());
+      uploads.push_back({j.at("key").get<std::string>(), j.at("upload_id").get<std::string>()});
+    } catch (const std::exception&) {
+      stdfs::remove(entry.path(), ec);  // Cut short by a crash: it names no upload.
+    }
+  }
+  return uploads;
 }
 
 Status Spool::IoError(int err, const std::string& what) const {

@@ -8,6 +8,10 @@
 //                 either the old record or the new one, never a mix (see WriteRecord).
 //   lost+found/   records the daemon would not upload (a writer never closed the file, or
 //                 the record is unreadable), kept for a person to look at, never deleted.
+//   uploads/HASH.json  a multipart upload the daemon started and has not yet completed or
+//                 aborted (StartedUpload): the next daemon aborts the ones a killed daemon
+//                 left, since an upload keeps its parts (and their storage cost) on the
+//                 server until someone aborts it.
 //
 // Contract:
 //  - Thread-safe: every method touches only its own files; ids are unique per spool.
@@ -42,6 +46,12 @@ struct SpoolRecord {
   std::vector<Extent> present;  // Bytes held in the data file.
   s3::UserMetadata metadata;
   bool closed = false;  // Every writer closed it: safe to upload after a crash.
+};
+
+// A multipart upload in the spool's ledger (uploads/).
+struct StartedUpload {
+  std::string key;
+  std::string upload_id;
 };
 
 class Spool {
@@ -80,6 +90,14 @@ class Spool {
   // Whether the spool of `bucket` under `root` holds files waiting for an upload (journal
   // records), without opening it: another process (a daemon) may hold its lock.
   static bool HoldsFiles(const std::string& root, const std::string& bucket);
+
+  // The ledger of started multipart uploads. NoteUpload is best effort: a failure (a full
+  // disk) is logged and costs only the abort after a crash, never the upload itself.
+  void NoteUpload(const StartedUpload& upload) const;
+  void ForgetUpload(const std::string& upload_id) const;
+  // Every readable entry; unreadable ones (cut short by a crash) are removed, as they name
+  // no upload that could be aborted.
+  std::vector<StartedUpload> NotedUploads() const;
 
   // Every readable record; unreadable ones are quarantined. Data files without a record
   // (a file unlinked or committed, whose data removal was cut short) are removed.

@@ -15,6 +15,7 @@
 #include "cache/lost_reply.h"
 #include "cache/mapped_buffer.h"
 #include "cache/object_copy.h"
+#include "cache/upload_ledger.h"
 #include "common/log.h"
 #include "s3/crypto.h"
 
@@ -1572,6 +1573,8 @@ std::shared_ptr<DirtyFile> Writeback::Adopt(const SpoolRecord& record, int fd) {
 }
 
 size_t Writeback::Recover() {
+  // Before any upload of this daemon's own starts: every note is a previous daemon's.
+  AbortLeftoverUploads(spool_, client_, Deadline());
   std::vector<SpoolRecord> records = spool_.Scan();
   // Oldest first (ids start with their creation time): a newer record of a key wins.
   std::sort(records.begin(), records.end(),

@@ -50,7 +50,8 @@
 //    the last release; Recover() (before the mount is served) commits every closed record
 //    a previous daemon left. Records still "open" (their writer never closed) are moved to
 //    the spool's lost+found/ and logged: uploading them could replace a good object with a
-//    half-written one.
+//    half-written one. Multipart uploads the previous daemon started and never finished
+//    are aborted first (cache/upload_ledger.h).
 //  - Part buffers: a part is read from the spool into a buffer of its own, charged to the
 //    budget. Buffers of the standard part size are kept between parts while uploads are
 //    running (at most 2 × `upload_parallelism` + 1, and an eighth of the budget), so a long
@@ -402,6 +403,8 @@ class Writeback {
 
   // Commits every closed file a previous daemon left in the spool. Returns the number
   // committed; failures are logged and kept in the spool (and retried in the background).
+  // First aborts the multipart uploads a killed daemon left unfinished
+  // (cache/upload_ledger.h; noted only when the context's client is a LedgeredClient).
   size_t Recover();
   // Commits every dirty file and waits, until `deadline`. Not OK if any failed (their data
   // stays in the spool for the next mount). With `closed_only`, files a program changed and

@@ -40,6 +40,7 @@
 #include "cache/memory_budget.h"
 #include "cache/read_ahead.h"
 #include "cache/spool.h"
+#include "cache/upload_ledger.h"
 #include "cache/write_fence.h"
 #include "cache/writeback.h"
 #include "common/control_channel.h"
@@ -154,6 +155,9 @@ struct Daemon {
   std::unique_ptr<cache::DiskCache> disk;  // --cache-dir, or none.
   std::unique_ptr<TaskPool> pool;
   std::unique_ptr<cache::Spool> spool;
+  // `fenced`, noting in the spool the multipart uploads it starts (cache/upload_ledger.h):
+  // what the writeback and the filesystem's copies write through, when writable.
+  std::unique_ptr<cache::LedgeredClient> ledgered;
   std::unique_ptr<cache::Writeback> writeback;
   std::unique_ptr<fs::Filesystem> filesystem;
   std::string bucket, endpoint;
@@ -284,6 +288,7 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
                            nullptr, d->disk.get()};
   if (!a.read_only) {
     BFS_ASSIGN_OR_RETURN(d->spool, cache::Spool::Open(a.spool_dir, settings.config.bucket));
+    d->ledgered = std::make_unique<cache::LedgeredClient>(*d->fenced, *d->spool);
     BFS_ASSIGN_OR_RETURN(uint64_t part_size, ParseSize(a.part_size));
     if (part_size < s3::kMinPartSize || part_size > s3::kMaxPartSize) {
       return Status(ErrorCode::kInvalidArgument, "--part-size must be between 5M and 5G");
@@ -300,10 +305,10 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
     wb.upload_parallelism = std::max(1u, a.upload_parallelism);
     wb.commit_parallelism = 2 * wb.upload_parallelism;
     d->writeback = std::make_unique<cache::Writeback>(
-        cache::WriteContext{d->fenced.get(), d->budget.get(), d->spool.get(), nullptr}, wb);
+        cache::WriteContext{d->ledgered.get(), d->budget.get(), d->spool.get(), nullptr}, wb);
   }
-  d->filesystem =
-      std::make_unique<fs::Filesystem>(*d->fenced, reads, d->writeback.get(), options);
+  s3::ObjectClient& writes = d->ledgered ? static_cast<s3::ObjectClient&>(*d->ledgered) : *d->fenced;
+  d->filesystem = std::make_unique<fs::Filesystem>(writes, reads, d->writeback.get(), options);
   Logger("fuse")->info(
       "bucket {} at {}: memory budget {}, block cache {}, read-ahead up to {}, metadata TTL {}s, "
       "{}{}",

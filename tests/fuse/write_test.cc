@@ -414,6 +414,22 @@ class FuseWriteTest : public S3IntegrationTest {
     return keys;
   }
 
+  // The keys of the multipart uploads started in the bucket and neither completed nor
+  // aborted (each keeps its parts stored on the server), as boto3 lists them.
+  std::vector<std::string> PendingUploads() {
+    const std::string out = Boto3(
+        "keys = []\n"
+        "for page in s3.get_paginator('list_multipart_uploads').paginate(Bucket=bucket):\n"
+        "    keys += [u['Key'] for u in page.get('Uploads', [])]\n"
+        "print(json.dumps(keys))\n");
+    const nlohmann::json j = LastLineJson(out);
+    std::vector<std::string> keys;
+    if (j.is_array()) {
+      for (const auto& k : j) keys.push_back(k.get<std::string>());
+    }
+    return keys;
+  }
+
   // What an object should hold, as a Python expression with a read(n) method (boto3's
   // comparison script streams it), its size, and words for failure messages.
   struct Expected {
@@ -1353,9 +1369,13 @@ TEST_F(FuseWriteFaultTest, ClosedFilesSurviveSigkillAndReachS3AfterRemount) {
   std::printf("objects already in S3 when the daemon was killed: %zu of %zu\n", before.size(),
               files.size());
   RecordProperty("in_s3_at_kill", static_cast<int>(before.size()));
+  std::printf("multipart uploads the killed daemon left: %zu\n", PendingUploads().size());
 
-  // The same bucket with the same spool: the journal's uploads are finished.
+  // The same bucket with the same spool: the journal's uploads are finished, and the
+  // multipart uploads the killed daemon had in flight are aborted (none is left to keep
+  // its parts stored).
   ASSERT_TRUE(m->Mount(MountArgs(SmallParts()))) << "log of the killed daemon:\n" << killed_log;
+  EXPECT_EQ(PendingUploads(), std::vector<std::string>{}) << m->Log();
   seed = 1401;
   for (const auto& [name, size] : files) {
     EXPECT_TRUE(ReachesS3(name, FromPattern(seed, size))) << "log before the kill:\n"
@@ -1383,10 +1403,13 @@ TEST_F(FuseWriteFaultTest, AFileOpenWhenTheDaemonIsKilledIsKeptInLostAndFoundUpT
   std::this_thread::sleep_for(std::chrono::seconds(5));
   ASSERT_EQ(m->Kill(), 128 + SIGKILL);
   close(fd);  // The connection is gone; whatever close says, nothing more can arrive.
+  // Part 1 went up early, so the killed daemon left a multipart upload on the server.
+  ASSERT_EQ(PendingUploads(), std::vector<std::string>{"open-at-kill.bin"});
 
   // The next mount with the same spool recovers: it uploads closed files only, and moves
-  // this one to lost+found/.
+  // this one to lost+found/. It aborts the upload the killed daemon left, before serving.
   ASSERT_TRUE(m->Mount(MountArgs(SmallParts())));
+  EXPECT_EQ(PendingUploads(), std::vector<std::string>{}) << m->Log();
   std::vector<fs::path> kept;
   for (const auto& e : fs::recursive_directory_iterator(spool_dir_)) {
     if (e.path().parent_path().filename() == "lost+found" && e.path().extension() == ".data") {

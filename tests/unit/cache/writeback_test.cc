@@ -26,6 +26,7 @@
 
 #include "cache/memory_budget.h"
 #include "cache/spool.h"
+#include "cache/upload_ledger.h"
 #include "cache/write_fence.h"
 #include "common/clock.h"
 #include "s3/fake_client.h"
@@ -1429,6 +1430,38 @@ TEST_F(WritebackTest, RecoverCommitsWhatAStoppedDaemonLeftClosedInTheSpool) {
   }
   EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait)) << FilesInSpool();
   EXPECT_TRUE(LostAndFound().empty());
+}
+
+TEST_F(WritebackTest, RecoverAbortsTheMultipartUploadAKilledDaemonLeftBeforeUploadingAnew) {
+  const std::string body = Body(3 * kPart + 7, 31);
+  {
+    // A daemon whose upload of a multipart file never completes nor aborts: then killed.
+    LedgeredClient ledgered(faulty_, *spool_);
+    faulty_.FailAlways(s3::Op::kCompleteMultipart, s3::InjectedError(ErrorCode::kServerError));
+    faulty_.FailAlways(s3::Op::kAbortMultipart, s3::InjectedError(ErrorCode::kServerError));
+    Start(ledgered);
+    auto file = MustOpen("checkpoint");
+    ASSERT_NE(file, nullptr);
+    ASSERT_TRUE(WriteAll(*file, body, kMiB));
+    wb_->ReleaseWriter(file);
+    ASSERT_TRUE(WaitFailedCommits(1));
+    file.reset();
+    wb_.reset();
+    spool_.reset();
+  }
+  const size_t left = fake_.PendingUploads();
+  ASSERT_GE(left, 1u) << "the killed daemon's upload is still on the server";
+
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  faulty_.ClearRules();
+  LedgeredClient ledgered(faulty_, *spool_);
+  Start(ledgered);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("checkpoint"), body));
+  EXPECT_EQ(fake_.PendingUploads(), 0u) << "the old upload's parts stay stored on the server";
+  EXPECT_TRUE(spool_->NotedUploads().empty());
+  wb_.reset();  // Before `ledgered` goes.
 }
 
 TEST_F(WritebackTest, RecoverQuarantinesARecordStillOpenInsteadOfUploadingIt) {
