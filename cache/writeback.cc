@@ -1197,7 +1197,7 @@ Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& ke
   std::lock_guard file_lock(file->mu_);
   file->metadata_ = metadata;
   file->metadata_.erase("mtime");
-  file->mtime_ = clock_.WallNow();
+  file->mtime_ = base && base->mtime ? *base->mtime : clock_.WallNow();
   file->create_only_ = create_only;
   if (base) {
     if (::ftruncate(file->fd_, static_cast<off_t>(base->size)) != 0) {

@@ -121,6 +121,10 @@ std::optional<WallTime> DecodeMtime(const std::string& text);
 struct BaseObject {
   std::string etag;
   uint64_t size = 0;
+  // The object's mtime (x-amz-meta-mtime, else Last-Modified): the file keeps it until a
+  // write, a truncate or utimens changes it, so that a chmod or an open that writes
+  // nothing does not stamp the object with the time of day. Unset: now.
+  std::optional<WallTime> mtime;
 };
 
 // What the listener hears after a commit.

@@ -703,7 +703,8 @@ Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
         return std::move(head).TakeStatus();
       }
       if (head.ok()) {
-        base = cache::BaseObject{head->etag, head->size};
+        base = cache::BaseObject{head->etag, head->size,
+                                 ObjectAttributes(*head, options_.defaults).mtime};
         metadata = head->metadata;
       }
       const auto own = AttributeMetadata(FileType::kRegular, node->attr.permissions,

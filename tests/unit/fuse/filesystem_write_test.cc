@@ -535,6 +535,35 @@ TEST_F(FilesystemWriteTest, SetAttrPermissionsStoresTheModeWithTheFileTypeInDeci
   EXPECT_EQ(attr->attr.permissions, 0600u);
 }
 
+TEST_F(FilesystemWriteTest, ChmodAndAnOpenThatWritesNothingKeepTheFilesMtime) {
+  // POSIX: chmod changes the ctime only. `make`, rsync and backups compare mtimes.
+  server_.PutDirect("old.txt", "data", {{"mtime", "1500000000"}});
+  server_.PutDirect("no-meta.txt", "data");  // Its mtime is its Last-Modified.
+  const std::string last_modified =
+      cache::EncodeMtime(server_.ObjectInfoDirect("no-meta.txt")->last_modified);
+  clock_.Advance(std::chrono::hours(24));  // The day the chmod runs.
+  for (const char* name : {"old.txt", "no-meta.txt"}) {
+    const std::string want = std::string(name) == "old.txt" ? "1500000000" : last_modified;
+    const InodeId ino = MustLookup(kRootInode, name);
+    // Opened for writing and closed without a write: nothing changes, not even in stat.
+    auto opened = fs_->Open(ino, O_RDWR);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    auto during = fs_->GetAttr(ino);
+    ASSERT_TRUE(during.ok());
+    EXPECT_EQ(cache::EncodeMtime(during->attr.mtime), want) << name << " while open";
+    fs_->Release(opened->handle);
+
+    SetAttrRequest req;
+    req.permissions = 0600;
+    auto set = fs_->SetAttr(ino, req);
+    ASSERT_TRUE(set.ok()) << set.status().ToString();
+    EXPECT_EQ(cache::EncodeMtime(set->attr.mtime), want) << name;
+    ASSERT_TRUE(WaitCommitted(name));
+    EXPECT_EQ(MetaOf(name, "mode"), ModeOf(S_IFREG, 0600)) << name;
+    EXPECT_EQ(MetaOf(name, "mtime"), want) << name << ": chmod stamped the time of day";
+  }
+}
+
 TEST_F(FilesystemWriteTest, SetAttrSizeTruncatesTheObject) {
   server_.PutDirect("s.txt", "0123456789");
   const InodeId ino = MustLookup(kRootInode, "s.txt");
