@@ -1455,7 +1455,8 @@ void Writeback::CommitHold::Discard() {
 }
 
 Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
-                                                   const std::string& to) {
+                                                   const std::string& to,
+                                                   std::string* copy_etag) {
   auto file = Find(from);
   if (!file) return RenameOutcome::kNotDirty;
   // Make the object at `from` (if any) hold the file's current bytes and metadata, so
@@ -1547,8 +1548,10 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
       if (head.ok()) {
         std::lock_guard lock(file->mu_);
         file->base_etag_ = head->etag;
+        etag = head->etag;
       }
     }
+    if (copy_etag != nullptr) *copy_etag = etag;
   }
   return exists_remotely ? RenameOutcome::kCopied : RenameOutcome::kMoved;
 }

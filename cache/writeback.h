@@ -371,8 +371,11 @@ class Writeback {
   // that exists in S3 is committed first and its object copied to `to` (kCopied: the
   // caller deletes `from`). kNotDirty: no dirty file has `from`; the caller renames the
   // object itself. (Asking Find() first would race with a commit that just finished.)
+  // `copy_etag` (optional): for kCopied, the copy's ETag, which differs from the source's
+  // when that is a multipart object (empty when the server told none).
   enum class RenameOutcome { kNotDirty, kMoved, kCopied };
-  Result<RenameOutcome> Rename(const std::string& from, const std::string& to);
+  Result<RenameOutcome> Rename(const std::string& from, const std::string& to,
+                               std::string* copy_etag = nullptr);
   // The key is unlinked: its dirty data will never be committed.
   void Unlink(const std::string& key);
 

@@ -558,11 +558,19 @@ Node Filesystem::EnterCopy(const std::string& path, const Attributes& attr,
 
 Status Filesystem::RenameFile(const Node& source, const std::string& from, const std::string& to) {
   using Outcome = cache::Writeback::RenameOutcome;
-  BFS_ASSIGN_OR_RETURN(Outcome moved, writeback_->Rename(from, to));
+  std::string copy_etag;
+  BFS_ASSIGN_OR_RETURN(Outcome moved, writeback_->Rename(from, to, &copy_etag));
   if (moved != Outcome::kNotDirty) {
     if (moved == Outcome::kCopied) BFS_RETURN_IF_ERROR(client_.Delete(from, {Deadline()}));
     inodes_.Rename(from, to);
     if (auto dirty = FindDirty(to)) {
+      if (moved == Outcome::kCopied) {
+        // Committed, then copied: the node needs the copy's ETag (a copy of a multipart
+        // object has another). With nothing left to commit, no commit would bring it, and
+        // an open of `to` would pin the old one and fail (ESTALE); a descriptor open on the
+        // file follows it to the copy.
+        if (auto node = inodes_.GetByPath(to)) EnterCopy(to, node->attr, copy_etag);
+      }
       const auto attrs = dirty->Attributes();
       const ListedEntry entry{NameOf(to), FileType::kRegular, attrs.size, attrs.mtime, ""};
       PatchListing(ParentOf(to), entry.name, &entry);
@@ -641,13 +649,13 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   }
   for (const std::string& key : dirty) {
     const std::string dest = to_prefix + key.substr(from_prefix.size());
-    BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, dest));
+    std::string copy_etag;
+    BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, dest, &copy_etag));
     if (moved == cache::Writeback::RenameOutcome::kCopied) {
       // Committed, then copied by the writeback: the node needs the copy's ETag (a copy of a
       // multipart object has another), or a descriptor open on it could not follow it.
       sources.push_back(key);
-      auto head = client_.Head(s3::HeadRequest{dest, {}}, {Deadline()});
-      copies.emplace_back(dest, head.ok() ? head->etag : std::string());
+      copies.emplace_back(dest, copy_etag);
     }
     if (moved == cache::Writeback::RenameOutcome::kNotDirty) {
       // Committed since the listing skipped it: copy its object like the others.

@@ -905,6 +905,41 @@ TEST_F(FilesystemWriteTest, AReaderFollowsAFileRewrittenInPartsWhenItsDirectoryI
   fs_->Release(reader->handle);
 }
 
+TEST_F(FilesystemWriteTest, AFileRewrittenInPartsAndRenamedWhileOpenReadsAtItsNewName) {
+  // The checkpoint pattern: write ckpt.tmp (more than a part), fsync, rename it while the
+  // writer is still open, then read the final name. The rename commits the file (a
+  // multipart ETag) and copies it: the copy has another ETag, which the node must hold.
+  server_.PutDirect("ckpt.tmp", "old");
+  const InodeId f = MustLookup(kRootInode, "ckpt.tmp");
+  auto reader = fs_->Open(f, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto writer = fs_->Open(f, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  const std::string data(s3::kMinPartSize + 100, 'n');
+  ASSERT_TRUE(fs_->Write(writer->handle, 0, Bytes(data)).ok());
+  ASSERT_TRUE(fs_->Fsync(writer->handle).ok());
+  Status renamed = fs_->Rename(kRootInode, "ckpt.tmp", kRootInode, "ckpt", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  ASSERT_TRUE(fs_->Flush(writer->handle).ok());
+  fs_->Release(writer->handle);
+  ASSERT_TRUE(WaitCommitted("ckpt"));
+  ASSERT_EQ(server_.ObjectInfoDirect("ckpt")->etag.find('-'), std::string::npos)
+      << "the copy of a multipart object has a plain MD5 ETag";
+
+  // A new open of the final name, within the metadata TTL, and the reader open before.
+  const InodeId g = MustLookup(kRootInode, "ckpt");
+  auto fresh = fs_->Open(g, O_RDONLY);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  auto read = fs_->Read(fresh->handle, s3::kMinPartSize, 4);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "nnnn");
+  fs_->Release(fresh->handle);
+  auto followed = fs_->Read(reader->handle, 0, 4);
+  ASSERT_TRUE(followed.ok()) << followed.status().ToString();
+  EXPECT_EQ(followed->ToString(), "nnnn");
+  fs_->Release(reader->handle);
+}
+
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {
   server_.PutDirect("m/", "", {{"mode", ModeOf(S_IFDIR, 0700)}});
   server_.PutDirect("m/f", "file");
