@@ -674,12 +674,16 @@ void Filesystem::ReleaseDir(uint64_t dir_handle) {
 // --- Files -------------------------------------------------------------------------------
 
 Result<OpenReply> Filesystem::Open(InodeId ino, int flags) {
+  return OpenFile(ino, flags, /*for_setattr=*/false);
+}
+
+Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr) {
   auto node = inodes_.Get(ino);
   if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
   if (node->attr.type == FileType::kDirectory) {
     return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
   }
-  BFS_RETURN_IF_ERROR(CheckOpensAllowed());
+  if (!for_setattr || FindDirty(node->path) == nullptr) BFS_RETURN_IF_ERROR(CheckOpensAllowed());
   if (IsWriteOpen(flags)) BFS_RETURN_IF_ERROR(CheckWritable());
   if (node->unlinked || node->path.empty()) {
     return Status(ErrorCode::kStale, "'" + node->path + "' was removed or replaced");

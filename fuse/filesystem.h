@@ -225,6 +225,11 @@ class Filesystem {
   bool new_opens_stopped() const { return opens_stopped_.load(); }
 
  private:
+  // Open(); `for_setattr`: the file's own open for a chmod, utimens or truncate by path,
+  // which joins a file already being written even while an unmount stops new opens (the
+  // kernel sends fchmod and futimens without the descriptor's handle).
+  Result<OpenReply> OpenFile(InodeId ino, int flags, bool for_setattr);
+
   struct FileHandle {
     InodeId ino = 0;
     std::string key;

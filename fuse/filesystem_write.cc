@@ -399,7 +399,7 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
     if (node->unlinked || node->path.empty()) {
       return Status(ErrorCode::kStale, "the file was removed");
     }
-    BFS_ASSIGN_OR_RETURN(OpenReply opened, Open(ino, O_WRONLY));
+    BFS_ASSIGN_OR_RETURN(OpenReply opened, OpenFile(ino, O_WRONLY, /*for_setattr=*/true));
     own_handle = opened.handle;
     dirty = FindFile(opened.handle)->dirty;
   }

@@ -1139,11 +1139,23 @@ TEST_F(FilesystemWriteTest, StopNewOpensMakesOpenAndCreateBusyWhileOpenHandlesRe
   auto reread = fs_->Read(writer->open.handle, 0, 100);
   ASSERT_TRUE(reread.ok()) << reread.status().ToString();
   EXPECT_EQ(reread->ToString(), "abcdef");
+  // fchmod and futimens on the open file (the kernel sends them without the handle, as
+  // `cp -p` does at the end of a copy) work on too; a chmod of a file nobody has open is
+  // a new open, refused.
+  SetAttrRequest chmod;
+  chmod.permissions = 0600;
+  chmod.mtime = WallTime(std::chrono::seconds(1600000000));
+  auto set = fs_->SetAttr(writer->entry.attr.ino, chmod);
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->attr.permissions, 0600u);
+  EXPECT_EQ(fs_->SetAttr(ino, chmod).status().code(), ErrorCode::kBusy);
   ASSERT_TRUE(fs_->Flush(writer->open.handle).ok());
   fs_->Release(writer->open.handle);
   fs_->Release(reader->handle);
   ASSERT_TRUE(WaitCommitted("w"));
   EXPECT_EQ(server_.ObjectBody("w"), "abcdef");
+  EXPECT_EQ(MetaOf("w", "mode"), ModeOf(S_IFREG, 0600));
+  EXPECT_EQ(MetaOf("w", "mtime"), "1600000000");
   EXPECT_FALSE(server_.Exists("other"));
 }
 
