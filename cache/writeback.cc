@@ -937,6 +937,8 @@ Status DirtyFile::Commit() {
     std::unique_lock lock(mu_);
     changed_.wait(lock, [&] { return !committing_; });
     if (unlinked_) return Status::Ok();
+    // Not a failure to retry (error_ stays): a torn file is never uploaded (MarkTorn).
+    if (torn_) return TornLocked();
     committing_ = true;
   }
   Status result = CommitOnce();
@@ -1001,6 +1003,13 @@ void DirtyFile::MarkTorn() {
            "a write was refused; the spool file will not be uploaded but kept in lost+found/ "
            "by the next mount",
            {{"key", key_}});
+}
+
+Status DirtyFile::TornLocked() const {
+  return Status(ErrorCode::kReadOnly,
+                "a write to '" + key_ + "' was refused while the mount had lost its lease, so "
+                "the file is not what its program wrote: it is not uploaded, and its spool file "
+                "goes to lost+found/ when it is last closed; write it again");
 }
 
 Status DirtyFile::MarkClosedLocked() {
@@ -1245,26 +1254,57 @@ Status Writeback::Flushed(const std::shared_ptr<DirtyFile>& file, bool writer_ch
   if (file->unlinked_) return Status::Ok();
   // Every close(2) puts what its descriptor wrote on the spool disk, or says why not.
   BFS_RETURN_IF_ERROR(file->SpillLocked());
-  if (file->unflushed_writers_ != 0 || file->torn_) return Status::Ok();
+  // close(2) says that what it closed will not be uploaded (also to a program that joined
+  // the file after the refused write).
+  if (file->torn_) return file->TornLocked();
+  if (file->unflushed_writers_ != 0) return Status::Ok();
   return file->MarkClosedLocked();
 }
 
 void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file, bool writer_changed) {
+  bool set_aside = false;
   {
     std::lock_guard lock(file->mu_);
     if (writer_changed && file->unflushed_writers_ > 0) --file->unflushed_writers_;
     const int writers_left = --file->writers_;
-    // A torn file (a write was refused) is never committed: see MarkTorn().
-    if (file->unlinked_ || file->torn_) return;
-    if (writers_left > 0) {
+    if (file->unlinked_) return;
+    if (file->torn_) {
+      // Never committed (see MarkTorn): set aside at its last release.
+      if (writers_left > 0) return;
+      set_aside = true;
+    } else if (writers_left > 0) {
       if (file->unflushed_writers_ == 0) (void)file->MarkClosedLocked();
       return;
+    } else {
+      // A failed spill leaves the file journaled open; the commit tries the spill again and
+      // keeps failing (and being retried) until the bytes reach the spool.
+      (void)file->MarkClosedLocked();
     }
-    // A failed spill leaves the file journaled open; the commit tries the spill again and
-    // keeps failing (and being retried) until the bytes reach the spool.
-    (void)file->MarkClosedLocked();
+  }
+  if (set_aside) {
+    SetAsideTorn(file);
+    return;
   }
   StartCommit(file);
+}
+
+void Writeback::SetAsideTorn(const std::shared_ptr<DirtyFile>& file) {
+  std::lock_guard lock(mu_);
+  std::lock_guard file_lock(file->mu_);
+  // Reopened since its last release (still torn for the new writer, who learns it at
+  // close), or already gone.
+  if (file->writers_ > 0 || file->unlinked_) return;
+  auto it = files_.find(file->key_);
+  if (it == files_.end() || it->second != file) return;
+  (void)file->SpillLocked();  // lost+found/ gets what was collected in memory too.
+  files_.erase(it);
+  // Detached: the next open of the key starts from the object in S3, and nothing of this
+  // file is committed, journaled or removed from here on.
+  file->unlinked_ = true;
+  file->remove_on_destroy_ = false;
+  spool_.Quarantine(file->id_, "'" + file->key_ +
+                                   "' had a write refused while the mount had lost its lease; "
+                                   "it was not uploaded");
 }
 
 void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file) {

@@ -169,8 +169,11 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // The sticky error, if a commit failed.
   Status Error() const;
   // A write to this file was refused (the mount is fenced): its bytes are no longer what its
-  // program wrote, so it is never journaled as closed from here on. Its spool record stays
-  // "open", and the next Recover() moves it to lost+found/ instead of uploading a torn file.
+  // program wrote, so it is never journaled as closed nor committed from here on (fsync
+  // and every close(2) fail with kReadOnly saying so). At its last release it is set aside:
+  // its spool file moves to lost+found/, and the next open of the key starts from S3. A
+  // daemon stopped before then leaves its record "open", and the next Recover() moves it
+  // to lost+found/ instead of uploading a torn file.
   void MarkTorn();
 
   ~DirtyFile();
@@ -265,6 +268,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // Requires mu_. Spills the assembly and journals the file as closed (a crash from here on
   // uploads it). Not Ok (and not journaled closed) when the spill or the journal failed.
   Status MarkClosedLocked();
+  // Requires mu_. Why a torn file is not committed.
+  Status TornLocked() const;
 
   Writeback& owner_;
   const std::string id_;
@@ -448,6 +453,8 @@ class Writeback {
   static constexpr int kSyncAttempts = 4;
 
   std::shared_ptr<DirtyFile> Adopt(const SpoolRecord& record, int fd);
+  // A torn file's last writer is gone: moves its spool file to lost+found/ and forgets it.
+  void SetAsideTorn(const std::shared_ptr<DirtyFile>& file);
   void StartCommit(const std::shared_ptr<DirtyFile>& file);
   // After a commit of `file` ended (ok or not): drop it when clean, or schedule a retry.
   void Settle(const std::shared_ptr<DirtyFile>& file, const Status& result);

@@ -1255,7 +1255,54 @@ TEST_F(WritebackTest, PlainDrainCommitsBothTheClosedAndTheStillOpenFile) {
 
 // The daemon's wiring: the writeback's requests go through the fence, which the filesystem
 // found closed when it refused a write and marked the file torn.
-TEST_F(WritebackTest, TornFileStaysJournaledOpenAfterItsLastReleaseAndRecoverQuarantinesIt) {
+TEST_F(WritebackTest, ATornFileIsNeverUploadedAndIsSetAsideAtItsLastRelease) {
+  WriteFence fence(clock_, clock_.Now() + 10s);
+  FencedObjectClient fenced(fake_, fence);
+  Start(fenced);
+  auto torn = MustOpen("torn");
+  ASSERT_NE(torn, nullptr);
+  const std::string torn_id = torn->id();
+  ASSERT_TRUE(torn->Write(0, Bytes("first half")).ok());
+  clock_.Advance(11s);  // No renewal in time: the fence closes by its deadline.
+  ASSERT_FALSE(fence.Check().ok());
+  torn->MarkTorn();  // The second half was refused.
+  // The renewal comes late, the fence opens again: the file stays torn all the same.
+  fence.ExtendUntil(clock_.Now() + 60s);
+  ASSERT_TRUE(fence.Check().ok());
+  ASSERT_TRUE(torn->Write(20, Bytes("third")).ok());
+  // fsync and close(2) say the file will not be uploaded.
+  EXPECT_EQ(wb_->Sync(torn).code(), ErrorCode::kReadOnly);
+  Status closed = wb_->Flushed(torn);
+  EXPECT_EQ(closed.code(), ErrorCode::kReadOnly) << closed.ToString();
+  EXPECT_EQ(wb_->GetStats().commits, 0u);
+  EXPECT_NE(RecordOf("torn"), std::nullopt);
+  EXPECT_FALSE(RecordOf("torn")->closed);
+
+  // The last release sets it aside: kept in lost+found/ whole, never committed.
+  wb_->ReleaseWriter(torn);
+  torn.reset();
+  EXPECT_EQ(wb_->Find("torn"), nullptr);
+  EXPECT_EQ(LostAndFound(), (std::vector<std::string>{torn_id + ".data", torn_id + ".json"}));
+  std::ifstream kept(root_ / "bucket" / "lost+found" / (torn_id + ".data"), std::ios::binary);
+  const std::string kept_bytes((std::istreambuf_iterator<char>(kept)), {});
+  EXPECT_EQ(kept_bytes, std::string("first half") + std::string(10, '\0') + "third");
+  EXPECT_EQ(fake_.calls(s3::Op::kPut), 0u);
+  EXPECT_FALSE(fake_.Exists("torn"));
+
+  // The key opens again as a new file, which uploads as usual.
+  auto again = MustOpen("torn");
+  ASSERT_NE(again, nullptr);
+  EXPECT_NE(again->id(), torn_id);
+  ASSERT_TRUE(again->Write(0, Bytes("whole")).ok());
+  ASSERT_TRUE(wb_->Flushed(again).ok());
+  wb_->ReleaseWriter(again);
+  ASSERT_TRUE(WaitCommitted("torn"));
+  EXPECT_EQ(fake_.ObjectBody("torn"), "whole");
+  again.reset();
+  wb_.reset();  // Before `fenced` goes.
+}
+
+TEST_F(WritebackTest, ATornFileStillOpenWhenTheDaemonStopsIsQuarantinedByRecover) {
   std::string torn_id;
   {
     WriteFence fence(clock_);
@@ -1266,18 +1313,11 @@ TEST_F(WritebackTest, TornFileStaysJournaledOpenAfterItsLastReleaseAndRecoverQua
     torn_id = torn->id();
     ASSERT_TRUE(torn->Write(0, Bytes("first half")).ok());
     fence.Close("the lease was lost");
-    torn->MarkTorn();  // The second half was refused.
-    ASSERT_TRUE(wb_->Flushed(torn).ok());
-    wb_->ReleaseWriter(torn);
-    // A torn file is never committed: no commit was even attempted.
-    EXPECT_EQ(wb_->GetStats().commits, 0u);
-    EXPECT_EQ(wb_->GetStats().failed_commits, 0u);
-    auto record = RecordOf("torn");
-    ASSERT_TRUE(record.has_value());
-    EXPECT_FALSE(record->closed);
+    torn->MarkTorn();
+    // The daemon stops with the file still open.
     torn.reset();
     wb_.reset();
-    record = RecordOf("torn");
+    auto record = RecordOf("torn");
     ASSERT_TRUE(record.has_value());
     EXPECT_FALSE(record->closed);
     spool_.reset();
