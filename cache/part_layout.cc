@@ -6,8 +6,13 @@
 
 namespace bucketfs::cache {
 
-PartLayout::PartLayout(uint64_t first_part_size)
-    : first_(std::clamp(first_part_size, s3::kMinPartSize, s3::kMaxPartSize)) {}
+PartLayout::PartLayout(uint64_t first_part_size, uint64_t max_part_size)
+    : first_(std::clamp(first_part_size, s3::kMinPartSize, s3::kMaxPartSize)),
+      max_(std::clamp(max_part_size, first_, s3::kMaxPartSize)) {}
+
+uint64_t PartLayout::max_file_size() const {
+  return std::min(kMaxObjectSize, PartAt(UINT64_MAX).offset);
+}
 
 PartSpan PartLayout::Part(int number) const {
   uint64_t offset = 0;
@@ -17,7 +22,7 @@ PartSpan PartLayout::Part(int number) const {
   while (number - n >= kPartsPerStep) {
     offset += size * kPartsPerStep;
     n += kPartsPerStep;
-    size = std::min(size * 2, s3::kMaxPartSize);
+    size = std::min(size * 2, max_);
   }
   offset += size * static_cast<uint64_t>(number - n);
   return PartSpan{number, offset, size};
@@ -35,7 +40,7 @@ PartSpan PartLayout::PartAt(uint64_t offset) const {
     }
     step_begin += step_bytes;
     n += kPartsPerStep;
-    size = std::min(size * 2, s3::kMaxPartSize);
+    size = std::min(size * 2, max_);
   }
   return PartSpan{s3::kMaxParts + 1, step_begin, size};
 }

@@ -16,6 +16,7 @@
 #include "cache/mapped_buffer.h"
 #include "cache/object_copy.h"
 #include "cache/upload_ledger.h"
+#include "common/format_bytes.h"
 #include "common/log.h"
 #include "s3/crypto.h"
 
@@ -189,9 +190,7 @@ std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
 }
 
 Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
-  if (offset + data.size() > PartLayout::kMaxObjectSize) {
-    return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
-  }
+  BFS_RETURN_IF_ERROR(owner_.CheckFileSize(offset + data.size()));
   if (data.empty()) return Status::Ok();  // POSIX: no effect, not even on the size.
   std::vector<int> eager;
   std::vector<AssembledPart> full;  // Parts this write completed in memory.
@@ -375,9 +374,7 @@ void DirtyFile::SpillIfIdle(MonoTime idle_since) {
 }
 
 Status DirtyFile::Truncate(uint64_t size) {
-  if (size > PartLayout::kMaxObjectSize) {
-    return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
-  }
+  BFS_RETURN_IF_ERROR(owner_.CheckFileSize(size));
   std::lock_guard lock(mu_);
   mtime_ = owner_.clock_.WallNow();
   if (size == size_) return Status::Ok();
@@ -1042,13 +1039,25 @@ uint64_t PartsInAnEighthOf(const MemoryBudget& budget, uint64_t part_size) {
 
 }  // namespace
 
+Status Writeback::CheckFileSize(uint64_t size) const {
+  if (size <= layout_.max_file_size()) return Status::Ok();
+  if (layout_.max_file_size() == PartLayout::kMaxObjectSize) {
+    return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
+  }
+  return Status(ErrorCode::kEntityTooLarge,
+                "this mount uploads files of at most " + FormatBytes(layout_.max_file_size()) +
+                    " (10,000 parts of at most " + FormatBytes(layout_.max_part_size()) +
+                    ", an eighth of its memory budget of " + FormatBytes(budget_.capacity()) +
+                    "); mount with a larger --max-memory to write larger files");
+}
+
 Writeback::Writeback(const WriteContext& context, WritebackOptions options)
     : client_(*context.client),
       budget_(*context.budget),
       spool_(*context.spool),
       clock_(context.clock ? *context.clock : RealClock()),
       options_(options),
-      layout_(options.part_size),
+      layout_(options.part_size, budget_.capacity() / 8),
       // Enough for a streaming file's early uploads (2 × parallelism) and its assembly.
       max_spare_parts_(std::min<uint64_t>(2 * options.upload_parallelism + 1,
                                           PartsInAnEighthOf(budget_, options.part_size))),

@@ -56,7 +56,12 @@
 //    budget. Buffers of the standard part size are kept between parts while uploads are
 //    running (at most 2 × `upload_parallelism` + 1, and an eighth of the budget), so a long
 //    write reuses them instead of mapping fresh pages the kernel must zero; when no part is
-//    in flight the spares are freed, so an idle daemon holds none.
+//    in flight the spares are freed, so an idle daemon holds none. So no part may be
+//    larger than an eighth of the budget (two in flight fit in the quarter the cache
+//    leaves): part sizes grow along the file (cache/part_layout.h) only up to that, and a
+//    write or truncate past the largest file such parts hold (max_file_size()) is
+//    kEntityTooLarge (EFBIG), saying to raise --max-memory, instead of a file that could
+//    never be uploaded.
 //  - Integrity: every part and PUT is sent with its SHA-256 payload hash in the SigV4
 //    signature, which the server verifies (a mismatch is kBadDigest, retried by the client,
 //    then reported).
@@ -413,6 +418,9 @@ class Writeback {
   };
   CommitHold HoldCommits(const std::string& key);
 
+  // The largest file this writeback can upload (see "Part buffers" above).
+  uint64_t max_file_size() const { return layout_.max_file_size(); }
+
   // Commits every closed file a previous daemon left in the spool. Returns the number
   // committed; failures are logged and kept in the spool (and retried in the background).
   // First aborts the multipart uploads a killed daemon left unfinished
@@ -477,6 +485,8 @@ class Writeback {
   // An assembly's buffer, spilled or dropped.
   void GiveAssemblyBuffer(PartBuffer part);
   MonoTime Deadline() const { return clock_.Now() + options_.request_timeout; }
+  // kEntityTooLarge when a file of `size` bytes could not be uploaded.
+  Status CheckFileSize(uint64_t size) const;
 
   s3::ObjectClient& client_;
   MemoryBudget& budget_;

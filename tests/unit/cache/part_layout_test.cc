@@ -122,6 +122,33 @@ TEST(PartLayoutTest, FiveTiBFitsInTenThousandParts) {
   EXPECT_LE(PartLayout(8 * kMiB).PartCount(PartLayout::kMaxObjectSize), 5600);
 }
 
+TEST(PartLayoutTest, AMaxPartSizeCapsTheGrowthAndBoundsTheLargestFile) {
+  // The writeback's cap: an eighth of its memory budget (8 MiB of 64 MiB, 32 MiB of 256).
+  const PartLayout none(8 * kMiB, 8 * kMiB);
+  EXPECT_EQ(none.Part(501).size, 8 * kMiB);
+  EXPECT_EQ(none.Part(10000).size, 8 * kMiB);
+  EXPECT_EQ(none.max_file_size(), 10000 * 8 * kMiB);
+  EXPECT_EQ(none.PartAt(none.max_file_size() - 1).number, s3::kMaxParts);
+  EXPECT_EQ(none.PartAt(none.max_file_size()).number, s3::kMaxParts + 1);
+
+  const PartLayout capped(8 * kMiB, 32 * kMiB);
+  EXPECT_EQ(capped.max_part_size(), 32 * kMiB);
+  EXPECT_EQ(capped.Part(501).size, 16 * kMiB);
+  EXPECT_EQ(capped.Part(1001).size, 32 * kMiB);
+  EXPECT_EQ(capped.Part(1501).size, 32 * kMiB);
+  EXPECT_EQ(capped.Part(10000).size, 32 * kMiB);
+  EXPECT_EQ(capped.max_file_size(), 500 * 8 * kMiB + 500 * 16 * kMiB + 9000 * 32 * kMiB);
+  for (int n = 1; n <= s3::kMaxParts; n += 97) EXPECT_LE(capped.Part(n).size, 32 * kMiB) << n;
+  // A cap that is not a doubling of the first size is reached and kept.
+  const PartLayout odd(5 * kMiB, 8 * kMiB);
+  EXPECT_EQ(odd.Part(501).size, 8 * kMiB);
+  EXPECT_EQ(odd.Part(501).offset, 500 * 5 * kMiB);
+
+  // Uncapped, the largest file is S3's; a cap below the first size is the first size.
+  EXPECT_EQ(PartLayout(8 * kMiB).max_file_size(), PartLayout::kMaxObjectSize);
+  EXPECT_EQ(PartLayout(8 * kMiB, kMiB).max_part_size(), 8 * kMiB);
+}
+
 TEST(PartLayoutTest, FirstSizeIsClampedToSThreesLimits) {
   EXPECT_EQ(PartLayout(1 * kMiB).first_part_size(), s3::kMinPartSize);
   EXPECT_EQ(PartLayout(0).first_part_size(), s3::kMinPartSize);

@@ -1472,6 +1472,28 @@ TEST_F(WritebackTest, RecoverCommitsWhatAStoppedDaemonLeftClosedInTheSpool) {
   EXPECT_TRUE(LostAndFound().empty());
 }
 
+TEST_F(WritebackTest, AFileLargerThanItsPartsCouldEverUploadIsEfbigAtOnce) {
+  // 64 MiB of budget: parts of at most 8 MiB, so 500 × 5 MiB + 9,500 × 8 MiB at most. A
+  // larger file could never be uploaded (a part bigger than the budget cannot be read
+  // into memory): the write that would make it says so, not the commit after close.
+  Start(fake_);
+  const uint64_t largest = 500 * kPart + 9500 * 8 * kMiB;
+  EXPECT_EQ(wb_->max_file_size(), largest);
+  auto file = MustOpen("huge");
+  ASSERT_NE(file, nullptr);
+  Status past = file->Write(largest, Bytes("x"));
+  EXPECT_EQ(past.code(), ErrorCode::kEntityTooLarge) << past.ToString();
+  EXPECT_NE(past.message().find("--max-memory"), std::string::npos) << past.ToString();
+  EXPECT_EQ(file->Truncate(largest + 1).code(), ErrorCode::kEntityTooLarge);
+  EXPECT_TRUE(file->Truncate(largest).ok());  // Sparse: nothing written.
+  EXPECT_EQ(file->Attributes().size, largest);
+  EXPECT_TRUE(file->Truncate(3).ok());
+  ASSERT_TRUE(file->Write(0, Bytes("abc")).ok());
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("huge"));
+  EXPECT_EQ(fake_.ObjectBody("huge"), "abc");
+}
+
 TEST_F(WritebackTest, RecoverAbortsTheMultipartUploadAKilledDaemonLeftBeforeUploadingAnew) {
   const std::string body = Body(3 * kPart + 7, 31);
   {
