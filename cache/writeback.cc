@@ -1321,6 +1321,10 @@ void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file) {
     std::lock_guard lock(mu_);
     ++commits_in_flight_;
   }
+  SubmitCommit(file);
+}
+
+void Writeback::SubmitCommit(const std::shared_ptr<DirtyFile>& file) {
   commit_pool_->Submit([this, file] { Settle(file, file->Commit()); });
 }
 
@@ -1383,9 +1387,12 @@ void Writeback::Settle(const std::shared_ptr<DirtyFile>& file, const Status& res
         commit_again = true;  // Changed while committing (a chmod after close).
       }
     }
+    // The commit that follows counts as in flight from now: a Drain or Recover woken here
+    // must not see none in flight and return before it ran.
+    if (commit_again) ++commits_in_flight_;
     settled_.notify_all();
   }
-  if (commit_again) StartCommit(file);
+  if (commit_again) SubmitCommit(file);
 }
 
 void Writeback::RetryLoop() {

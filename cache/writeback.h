@@ -463,7 +463,10 @@ class Writeback {
   std::shared_ptr<DirtyFile> Adopt(const SpoolRecord& record, int fd);
   // A torn file's last writer is gone: moves its spool file to lost+found/ and forgets it.
   void SetAsideTorn(const std::shared_ptr<DirtyFile>& file);
+  // Counts a commit of `file` in flight and runs it in the background.
   void StartCommit(const std::shared_ptr<DirtyFile>& file);
+  // Runs it; the caller has counted it in flight already (under mu_).
+  void SubmitCommit(const std::shared_ptr<DirtyFile>& file);
   // After a commit of `file` ended (ok or not): drop it when clean, or schedule a retry.
   void Settle(const std::shared_ptr<DirtyFile>& file, const Status& result);
   void RetryLoop();
