@@ -254,11 +254,13 @@ Status DirtyFile::WriteSpoolLocked(uint64_t begin, std::span<const char> data) {
     // What reached the spool may be any prefix: keep the file consistent by treating the
     // whole range as written (its bytes are whatever the spool holds, as on a local disk
     // after a failed write).
-    if (end > size_) {
-      (void)::ftruncate(fd_, static_cast<off_t>(size_));
-    } else {
-      present_.Add(begin, end);
-      TouchLocked(begin, end);
+    // Past the end, the file keeps its size (the spool is cut back to it); the bytes
+    // before the end may have been overwritten all the same.
+    const uint64_t touched_end = std::min(end, size_);
+    if (end > size_) (void)::ftruncate(fd_, static_cast<off_t>(size_));
+    if (begin < touched_end) {
+      present_.Add(begin, touched_end);
+      TouchLocked(begin, touched_end);
       ++data_generation_;
     }
     return written;

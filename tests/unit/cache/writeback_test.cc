@@ -3,11 +3,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -1492,6 +1494,41 @@ TEST_F(WritebackTest, AFileLargerThanItsPartsCouldEverUploadIsEfbigAtOnce) {
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("huge"));
   EXPECT_EQ(fake_.ObjectBody("huge"), "abc");
+}
+
+TEST_F(WritebackTest, AWriteThatFailsPastTheEndStillUploadsTheBytesItOverwroteBeforeTheEnd) {
+  // A write from inside the file to past its end that fails half-way (here the file size
+  // limit; in life a full spool disk) has overwritten the bytes before the end: S3 must
+  // get what the mount now shows, not keep the old bytes under a "clean" file.
+  const std::string old_bytes(100, 'o');
+  Start(fake_);
+  auto file = MustOpen("f");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes(old_bytes)).ok());
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  ASSERT_TRUE(file->Write(0, Bytes("o")).ok());  // Journaled open again, before the limit.
+  ASSERT_TRUE(wb_->Sync(file).ok());
+  ASSERT_EQ(fake_.ObjectBody("f"), old_bytes);
+
+  struct rlimit saved {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limit = saved;
+  limit.rlim_cur = 150;  // The write of [60, 160) stops at byte 150.
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  Status wrote = file->Write(60, Bytes(std::string(100, 'n')));
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved), 0);
+  signal(SIGXFSZ, old_handler);
+  ASSERT_FALSE(wrote.ok()) << "the limit did not cut the write short";
+
+  auto shown = file->Read(0, 1000);
+  ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+  const std::string mount_view = shown->ToString();
+  EXPECT_EQ(mount_view.size(), 100u) << "the failed write does not grow the file";
+  EXPECT_EQ(mount_view.substr(60), std::string(40, 'n'));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("f"));
+  EXPECT_EQ(fake_.ObjectBody("f"), mount_view);
 }
 
 TEST_F(WritebackTest, RecoverAbortsTheMultipartUploadAKilledDaemonLeftBeforeUploadingAnew) {
