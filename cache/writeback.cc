@@ -916,8 +916,13 @@ Status DirtyFile::CommitOnce() {
     error_ = Status::Ok();
     conflict_ = false;
     retry_delay_ = {};
-    if (!unlinked_ && (writers_ > 0 || data_generation_ != data_generation)) {
-      (void)JournalLocked();  // The next commit must If-Match this version.
+    // The next commit must If-Match this version, and a crash before it must not recover
+    // from the old base (its If-Match would fail, a false conflict): a record that stays
+    // (a writer, or changes since, data or metadata) is rewritten. One that is clean now
+    // is removed by Settle, or rewritten there if a rename holds it.
+    if (!unlinked_ && (writers_ > 0 || data_generation_ != data_generation ||
+                       meta_generation_ != meta_generation)) {
+      (void)JournalLocked();
     }
   }
   owner_.Notify(committed);
@@ -1388,6 +1393,10 @@ void Writeback::Settle(const std::shared_ptr<DirtyFile>& file, const Status& res
       } else {
         commit_again = true;  // Changed while committing (a chmod after close).
       }
+    } else if (result.ok() && !file->unlinked_ && file->committing_) {
+      // Committed and clean, but a rename holds it (HoldCommits): its record stays for now,
+      // so it must name the version just committed, not the one the commit started from.
+      (void)file->JournalLocked();
     }
     // The commit that follows counts as in flight from now: a Drain or Recover woken here
     // must not see none in flight and return before it ran.

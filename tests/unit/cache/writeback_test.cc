@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <iterator>
 #include <map>
@@ -1529,6 +1530,50 @@ TEST_F(WritebackTest, AWriteThatFailsPastTheEndStillUploadsTheBytesItOverwroteBe
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("f"));
   EXPECT_EQ(fake_.ObjectBody("f"), mount_view);
+}
+
+// Runs `before_put` once, in the committing thread, before the first PUT goes out.
+class BeforePutClient final : public s3::ForwardingClient {
+ public:
+  explicit BeforePutClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+  std::function<void()> before_put;
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    if (auto hook = std::exchange(before_put, nullptr)) hook();
+    return inner().Put(req, opts);
+  }
+};
+
+TEST_F(WritebackTest, AChmodDuringACommitLeavesTheRecordNamingTheVersionJustCommitted) {
+  // rsync's pattern: the data commit runs after close, a chmod arrives meanwhile, and the
+  // daemon dies before the metadata copy that follows is done. The next mount must not
+  // take the object it committed itself for someone else's change.
+  fake_.PutDirect("f", "base", kMeta);
+  BeforePutClient hooked(faulty_);
+  Start(hooked);
+  auto file = MustOpen("f", BaseOf("f"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("new contents")).ok());
+  hooked.before_put = [&] { file->SetMetadata({{"mode", "33152"}}, std::nullopt); };
+  faulty_.FailAlways(s3::Op::kCopy, s3::InjectedError(ErrorCode::kServerError));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(Eventually([&] { return fake_.ObjectBody("f") == "new contents"; }, kWait));
+  ASSERT_TRUE(WaitFailedCommits(1));  // The metadata copy.
+  const std::string committed = fake_.ObjectInfoDirect("f")->etag;
+  auto record = RecordOf("f");
+  ASSERT_TRUE(record.has_value());
+  EXPECT_EQ(record->base_etag, committed);
+  file.reset();
+  wb_.reset();  // The daemon stops before the copy succeeds.
+  spool_.reset();
+
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  faulty_.ClearRules();
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  EXPECT_EQ(fake_.ObjectBody("f"), "new contents");
+  EXPECT_EQ(fake_.ObjectInfoDirect("f")->metadata.at("mode"), "33152");
+  EXPECT_TRUE(LostAndFound().empty());
 }
 
 TEST_F(WritebackTest, RecoverAbortsTheMultipartUploadAKilledDaemonLeftBeforeUploadingAnew) {
