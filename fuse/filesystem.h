@@ -229,6 +229,9 @@ class Filesystem {
   // which joins a file already being written even while an unmount stops new opens (the
   // kernel sends fchmod and futimens without the descriptor's handle).
   Result<OpenReply> OpenFile(InodeId ino, int flags, bool for_setattr);
+  // kNotEmpty unless the directory at `path` holds nothing in S3 but its marker and files
+  // unlinked while open (hidden_); returns whether it has a marker. Deletes nothing.
+  Result<bool> CheckEmptyDirectory(const std::string& path);
 
   struct FileHandle {
     InodeId ino = 0;

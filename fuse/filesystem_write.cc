@@ -446,6 +446,34 @@ Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint
   return MakeEntry(node);
 }
 
+Result<bool> Filesystem::CheckEmptyDirectory(const std::string& path) {
+  const std::string prefix = DirectoryPrefix(path);
+  std::set<std::string> hidden;  // Unlinked while open: not in the directory any more.
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [key, ino] : hidden_) {
+      if (key.starts_with(prefix)) hidden.insert(key);
+    }
+  }
+  s3::ListRequest list;
+  list.prefix = prefix;
+  // The marker, if any, sorts first; past it and the hidden keys, one more means not empty.
+  list.max_keys = static_cast<int>(std::min<size_t>(hidden.size() + 2, 1000));
+  bool has_marker = false;
+  for (;;) {
+    BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
+    for (const auto& object : page.objects) {
+      if (object.key == prefix) {
+        has_marker = true;
+      } else if (!hidden.contains(object.key)) {
+        return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
+      }
+    }
+    if (!page.is_truncated) return has_marker;
+    list.continuation_token = page.next_continuation_token;
+  }
+}
+
 Status Filesystem::RmDir(InodeId parent, std::string_view name) {
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
@@ -458,22 +486,10 @@ Status Filesystem::RmDir(InodeId parent, std::string_view name) {
   if (writeback_ != nullptr && !writeback_->Under(prefix).empty()) {
     return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
   }
+  BFS_ASSIGN_OR_RETURN(const bool has_marker, CheckEmptyDirectory(path));
   // Files unlinked while open are gone from the directory already; their objects, kept
-  // for their open descriptors, go now (as when their name is reused).
+  // for their open descriptors, go now that it is removed (as when their name is reused).
   BFS_RETURN_IF_ERROR(UnhideUnder(prefix));
-  s3::ListRequest list;
-  list.prefix = prefix;
-  list.max_keys = 2;  // The marker, if any, sorts first; one more key means not empty.
-  BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
-  bool has_marker = false;
-  for (const auto& object : page.objects) {
-    if (object.key == prefix) {
-      has_marker = true;
-    } else {
-      return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
-    }
-  }
-  if (page.is_truncated) return Status(ErrorCode::kNotEmpty, "'" + path + "' is not empty");
   if (has_marker) BFS_RETURN_IF_ERROR(client_.Delete(prefix, {Deadline()}));
   inodes_.Detach(path);
   PatchListing(dir.path, std::string(name), nullptr);
@@ -742,14 +758,8 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
       if (writeback_ != nullptr && !writeback_->Under(DirectoryPrefix(to)).empty()) {
         return Status(ErrorCode::kNotEmpty, "'" + to + "' is not empty");
       }
+      BFS_RETURN_IF_ERROR(CheckEmptyDirectory(to).status());
       BFS_RETURN_IF_ERROR(UnhideUnder(DirectoryPrefix(to)));  // See RmDir.
-      s3::ListRequest list;
-      list.prefix = DirectoryPrefix(to);
-      list.max_keys = 2;
-      BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
-      for (const auto& object : page.objects) {
-        if (object.key != list.prefix) return Status(ErrorCode::kNotEmpty, "'" + to + "' is not empty");
-      }
     } else if (writeback_ != nullptr) {
       replaced = writeback_->HoldCommits(to);
     }

@@ -597,6 +597,28 @@ TEST_F(FilesystemWriteTest, MkDirWritesADirectoryMarker) {
   EXPECT_EQ(again.status().code(), ErrorCode::kExists);
 }
 
+TEST_F(FilesystemWriteTest, RmDirThatFailsNotEmptyKeepsTheObjectOfAFileUnlinkedWhileOpen) {
+  // `tail -f d/log & rm d/log; rmdir d` while d/other exists (git checkout rmdirs parents
+  // and ignores ENOTEMPTY): the reader of d/log keeps its object until d is really gone.
+  server_.PutDirect("d/log", "log lines");
+  server_.PutDirect("d/other", "x");
+  const InodeId d = MustLookup(kRootInode, "d");
+  const InodeId log = MustLookup(d, "log");
+  auto reader = fs_->Open(log, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(d, "log").ok());
+  EXPECT_EQ(fs_->RmDir(kRootInode, "d").code(), ErrorCode::kNotEmpty);
+  EXPECT_TRUE(server_.Exists("d/log")) << "deleted by an rmdir that failed";
+  auto read = fs_->Read(reader->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "log lines");
+  // Once the rest is gone, the directory counts as empty and the object goes with it.
+  ASSERT_TRUE(fs_->Unlink(d, "other").ok());
+  ASSERT_TRUE(fs_->RmDir(kRootInode, "d").ok());
+  EXPECT_FALSE(server_.Exists("d/log"));
+  fs_->Release(reader->handle);
+}
+
 TEST_F(FilesystemWriteTest, RmDirOfANonEmptyDirectoryIsNotEmptyAndDeletesNothing) {
   server_.PutDirect("full/", "");
   server_.PutDirect("full/x", "1");
