@@ -684,7 +684,19 @@ Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr)
     return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
   }
   if (!for_setattr || FindDirty(node->path) == nullptr) BFS_RETURN_IF_ERROR(CheckOpensAllowed());
-  if (IsWriteOpen(flags)) BFS_RETURN_IF_ERROR(CheckWritable());
+  PrefixGate::Hold entered;  // A write open starts a file at its key: not mid-rename.
+  if (IsWriteOpen(flags)) {
+    BFS_RETURN_IF_ERROR(CheckWritable());
+    for (;;) {
+      auto [hold, waited] = gate_.Enter({node->path});
+      if (!waited) {
+        entered = std::move(hold);
+        break;
+      }
+      node = inodes_.Get(ino);  // A directory rename may have moved it.
+      if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
+    }
+  }
   if (node->unlinked || node->path.empty()) {
     return Status(ErrorCode::kStale, "'" + node->path + "' was removed or replaced");
   }

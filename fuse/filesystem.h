@@ -68,6 +68,7 @@
 #include "fuse/directory_listing.h"
 #include "fuse/inode_table.h"
 #include "fuse/names.h"
+#include "fuse/prefix_gate.h"
 #include "s3/object_client.h"
 
 namespace bucketfs::fs {
@@ -229,6 +230,9 @@ class Filesystem {
   // which joins a file already being written even while an unmount stops new opens (the
   // kernel sends fchmod and futimens without the descriptor's handle).
   Result<OpenReply> OpenFile(InodeId ino, int flags, bool for_setattr);
+  // ChildKey(), entered in gate_ (waiting out a directory rename that covers it).
+  Result<std::string> EnterChild(InodeId parent, std::string_view name, Node* dir,
+                                 PrefixGate::Hold* hold);
   // kNotEmpty unless the directory at `path` holds nothing in S3 but its marker and files
   // unlinked while open (hidden_); returns whether it has a marker. Deletes nothing.
   Result<bool> CheckEmptyDirectory(const std::string& path);
@@ -414,6 +418,10 @@ class Filesystem {
   };
   mutable Counters counters_;
   std::atomic<bool> opens_stopped_{false};
+  // Namespace operations stay out of the keys a directory rename is moving.
+  PrefixGate gate_;
+  std::mutex directory_rename_mu_;  // Held by a directory rename, before gate_.Enter().
+
 };
 
 }  // namespace bucketfs::fs

@@ -267,13 +267,15 @@ Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
   BFS_RETURN_IF_ERROR(CheckOpensAllowed());
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
-  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  PrefixGate::Hold entered;
+  BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
   auto existing = Resolve(dir.path, name, path);
   if (existing.ok()) {
     if ((flags & O_EXCL) != 0) return Status(ErrorCode::kExists, "'" + path + "' exists");
     if (existing->attr.type == FileType::kDirectory) {
       return Status(ErrorCode::kIsDirectory, "'" + path + "' is a directory");
     }
+    entered.Release();  // Open() enters the gate itself (one Enter per thread at a time).
     BFS_ASSIGN_OR_RETURN(OpenReply opened, Open(existing->ino, flags));
     Node node = *existing;
     if (!inodes_.AddLookups(node.ino, 1)) {
@@ -427,7 +429,8 @@ Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint
                                      const Caller& caller) {
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
-  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  PrefixGate::Hold entered;
+  BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
   BFS_RETURN_IF_ERROR(CheckDirectoryKeyFits(path));
   BFS_RETURN_IF_ERROR(ClaimFreeName(dir.path, name, path));
   BFS_RETURN_IF_ERROR(PutSmallObject(DirectoryPrefix(path), "",
@@ -444,6 +447,18 @@ Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint
   RememberEmptyDirectory(path);
   ForgetMissing(path);
   return MakeEntry(node);
+}
+
+Result<std::string> Filesystem::EnterChild(InodeId parent, std::string_view name, Node* dir,
+                                            PrefixGate::Hold* hold) {
+  for (;;) {
+    BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, dir));
+    auto [entered, waited] = gate_.Enter({path});
+    // A directory rename held it: the parent may have moved; look again.
+    if (waited) continue;
+    *hold = std::move(entered);
+    return path;
+  }
 }
 
 Result<bool> Filesystem::CheckEmptyDirectory(const std::string& path) {
@@ -477,7 +492,8 @@ Result<bool> Filesystem::CheckEmptyDirectory(const std::string& path) {
 Status Filesystem::RmDir(InodeId parent, std::string_view name) {
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
-  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  PrefixGate::Hold entered;
+  BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
   BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, path));
   if (node.attr.type != FileType::kDirectory) {
     return Status(ErrorCode::kNotDirectory, "'" + path + "' is not a directory");
@@ -502,7 +518,8 @@ Status Filesystem::RmDir(InodeId parent, std::string_view name) {
 Status Filesystem::Unlink(InodeId parent, std::string_view name) {
   BFS_RETURN_IF_ERROR(CheckWritable());
   Node dir;
-  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  PrefixGate::Hold entered;
+  BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
   BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, path));
   if (node.attr.type == FileType::kDirectory) {
     return Status(ErrorCode::kIsDirectory, "'" + path + "' is a directory");
@@ -540,7 +557,8 @@ Result<EntryReply> Filesystem::Symlink(std::string_view target, InodeId parent,
     return Status(ErrorCode::kNameTooLong, "symlink targets are 1 to 4095 bytes");
   }
   Node dir;
-  BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, &dir));
+  PrefixGate::Hold entered;
+  BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
   BFS_RETURN_IF_ERROR(ClaimFreeName(dir.path, name, path));
   BFS_ASSIGN_OR_RETURN(std::string etag,
                        PutSmallObject(path, target,
@@ -727,9 +745,24 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
     return Status(ErrorCode::kInvalidArgument, "unsupported rename flags " + std::to_string(flags));
   }
   Node from_dir, to_dir;
-  BFS_ASSIGN_OR_RETURN(std::string from, ChildKey(parent, name, &from_dir));
-  BFS_ASSIGN_OR_RETURN(std::string to, ChildKey(new_parent, new_name, &to_dir));
-  BFS_ASSIGN_OR_RETURN(Node source, Resolve(from_dir.path, name, from));
+  std::string from, to;
+  Node source;
+  // One directory rename at a time holds the gate while it waits for an Exclusive() (see
+  // prefix_gate.h): taken before the gate, by directory renames only.
+  std::unique_lock<std::mutex> directory_rename(directory_rename_mu_, std::defer_lock);
+  PrefixGate::Hold entered;
+  for (;;) {
+    BFS_ASSIGN_OR_RETURN(from, ChildKey(parent, name, &from_dir));
+    BFS_ASSIGN_OR_RETURN(to, ChildKey(new_parent, new_name, &to_dir));
+    BFS_ASSIGN_OR_RETURN(source, Resolve(from_dir.path, name, from));
+    if (source.attr.type == FileType::kDirectory && !directory_rename.owns_lock()) {
+      directory_rename.lock();
+    }
+    auto [hold, waited] = gate_.Enter({from, to});
+    if (waited) continue;  // Moved by a directory rename meanwhile: look again.
+    entered = std::move(hold);
+    break;
+  }
   if (from == to) return Status::Ok();
   Logger("fuse")->debug("rename '{}' -> '{}'", from, to);
   const bool source_is_dir = source.attr.type == FileType::kDirectory;
@@ -767,6 +800,8 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
 
   BFS_RETURN_IF_ERROR(Unhide(to));
   if (source_is_dir) {
+    // Nothing is created, removed or renamed under either name while the keys move.
+    PrefixGate::Hold moving = gate_.Exclusive({DirectoryPrefix(from), DirectoryPrefix(to)}, entered);
     BFS_RETURN_IF_ERROR(RenameDirectory(from, to));
     ForgetListingsUnder(from);
     ForgetListingsUnder(to);

@@ -1,5 +1,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <mutex>
+#include <condition_variable>
+#include <future>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -960,6 +963,71 @@ TEST_F(FilesystemWriteTest, AFileRewrittenInPartsAndRenamedWhileOpenReadsAtItsNe
   ASSERT_TRUE(followed.ok()) << followed.status().ToString();
   EXPECT_EQ(followed->ToString(), "nnnn");
   fs_->Release(reader->handle);
+}
+
+// Holds every CopyObject until Release(): a directory rename caught half-way.
+class SlowCopyClient final : public s3::ForwardingClient {
+ public:
+  explicit SlowCopyClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
+    {
+      std::unique_lock lock(mu_);
+      ++copying_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return released_; });
+    }
+    return inner().Copy(req, opts);
+  }
+  void WaitCopying() {
+    std::unique_lock lock(mu_);
+    changed_.wait(lock, [&] { return copying_ > 0; });
+  }
+  void Release() {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  int copying_ = 0;
+  bool released_ = false;
+};
+
+TEST_F(FilesystemWriteTest, CreatesAndUnlinksInADirectoryWaitForItsRenameAndLandUnderTheNewName) {
+  server_.PutDirect("out/a", "a");
+  server_.PutDirect("out/y", "y");
+  SlowCopyClient slow(server_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &slow);
+  const InodeId out = MustLookup(kRootInode, "out");
+  MustLookup(out, "y");
+  auto renamed = std::async(std::launch::async, [&] {
+    return fs_->Rename(kRootInode, "out", kRootInode, "out.old", 0);
+  });
+  slow.WaitCopying();
+  // While the keys move: a program creates a file in the directory and removes another.
+  auto created = std::async(std::launch::async, [&] {
+    return fs_->Create(out, "new", 0644, O_WRONLY | O_CREAT, kCaller);
+  });
+  auto unlinked = std::async(std::launch::async, [&] { return fs_->Unlink(out, "y"); });
+  EXPECT_EQ(created.wait_for(200ms), std::future_status::timeout) << "created mid-rename";
+  EXPECT_EQ(unlinked.wait_for(0ms), std::future_status::timeout) << "unlinked mid-rename";
+  slow.Release();
+  ASSERT_TRUE(renamed.get().ok());
+  auto file = created.get();
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_TRUE(unlinked.get().ok());
+  ASSERT_TRUE(fs_->Write(file->open.handle, 0, Bytes("new")).ok());
+  ASSERT_TRUE(fs_->Flush(file->open.handle).ok());
+  fs_->Release(file->open.handle);
+  // Both happened in the directory where it now is, as on a local disk.
+  ASSERT_TRUE(WaitCommitted("out.old/new"));
+  EXPECT_EQ(server_.ObjectBody("out.old/new"), "new");
+  EXPECT_EQ(server_.ObjectBody("out.old/a"), "a");
+  EXPECT_FALSE(server_.Exists("out.old/y")) << "a deleted file came back";
+  for (const char* key : {"out/new", "out/a", "out/y"}) EXPECT_FALSE(server_.Exists(key)) << key;
+  fs_.reset();  // Before `slow` goes.
 }
 
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {

@@ -1,0 +1,73 @@
+// PrefixGate: keeps the namespace operations under a directory out of its rename.
+//
+// A directory rename in S3 is a copy of every key under it and a delete of the old ones,
+// which takes as long as the copies; the kernel does not lock the directory's children
+// for it, and the daemon serves requests on several threads. A file created under the old
+// name meanwhile would be committed there after its inode moved; one deleted after it was
+// copied would come back under the new name.
+//
+// Contract:
+//  - Enter(paths) waits while an Exclusive() holds a prefix covering any of `paths` (a path
+//    under "d/", or "d" itself), then holds all of them at once until the Hold goes. It
+//    says whether it waited: a caller that computed its paths from inodes recomputes them
+//    then (the rename moved them) and enters again.
+//  - Exclusive(prefixes, own) stops new Enter()s under `prefixes` at once, then waits until
+//    every path already entered under them is released, except those of `own` (the
+//    caller's own Enter(): a rename enters "d" and "e", then takes "d/" and "e/"), and
+//    holds them until the Hold goes.
+//  - No deadlock as long as a thread never calls Enter() while it holds one (an Exclusive()
+//    registered in between would wait for the first, and the second for it), and at most
+//    one thread at a time holds an Enter() while it waits in Exclusive() (the filesystem
+//    runs one directory rename at a time).
+//  - Thread-safe. Unrelated paths never wait for each other.
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace bucketfs::fs {
+
+class PrefixGate {
+ public:
+  class Hold {
+   public:
+    Hold() = default;
+    Hold(Hold&& other) noexcept
+        : gate_(std::exchange(other.gate_, nullptr)), keys_(std::move(other.keys_)),
+          exclusive_(other.exclusive_) {}
+    Hold& operator=(Hold&& other) noexcept;
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+    ~Hold() { Release(); }
+    void Release();
+
+   private:
+    friend class PrefixGate;
+    Hold(PrefixGate* gate, std::vector<std::string> keys, bool exclusive)
+        : gate_(gate), keys_(std::move(keys)), exclusive_(exclusive) {}
+    PrefixGate* gate_ = nullptr;
+    std::vector<std::string> keys_;
+    bool exclusive_ = false;
+  };
+
+  // Returns the hold and whether it had to wait.
+  std::pair<Hold, bool> Enter(std::vector<std::string> paths);
+  Hold Exclusive(std::vector<std::string> prefixes, const Hold& own);
+
+ private:
+  // Requires mu_.
+  bool Covered(const std::string& path) const;
+  // Paths entered under `prefix`, but for those of `own`.
+  bool EnteredUnder(const std::string& prefix, const std::vector<std::string>& own) const;
+  void Release(const std::vector<std::string>& keys, bool exclusive);
+
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::vector<std::string> entered_;    // Guarded by mu_. Duplicates allowed.
+  std::vector<std::string> exclusive_;  // Guarded by mu_. Prefixes ending in '/'.
+};
+
+}  // namespace bucketfs::fs
