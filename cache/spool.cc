@@ -38,7 +38,8 @@ json ToJson(const SpoolRecord& r) {
               {"size", r.size},
               {"present", present},
               {"metadata", r.metadata},
-              {"closed", r.closed}};
+              {"closed", r.closed},
+              {"landing_etag", r.landing_etag}};
 }
 
 SpoolRecord FromJson(const json& j) {
@@ -52,6 +53,7 @@ SpoolRecord FromJson(const json& j) {
   for (const auto& e : j.at("present")) r.present.push_back({e.at(0).get<uint64_t>(), e.at(1).get<uint64_t>()});
   r.metadata = j.at("metadata").get<s3::UserMetadata>();
   r.closed = j.at("closed").get<bool>();
+  r.landing_etag = j.value("landing_etag", std::string());  // Absent in older records.
   return r;
 }
 

@@ -46,6 +46,12 @@ struct SpoolRecord {
   std::vector<Extent> present;  // Bytes held in the data file.
   s3::UserMetadata metadata;
   bool closed = false;  // Every writer closed it: safe to upload after a crash.
+  // The ETag the object gets when the commit under way lands, journaled just before its
+  // final request (PUT or CompleteMultipartUpload); empty when none is under way. A daemon
+  // killed after that request landed and before the record went finds this ETag at the
+  // key: the next one knows the data is there (and does not take its own object for
+  // someone else's change when the base it would fetch or If-Match is gone).
+  std::string landing_etag;
 };
 
 // A multipart upload in the spool's ledger (uploads/).

@@ -663,6 +663,10 @@ Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
   std::span<char> bytes(buffer.get(), size);
   BFS_RETURN_IF_ERROR(Fill(0, size, bytes));
   BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), size, 0, owner_.spool_));
+  {
+    std::lock_guard lock(mu_);
+    JournalLandingLocked(SinglePutEtag(bytes));
+  }
   s3::PutRequest put;
   put.key = key;
   put.body = bytes;
@@ -773,6 +777,7 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
       }
       complete.parts.push_back({n, part.etag, part.uploaded_size});
     }
+    JournalLandingLocked(MultipartEtag(complete.parts));
   }
   auto completed = owner_.client_.CompleteMultipart(complete, {owner_.Deadline()});
   if (completed.ok()) return completed->etag;
@@ -823,6 +828,8 @@ Status DirtyFile::CommitOnce() {
     min_size_since_snapshot_ = size_;
     data_generation = data_generation_;
     meta_generation = meta_generation_;
+    committing_data_generation_ = data_generation;
+    committing_meta_generation_ = meta_generation;
     data_dirty = data_generation_ != committed_data_generation_ || !exists_remotely_;
     meta_dirty = meta_generation_ != committed_meta_generation_;
     metadata = UploadMetadataLocked();
@@ -981,6 +988,9 @@ SpoolRecord DirtyFile::RecordLocked() const {
   r.present = present_.Extents();
   r.metadata = UploadMetadataLocked();
   r.closed = closed_;
+  if (landing_data_generation_ == data_generation_ && landing_meta_generation_ == meta_generation_) {
+    r.landing_etag = landing_etag_;
+  }
   return r;
 }
 
@@ -1007,6 +1017,15 @@ void DirtyFile::MarkTorn() {
            "a write was refused; the spool file will not be uploaded but kept in lost+found/ "
            "by the next mount",
            {{"key", key_}});
+}
+
+void DirtyFile::JournalLandingLocked(const std::string& etag) {
+  if (!closed_ || unlinked_ || torn_ || etag.empty()) return;
+  landing_etag_ = etag;
+  landing_data_generation_ = committing_data_generation_;
+  landing_meta_generation_ = committing_meta_generation_;
+  // Best effort: without it, a crash in the window costs a false conflict, not data.
+  (void)JournalLocked();
 }
 
 Status DirtyFile::TornLocked() const {
@@ -1642,6 +1661,28 @@ std::shared_ptr<DirtyFile> Writeback::Adopt(const SpoolRecord& record, int fd) {
   return file;
 }
 
+void Writeback::AdoptLanded(DirtyFile& file, const SpoolRecord& record) {
+  auto head = client_.Head({record.key, ""}, {Deadline()});
+  if (!head.ok() || head->etag != record.landing_etag) return;  // Not landed: commit it.
+  Logger("writeback")->info("'{}' had reached S3 before the previous daemon stopped",
+                            record.key);
+  std::lock_guard lock(file.mu_);
+  file.base_etag_ = head->etag;
+  file.base_limit_ = head->size;
+  file.exists_remotely_ = true;
+  file.create_only_ = false;
+  file.committed_data_generation_ = file.data_generation_;
+  // Mode, uid and gid set after the upload began need a copy still (the mtime a multipart
+  // upload carries is that of its start, as in a commit that did not stop).
+  for (const char* name : {"mode", "uid", "gid"}) {
+    auto want = file.metadata_.find(name);
+    auto have = head->metadata.find(name);
+    const bool same = (want == file.metadata_.end()) == (have == head->metadata.end()) &&
+                      (want == file.metadata_.end() || want->second == have->second);
+    if (!same) ++file.meta_generation_;
+  }
+}
+
 size_t Writeback::Recover() {
   // Before any upload of this daemon's own starts: every note is a previous daemon's.
   AbortLeftoverUploads(spool_, client_, Deadline());
@@ -1664,6 +1705,7 @@ size_t Writeback::Recover() {
       continue;
     }
     auto file = Adopt(record, *fd);
+    if (!record.landing_etag.empty()) AdoptLanded(*file, record);
     std::shared_ptr<DirtyFile> superseded;
     {
       std::lock_guard lock(mu_);

@@ -275,6 +275,9 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   Status MarkClosedLocked();
   // Requires mu_. Why a torn file is not committed.
   Status TornLocked() const;
+  // Requires mu_. Journals that the commit under way lands as `etag` (a closed file only:
+  // an open one is not recovered).
+  void JournalLandingLocked(const std::string& etag);
 
   Writeback& owner_;
   const std::string id_;
@@ -297,6 +300,12 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   uint64_t meta_generation_ = 0, committed_meta_generation_ = 0;
   std::map<int, PartState> parts_;
   std::optional<Assembly> assembly_;
+  // The commit under way: the generations it uploads, and the ETag it will land as once
+  // its final request is sent (SpoolRecord::landing_etag; valid while the generations
+  // still match the file's).
+  uint64_t committing_data_generation_ = 0, committing_meta_generation_ = 0;
+  std::string landing_etag_;
+  uint64_t landing_data_generation_ = 0, landing_meta_generation_ = 0;
   std::string upload_id_;
   uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
   int highest_part_sent_ = 0;             // Of upload_id_.
@@ -461,6 +470,9 @@ class Writeback {
   static constexpr int kSyncAttempts = 4;
 
   std::shared_ptr<DirtyFile> Adopt(const SpoolRecord& record, int fd);
+  // `record` names the ETag its last commit was landing as: if the key has it, that commit
+  // landed before the daemon stopped, and `file` has only metadata left to commit, if any.
+  void AdoptLanded(DirtyFile& file, const SpoolRecord& record);
   // A torn file's last writer is gone: moves its spool file to lost+found/ and forgets it.
   void SetAsideTorn(const std::shared_ptr<DirtyFile>& file);
   // Counts a commit of `file` in flight and runs it in the background.

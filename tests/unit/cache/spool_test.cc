@@ -112,6 +112,7 @@ TEST_F(SpoolTest, RecordRoundTripsEveryField) {
   r.present = {{0, 10}, {4096, 8192}, {15728640, 15728657}};
   r.metadata = {{"mode", "33188"}, {"uid", "1000"}, {"gid", "1000"}, {"mtime", "1700000000.5"}};
   r.closed = true;
+  r.landing_etag = "fedcba9876543210fedcba9876543210-4";
   ASSERT_TRUE(spool->WriteRecord(r).ok());
   EXPECT_TRUE(stdfs::exists(Files() / (r.id + ".json")));
 
@@ -127,6 +128,7 @@ TEST_F(SpoolTest, RecordRoundTripsEveryField) {
   EXPECT_EQ(got.present, r.present);
   EXPECT_EQ(got.metadata, r.metadata);
   EXPECT_EQ(got.closed, r.closed);
+  EXPECT_EQ(got.landing_etag, r.landing_etag);
 
   // The opposite booleans and empty fields survive too, and a rewrite replaces the record.
   r.create_only = false;
@@ -134,6 +136,7 @@ TEST_F(SpoolTest, RecordRoundTripsEveryField) {
   r.base_etag.clear();
   r.present.clear();
   r.metadata.clear();
+  r.landing_etag.clear();
   ASSERT_TRUE(spool->WriteRecord(r).ok());
   const std::vector<SpoolRecord> again = spool->Scan();
   ASSERT_EQ(again.size(), 1u);
@@ -142,6 +145,7 @@ TEST_F(SpoolTest, RecordRoundTripsEveryField) {
   EXPECT_TRUE(again[0].base_etag.empty());
   EXPECT_TRUE(again[0].present.empty());
   EXPECT_TRUE(again[0].metadata.empty());
+  EXPECT_TRUE(again[0].landing_etag.empty());
   // No temporary file is left behind by the atomic replacement.
   EXPECT_FALSE(stdfs::exists(Files() / (r.id + ".json.tmp")));
 }

@@ -1543,6 +1543,78 @@ class BeforePutClient final : public s3::ForwardingClient {
   }
 };
 
+// Copies the spool's files/ aside right after a request of `op` returns OK: the spool as a
+// daemon killed at that moment (its request landed, its record not yet removed) leaves it.
+class SnapshotAfterClient final : public s3::ForwardingClient {
+ public:
+  SnapshotAfterClient(s3::ObjectClient& inner, stdfs::path files, stdfs::path aside)
+      : s3::ForwardingClient(inner), files_(std::move(files)), aside_(std::move(aside)) {}
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    auto r = inner().Put(req, opts);
+    if (r.ok()) Snapshot();
+    return r;
+  }
+  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
+                                          const s3::CallOptions& opts) override {
+    auto r = inner().CompleteMultipart(req, opts);
+    if (r.ok()) Snapshot();
+    return r;
+  }
+
+ private:
+  void Snapshot() {
+    stdfs::create_directories(aside_);
+    stdfs::copy(files_, aside_, stdfs::copy_options::recursive | stdfs::copy_options::overwrite_existing);
+  }
+  stdfs::path files_, aside_;
+};
+
+TEST_F(WritebackTest, ACommitThatLandedJustBeforeTheDaemonDiedIsNotTakenForAConflict) {
+  // An append to an existing object, and a rewrite in parts of another: each commit lands,
+  // and the daemon dies before its record is removed. The base the records name is gone
+  // (replaced by our own commit): fetching or If-Matching it would fail, a false conflict.
+  fake_.PutDirect("log", "base", kMeta);
+  const std::string big = Body(2 * kPart + 9, 41);
+  fake_.PutDirect("big", Body(kPart + 1, 42), kMeta);
+  const stdfs::path aside = root_ / "aside";
+  {
+    SnapshotAfterClient snap(fake_, root_ / "bucket" / "files", aside);
+    Start(snap);
+    auto log = MustOpen("log", BaseOf("log"));
+    ASSERT_NE(log, nullptr);
+    ASSERT_TRUE(log->Write(4, Bytes("+more")).ok());  // The spool holds only these bytes.
+    wb_->ReleaseWriter(log);
+    ASSERT_TRUE(WaitCommitted("log"));
+    auto file = MustOpen("big", BaseOf("big"));
+    ASSERT_NE(file, nullptr);
+    ASSERT_TRUE(file->Truncate(0).ok());
+    ASSERT_TRUE(WriteAll(*file, big, kMiB));
+    wb_->ReleaseWriter(file);
+    ASSERT_TRUE(WaitCommitted("big"));
+    log.reset();
+    file.reset();
+    wb_.reset();
+    spool_.reset();
+  }
+  ASSERT_EQ(fake_.ObjectBody("log"), "base+more");
+  ASSERT_TRUE(SameBytes(fake_.ObjectBody("big"), big));
+  const std::string log_etag = fake_.ObjectInfoDirect("log")->etag;
+  const std::string big_etag = fake_.ObjectInfoDirect("big")->etag;
+  // The spool as the killed daemon left it: both records, closed, naming the old bases.
+  stdfs::copy(aside, root_ / "bucket" / "files",
+              stdfs::copy_options::recursive | stdfs::copy_options::overwrite_existing);
+
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  ASSERT_EQ(spool_->Scan().size(), 2u);
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 2u);
+  EXPECT_EQ(fake_.ObjectInfoDirect("log")->etag, log_etag) << "nothing to upload again";
+  EXPECT_EQ(fake_.ObjectInfoDirect("big")->etag, big_etag);
+  EXPECT_TRUE(LostAndFound().empty());
+  EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait)) << FilesInSpool();
+}
+
 TEST_F(WritebackTest, AChmodDuringACommitLeavesTheRecordNamingTheVersionJustCommitted) {
   // rsync's pattern: the data commit runs after close, a chmod arrives meanwhile, and the
   // daemon dies before the metadata copy that follows is done. The next mount must not
