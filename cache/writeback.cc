@@ -125,7 +125,27 @@ Status Explain(const Status& s, const std::string& key, const std::string& spool
 // --- DirtyFile ---------------------------------------------------------------------------
 
 DirtyFile::DirtyFile(Writeback& owner, std::string key, std::string id, int fd)
-    : owner_(owner), id_(std::move(id)), fd_(fd), key_(std::move(key)) {}
+    : owner_(owner), id_(std::move(id)), fd_(fd), key_(std::move(key)), layout_(&owner.layout_) {}
+
+Status DirtyFile::CheckWriteRange(uint64_t begin, uint64_t end) const {
+  if (end <= begin) return Status::Ok();
+  if (end > layout_->max_file_size()) return owner_.FileTooLarge();
+  // A file on the layout without the cap (it started as an object larger than the capped
+  // one holds): parts are copied server-side where untouched, but a written part is read
+  // into memory, so it must fit the cap.
+  const uint64_t cap = owner_.layout_.max_part_size();
+  for (PartSpan span = layout_->PartAt(begin); span.offset < end; span = layout_->Part(span.number + 1)) {
+    if (span.size > cap) {
+      return Status(ErrorCode::kEntityTooLarge,
+                    "this file is written in parts of " + FormatBytes(span.size) +
+                        " from offset " + FormatBytes(span.offset) + ", and a part written to "
+                        "is uploaded from memory: at most " + FormatBytes(cap) + " with --max-memory " +
+                        FormatBytes(owner_.budget_.capacity()) + "; mount with a larger --max-memory "
+                        "to change this part of the file");
+    }
+  }
+  return Status::Ok();
+}
 
 DirtyFile::~DirtyFile() {
   if (assembly_) {
@@ -162,8 +182,8 @@ Status DirtyFile::Error() const {
 
 void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
   if (begin >= end) return;
-  const int first = owner_.layout_.PartAt(begin).number;
-  const int last = owner_.layout_.PartAt(end - 1).number;
+  const int first = layout_->PartAt(begin).number;
+  const int last = layout_->PartAt(end - 1).number;
   for (int n = first; n <= last; ++n) ++parts_[n].version;
 }
 
@@ -172,8 +192,8 @@ std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
   if (unlinked_ || committing_ || begin >= end) return eager;
   if (owner_.clock_.Now() < eager_paused_until_) return eager;
   const size_t cap = owner_.options_.upload_parallelism * 2;
-  for (PartSpan span = owner_.layout_.PartAt(begin); span.offset < end;
-       span = owner_.layout_.Part(span.number + 1)) {
+  for (PartSpan span = layout_->PartAt(begin); span.offset < end;
+       span = layout_->Part(span.number + 1)) {
     if (span.number > s3::kMaxParts) break;
     // Only parts this write finished, that lie wholly inside the file and are all here.
     if (span.end() > end || span.end() > size_) continue;
@@ -190,7 +210,7 @@ std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
 }
 
 Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
-  BFS_RETURN_IF_ERROR(owner_.CheckFileSize(offset + data.size()));
+  BFS_RETURN_IF_ERROR(CheckWriteRange(offset, offset + data.size()));
   if (data.empty()) return Status::Ok();  // POSIX: no effect, not even on the size.
   std::vector<int> eager;
   std::vector<AssembledPart> full;  // Parts this write completed in memory.
@@ -216,7 +236,7 @@ Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
       } else {
         const uint64_t at = offset + done;
         const size_t n = static_cast<size_t>(
-            std::min<uint64_t>(data.size() - done, owner_.layout_.PartAt(at).end() - at));
+            std::min<uint64_t>(data.size() - done, layout_->PartAt(at).end() - at));
         result = SpillLocked();
         if (result.ok()) result = WriteSpoolLocked(at, data.subspan(done, n));
         if (result.ok()) done += n;
@@ -277,7 +297,7 @@ Result<size_t> DirtyFile::AssembleLocked(uint64_t offset, std::span<const char> 
   if (assembly_ && offset != assembly_->span.offset + assembly_->filled) return 0;
   if (!assembly_) {
     if (!owner_.options_.assemble_parts) return 0;
-    const PartSpan span = owner_.layout_.PartAt(offset);
+    const PartSpan span = layout_->PartAt(offset);
     // A fresh part at the file's end: none of its bytes is in the spool or the base object.
     // The first part is left to the spool: most files are no bigger, and go as one PUT.
     if (span.number < 2 || span.number > s3::kMaxParts || offset != span.offset ||
@@ -376,8 +396,9 @@ void DirtyFile::SpillIfIdle(MonoTime idle_since) {
 }
 
 Status DirtyFile::Truncate(uint64_t size) {
-  BFS_RETURN_IF_ERROR(owner_.CheckFileSize(size));
   std::lock_guard lock(mu_);
+  // Growing writes zeros to upload; shrinking writes nothing.
+  BFS_RETURN_IF_ERROR(CheckWriteRange(size_, size));
   mtime_ = owner_.clock_.WallNow();
   if (size == size_) return Status::Ok();
   if (assembly_ && size < size_) {
@@ -528,7 +549,7 @@ Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_g
 
 Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
                              std::optional<AssembledPart> assembled) {
-  const PartSpan span = owner_.layout_.Part(number);
+  const PartSpan span = layout_->Part(number);
   const uint64_t end = std::min(span.end(), file_size);
   const uint64_t length = end - span.offset;
   uint64_t version = 0;
@@ -689,7 +710,7 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
                                                const s3::UserMetadata& metadata,
                                                uint64_t meta_generation,
                                                const s3::WriteCondition& condition) {
-  const int count = owner_.layout_.PartCount(size);
+  const int count = layout_->PartCount(size);
   if (count > s3::kMaxParts) {
     return Status(ErrorCode::kEntityTooLarge, "'" + key + "' needs more than 10,000 parts");
   }
@@ -719,7 +740,7 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
   {
     std::lock_guard lock(mu_);
     for (int n = 1; n <= count; ++n) {
-      const PartSpan span = owner_.layout_.Part(n);
+      const PartSpan span = layout_->Part(n);
       const uint64_t end = std::min(span.end(), size);
       const PartState& part = parts_[n];
       if (!part.etag.empty() && part.uploaded_version == part.version &&
@@ -840,7 +861,7 @@ Status DirtyFile::CommitOnce() {
     }
     // A file that shrank to one part or less is one PUT even if parts went early (a
     // multipart upload needs at least one part; its leftovers are aborted below).
-    multipart = size > owner_.layout_.first_part_size();
+    multipart = size > layout_->first_part_size();
   }
   if (!data_dirty && !meta_dirty) return Status::Ok();
   const MonoTime started = owner_.clock_.Now();
@@ -1065,8 +1086,7 @@ uint64_t PartsInAnEighthOf(const MemoryBudget& budget, uint64_t part_size) {
 
 }  // namespace
 
-Status Writeback::CheckFileSize(uint64_t size) const {
-  if (size <= layout_.max_file_size()) return Status::Ok();
+Status Writeback::FileTooLarge() const {
   if (layout_.max_file_size() == PartLayout::kMaxObjectSize) {
     return Status(ErrorCode::kEntityTooLarge, "S3 objects are limited to 5 TiB");
   }
@@ -1084,6 +1104,7 @@ Writeback::Writeback(const WriteContext& context, WritebackOptions options)
       clock_(context.clock ? *context.clock : RealClock()),
       options_(options),
       layout_(options.part_size, budget_.capacity() / 8),
+      uncapped_layout_(options.part_size),
       // Enough for a streaming file's early uploads (2 × parallelism) and its assembly.
       max_spare_parts_(std::min<uint64_t>(2 * options.upload_parallelism + 1,
                                           PartsInAnEighthOf(budget_, options.part_size))),
@@ -1252,6 +1273,7 @@ Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& ke
     file->base_limit_ = base->size;
     file->size_ = base->size;
     file->exists_remotely_ = true;
+    if (base->size > layout_.max_file_size()) file->layout_ = &uncapped_layout_;
   } else {
     file->data_generation_ = 1;  // A new file is committed even if nothing is written.
   }
@@ -1647,6 +1669,8 @@ std::shared_ptr<DirtyFile> Writeback::Adopt(const SpoolRecord& record, int fd) {
   std::lock_guard lock(file->mu_);
   file->base_etag_ = record.base_etag;
   file->base_limit_ = record.base_limit;
+  // Left by a daemon with a larger budget, or a large object rewritten in place.
+  if (record.size > layout_.max_file_size()) file->layout_ = &uncapped_layout_;
   file->exists_remotely_ = !record.base_etag.empty();
   file->create_only_ = record.create_only;
   file->size_ = record.size;

@@ -61,7 +61,9 @@
 //    leaves): part sizes grow along the file (cache/part_layout.h) only up to that, and a
 //    write or truncate past the largest file such parts hold (max_file_size()) is
 //    kEntityTooLarge (EFBIG), saying to raise --max-memory, instead of a file that could
-//    never be uploaded.
+//    never be uploaded. A file that starts as a larger object keeps the uncapped layout:
+//    its untouched parts are copied server-side, and only a write to a part larger than
+//    the cap is EFBIG.
 //  - Integrity: every part and PUT is sent with its SHA-256 payload hash in the SigV4
 //    signature, which the server verifies (a mismatch is kBadDigest, retried by the client,
 //    then reported).
@@ -212,6 +214,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   };
 
   DirtyFile(Writeback& owner, std::string key, std::string id, int fd);
+  // kEntityTooLarge when writing [begin, end) would make a file that cannot be uploaded.
+  Status CheckWriteRange(uint64_t begin, uint64_t end) const;
 
   // Requires mu_. Takes the front of `data` (at `offset`), up to the part's end, into the
   // assembly when it continues it, or starts one when the write opens a fresh part at the
@@ -306,6 +310,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   uint64_t committing_data_generation_ = 0, committing_meta_generation_ = 0;
   std::string landing_etag_;
   uint64_t landing_data_generation_ = 0, landing_meta_generation_ = 0;
+  const PartLayout* layout_;  // The owner's layout_, or uncapped_layout_ (set once, at open).
   std::string upload_id_;
   uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
   int highest_part_sent_ = 0;             // Of upload_id_.
@@ -500,15 +505,18 @@ class Writeback {
   // An assembly's buffer, spilled or dropped.
   void GiveAssemblyBuffer(PartBuffer part);
   MonoTime Deadline() const { return clock_.Now() + options_.request_timeout; }
-  // kEntityTooLarge when a file of `size` bytes could not be uploaded.
-  Status CheckFileSize(uint64_t size) const;
+  // Why a file cannot grow past layout_.max_file_size().
+  Status FileTooLarge() const;
 
   s3::ObjectClient& client_;
   MemoryBudget& budget_;
   Spool& spool_;
   Clock& clock_;
   const WritebackOptions options_;
-  const PartLayout layout_;
+  const PartLayout layout_;  // Parts capped at an eighth of the budget (see "Part buffers").
+  // For files that start as an object larger than layout_ holds: their untouched parts are
+  // copied server-side, so only the parts written to must fit the cap.
+  const PartLayout uncapped_layout_;
 
   mutable std::mutex mu_;
   std::condition_variable settled_;  // With mu_: a commit ended, or stopping_.

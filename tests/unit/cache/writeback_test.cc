@@ -1648,6 +1648,27 @@ TEST_F(WritebackTest, AChmodDuringACommitLeavesTheRecordNamingTheVersionJustComm
   EXPECT_TRUE(LostAndFound().empty());
 }
 
+TEST_F(WritebackTest, AnObjectLargerThanTheCappedLayoutHoldsCanStillBeWrittenWhereItsPartsFit) {
+  // A 100 GiB object opened for writing on a 64 MiB budget: its untouched parts would be
+  // copied server-side, so it is not refused; a write to an early (small) part is taken,
+  // one to a part larger than a buffer the budget allows is EFBIG, naming the part size.
+  Start(fake_);
+  const uint64_t huge = 100ull << 30;
+  ASSERT_GT(huge, wb_->max_file_size());
+  auto file = MustOpen("huge", BaseObject{"\"0123456789abcdef0123456789abcdef\"", huge});
+  ASSERT_NE(file, nullptr);
+  EXPECT_TRUE(file->Write(0, Bytes("head")).ok());
+  Status late = file->Write(99ull << 30, Bytes("tail"));
+  EXPECT_EQ(late.code(), ErrorCode::kEntityTooLarge) << late.ToString();
+  EXPECT_NE(late.message().find("--max-memory"), std::string::npos) << late.ToString();
+  EXPECT_EQ(file->Truncate(huge + kMiB).code(), ErrorCode::kEntityTooLarge) << "grows a big part";
+  EXPECT_TRUE(file->Truncate(huge - kMiB).ok()) << "shrinking writes nothing";
+  EXPECT_EQ(file->Attributes().size, huge - kMiB);
+  // Never committed (the object is not in the fake): the daemon stops with it open.
+  file.reset();
+  wb_.reset();
+}
+
 TEST_F(WritebackTest, RecoverAbortsTheMultipartUploadAKilledDaemonLeftBeforeUploadingAnew) {
   const std::string body = Body(3 * kPart + 7, 31);
   {
