@@ -687,15 +687,7 @@ Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr)
   PrefixGate::Hold entered;  // A write open starts a file at its key: not mid-rename.
   if (IsWriteOpen(flags)) {
     BFS_RETURN_IF_ERROR(CheckWritable());
-    for (;;) {
-      auto [hold, waited] = gate_.Enter({node->path});
-      if (!waited) {
-        entered = std::move(hold);
-        break;
-      }
-      node = inodes_.Get(ino);  // A directory rename may have moved it.
-      if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
-    }
+    BFS_ASSIGN_OR_RETURN(entered, EnterInode(ino, &node));
   }
   if (node->unlinked || node->path.empty()) {
     return Status(ErrorCode::kStale, "'" + node->path + "' was removed or replaced");

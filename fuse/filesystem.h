@@ -230,6 +230,9 @@ class Filesystem {
   // which joins a file already being written even while an unmount stops new opens (the
   // kernel sends fchmod and futimens without the descriptor's handle).
   Result<OpenReply> OpenFile(InodeId ino, int flags, bool for_setattr);
+  // The inode `ino` (into `node`), its path entered in gate_ (waiting out a directory
+  // rename that covers it). kStale if the inode is gone.
+  Result<PrefixGate::Hold> EnterInode(InodeId ino, std::optional<Node>* node);
   // ChildKey(), entered in gate_ (waiting out a directory rename that covers it).
   Result<std::string> EnterChild(InodeId parent, std::string_view name, Node* dir,
                                  PrefixGate::Hold* hold);

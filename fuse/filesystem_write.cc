@@ -364,6 +364,8 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
   if (node->attr.type == FileType::kDirectory) {
     if (request.size) return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
     if (ino == kRootInode) return GetAttr(ino);  // The bucket itself has no marker to hold it.
+    // Its marker is written at its key: not while a rename moves it.
+    BFS_ASSIGN_OR_RETURN(PrefixGate::Hold entered, EnterInode(ino, &node));
     if (node->unlinked || node->path.empty()) {
       // Removed or replaced: its empty path is the root's, and a marker for it would be a
       // PUT to the bucket itself.
@@ -449,11 +451,22 @@ Result<EntryReply> Filesystem::MkDir(InodeId parent, std::string_view name, uint
   return MakeEntry(node);
 }
 
+Result<PrefixGate::Hold> Filesystem::EnterInode(InodeId ino, std::optional<Node>* node) {
+  for (;;) {
+    const uint64_t seen = gate_.epoch();
+    *node = inodes_.Get(ino);  // Again after a wait: a directory rename may have moved it.
+    if (!*node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
+    auto [entered, waited] = gate_.Enter({(*node)->path}, seen);
+    if (!waited) return std::move(entered);
+  }
+}
+
 Result<std::string> Filesystem::EnterChild(InodeId parent, std::string_view name, Node* dir,
                                             PrefixGate::Hold* hold) {
   for (;;) {
+    const uint64_t seen = gate_.epoch();
     BFS_ASSIGN_OR_RETURN(std::string path, ChildKey(parent, name, dir));
-    auto [entered, waited] = gate_.Enter({path});
+    auto [entered, waited] = gate_.Enter({path}, seen);
     // A directory rename held it: the parent may have moved; look again.
     if (waited) continue;
     *hold = std::move(entered);
@@ -752,13 +765,14 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   std::unique_lock<std::mutex> directory_rename(directory_rename_mu_, std::defer_lock);
   PrefixGate::Hold entered;
   for (;;) {
+    const uint64_t seen = gate_.epoch();
     BFS_ASSIGN_OR_RETURN(from, ChildKey(parent, name, &from_dir));
     BFS_ASSIGN_OR_RETURN(to, ChildKey(new_parent, new_name, &to_dir));
     BFS_ASSIGN_OR_RETURN(source, Resolve(from_dir.path, name, from));
     if (source.attr.type == FileType::kDirectory && !directory_rename.owns_lock()) {
       directory_rename.lock();
     }
-    auto [hold, waited] = gate_.Enter({from, to});
+    auto [hold, waited] = gate_.Enter({from, to}, seen);
     if (waited) continue;  // Moved by a directory rename meanwhile: look again.
     entered = std::move(hold);
     break;

@@ -41,9 +41,14 @@ bool PrefixGate::EnteredUnder(const std::string& prefix,
          std::count_if(own.begin(), own.end(), under);
 }
 
-std::pair<PrefixGate::Hold, bool> PrefixGate::Enter(std::vector<std::string> paths) {
+uint64_t PrefixGate::epoch() {
+  std::lock_guard lock(mu_);
+  return epoch_;
+}
+
+std::pair<PrefixGate::Hold, bool> PrefixGate::Enter(std::vector<std::string> paths, uint64_t seen) {
   std::unique_lock lock(mu_);
-  bool waited = false;
+  bool waited = epoch_ != seen;
   while (std::any_of(paths.begin(), paths.end(), [&](const std::string& p) { return Covered(p); })) {
     waited = true;
     changed_.wait(lock);
@@ -55,6 +60,7 @@ std::pair<PrefixGate::Hold, bool> PrefixGate::Enter(std::vector<std::string> pat
 PrefixGate::Hold PrefixGate::Exclusive(std::vector<std::string> prefixes, const Hold& own) {
   const std::vector<std::string> own_paths = own.gate_ == this ? own.keys_ : std::vector<std::string>{};
   std::unique_lock lock(mu_);
+  ++epoch_;
   exclusive_.insert(exclusive_.end(), prefixes.begin(), prefixes.end());
   changed_.wait(lock, [&] {
     return std::none_of(prefixes.begin(), prefixes.end(),

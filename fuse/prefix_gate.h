@@ -7,10 +7,12 @@
 // copied would come back under the new name.
 //
 // Contract:
-//  - Enter(paths) waits while an Exclusive() holds a prefix covering any of `paths` (a path
-//    under "d/", or "d" itself), then holds all of them at once until the Hold goes. It
-//    says whether it waited: a caller that computed its paths from inodes recomputes them
-//    then (the rename moved them) and enters again.
+//  - Enter(paths, seen) waits while an Exclusive() holds a prefix covering any of `paths` (a
+//    path under "d/", or "d" itself), then holds all of them at once until the Hold goes.
+//    `seen` is epoch() read before the caller computed `paths` from its inodes: Enter says
+//    "look again" when it had to wait or when an Exclusive() began since `seen` (the paths
+//    may be stale: a rename may have moved them before the caller got here); the caller
+//    then computes them again and enters again.
 //  - Exclusive(prefixes, own) stops new Enter()s under `prefixes` at once, then waits until
 //    every path already entered under them is released, except those of `own` (the
 //    caller's own Enter(): a rename enters "d" and "e", then takes "d/" and "e/"), and
@@ -23,6 +25,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -53,8 +56,10 @@ class PrefixGate {
     bool exclusive_ = false;
   };
 
-  // Returns the hold and whether it had to wait.
-  std::pair<Hold, bool> Enter(std::vector<std::string> paths);
+  // Counts the Exclusive()s begun so far.
+  uint64_t epoch();
+  // Returns the hold and whether the caller must look again (it waited, or `seen` is old).
+  std::pair<Hold, bool> Enter(std::vector<std::string> paths, uint64_t seen);
   Hold Exclusive(std::vector<std::string> prefixes, const Hold& own);
 
  private:
@@ -68,6 +73,7 @@ class PrefixGate {
   std::condition_variable changed_;
   std::vector<std::string> entered_;    // Guarded by mu_. Duplicates allowed.
   std::vector<std::string> exclusive_;  // Guarded by mu_. Prefixes ending in '/'.
+  uint64_t epoch_ = 0;                  // Guarded by mu_.
 };
 
 }  // namespace bucketfs::fs
