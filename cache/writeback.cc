@@ -27,7 +27,9 @@ Status SpoolIoError(int err, const std::string& what, const Spool& spool) {
   return spool.IoError(err, what);
 }
 
-Status PwriteAll(int fd, const char* data, size_t size, uint64_t offset, const Spool& spool) {
+// `done` (optional): the bytes written, also when it fails.
+Status PwriteAll(int fd, const char* data, size_t size, uint64_t offset, const Spool& spool,
+                 uint64_t* done = nullptr) {
   while (size > 0) {
     const ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
     if (n < 0) {
@@ -37,6 +39,7 @@ Status PwriteAll(int fd, const char* data, size_t size, uint64_t offset, const S
     data += n;
     size -= static_cast<size_t>(n);
     offset += static_cast<uint64_t>(n);
+    if (done != nullptr) *done += static_cast<uint64_t>(n);
   }
   return Status::Ok();
 }
@@ -269,18 +272,17 @@ Status DirtyFile::Write(uint64_t offset, std::span<const char> data) {
 
 Status DirtyFile::WriteSpoolLocked(uint64_t begin, std::span<const char> data) {
   const uint64_t end = begin + data.size();
-  Status written = PwriteAll(fd_, data.data(), data.size(), begin, owner_.spool_);
+  uint64_t done = 0;
+  Status written = PwriteAll(fd_, data.data(), data.size(), begin, owner_.spool_, &done);
   if (!written.ok()) {
-    // What reached the spool may be any prefix: keep the file consistent by treating the
-    // whole range as written (its bytes are whatever the spool holds, as on a local disk
-    // after a failed write).
-    // Past the end, the file keeps its size (the spool is cut back to it); the bytes
-    // before the end may have been overwritten all the same.
-    const uint64_t touched_end = std::min(end, size_);
+    // The prefix that reached the spool is the file's now (as on a local disk after a
+    // failed write), up to its old size: past it, the spool is cut back and the size kept.
+    // The rest holds what it held.
+    const uint64_t written_end = std::min(begin + done, size_);
     if (end > size_) (void)::ftruncate(fd_, static_cast<off_t>(size_));
-    if (begin < touched_end) {
-      present_.Add(begin, touched_end);
-      TouchLocked(begin, touched_end);
+    if (begin < written_end) {
+      present_.Add(begin, written_end);
+      TouchLocked(begin, written_end);
       ++data_generation_;
     }
     return written;
@@ -1034,9 +1036,12 @@ void DirtyFile::MarkTorn() {
   std::lock_guard lock(mu_);
   if (torn_) return;
   torn_ = true;
+  // Journaled open, as a torn file's record must be (a restart keeps it in lost+found/):
+  // the refused write may be the first since the file was last closed.
+  if (closed_ && !unlinked_) (void)JournalReopenedLocked();
   LogEvent(*Logger("writeback"), spdlog::level::err,
-           "a write was refused; the spool file will not be uploaded but kept in lost+found/ "
-           "by the next mount",
+           "a write was refused; the file will not be uploaded, its spool file goes to "
+           "lost+found/",
            {{"key", key_}});
 }
 
@@ -1346,22 +1351,28 @@ void Writeback::ReleaseWriter(const std::shared_ptr<DirtyFile>& file, bool write
 }
 
 void Writeback::SetAsideTorn(const std::shared_ptr<DirtyFile>& file) {
-  std::lock_guard lock(mu_);
-  std::lock_guard file_lock(file->mu_);
-  // Reopened since its last release (still torn for the new writer, who learns it at
-  // close), or already gone.
-  if (file->writers_ > 0 || file->unlinked_) return;
-  auto it = files_.find(file->key_);
-  if (it == files_.end() || it->second != file) return;
-  (void)file->SpillLocked();  // lost+found/ gets what was collected in memory too.
-  files_.erase(it);
-  // Detached: the next open of the key starts from the object in S3, and nothing of this
-  // file is committed, journaled or removed from here on.
-  file->unlinked_ = true;
-  file->remove_on_destroy_ = false;
-  spool_.Quarantine(file->id_, "'" + file->key_ +
-                                   "' had a write refused while the mount had lost its lease; "
-                                   "it was not uploaded");
+  std::string key, upload_id;
+  {
+    std::lock_guard lock(mu_);
+    std::lock_guard file_lock(file->mu_);
+    // Reopened since its last release (still torn for the new writer, who learns it at
+    // close), or already gone.
+    if (file->writers_ > 0 || file->unlinked_) return;
+    // Detached from its key already if a rename moved its name (Rename).
+    auto it = files_.find(file->key_);
+    if (it != files_.end() && it->second == file) files_.erase(it);
+    (void)file->SpillLocked();  // lost+found/ gets what was collected in memory too.
+    // Detached: the next open of the key starts from the object in S3, and nothing of this
+    // file is committed, journaled or removed from here on.
+    file->unlinked_ = true;
+    file->remove_on_destroy_ = false;
+    key = file->key_;
+    upload_id = std::exchange(file->upload_id_, std::string());  // Parts sent early.
+    spool_.Quarantine(file->id_, "'" + key +
+                                     "' had a write refused while the mount had lost its "
+                                     "lease; it was not uploaded");
+  }
+  if (!upload_id.empty()) (void)client_.AbortMultipart(key, upload_id, {Deadline()});
 }
 
 void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file) {
@@ -1405,6 +1416,8 @@ void Writeback::Settle(const std::shared_ptr<DirtyFile>& file, const Status& res
         // Not a failure: the file changed while it was being committed.
         counters_.restarted_commits.fetch_add(1, std::memory_order_relaxed);
         commit_again = file->writers_ == 0;
+      } else if (file->torn_) {
+        // Refused, not failed: never retried (MarkTorn).
       } else {
         counters_.failed_commits.fetch_add(1, std::memory_order_relaxed);
         if (!file->conflict_) {
@@ -1567,6 +1580,17 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
                                                    std::string* copy_etag) {
   auto file = Find(from);
   if (!file) return RenameOutcome::kNotDirty;
+  {
+    // A torn file is never committed (MarkTorn): it lets go of the name, which the caller
+    // renames as the object S3 holds, and goes to lost+found/ at its last release.
+    std::lock_guard lock(mu_);
+    std::lock_guard file_lock(file->mu_);
+    if (file->torn_) {
+      auto it = files_.find(from);
+      if (it != files_.end() && it->second == file) files_.erase(it);
+      return RenameOutcome::kNotDirty;
+    }
+  }
   // Make the object at `from` (if any) hold the file's current bytes and metadata, so
   // that one server-side copy carries them; a file never committed needs no server work
   // at all. A commit in flight decides which: wait for it first.

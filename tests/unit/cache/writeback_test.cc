@@ -1305,6 +1305,28 @@ TEST_F(WritebackTest, ATornFileIsNeverUploadedAndIsSetAsideAtItsLastRelease) {
   wb_.reset();  // Before `fenced` goes.
 }
 
+TEST_F(WritebackTest, AFileClosedThenTornOnItsFirstWriteIsJournaledOpen) {
+  // Closed (journaled closed, its commit not done yet), then opened again, and the first
+  // write refused: a restart must not upload it as if nothing happened.
+  faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+  Start(faulty_);
+  auto file = MustOpen("f");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("closed")).ok());
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitFailedCommits(1));
+  ASSERT_TRUE(RecordOf("f")->closed);
+  auto again = wb_->ReopenForWrite("f");
+  ASSERT_EQ(again, file);
+  file->MarkTorn();
+  EXPECT_FALSE(RecordOf("f")->closed);
+  wb_->ReleaseWriter(file);
+  file.reset();
+  again.reset();
+  EXPECT_EQ(wb_->Find("f"), nullptr);
+  EXPECT_EQ(LostAndFound().size(), 2u);
+}
+
 TEST_F(WritebackTest, ATornFileStillOpenWhenTheDaemonStopsIsQuarantinedByRecover) {
   std::string torn_id;
   {
@@ -1473,6 +1495,31 @@ TEST_F(WritebackTest, RecoverCommitsWhatAStoppedDaemonLeftClosedInTheSpool) {
   }
   EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait)) << FilesInSpool();
   EXPECT_TRUE(LostAndFound().empty());
+}
+
+TEST_F(WritebackTest, AWriteCutShortKeepsTheBaseBytesItNeverReached) {
+  // A rewrite of an object whose bytes were never fetched: the write of [60, 100) stops at
+  // byte 80. The file is the object with [60, 80) written, not zeros after byte 80.
+  fake_.PutDirect("f", std::string(100, 'o'), kMeta);
+  Start(fake_);
+  auto file = MustOpen("f", BaseOf("f"));
+  ASSERT_NE(file, nullptr);
+  struct rlimit saved {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limit = saved;
+  limit.rlim_cur = 80;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  Status wrote = file->Write(60, Bytes(std::string(40, 'n')));
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved), 0);
+  signal(SIGXFSZ, old_handler);
+  ASSERT_FALSE(wrote.ok()) << "the limit did not cut the write short";
+  auto shown = file->Read(0, 1000);
+  ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+  EXPECT_EQ(shown->ToString(), std::string(60, 'o') + std::string(20, 'n') + std::string(20, 'o'));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("f"));
+  EXPECT_EQ(fake_.ObjectBody("f"), std::string(60, 'o') + std::string(20, 'n') + std::string(20, 'o'));
 }
 
 TEST_F(WritebackTest, AFileLargerThanItsPartsCouldEverUploadIsEfbigAtOnce) {

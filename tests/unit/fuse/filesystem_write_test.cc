@@ -1293,6 +1293,38 @@ class FilesystemFenceTest : public FilesystemWriteTest {
   cache::FencedObjectClient fenced_{server_, fence_};
 };
 
+TEST_F(FilesystemFenceTest, ADirectoryWithATornFileStillRenamesWhole) {
+  // d/f was being rewritten when a write of it was refused (the lease was late); the fence
+  // is open again. Renaming d moves every key, f as the object S3 holds; the torn bytes
+  // never reach S3 and go to lost+found/ when f is last closed.
+  server_.PutDirect("d/f", "original");
+  server_.PutDirect("d/g", "other");
+  const InodeId d = MustLookup(kRootInode, "d");
+  const InodeId f = MustLookup(d, "f");
+  auto writer = fs_->Open(f, O_WRONLY);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  ASSERT_TRUE(fs_->Write(writer->handle, 0, Bytes("NEW")).ok());
+  auto dirty = writeback_->Find("d/f");
+  ASSERT_NE(dirty, nullptr);
+  dirty->MarkTorn();  // As Write does when the fence refuses it.
+  Status renamed = fs_->Rename(kRootInode, "d", kRootInode, "e", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("e/f"), "original");
+  EXPECT_EQ(server_.ObjectBody("e/g"), "other");
+  EXPECT_FALSE(server_.Exists("d/f"));
+  EXPECT_FALSE(server_.Exists("d/g"));
+  EXPECT_EQ(fs_->Flush(writer->handle).code(), ErrorCode::kReadOnly);
+  fs_->Release(writer->handle);
+  EXPECT_EQ(server_.ObjectBody("e/f"), "original");
+  EXPECT_EQ(writeback_->Find("d/f"), nullptr);
+  EXPECT_EQ(writeback_->Find("e/f"), nullptr);
+  size_t kept = 0;
+  for (const auto& e : stdfs::directory_iterator(spool_->directory() + "/lost+found")) {
+    kept += e.path().extension() == ".data";
+  }
+  EXPECT_EQ(kept, 1u);
+}
+
 TEST_F(FilesystemFenceTest, ClosedFenceRefusesEveryChangeWithReadOnlyAndTheBucketIsUntouched) {
   server_.PutDirect("f", "x");
   server_.PutDirect("d/", "");
