@@ -300,6 +300,27 @@ class WritebackTest : public ::testing::Test {
     return Eventually([&] { return wb_->GetStats().failed_commits >= n; }, kWait);
   }
 
+  // `file->Write(offset, data)` while files may not grow past `limit` bytes (RLIMIT_FSIZE):
+  // a write that the spool's disk cuts short, as a full one would.
+  static Status WriteUnderFileSizeLimit(DirtyFile& file, uint64_t offset, const std::string& data,
+                                        rlim_t limit) {
+    struct rlimit saved {};
+    struct rlimit lowered {};
+    // Ignored first: a write past the limit raises SIGXFSZ, which would end the process.
+    const auto old_handler = signal(SIGXFSZ, SIG_IGN);
+    if (getrlimit(RLIMIT_FSIZE, &saved) != 0 || (lowered = saved, lowered.rlim_cur = limit,
+                                                 setrlimit(RLIMIT_FSIZE, &lowered) != 0)) {
+      ADD_FAILURE() << "cannot lower RLIMIT_FSIZE: " << std::strerror(errno);
+      signal(SIGXFSZ, old_handler);
+      return Status::Ok();  // Read as "not cut short" by the caller's assertion.
+    }
+    Status wrote = file.Write(offset, Bytes(data));
+    const bool restored = setrlimit(RLIMIT_FSIZE, &saved) == 0;
+    signal(SIGXFSZ, old_handler);
+    if (!restored) ADD_FAILURE() << "cannot restore RLIMIT_FSIZE";
+    return wrote;
+  }
+
   std::optional<SpoolRecord> RecordOf(const std::string& key) {
     for (auto& r : spool_->Scan()) {
       if (r.key == key) return r;
@@ -1504,15 +1525,7 @@ TEST_F(WritebackTest, AWriteCutShortKeepsTheBaseBytesItNeverReached) {
   Start(fake_);
   auto file = MustOpen("f", BaseOf("f"));
   ASSERT_NE(file, nullptr);
-  struct rlimit saved {};
-  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
-  const auto old_handler = signal(SIGXFSZ, SIG_IGN);
-  struct rlimit limit = saved;
-  limit.rlim_cur = 80;
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
-  Status wrote = file->Write(60, Bytes(std::string(40, 'n')));
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved), 0);
-  signal(SIGXFSZ, old_handler);
+  Status wrote = WriteUnderFileSizeLimit(*file, 60, std::string(40, 'n'), 80);
   ASSERT_FALSE(wrote.ok()) << "the limit did not cut the write short";
   auto shown = file->Read(0, 1000);
   ASSERT_TRUE(shown.ok()) << shown.status().ToString();
@@ -1558,15 +1571,8 @@ TEST_F(WritebackTest, AWriteThatFailsPastTheEndStillUploadsTheBytesItOverwroteBe
   ASSERT_TRUE(wb_->Sync(file).ok());
   ASSERT_EQ(fake_.ObjectBody("f"), old_bytes);
 
-  struct rlimit saved {};
-  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
-  const auto old_handler = signal(SIGXFSZ, SIG_IGN);
-  struct rlimit limit = saved;
-  limit.rlim_cur = 150;  // The write of [60, 160) stops at byte 150.
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
-  Status wrote = file->Write(60, Bytes(std::string(100, 'n')));
-  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved), 0);
-  signal(SIGXFSZ, old_handler);
+  // The write of [60, 160) stops at byte 150.
+  Status wrote = WriteUnderFileSizeLimit(*file, 60, std::string(100, 'n'), 150);
   ASSERT_FALSE(wrote.ok()) << "the limit did not cut the write short";
 
   auto shown = file->Read(0, 1000);
