@@ -1712,6 +1712,10 @@ std::shared_ptr<DirtyFile> Writeback::Adopt(const SpoolRecord& record, int fd) {
 void Writeback::AdoptLanded(DirtyFile& file, const SpoolRecord& record) {
   auto head = client_.Head({record.key, ""}, {Deadline()});
   if (!head.ok() || head->etag != record.landing_etag) return;  // Not landed: commit it.
+  // A PUT stores the record's metadata exactly, down to the nanosecond mtime: someone
+  // else's object of the same bytes (an identical O_EXCL file) is not ours (lost_reply.h).
+  const bool multipart = record.landing_etag.find('-') != std::string::npos;
+  if (!multipart && head->metadata != record.metadata) return;
   Logger("writeback")->info("'{}' had reached S3 before the previous daemon stopped",
                             record.key);
   std::lock_guard lock(file.mu_);

@@ -1668,6 +1668,38 @@ TEST_F(WritebackTest, ACommitThatLandedJustBeforeTheDaemonDiedIsNotTakenForAConf
   EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait)) << FilesInSpool();
 }
 
+TEST_F(WritebackTest, ALandingEtagMetBySomeoneElsesIdenticalBytesIsStillAConflict) {
+  // An O_EXCL lock file lands; the daemon dies before its record goes; someone else then
+  // deletes it and creates the same bytes with their own metadata. Same ETag, not ours.
+  const stdfs::path aside = root_ / "aside";
+  {
+    SnapshotAfterClient snap(fake_, root_ / "bucket" / "files", aside);
+    Start(snap);
+    auto lock = MustOpen("lock", std::nullopt, kMeta, /*create_only=*/true);
+    ASSERT_NE(lock, nullptr);
+    ASSERT_TRUE(lock->Write(0, Bytes("pid 42")).ok());
+    wb_->ReleaseWriter(lock);
+    ASSERT_TRUE(WaitCommitted("lock"));
+    lock.reset();
+    wb_.reset();
+    spool_.reset();
+  }
+  const s3::UserMetadata theirs = {{"mode", "33188"}, {"uid", "0"}, {"gid", "0"}, {"mtime", "1"}};
+  fake_.DeleteDirect("lock");
+  fake_.PutDirect("lock", "pid 42", theirs);
+  stdfs::copy(aside, root_ / "bucket" / "files",
+              stdfs::copy_options::recursive | stdfs::copy_options::overwrite_existing);
+
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 0u);
+  EXPECT_EQ(fake_.ObjectInfoDirect("lock")->metadata, theirs) << "their object was taken for ours";
+  auto kept = wb_->Find("lock");
+  ASSERT_NE(kept, nullptr) << "our data is kept, as for any conflict";
+  EXPECT_EQ(kept->Error().code(), ErrorCode::kStale) << kept->Error().ToString();
+}
+
 TEST_F(WritebackTest, AChmodDuringACommitLeavesTheRecordNamingTheVersionJustCommitted) {
   // rsync's pattern: the data commit runs after close, a chmod arrives meanwhile, and the
   // daemon dies before the metadata copy that follows is done. The next mount must not
