@@ -681,18 +681,50 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   if (writeback_ != nullptr) {
     for (const auto& file : writeback_->Under(from_prefix)) dirty.insert(file->key());
   }
+  // Everything is listed before anything is copied: a key that would not fit under the
+  // new name must refuse the rename while nothing has moved.
   s3::ListRequest list;
   list.prefix = from_prefix;
   bool has_marker = false;
+  std::vector<s3::ObjectInfo> listed;
+  size_t longest = 0;  // The longest key under `from`, past its prefix.
+  for (const std::string& key : dirty) longest = std::max(longest, key.size() - from_prefix.size());
   for (;;) {
     BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
-    for (const auto& object : page.objects) {
+    for (auto& object : page.objects) {
       if (object.key == from_prefix) has_marker = true;
       if (dirty.contains(object.key)) continue;
-      BFS_RETURN_IF_ERROR(copy(object.key, object.size, object.etag));
+      longest = std::max(longest, object.key.size() - from_prefix.size());
+      listed.push_back(std::move(object));
     }
     if (!page.is_truncated) break;
     list.continuation_token = page.next_continuation_token;
+  }
+  if (to_prefix.size() + longest > kMaxKeyBytes) {
+    return Status(ErrorCode::kNameTooLong,
+                  "'" + to.substr(0, 40) + "…' would give a file under it a key of " +
+                      std::to_string(to_prefix.size() + longest) +
+                      " bytes, past S3's 1024; choose a shorter name (nothing was moved)");
+  }
+  for (const auto& object : listed) {
+    Status copied = copy(object.key, object.size, object.etag);
+    if (!copied.ok()) {
+      // Nothing is deleted before every copy is made: take the copies back, so the
+      // directory is as it was and the rename can be tried again.
+      // The new name's marker stays: it may be the empty directory the rename was
+      // replacing, and an empty directory is harmless when it was not.
+      std::vector<std::string> made;
+      for (const auto& [dest, etag] : copies) {
+        if (dest != to_prefix) made.push_back(dest);
+      }
+      for (size_t i = 0; i < made.size(); i += s3::kMaxDeleteBatch) {
+        const size_t end = std::min(made.size(), i + s3::kMaxDeleteBatch);
+        (void)client_.DeleteMany({made.begin() + static_cast<std::ptrdiff_t>(i),
+                                  made.begin() + static_cast<std::ptrdiff_t>(end)},
+                                 {Deadline()});
+      }
+      return copied.Annotate("renaming '" + from + "' to '" + to + "' (nothing was moved)");
+    }
   }
   for (const std::string& key : dirty) {
     const std::string dest = to_prefix + key.substr(from_prefix.size());

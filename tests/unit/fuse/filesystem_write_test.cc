@@ -29,6 +29,7 @@
 #include "common/task_pool.h"
 #include "fuse/filesystem.h"
 #include "s3/fake_client.h"
+#include "s3/fault_client.h"
 #include "s3/forwarding_client.h"
 #include "tests/support/eventually.h"
 
@@ -1028,6 +1029,44 @@ TEST_F(FilesystemWriteTest, CreatesAndUnlinksInADirectoryWaitForItsRenameAndLand
   EXPECT_FALSE(server_.Exists("out.old/y")) << "a deleted file came back";
   for (const char* key : {"out/new", "out/a", "out/y"}) EXPECT_FALSE(server_.Exists(key)) << key;
   fs_.reset();  // Before `slow` goes.
+}
+
+TEST_F(FilesystemWriteTest, ADirectoryRenameThatFailsMidWayTakesItsCopiesBackAndCanBeRetried) {
+  server_.PutDirect("src/a", "a");
+  server_.PutDirect("src/b", "b");
+  server_.PutDirect("src/c", "c");
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  MustLookup(kRootInode, "src");
+  faulty.FailAlways(s3::Op::kCopy, s3::InjectedError(ErrorCode::kAccessDenied), "src/b");
+  Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kAccessDenied) << renamed.ToString();
+  for (const char* key : {"src/a", "src/b", "src/c"}) EXPECT_TRUE(server_.Exists(key)) << key;
+  for (const char* key : {"dst/a", "dst/b", "dst/c"}) EXPECT_FALSE(server_.Exists(key)) << key;
+
+  faulty.ClearRules();
+  renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  ASSERT_TRUE(renamed.ok()) << "the retry: " << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("dst/b"), "b");
+  EXPECT_FALSE(server_.Exists("src/b"));
+  fs_.reset();  // Before `faulty` goes.
+}
+
+TEST_F(FilesystemWriteTest, ADirectoryRenameWhoseKeysWouldNotFitMovesNothing) {
+  // A key of 1,000 bytes under "s": under a name 40 bytes longer it would pass 1,024.
+  const std::string deep = "s/" + std::string(200, 'd') + "/" + std::string(200, 'e') + "/" +
+                           std::string(200, 'f') + "/" + std::string(200, 'g') + "/" +
+                           std::string(194, 'h');
+  ASSERT_EQ(deep.size(), 1000u);
+  server_.PutDirect("s/first", "1");
+  server_.PutDirect(deep, "deep");
+  MustLookup(kRootInode, "s");
+  const std::string longer(41, 'L');
+  Status renamed = fs_->Rename(kRootInode, "s", kRootInode, longer, 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kNameTooLong) << renamed.ToString();
+  EXPECT_FALSE(server_.Exists(longer + "/first")) << "copied before the check";
+  EXPECT_TRUE(server_.Exists("s/first"));
+  EXPECT_TRUE(server_.Exists(deep));
 }
 
 TEST_F(FilesystemWriteTest, RenameDirectoryWithAMarkerMovesTheMarker) {
