@@ -1032,6 +1032,11 @@ Status DirtyFile::JournalReopenedLocked() {
   return journaled;
 }
 
+bool DirtyFile::torn() const {
+  std::lock_guard lock(mu_);
+  return torn_;
+}
+
 void DirtyFile::MarkTorn() {
   std::lock_guard lock(mu_);
   if (torn_) return;

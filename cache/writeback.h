@@ -182,6 +182,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // daemon stopped before then leaves its record "open", and the next Recover() moves it
   // to lost+found/ instead of uploading a torn file.
   void MarkTorn();
+  bool torn() const;
 
   ~DirtyFile();
 

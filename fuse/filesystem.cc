@@ -823,7 +823,10 @@ void Filesystem::Release(uint64_t handle) {
     file = std::move(it->second);
     files_.erase(it);
   }
-  if (file->writer) writeback_->ReleaseWriter(file->dirty, file->changed_since_flush.exchange(false));
+  if (file->writer) {
+    writeback_->ReleaseWriter(file->dirty, file->changed_since_flush.exchange(false));
+    if (file->dirty->torn()) ForgetSetAside(file->ino, *file->dirty);
+  }
   inodes_.CloseHandle(file->ino);
   FinishDeferredDelete(file->ino);
 }

@@ -233,6 +233,9 @@ class Filesystem {
   // The inode `ino` (into `node`), its path entered in gate_ (waiting out a directory
   // rename that covers it). kStale if the inode is gone.
   Result<PrefixGate::Hold> EnterInode(InodeId ino, std::optional<Node>* node);
+  // A torn file's last writer released it and the writeback set it aside: the node and
+  // listing forget what it showed.
+  void ForgetSetAside(InodeId ino, const cache::DirtyFile& dirty);
   // ChildKey(), entered in gate_ (waiting out a directory rename that covers it).
   Result<std::string> EnterChild(InodeId parent, std::string_view name, Node* dir,
                                  PrefixGate::Hold* hold);

@@ -145,6 +145,16 @@ void Filesystem::OnCommitted(const cache::CommittedObject& committed) {
   ForgetMissing(committed.key);
 }
 
+void Filesystem::ForgetSetAside(InodeId ino, const cache::DirtyFile& dirty) {
+  auto node = inodes_.Get(ino);
+  if (!node || FindDirty(node->path).get() == &dirty) return;  // Still open elsewhere.
+  // Set aside, never uploaded: what S3 holds for the name is all there is again (the node
+  // and its directory's listing showed the file as written here).
+  inodes_.Expire(ino);
+  ForgetListing(ParentOf(node->path));
+  InvalidateKernelCache(ino);
+}
+
 void Filesystem::FinishDeferredDelete(InodeId ino) {
   std::string key;
   {

@@ -1434,6 +1434,8 @@ TEST_F(FilesystemFenceTest, WriteAfterTheFenceClosesIsReadOnlyFlushTooAndTheFile
   EXPECT_FALSE(RecordOf("w").has_value());
   std::ifstream data(spool_->directory() + "/lost+found/" + id + ".data", std::ios::binary);
   EXPECT_EQ(std::string(std::istreambuf_iterator<char>(data), {}), "before");
+  // Never uploaded, the file is not shown any more: S3 has nothing under its name.
+  EXPECT_EQ(fs_->Lookup(kRootInode, "w").status().code(), ErrorCode::kNotFound);
   EXPECT_FALSE(server_.Exists("w"));
   EXPECT_EQ(server_.calls(s3::Op::kPut), 0u);
 }
