@@ -8,11 +8,8 @@ namespace bucketfs::cache {
 
 PartLayout::PartLayout(uint64_t first_part_size, uint64_t max_part_size)
     : first_(std::clamp(first_part_size, s3::kMinPartSize, s3::kMaxPartSize)),
-      max_(std::clamp(max_part_size, first_, s3::kMaxPartSize)) {}
-
-uint64_t PartLayout::max_file_size() const {
-  return std::min(kMaxObjectSize, PartAt(UINT64_MAX).offset);
-}
+      max_(std::clamp(max_part_size, first_, s3::kMaxPartSize)),
+      max_file_size_(std::min(kMaxObjectSize, PartAt(UINT64_MAX).offset)) {}
 
 PartSpan PartLayout::Part(int number) const {
   uint64_t offset = 0;

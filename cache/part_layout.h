@@ -36,7 +36,7 @@ class PartLayout {
   uint64_t first_part_size() const { return first_; }
   uint64_t max_part_size() const { return max_; }
   // The largest file the layout holds in 10,000 parts, at most S3's 5 TiB.
-  uint64_t max_file_size() const;
+  uint64_t max_file_size() const { return max_file_size_; }
   // The part holding byte `offset`; offsets past the last part give part kMaxParts + 1.
   PartSpan PartAt(uint64_t offset) const;
   PartSpan Part(int number) const;
@@ -46,6 +46,7 @@ class PartLayout {
  private:
   uint64_t first_;
   uint64_t max_;
+  uint64_t max_file_size_;  // Set once: checked on every write.
 };
 
 }  // namespace bucketfs::cache

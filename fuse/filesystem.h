@@ -239,6 +239,11 @@ class Filesystem {
   // ChildKey(), entered in gate_ (waiting out a directory rename that covers it).
   Result<std::string> EnterChild(InodeId parent, std::string_view name, Node* dir,
                                  PrefixGate::Hold* hold);
+  // Deletes `keys` in DeleteObjects batches; the keys the server could not delete are in
+  // the result's errors. `stop_at_first_failure`: no batch after one that failed (an error,
+  // or keys left); otherwise every batch is tried (a best-effort cleanup).
+  Result<s3::DeleteManyResult> DeleteInBatches(const std::vector<std::string>& keys,
+                                               bool stop_at_first_failure);
   // kNotEmpty unless the directory at `path` holds nothing in S3 but its marker and files
   // unlinked while open (hidden_); returns whether it has a marker. Deletes nothing.
   Result<bool> CheckEmptyDirectory(const std::string& path);

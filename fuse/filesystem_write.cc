@@ -484,6 +484,24 @@ Result<std::string> Filesystem::EnterChild(InodeId parent, std::string_view name
   }
 }
 
+Result<s3::DeleteManyResult> Filesystem::DeleteInBatches(const std::vector<std::string>& keys,
+                                                        bool stop_at_first_failure) {
+  s3::DeleteManyResult result;
+  for (size_t i = 0; i < keys.size(); i += s3::kMaxDeleteBatch) {
+    const size_t end = std::min(keys.size(), i + s3::kMaxDeleteBatch);
+    auto deleted = client_.DeleteMany({keys.begin() + static_cast<std::ptrdiff_t>(i),
+                                       keys.begin() + static_cast<std::ptrdiff_t>(end)},
+                                      {Deadline()});
+    if (!deleted.ok()) {
+      if (stop_at_first_failure) return std::move(deleted).TakeStatus();
+      continue;
+    }
+    result.errors.insert(result.errors.end(), deleted->errors.begin(), deleted->errors.end());
+    if (stop_at_first_failure && !result.errors.empty()) break;
+  }
+  return result;
+}
+
 Result<bool> Filesystem::CheckEmptyDirectory(const std::string& path) {
   const std::string prefix = DirectoryPrefix(path);
   std::set<std::string> hidden;  // Unlinked while open: not in the directory any more.
@@ -727,12 +745,7 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
       for (const auto& [dest, etag] : copies) {
         if (dest != to_prefix) made.push_back(dest);
       }
-      for (size_t i = 0; i < made.size(); i += s3::kMaxDeleteBatch) {
-        const size_t end = std::min(made.size(), i + s3::kMaxDeleteBatch);
-        (void)client_.DeleteMany({made.begin() + static_cast<std::ptrdiff_t>(i),
-                                  made.begin() + static_cast<std::ptrdiff_t>(end)},
-                                 {Deadline()});
-      }
+      (void)DeleteInBatches(made, /*stop_at_first_failure=*/false);
       return copied.Annotate("renaming '" + from + "' to '" + to + "' (nothing was moved)");
     }
   }
@@ -764,18 +777,14 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
                                                          options_.defaults.gid))
                             .status());
   }
-  for (size_t i = 0; i < sources.size(); i += s3::kMaxDeleteBatch) {
-    const size_t end = std::min(sources.size(), i + s3::kMaxDeleteBatch);
-    std::vector<std::string> batch(sources.begin() + static_cast<std::ptrdiff_t>(i),
-                                   sources.begin() + static_cast<std::ptrdiff_t>(end));
-    BFS_ASSIGN_OR_RETURN(s3::DeleteManyResult deleted, client_.DeleteMany(batch, {Deadline()}));
-    if (!deleted.errors.empty()) {
-      const auto& e = deleted.errors.front();
-      return Status(ErrorCode::kServerError,
-                    "renamed '" + from + "' to '" + to + "', but " +
-                        std::to_string(deleted.errors.size()) + " old key(s) could not be deleted, "
-                        "e.g. '" + e.key + "': " + e.code + " " + e.message);
-    }
+  BFS_ASSIGN_OR_RETURN(s3::DeleteManyResult deleted,
+                       DeleteInBatches(sources, /*stop_at_first_failure=*/true));
+  if (!deleted.errors.empty()) {
+    const auto& e = deleted.errors.front();
+    return Status(ErrorCode::kServerError,
+                  "renamed '" + from + "' to '" + to + "', but " +
+                      std::to_string(deleted.errors.size()) + " old key(s) could not be deleted, "
+                      "e.g. '" + e.key + "': " + e.code + " " + e.message);
   }
   inodes_.Rename(from, to);
   // The moved nodes hold their copy's ETag, fresh: a descriptor open on one follows it to
