@@ -320,8 +320,18 @@ class Filesystem {
   // (Unhide) for a new object.
   Status ClaimFreeName(const std::string& dir_path, std::string_view name,
                        const std::string& path);
-  Status RenameFile(const Node& source, const std::string& from, const std::string& to);
-  Status RenameDirectory(const std::string& from, const std::string& to);
+  // The two halves of Rename(). An error return means nothing moved. Once the copies are
+  // made the rename has happened at `to` (the caches say so), even if deleting the old
+  // keys then fails: `*old_keys_kept` is that failure, the old keys stay visible under
+  // `from`, and Rename() returns it (the copies are the data: taking them back could lose
+  // a replaced target for good, while the leftover old keys lose nothing).
+  Status RenameFile(const Node& source, const std::string& from, const std::string& to,
+                    Status* old_keys_kept);
+  Status RenameDirectory(const std::string& from, const std::string& to, Status* old_keys_kept);
+  // A directory rename that failed takes back a file being written that it had moved from
+  // `key` to `dest`: its dirty data, or its object if it committed meanwhile, is at `key`
+  // again (the caller then deletes `dest`).
+  Status MoveBack(const std::string& dest, const std::string& key);
   // Writes an object with no data body besides `body` (markers, symlinks).
   Result<std::string> PutSmallObject(const std::string& key, std::string_view body,
                                      s3::UserMetadata metadata);

@@ -631,12 +631,30 @@ Node Filesystem::EnterCopy(const std::string& path, const Attributes& attr,
   return node;
 }
 
-Status Filesystem::RenameFile(const Node& source, const std::string& from, const std::string& to) {
+namespace {
+
+// What a rename says when its copies are made but old keys could not be deleted: `kept`
+// names them.
+Status OldKeysKept(Status deleted, const std::string& from, const std::string& to,
+                   const std::string& kept) {
+  return deleted.Annotate("renamed '" + from + "' to '" + to + "', but could not delete " + kept +
+                          " (the old name still shows it; remove it once the cause is fixed)");
+}
+
+}  // namespace
+
+Status Filesystem::RenameFile(const Node& source, const std::string& from, const std::string& to,
+                              Status* old_keys_kept) {
   using Outcome = cache::Writeback::RenameOutcome;
   std::string copy_etag;
   BFS_ASSIGN_OR_RETURN(Outcome moved, writeback_->Rename(from, to, &copy_etag));
   if (moved != Outcome::kNotDirty) {
-    if (moved == Outcome::kCopied) BFS_RETURN_IF_ERROR(client_.Delete(from, {Deadline()}));
+    if (moved == Outcome::kCopied) {
+      // The file's dirty state has moved to `to` already: whatever the delete says, the
+      // nodes follow it there.
+      Status deleted = client_.Delete(from, {Deadline()});
+      if (!deleted.ok()) *old_keys_kept = OldKeysKept(std::move(deleted), from, to, "'" + from + "'");
+    }
     inodes_.Rename(from, to);
     if (auto dirty = FindDirty(to)) {
       if (moved == Outcome::kCopied) {
@@ -672,7 +690,8 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
                                          cache::CopySpec{from, to, head.size, head.etag,
                                                          std::nullopt, {}},
                                          Deadline()));
-  BFS_RETURN_IF_ERROR(client_.Delete(from, {Deadline()}));
+  Status deleted = client_.Delete(from, {Deadline()});
+  if (!deleted.ok()) *old_keys_kept = OldKeysKept(std::move(deleted), from, to, "'" + from + "'");
   Attributes attr = source.attr.type == FileType::kSymlink ? source.attr
                                                            : ObjectAttributes(head, options_.defaults);
   if (source.attr.type == FileType::kSymlink) attr.type = FileType::kSymlink;
@@ -683,7 +702,19 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
   return Status::Ok();
 }
 
-Status Filesystem::RenameDirectory(const std::string& from, const std::string& to) {
+Status Filesystem::MoveBack(const std::string& dest, const std::string& key) {
+  BFS_ASSIGN_OR_RETURN(auto back, writeback_->Rename(dest, key));
+  if (back != cache::Writeback::RenameOutcome::kNotDirty) return Status::Ok();
+  // Its commit finished meanwhile: its data is only at `dest`, so copy it back before the
+  // caller deletes `dest`.
+  BFS_ASSIGN_OR_RETURN(s3::ObjectInfo head, client_.Head(s3::HeadRequest{dest, {}}, {Deadline()}));
+  return cache::CopyObject(client_, cache::CopySpec{dest, key, head.size, head.etag, std::nullopt, {}},
+                           Deadline())
+      .status();
+}
+
+Status Filesystem::RenameDirectory(const std::string& from, const std::string& to,
+                                   Status* old_keys_kept) {
   const std::string from_prefix = DirectoryPrefix(from);
   const std::string to_prefix = DirectoryPrefix(to);
   // An unlinked file still open inside is not moved: copied, it would appear under the
@@ -734,57 +765,83 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
                       std::to_string(to_prefix.size() + longest) +
                       " bytes, past S3's 1024; choose a shorter name (nothing was moved)");
   }
+  // Files being written that have moved to the new name: (old key, new key).
+  std::vector<std::pair<std::string, std::string>> moved_dirty;
+  // A step failed before anything was deleted: take back what was done, so the directory
+  // is as it was and the rename can be tried again. The files being written move back
+  // first (one that cannot stays at its new key with its data, and its copy is kept); then
+  // the copies go. The new name's marker stays: it may be the empty directory the rename
+  // was replacing, and an empty directory is harmless when it was not.
+  const auto take_back = [&](Status failed) -> Status {
+    std::set<std::string> stranded;
+    for (auto it = moved_dirty.rbegin(); it != moved_dirty.rend(); ++it) {
+      const auto& [key, dest] = *it;
+      Status back = MoveBack(dest, key);
+      if (!back.ok()) {
+        stranded.insert(dest);
+        Logger("fuse")->warn("rename of '{}' to '{}' failed, and '{}' could not move back: {}",
+                             from, to, dest, back.ToString());
+      }
+    }
+    std::vector<std::string> made;
+    for (const auto& [dest, etag] : copies) {
+      if (dest != to_prefix && !stranded.contains(dest)) made.push_back(dest);
+    }
+    // A file moved back after its commit left an object at its new key too.
+    for (const auto& [key, dest] : moved_dirty) {
+      if (!stranded.contains(dest)) made.push_back(dest);
+    }
+    (void)DeleteInBatches(made, /*stop_at_first_failure=*/false);
+    return failed.Annotate("renaming '" + from + "' to '" + to + "' (" +
+                           (stranded.empty() ? std::string("nothing was moved")
+                                             : "'" + *stranded.begin() + "' stayed there") +
+                           ")");
+  };
   for (const auto& object : listed) {
     Status copied = copy(object.key, object.size, object.etag);
-    if (!copied.ok()) {
-      // Nothing is deleted before every copy is made: take the copies back, so the
-      // directory is as it was and the rename can be tried again.
-      // The new name's marker stays: it may be the empty directory the rename was
-      // replacing, and an empty directory is harmless when it was not.
-      std::vector<std::string> made;
-      for (const auto& [dest, etag] : copies) {
-        if (dest != to_prefix) made.push_back(dest);
-      }
-      (void)DeleteInBatches(made, /*stop_at_first_failure=*/false);
-      return copied.Annotate("renaming '" + from + "' to '" + to + "' (nothing was moved)");
-    }
+    if (!copied.ok()) return take_back(std::move(copied));
   }
   for (const std::string& key : dirty) {
     const std::string dest = to_prefix + key.substr(from_prefix.size());
     std::string copy_etag;
-    BFS_ASSIGN_OR_RETURN(auto moved, writeback_->Rename(key, dest, &copy_etag));
-    if (moved == cache::Writeback::RenameOutcome::kCopied) {
+    auto moved = writeback_->Rename(key, dest, &copy_etag);
+    if (!moved.ok()) return take_back(std::move(moved).TakeStatus());
+    if (*moved == cache::Writeback::RenameOutcome::kCopied) {
       // Committed, then copied by the writeback: the node needs the copy's ETag (a copy of a
       // multipart object has another), or a descriptor open on it could not follow it.
       sources.push_back(key);
       copies.emplace_back(dest, copy_etag);
     }
-    if (moved == cache::Writeback::RenameOutcome::kNotDirty) {
-      // Committed since the listing skipped it: copy its object like the others.
-      auto head = client_.Head(s3::HeadRequest{key, {}}, {Deadline()});
-      if (!head.ok() && head.status().code() == ErrorCode::kNotFound) continue;  // Unlinked.
-      if (!head.ok()) return std::move(head).TakeStatus();
-      BFS_RETURN_IF_ERROR(copy(key, head->size, head->etag));
+    if (*moved != cache::Writeback::RenameOutcome::kNotDirty) {
+      moved_dirty.emplace_back(key, dest);
+      continue;
     }
+    // Committed since the listing skipped it: copy its object like the others.
+    auto head = client_.Head(s3::HeadRequest{key, {}}, {Deadline()});
+    if (!head.ok() && head.status().code() == ErrorCode::kNotFound) continue;  // Unlinked.
+    if (!head.ok()) return take_back(std::move(head).TakeStatus());
+    Status copied = copy(key, head->size, head->etag);
+    if (!copied.ok()) return take_back(std::move(copied));
   }
   if (!has_marker) {
     // The directory had no marker (it existed through its files): give the new one a
     // marker, so it stays a directory whatever happens to its files.
-    BFS_RETURN_IF_ERROR(PutSmallObject(to_prefix, "",
-                                       AttributeMetadata(FileType::kDirectory,
-                                                         options_.defaults.dir_mode,
-                                                         options_.defaults.uid,
-                                                         options_.defaults.gid))
-                            .status());
+    Status marked = PutSmallObject(to_prefix, "",
+                                   AttributeMetadata(FileType::kDirectory,
+                                                     options_.defaults.dir_mode,
+                                                     options_.defaults.uid, options_.defaults.gid))
+                        .status();
+    if (!marked.ok()) return take_back(std::move(marked));
   }
-  BFS_ASSIGN_OR_RETURN(s3::DeleteManyResult deleted,
-                       DeleteInBatches(sources, /*stop_at_first_failure=*/true));
-  if (!deleted.errors.empty()) {
-    const auto& e = deleted.errors.front();
-    return Status(ErrorCode::kServerError,
-                  "renamed '" + from + "' to '" + to + "', but " +
-                      std::to_string(deleted.errors.size()) + " old key(s) could not be deleted, "
-                      "e.g. '" + e.key + "': " + e.code + " " + e.message);
+  // Everything is copied, and the files being written have moved: the rename has
+  // happened, whatever the deletes say (see RenameFile's contract in the header).
+  auto deleted = DeleteInBatches(sources, /*stop_at_first_failure=*/true);
+  const std::string kept = "old keys under '" + from + "/'";
+  if (!deleted.ok()) {
+    *old_keys_kept = OldKeysKept(std::move(deleted).TakeStatus(), from, to, kept);
+  } else if (!deleted->errors.empty()) {
+    *old_keys_kept = OldKeysKept(
+        s3::DeleteErrorStatus(deleted->errors.front()), from, to, kept);
   }
   inodes_.Rename(from, to);
   // The moved nodes hold their copy's ETag, fresh: a descriptor open on one follows it to
@@ -864,10 +921,11 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   }
 
   BFS_RETURN_IF_ERROR(Unhide(to));
+  Status old_keys_kept;  // The rename happened, but (some of) `from` is still in S3.
   if (source_is_dir) {
     // Nothing is created, removed or renamed under either name while the keys move.
     PrefixGate::Hold moving = gate_.Exclusive({DirectoryPrefix(from), DirectoryPrefix(to)}, entered);
-    BFS_RETURN_IF_ERROR(RenameDirectory(from, to));
+    BFS_RETURN_IF_ERROR(RenameDirectory(from, to, &old_keys_kept));
     ForgetListingsUnder(from);
     ForgetListingsUnder(to);
     // Names looked up in vain under `to` before (`rmdir b; mv a b`) may exist now.
@@ -875,12 +933,18 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
     const ListedEntry entry{std::string(new_name), FileType::kDirectory, 0, source.attr.mtime, ""};
     PatchListing(to_dir.path, entry.name, &entry);
   } else {
-    BFS_RETURN_IF_ERROR(RenameFile(source, from, to));
+    BFS_RETURN_IF_ERROR(RenameFile(source, from, to, &old_keys_kept));
     replaced.Discard();
+  }
+  ForgetMissing(to);
+  if (!old_keys_kept.ok()) {
+    // What is left of `from` shows again at its next lookup or listing.
+    ForgetListing(from_dir.path);
+    Logger("fuse")->warn("{}", old_keys_kept.ToString());
+    return old_keys_kept;
   }
   PatchListing(from_dir.path, std::string(name), nullptr);
   RememberMissing(from);
-  ForgetMissing(to);
   if (from_dir.path != to_dir.path) KeepEmptiedDirectory(from_dir.path);
   return Status::Ok();
 }

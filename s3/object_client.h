@@ -115,6 +115,9 @@ struct DeleteError {
   std::string code;
   std::string message;
 };
+// One key's failure in a DeleteObjects reply, as the Status a DELETE of it alone would give
+// (the server code mapped as for any reply: AccessDenied is kAccessDenied).
+Status DeleteErrorStatus(const DeleteError& error);
 
 struct DeleteManyResult {
   std::vector<std::string> deleted;

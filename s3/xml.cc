@@ -564,6 +564,11 @@ Status ErrorFromServer(int http_status, const ServerError& err, std::string_view
   return status;
 }
 
+Status DeleteErrorStatus(const DeleteError& error) {
+  return ErrorFromServer(0, ServerError{error.code, error.message, {}, error.key},
+                         "DELETE " + error.key);
+}
+
 // ---- Replies -------------------------------------------------------------------------------
 
 Result<ListPage> ParseListObjectsV2(std::string_view body) {

@@ -221,6 +221,22 @@ class FilesystemWriteTest : public ::testing::Test {
     *handle = created->open.handle;
   }
 
+  // The names a fresh open of directory `dir` lists (without "." and "..").
+  std::vector<std::string> NamesIn(InodeId dir) {
+    std::vector<std::string> names;
+    auto opened = fs_->OpenDir(dir);
+    EXPECT_TRUE(opened.ok()) << opened.status().ToString();
+    if (!opened.ok()) return names;
+    Status listed = fs_->ReadDir(*opened, 0, /*plus=*/false, [&](const DirEntryView& e) {
+      if (e.name != "." && e.name != "..") names.emplace_back(e.name);
+      return true;
+    });
+    EXPECT_TRUE(listed.ok()) << listed.ToString();
+    fs_->ReleaseDir(*opened);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
   bool WaitCommitted(const std::string& key) {
     return Eventually([&] { return writeback_->Find(key) == nullptr; }, 5s);
   }
@@ -827,6 +843,61 @@ TEST_F(FilesystemWriteTest, RenameFileMovesTheObject) {
   EXPECT_EQ(b->attr.size, 5u);
 }
 
+// A bucket policy may allow PutObject and not DeleteObject: the copy is made, the old key
+// stays. The rename has happened at the new name, the old one still shows what S3 holds,
+// and the caller hears why.
+TEST_F(FilesystemWriteTest, ARenameWhoseOldKeyCannotBeDeletedShowsBothNamesAndSaysWhy) {
+  server_.PutDirect("a.txt", "alpha");
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  EXPECT_EQ(NamesIn(kRootInode), std::vector<std::string>{"a.txt"});  // Cached listing.
+  EXPECT_EQ(fs_->Lookup(kRootInode, "b.txt").status().code(), ErrorCode::kNotFound);  // Cached.
+  faulty.FailAlways(s3::Op::kDelete, s3::InjectedError(ErrorCode::kAccessDenied), "a.txt");
+
+  Status renamed = fs_->Rename(kRootInode, "a.txt", kRootInode, "b.txt", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kAccessDenied) << renamed.ToString();
+  EXPECT_NE(renamed.message().find("could not delete 'a.txt'"), std::string::npos)
+      << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("a.txt"), "alpha");
+  EXPECT_EQ(server_.ObjectBody("b.txt"), "alpha");
+  for (const char* name : {"a.txt", "b.txt"}) {
+    auto looked = fs_->Lookup(kRootInode, name);
+    ASSERT_TRUE(looked.ok()) << name << ": " << looked.status().ToString();
+    EXPECT_EQ(looked->attr.size, 5u) << name;
+  }
+  EXPECT_EQ(NamesIn(kRootInode), (std::vector<std::string>{"a.txt", "b.txt"}));
+  fs_.reset();  // Before `faulty` goes.
+}
+
+// The same for a file open for writing whose object exists: its dirty data has moved to the
+// new name (the writeback committed and copied it), so its handle follows it there, and what
+// it writes next lands under the new name.
+TEST_F(FilesystemWriteTest, ARenamedFileBeingWrittenWhoseOldKeyStaysKeepsWritingAtTheNewName) {
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  MustCreateFile(kRootInode, "draft", "draft", "one");
+  const InodeId ino = MustLookup(kRootInode, "draft");
+  auto opened = fs_->Open(ino, O_WRONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Write(opened->handle, 3, Bytes(" two")).ok());
+  faulty.FailAlways(s3::Op::kDelete, s3::InjectedError(ErrorCode::kAccessDenied), "draft");
+
+  Status renamed = fs_->Rename(kRootInode, "draft", kRootInode, "final", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kAccessDenied) << renamed.ToString();
+  ASSERT_NE(writeback_->Find("final"), nullptr);
+  ASSERT_TRUE(fs_->Write(opened->handle, 7, Bytes(" three")).ok());
+  ASSERT_TRUE(fs_->Flush(opened->handle).ok());
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("final"));
+  EXPECT_EQ(server_.ObjectBody("final"), "one two three");
+  EXPECT_EQ(server_.ObjectBody("draft"), "one two");  // Committed before the copy.
+  auto old_name = fs_->Lookup(kRootInode, "draft");
+  ASSERT_TRUE(old_name.ok()) << old_name.status().ToString();
+  EXPECT_EQ(old_name->attr.size, 7u);
+  EXPECT_NE(old_name->attr.ino, ino) << "the open file's node moved to 'final'";
+  fs_.reset();
+}
+
 TEST_F(FilesystemWriteTest, RenameOfAFileBeingWrittenCommitsAtTheNewName) {
   auto created = fs_->Create(kRootInode, "draft", 0644, O_WRONLY | O_CREAT, kCaller);
   ASSERT_TRUE(created.ok()) << created.status().ToString();
@@ -1052,6 +1123,31 @@ TEST_F(FilesystemWriteTest, ADirectoryRenameThatFailsMidWayTakesItsCopiesBackAnd
   fs_.reset();  // Before `faulty` goes.
 }
 
+TEST_F(FilesystemWriteTest, ADirectoryRenameWhoseOldKeysCannotBeDeletedShowsBothAndSaysWhy) {
+  server_.PutDirect("src/a", "a");
+  server_.PutDirect("src/b", "b");
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  const InodeId src = MustLookup(kRootInode, "src");
+  EXPECT_EQ(NamesIn(src), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(fs_->Lookup(kRootInode, "dst").status().code(), ErrorCode::kNotFound);
+  faulty.FailAlways(s3::Op::kDeleteMany, s3::InjectedError(ErrorCode::kAccessDenied));
+
+  Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kAccessDenied) << renamed.ToString();
+  EXPECT_NE(renamed.message().find("old keys under 'src/'"), std::string::npos)
+      << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("dst/b"), "b");
+  EXPECT_EQ(server_.ObjectBody("src/b"), "b");
+  const InodeId dst = MustLookup(kRootInode, "dst");
+  EXPECT_EQ(dst, src) << "the directory's node moved with it";
+  EXPECT_EQ(NamesIn(dst), (std::vector<std::string>{"a", "b"}));
+  const InodeId left = MustLookup(kRootInode, "src");
+  EXPECT_EQ(NamesIn(left), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(NamesIn(kRootInode), (std::vector<std::string>{"dst", "src"}));
+  fs_.reset();
+}
+
 TEST_F(FilesystemWriteTest, ADirectoryRenameWhoseKeysWouldNotFitMovesNothing) {
   // A key of 1,000 bytes under "s": under a name 40 bytes longer it would pass 1,024.
   const std::string deep = "s/" + std::string(200, 'd') + "/" + std::string(200, 'e') + "/" +
@@ -1111,6 +1207,51 @@ TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesTheFilesBeingWrittenInIt
   ASSERT_TRUE(WaitCommitted("src/new"));
   EXPECT_EQ(server_.ObjectBody("src/new"), "in flight");
   EXPECT_FALSE(server_.Exists("dst/new"));
+}
+
+// The second of two files being written cannot move (its copy is refused): the first,
+// already moved to the new name, moves back, and no copy is left under the new name.
+TEST_F(FilesystemWriteTest, ADirectoryRenameThatFailsOnAFileBeingWrittenMovesTheOthersBack) {
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_.reset();
+  writeback_ = std::make_unique<cache::Writeback>(
+      cache::WriteContext{&faulty, &budget_, spool_.get(), &clock_}, WriteOptions());
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  InodeId src = 0;
+  uint64_t new_handle = 0;
+  ASSERT_NO_FATAL_FAILURE(StartWritingSrcNew(&src, &new_handle));
+  ASSERT_NO_FATAL_FAILURE(MustCreateFile(src, "src/zz", "zz", "zz"));
+  auto zz = fs_->Open(MustLookup(src, "zz"), O_WRONLY);
+  ASSERT_TRUE(zz.ok()) << zz.status().ToString();
+  ASSERT_TRUE(fs_->Write(zz->handle, 2, Bytes("!")).ok());
+  const s3::FaultInjectingClient::RuleId refused =
+      faulty.FailAlways(s3::Op::kCopy, s3::InjectedError(ErrorCode::kAccessDenied), "src/zz");
+
+  Status renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kAccessDenied) << renamed.ToString();
+  EXPECT_NE(renamed.message().find("nothing was moved"), std::string::npos) << renamed.ToString();
+  EXPECT_GE(faulty.fired(refused), 1u);
+  EXPECT_NE(writeback_->Find("src/new"), nullptr) << "src/new did not move back";
+  EXPECT_EQ(writeback_->Find("dst/new"), nullptr);
+  for (const char* key : {"dst/old", "dst/new", "dst/zz"}) EXPECT_FALSE(server_.Exists(key)) << key;
+  EXPECT_EQ(server_.ObjectBody("src/old"), "committed");
+
+  faulty.ClearRules();
+  for (uint64_t handle : {new_handle, zz->handle}) {
+    ASSERT_TRUE(fs_->Flush(handle).ok());
+    fs_->Release(handle);
+  }
+  ASSERT_TRUE(WaitCommitted("src/new"));
+  ASSERT_TRUE(WaitCommitted("src/zz"));
+  EXPECT_EQ(server_.ObjectBody("src/new"), "in flight");
+  EXPECT_EQ(server_.ObjectBody("src/zz"), "zz!");
+  renamed = fs_->Rename(kRootInode, "src", kRootInode, "dst", 0);
+  ASSERT_TRUE(renamed.ok()) << "the retry: " << renamed.ToString();
+  EXPECT_EQ(server_.ObjectBody("dst/new"), "in flight");
+  EXPECT_EQ(server_.ObjectBody("dst/zz"), "zz!");
+  EXPECT_FALSE(server_.Exists("src/new"));
+  fs_.reset();  // Both before `faulty` goes.
+  writeback_.reset();
 }
 
 TEST_F(FilesystemWriteTest, RenameExchangeIsInvalidAndMovesNothing) {
