@@ -546,6 +546,8 @@ Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_g
   }
   upload_id_ = *created;
   upload_meta_generation_ = meta_generation;
+  const auto mtime = metadata.find("mtime");
+  upload_mtime_ = mtime != metadata.end() ? mtime->second : std::string();
   highest_part_sent_ = 0;
   return Status::Ok();
 }
@@ -904,6 +906,9 @@ Status DirtyFile::CommitOnce() {
       // worth a copy), and mode/uid/gid unless set since (worth one).
       std::lock_guard lock(mu_);
       stale_metadata = upload_meta_generation_ != meta_generation;
+      // Its mtime is that of the first part, which the file shows from now on (as it will
+      // after the cached attributes expire, and after a remount).
+      if (!stale_metadata && !upload_mtime_.empty()) metadata["mtime"] = upload_mtime_;
     }
     if (etag.empty()) {
       // RGW answers CompleteMultipartUpload with an empty ETag (docs/S3-COMPATIBILITY.md).

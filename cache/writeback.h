@@ -314,6 +314,7 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   const PartLayout* layout_;  // The owner's layout_, or uncapped_layout_ (set once, at open).
   std::string upload_id_;
   uint64_t upload_meta_generation_ = 0;  // The metadata the multipart upload carries.
+  std::string upload_mtime_;  // Its "mtime" entry: what the object will store.
   int highest_part_sent_ = 0;             // Of upload_id_.
   bool creating_upload_ = false;
   Status create_error_;  // What the last failed CreateMultipart answered.

@@ -487,6 +487,35 @@ TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndOnlyTheReleaseCommits
   EXPECT_TRUE(Eventually([&] { return FilesInSpool() == 0; }, kWait));
 }
 
+// A multipart upload stores the metadata of its creation; the listener (which tells the
+// filesystem what the file now shows) must hear that mtime, not the last write's, or a stat
+// would change once the cached attributes expire.
+TEST_F(WritebackTest, AMultipartCommitReportsTheMtimeItStored) {
+  Start(fake_);
+  std::vector<CommittedObject> heard;
+  std::mutex heard_mu;
+  wb_->SetListener([&](const CommittedObject& c) {
+    std::lock_guard lock(heard_mu);
+    heard.push_back(c);
+  });
+  auto file = MustOpen("big");
+  ASSERT_NE(file, nullptr);
+  const std::string data = Body(kPart + 100, 7);
+  ASSERT_TRUE(file->Write(0, Bytes(data.substr(0, kPart + 50))).ok());
+  ASSERT_TRUE(Eventually([&] { return fake_.calls(s3::Op::kCreateMultipart) == 1; }, kWait));
+  clock_.Advance(10s);
+  ASSERT_TRUE(file->Write(kPart + 50, Bytes(data.substr(kPart + 50))).ok());
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("big"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), data));
+  auto info = fake_.ObjectInfoDirect("big");
+  ASSERT_TRUE(info.has_value());
+  std::lock_guard lock(heard_mu);
+  ASSERT_EQ(heard.size(), 1u);
+  EXPECT_EQ(heard[0].metadata, info->metadata);
+  EXPECT_EQ(heard[0].metadata.at("mtime"), kMtime) << "the mtime of the upload's creation";
+}
+
 class WritebackSizeTest : public WritebackTest, public ::testing::WithParamInterface<uint64_t> {};
 
 TEST_P(WritebackSizeTest, CommitHasExactlyTheBytesWritten) {
