@@ -1130,6 +1130,43 @@ TEST_F(FuseNamespaceTest, RenameOfADirectoryMovesEveryNestedKey) {
   EXPECT_EQ(Keys(), expected);
 }
 
+// A bucket policy that denies DeleteObject (RGW enforces it on the owner too): a rename
+// makes its copy and cannot delete the old key. mv hears EACCES; both names show what S3
+// holds, and nothing is lost.
+TEST_F(FuseNamespaceTest, ARenameThatCannotDeleteTheOldKeyIsEaccesAndBothNamesShow) {
+  PutBytes("keep.txt", "kept");
+  PutBytes("dir/a", "a");
+  PutBytes("dir/b", "b");
+  const std::string deny_delete = R"(
+import json
+s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject",
+     "Resource": "arn:aws:s3:::" + bucket + "/*"}]}))
+)";
+  Boto3(deny_delete);
+  struct AtExit {  // Even if the test stops early: the bucket must be emptied after it.
+    std::function<void()> run;
+    ~AtExit() { run(); }
+  } allow_deletes_again{[this] { Boto3("s3.delete_bucket_policy(Bucket=bucket)\n"); }};
+  auto m = MountBucket(SmallParts());
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(Outcome(rename(m->Path("keep.txt").c_str(), m->Path("moved.txt").c_str())), "EACCES");
+  EXPECT_EQ(ReadFile(m->Path("keep.txt")), "kept");
+  EXPECT_EQ(ReadFile(m->Path("moved.txt")), "kept");
+  EXPECT_EQ(Outcome(rename(m->Path("dir").c_str(), m->Path("dir2").c_str())), "EACCES");
+  EXPECT_EQ(ReadFile(m->Path("dir2/a")), "a");
+  EXPECT_EQ(ReadFile(m->Path("dir/b")), "b");
+  std::set<std::string> listed;
+  for (const auto& e : fs::directory_iterator(m->Path(""))) {
+    listed.insert(e.path().filename().string());
+  }
+  EXPECT_EQ(listed, (std::set<std::string>{"keep.txt", "moved.txt", "dir", "dir2"}));
+  EXPECT_NE(m->Log().find("could not delete 'keep.txt'"), std::string::npos) << m->Log();
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+  EXPECT_EQ(Keys(), (std::set<std::string>{"keep.txt", "moved.txt", "dir/a", "dir/b", "dir2/",
+                                           "dir2/a", "dir2/b"}));
+}
+
 TEST_F(FuseNamespaceTest, RenameOfADirectoryOverANonEmptyOneIsEnotemptyOverAnEmptyOneWorks) {
   PutBytes("src-dir/", "");
   PutBytes("src-dir/file", "s");
