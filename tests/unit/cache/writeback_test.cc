@@ -345,6 +345,20 @@ class WritebackTest : public ::testing::Test {
     return names;
   }
 
+  // Records what the writeback's listener hears (the commits it reports), from now on.
+  void HearCommits() {
+    wb_->SetListener([this](const CommittedObject& c) {
+      std::lock_guard lock(heard_mu_);
+      heard_.push_back(c);
+    });
+  }
+  std::vector<CommittedObject> Heard() {
+    std::lock_guard lock(heard_mu_);
+    return heard_;
+  }
+
+  std::mutex heard_mu_;
+  std::vector<CommittedObject> heard_;
   FakeClock clock_;
   s3::FakeObjectClient fake_{clock_};
   s3::FaultInjectingClient faulty_{fake_, clock_};
@@ -360,12 +374,7 @@ class WritebackTest : public ::testing::Test {
 
 TEST_F(WritebackTest, NewFileIsCommittedAfterTheLastReleaseWithItsBytesAndMetadata) {
   Start(fake_);
-  std::vector<CommittedObject> heard;
-  std::mutex heard_mu;
-  wb_->SetListener([&](const CommittedObject& c) {
-    std::lock_guard lock(heard_mu);
-    heard.push_back(c);
-  });
+  HearCommits();
 
   auto file = MustOpen("dir/new.txt");
   ASSERT_NE(file, nullptr);
@@ -382,7 +391,7 @@ TEST_F(WritebackTest, NewFileIsCommittedAfterTheLastReleaseWithItsBytesAndMetada
   ASSERT_TRUE(info.has_value());
   EXPECT_EQ(info->metadata, Stored(kMeta));
 
-  std::lock_guard lock(heard_mu);
+  const std::vector<CommittedObject> heard = Heard();
   ASSERT_EQ(heard.size(), 1u);
   EXPECT_EQ(heard[0].key, "dir/new.txt");
   EXPECT_EQ(heard[0].size, 12u);
@@ -492,12 +501,7 @@ TEST_F(WritebackTest, FlushOfTheOnlyWriterJournalsClosedAndOnlyTheReleaseCommits
 // would change once the cached attributes expire.
 TEST_F(WritebackTest, AMultipartCommitReportsTheMtimeItStored) {
   Start(fake_);
-  std::vector<CommittedObject> heard;
-  std::mutex heard_mu;
-  wb_->SetListener([&](const CommittedObject& c) {
-    std::lock_guard lock(heard_mu);
-    heard.push_back(c);
-  });
+  HearCommits();
   auto file = MustOpen("big");
   ASSERT_NE(file, nullptr);
   const std::string data = Body(kPart + 100, 7);
@@ -510,7 +514,7 @@ TEST_F(WritebackTest, AMultipartCommitReportsTheMtimeItStored) {
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), data));
   auto info = fake_.ObjectInfoDirect("big");
   ASSERT_TRUE(info.has_value());
-  std::lock_guard lock(heard_mu);
+  const std::vector<CommittedObject> heard = Heard();
   ASSERT_EQ(heard.size(), 1u);
   EXPECT_EQ(heard[0].metadata, info->metadata);
   EXPECT_EQ(heard[0].metadata.at("mtime"), kMtime) << "the mtime of the upload's creation";
