@@ -187,6 +187,9 @@ struct Coordinator::State {
   Clock& clock = RealClock();
   std::unique_ptr<Lease> lease;
   std::mutex lease_mu;  // Serialises Renew (main loop) and Release (an unmount's thread).
+  // The lease is lost and the running daemon said it is fenced (main loop only; a restarted
+  // daemon must be told again).
+  std::atomic<bool> daemon_fence_confirmed{false};
   std::unique_ptr<control::ControlServer> server;
   std::string daemon_socket;
   std::string startup_error_file;
@@ -271,6 +274,7 @@ struct Coordinator::State {
       std::lock_guard lock(mu);
       daemon_pid = pid;
     }
+    daemon_fence_confirmed = false;  // A new daemon: fenced only by its start argument yet.
     Logger("mountd")->info("daemon pid {} starting for {}", pid, Where());
     MonoTime deadline = clock.Now() + options.mount_timeout;
     while (clock.Now() < deadline) {
@@ -359,8 +363,15 @@ struct Coordinator::State {
     }
   }
 
+  // Passes the lease's deadline to the daemon, or, once the lease is lost, fences it: a
+  // lost lease's deadline (the last renewal's) may lie ahead still, and a daemon started
+  // since the loss (a restart) has never been fenced.
   void PushLeaseToDaemon() {
     if (!lease) return;
+    if (lease->lost() || !lease->held()) {
+      FenceDaemonUntilConfirmed();
+      return;
+    }
     auto reply = CallDaemon(
         json{{"op", "lease"},
              {"valid_until_ns", lease->valid_until().time_since_epoch().count()}});
@@ -373,19 +384,33 @@ struct Coordinator::State {
     }
   }
 
-  void FenceDaemon(const std::string& reason) {
+  // Returns whether the daemon confirmed it is fenced.
+  bool FenceDaemon(const std::string& reason) {
     auto reply = CallDaemon(json{{"op", "fence"}, {"reason", reason}});
     if (!reply.ok()) {
-      Logger("mountd")->warn("could not fence the daemon ({}); its fence closes at the lease "
-                             "deadline on its own",
+      Logger("mountd")->warn("could not fence the daemon ({}); asking again, and its fence "
+                             "closes at the lease deadline on its own",
                              reply.status().ToString());
+      return false;
     }
+    return reply->value("ok", false);
+  }
+
+  // While the lease is lost, every tick until the daemon confirms (a daemon that did not
+  // answer, or one restarted since).
+  void FenceDaemonUntilConfirmed() {
+    if (daemon_fence_confirmed) return;
+    daemon_fence_confirmed = FenceDaemon("the lease was lost: " + lease->lost_reason());
   }
 
   // One step of the lease's life, from the main loop.
   void TendLease() {
     std::lock_guard lease_lock(lease_mu);
-    if (!lease || lease->lost() || !lease->held()) return;
+    if (!lease || !lease->held()) return;
+    if (lease->lost()) {
+      FenceDaemonUntilConfirmed();
+      return;
+    }
     const MonoTime now = clock.Now();
     if (now < lease->next_renewal()) return;
     Status renewed = lease->Renew();
@@ -401,7 +426,7 @@ struct Coordinator::State {
         std::lock_guard lock(mu);
         lease_state = "lost";
       }
-      FenceDaemon("the lease was lost: " + lease->lost_reason());
+      FenceDaemonUntilConfirmed();
       return;
     }
     if (clock.Now() >= lease->valid_until()) {
@@ -412,7 +437,7 @@ struct Coordinator::State {
         std::lock_guard lock(mu);
         lease_state = "lost";
       }
-      FenceDaemon("the lease expired: " + renewed.ToString());
+      FenceDaemonUntilConfirmed();
       return;
     }
     Logger("mountd")->warn("lease renewal failed, retrying: {}", renewed.ToString());

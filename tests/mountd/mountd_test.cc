@@ -287,6 +287,56 @@ open('{2}', 'w').write(' '.join(out))
   EXPECT_EQ(LeaseObject().value("holder", ""), "thief");
 }
 
+// The lease is lost, then the daemon dies before the last renewal's deadline: the daemon
+// started in its place must be fenced too (the lost lease's deadline lies ahead still).
+TEST_F(MountdTest, ADaemonRestartedAfterTheLeaseWasLostStaysFenced) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  const pid_t first = a.daemon_pid();
+  Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
+        "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,\"renew_seq\":0,"
+        "\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\",\"renewed_at\":\"\"}')\n");
+  ASSERT_TRUE(Eventually([&] { return a.Status()["lease"].value("state", "") == "lost"; },
+                         std::chrono::seconds(static_cast<int>(kTtl / 3) + 5)))
+      << a.log();
+  kill(first, SIGKILL);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        json s = a.Status();
+        return s.value("daemon_pid", -1) > 0 && s.value("daemon_pid", -1) != first &&
+               s.contains("daemon") && s["daemon"].value("mounted", false);
+      },
+      std::chrono::seconds(60)))
+      << a.log();
+  a.RefreshPids();
+  // For the next 3 s (the lost lease's deadline was at most 4 s after the loss was seen, and
+  // the coordinator hands the new daemon its lease state once it serves), no file can be
+  // made.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  int attempts = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    ++attempts;
+    const int fd = open((a.dir() + "/after-loss.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      const ssize_t wrote = write(fd, "x", 1);
+      const int write_errno = wrote < 0 ? errno : 0;
+      const int closed = close(fd);
+      ADD_FAILURE() << "attempt " << attempts << ": the restarted daemon accepted a file while "
+                    << "the lease is lost (write " << (wrote < 0 ? strerror(write_errno) : "ok")
+                    << ", close " << (closed < 0 ? strerror(errno) : "ok") << ")\n" << a.log();
+      break;
+    }
+    ASSERT_EQ(errno, EROFS) << strerror(errno);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(Eventually([&] { return a.Status()["daemon"].value("fenced", false); }))
+      << a.Status().dump(2);
+  CommandResult u = a.Unmount("--timeout 1 --sync-timeout 5 --force");
+  EXPECT_FALSE(IsMountedAt(a.dir())) << u.output;
+  EXPECT_FALSE(Exists("after-loss.txt"));
+  EXPECT_EQ(LeaseObject().value("holder", ""), "thief");
+}
+
 TEST_F(MountdTest, UnmountWaitsForAnOpenFileNamesItsHolderAndTimesOutLeavingTheMountIntact) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
