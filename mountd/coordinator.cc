@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include <atomic>
+#include <optional>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -581,27 +582,46 @@ struct Coordinator::State {
     MonoTime next_report{};
     bool forced = false;
     for (;;) {
-      auto st = daemon > 0 ? CallDaemon(json{{"op", "status"}}) : Result<json>(json::object());
-      const uint64_t open_files = st.ok() ? st->value("open_files", uint64_t{0}) : 0;
+      // A daemon that does not answer is not one with no open files: until it says how many
+      // there are, files may be half-written, and a sync of them would upload that.
+      std::optional<uint64_t> open_files;
+      std::string why_unknown;
+      if (daemon <= 0) {
+        open_files = 0;
+      } else {
+        auto st = CallDaemon(json{{"op", "status"}});
+        if (st.ok() && st->value("ok", false) && st->contains("open_files") &&
+            (*st)["open_files"].is_number_unsigned()) {
+          open_files = (*st)["open_files"].get<uint64_t>();
+        } else {
+          why_unknown = !st.ok() ? st.status().ToString()
+                                 : st->value("error", std::string("its reply had no count"));
+        }
+      }
       if (open_files == 0) break;
-      const auto holders = FindHolders(options.mountpoint, {daemon});
-      const std::string who = holders.empty() ? "processes this user cannot inspect"
-                                              : DescribeHolders(holders, options.mountpoint);
+      std::string what;
+      if (open_files) {
+        const auto holders = FindHolders(options.mountpoint, {daemon});
+        what = std::to_string(*open_files) + " file(s) are still open in " + Where() + ": " +
+               (holders.empty() ? "processes this user cannot inspect"
+                                : DescribeHolders(holders, options.mountpoint));
+      } else {
+        what = "the daemon of " + Where() + " did not say whether files are open (" +
+               why_unknown + ")";
+      }
       if (clock.Now() >= handles_deadline) {
         if (!force) {
-          return give_up(std::to_string(open_files) + " file(s) are still open in " + Where() +
-                         ": " + who +
+          return give_up(what +
                          ". Nothing was unmounted. Stop those processes (or close the files) "
                          "and run `bucketfs unmount` again, or add --force to detach the mount "
                          "anyway (data not yet uploaded stays in the spool).");
         }
-        progress("timed out waiting for " + std::to_string(open_files) +
-                 " open file(s) (" + who + "); --force: going on");
+        progress("timed out: " + what + "; --force: going on, uploading closed files only");
         forced = true;
         break;
       }
       if (clock.Now() >= next_report) {
-        progress("waiting for " + std::to_string(open_files) + " open file(s) to close: " + who);
+        progress("waiting: " + what);
         next_report = clock.Now() + std::chrono::seconds(2);
       }
       clock.SleepFor(kTick);

@@ -337,6 +337,36 @@ TEST_F(MountdTest, ADaemonRestartedAfterTheLeaseWasLostStaysFenced) {
   EXPECT_EQ(LeaseObject().value("holder", ""), "thief");
 }
 
+// A daemon that does not answer (stopped here) may have files half-written: the unmount must
+// not take its silence for "no open files" and upload them; it gives up and says why.
+TEST_F(MountdTest, UnmountOfADaemonThatDoesNotSayWhatIsOpenGivesUpAndUploadsNothing) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  const std::string held = a.dir() + "/half-written.txt";
+  const pid_t holder = fork();
+  if (holder == 0) {
+    execl("/bin/bash", "bash", "-c",
+          ("exec 3>" + held + "; echo 'the first half' >&3; exec sleep 120").c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_TRUE(Eventually([&] { return fs::exists(held) && fs::file_size(held) > 0; }));
+  ASSERT_EQ(kill(a.daemon_pid(), SIGSTOP), 0);
+  CommandResult u = a.Unmount("--timeout 1 --sync-timeout 1");
+  ASSERT_EQ(kill(a.daemon_pid(), SIGCONT), 0);
+  EXPECT_NE(u.exit_code, 0) << u.output;
+  EXPECT_NE(u.output.find("did not say whether files are open"), std::string::npos) << u.output;
+  EXPECT_NE(u.output.find("Nothing was unmounted"), std::string::npos) << u.output;
+  EXPECT_TRUE(IsMountedAt(a.dir()));
+  EXPECT_FALSE(Exists("half-written.txt")) << "a file still being written was uploaded";
+
+  kill(holder, SIGKILL);
+  waitpid(holder, nullptr, 0);
+  u = a.Unmount("--timeout 30");
+  ASSERT_EQ(u.exit_code, 0) << u.output << a.log();
+  EXPECT_EQ(Get("half-written.txt"), "the first half\n");
+}
+
 TEST_F(MountdTest, UnmountWaitsForAnOpenFileNamesItsHolderAndTimesOutLeavingTheMountIntact) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
