@@ -105,6 +105,25 @@ bool IsDeadMount(const std::string& mountpoint) {
   return stat(mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;
 }
 
+}  // namespace
+
+std::string DecodeMountInfoPath(std::string_view field) {
+  std::string out;
+  out.reserve(field.size());
+  for (size_t i = 0; i < field.size(); ++i) {
+    const auto octal = [&](size_t at) { return field[at] >= '0' && field[at] <= '7'; };
+    if (field[i] == '\\' && i + 3 < field.size() && octal(i + 1) && octal(i + 2) &&
+        octal(i + 3)) {
+      out.push_back(static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 +
+                                      (field[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(field[i]);
+    }
+  }
+  return out;
+}
+
 bool IsFuseMounted(const std::string& mountpoint) {
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
@@ -112,12 +131,18 @@ bool IsFuseMounted(const std::string& mountpoint) {
     std::istringstream fields(line);
     std::string id, parent, dev, root, point;
     fields >> id >> parent >> dev >> root >> point;
-    if (point == mountpoint && line.find(" - fuse") != std::string::npos) return true;
+    // The filesystem type follows the optional fields' " - " separator: "fuse" or "fuse.X".
+    const size_t separator = line.find(" - ");
+    if (separator == std::string::npos) continue;
+    std::istringstream tail(line.substr(separator + 3));
+    std::string type;
+    tail >> type;
+    if ((type == "fuse" || type.starts_with("fuse.")) && DecodeMountInfoPath(point) == mountpoint) {
+      return true;
+    }
   }
   return false;
 }
-
-}  // namespace
 
 std::string ControlSocketPath(const std::string& runtime_dir, const std::string& mountpoint) {
   return runtime_dir + "/" + MountHash(mountpoint) + ".sock";

@@ -38,6 +38,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/clock.h"
@@ -51,6 +52,12 @@ namespace bucketfs::mountd {
 // The sockets of the mount at `mountpoint` (an absolute, resolved path) under `runtime_dir`.
 std::string ControlSocketPath(const std::string& runtime_dir, const std::string& mountpoint);
 std::string DaemonSocketPath(const std::string& runtime_dir, const std::string& mountpoint);
+
+// A path as /proc/self/mountinfo writes it, decoded: the kernel escapes space, tab,
+// newline and backslash as three octal digits ("/mnt/my\\040data").
+std::string DecodeMountInfoPath(std::string_view field);
+// Whether a FUSE filesystem is mounted at `mountpoint` (an absolute path, as mounted).
+bool IsFuseMounted(const std::string& mountpoint);
 
 // A process using something under a mountpoint: an open file descriptor, or its working
 // directory.
