@@ -495,7 +495,12 @@ Result<AttrReply> Filesystem::GetAttr(InodeId ino) {
     return AttrReply{EnterDirty(node->path, *dirty, 0).attr, options_.metadata_ttl};
   }
   BFS_ASSIGN_OR_RETURN(Node fresh, Refresh(*node));
-  return AttrReply{fresh.attr, options_.metadata_ttl};
+  // Only for as long as this mount trusts them itself: the kernel must ask again when the
+  // node would be refreshed, not a whole TTL after a cached answer.
+  if (fresh.attr.type == FileType::kDirectory) return AttrReply{fresh.attr, options_.metadata_ttl};
+  const Duration left = std::clamp<Duration>(fresh.attr_expiry - Now(), Duration::zero(),
+                                             options_.metadata_ttl);
+  return AttrReply{fresh.attr, left};
 }
 
 Result<std::string> Filesystem::ReadLink(InodeId ino) {
@@ -749,10 +754,11 @@ Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr)
   // version: every open starts without the pages and blocks an earlier one read.
   const bool unversioned = fresh.etag.empty();
   const bool keep_cache = !unversioned && previous_etag == fresh.etag;
-  if (unversioned) {
-    if (reads_.cache != nullptr) reads_.cache->InvalidateObject(fresh.path);
-    InvalidateKernelCache(ino);
-  } else if (!previous_etag.empty() && !keep_cache) {
+  if (unversioned || (!previous_etag.empty() && !keep_cache)) {
+    if (unversioned && reads_.cache != nullptr) reads_.cache->InvalidateObject(fresh.path);
+    // Another version: the reply drops the kernel's pages (no keep_cache), but its size
+    // stays until its attributes expire, and reads would stop there. Forget them first.
+    InvalidateKernelAttributes(ino);
     InvalidateKernelCache(ino);
   }
   inodes_.OpenHandle(ino, fresh.etag);
@@ -786,30 +792,49 @@ Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size
     std::lock_guard lock(file->reader_mu);
     reader = file->reader;
   }
-  auto reply = reader->Read(offset, size);
-  if (!reply.ok() && reply.status().code() == ErrorCode::kStale && node && !node->path.empty() &&
-      (node->path != reader->object().key || node->etag != reader->object().etag) &&
-      !node->etag.empty() && node->etag == node->own_etag) {
+  // The node knows a version other than the handle's (a commit or copy of this mount, an
+  // open that found the object replaced, a listing).
+  const bool node_moved_on = node && !node->path.empty() && !node->etag.empty() &&
+                             (node->path != reader->object().key ||
+                              node->etag != reader->object().etag);
+  const auto follow = [&] {
     // This mount renamed or rewrote the file, and its node holds the version this mount
     // made: follow it, as a local file's descriptor would. A version found on the server
     // (someone else's) is never followed: the handle would mix two versions; ESTALE.
-    {
-      std::lock_guard lock(file->reader_mu);
-      if (file->reader == reader) {
-        file->reader = std::make_shared<cache::ReadAhead>(
-            reads_, cache::ObjectVersion{node->path, node->etag, node->attr.size},
-            options_.read_ahead);
-      }
-      reader = file->reader;
+    std::lock_guard lock(file->reader_mu);
+    if (file->reader == reader) {
+      file->reader = std::make_shared<cache::ReadAhead>(
+          reads_, cache::ObjectVersion{node->path, node->etag, node->attr.size},
+          options_.read_ahead);
     }
+    reader = file->reader;
+  };
+  Result<cache::ReadReply> reply = Status(ErrorCode::kStale, "");
+  if (node_moved_on && node->etag == node->own_etag) {
+    // Before reading: blocks of the old version may still be cached, and would serve it.
+    follow();
     reply = reader->Read(offset, size);
+  } else if (node_moved_on && node->path == reader->object().key) {
+    // Replaced by someone else, and this mount knows it (another open saw the new version):
+    // reading on would put the old version's bytes in the kernel's pages of the inode,
+    // which the new version's readers share.
+    reply = Status(ErrorCode::kStale, "'" + node->path + "' was replaced since it was opened");
+  } else {
+    reply = reader->Read(offset, size);
+    if (!reply.ok() && reply.status().code() == ErrorCode::kStale && node_moved_on &&
+        node->etag == node->own_etag) {
+      follow();
+      reply = reader->Read(offset, size);
+    }
   }
   if (!reply.ok() && reply.status().code() == ErrorCode::kStale) {
-    // The object was replaced or deleted: the next open must ask the server.
+    // The object was replaced or deleted: the next open must ask the server, and the kernel
+    // must not keep the old version's size or pages.
     inodes_.Expire(file->ino);
     const auto slash = file->key.rfind('/');
     ForgetListing(slash == std::string::npos ? std::string() : file->key.substr(0, slash));
     if (reads_.cache != nullptr) reads_.cache->InvalidateObject(file->key);
+    InvalidateKernelCache(file->ino);
   }
   return reply;
 }
@@ -845,9 +870,19 @@ void Filesystem::InvalidateKernelCache(InodeId ino) {
   if (!invalidate) return;
   // Not on this thread: it is serving a request, and the kernel may hold locks that the
   // invalidation needs until that request is answered.
-  if (reads_.pool == nullptr || !reads_.pool->TrySubmit([invalidate, ino] { invalidate(ino); })) {
+  if (reads_.pool == nullptr ||
+      !reads_.pool->TrySubmit([invalidate, ino] { invalidate(ino, /*pages=*/true); })) {
     Logger("fuse")->debug("kernel cache of inode {} not invalidated (I/O pool busy)", ino);
   }
+}
+
+void Filesystem::InvalidateKernelAttributes(InodeId ino) {
+  Invalidator invalidate;
+  {
+    std::lock_guard lock(mu_);
+    invalidate = invalidate_;
+  }
+  if (invalidate) invalidate(ino, /*pages=*/false);
 }
 
 StatFsReply Filesystem::StatFs() const {

@@ -211,10 +211,12 @@ class Filesystem {
 
   StatFsReply StatFs() const;
 
-  // How the Filesystem tells the kernel to drop what it caches of an inode (attributes and
-  // pages): set by the session once the mount exists. Called from an I/O pool thread, never
-  // from inside a request, so it may block on the kernel.
-  using Invalidator = std::function<void(InodeId)>;
+  // How the Filesystem tells the kernel to drop what it caches of an inode: its attributes,
+  // and with `pages` its cached pages too. Set by the session once the mount exists. With
+  // `pages` it is called from an I/O pool thread, never from inside a request (the kernel
+  // may hold page locks until the request is answered); attributes alone take no lock a
+  // request holds, so an OPEN may drop them before it answers.
+  using Invalidator = std::function<void(InodeId, bool pages)>;
   void SetInvalidator(Invalidator invalidate);
   FilesystemStats Stats() const;
   const FilesystemOptions& options() const { return options_; }
@@ -381,6 +383,9 @@ class Filesystem {
   // Asks the kernel, asynchronously, to forget the attributes and pages of `ino`: its object
   // changed (the kernel would otherwise keep the old size until its attribute timeout).
   void InvalidateKernelCache(InodeId ino);
+  // Makes the kernel forget the attributes of `ino` now, before the request answers: an
+  // OPEN of a new version, whose reads must not stop at the old version's size.
+  void InvalidateKernelAttributes(InodeId ino);
 
   bool IsNegative(const std::string& path);
   void RememberMissing(const std::string& path);

@@ -105,11 +105,12 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
   };
   auto guard = std::make_shared<SessionGuard>();
   guard->session = se;
-  fs.SetInvalidator([guard](InodeId ino) {
+  fs.SetInvalidator([guard](InodeId ino, bool pages) {
     std::lock_guard lock(guard->mu);
     if (guard->session == nullptr) return;
-    // Attributes and every cached page; ENOENT means the kernel had forgotten it already.
-    const int rc = fuse_lowlevel_notify_inval_inode(guard->session, ino, 0, 0);
+    // Attributes, and every cached page (offset 0, length 0) or none (a negative offset).
+    // ENOENT means the kernel had forgotten the inode already.
+    const int rc = fuse_lowlevel_notify_inval_inode(guard->session, ino, pages ? 0 : -1, 0);
     if (rc != 0 && rc != -ENOENT) {
       Logger("fuse")->debug("invalidating inode {} in the kernel: error {}", ino, rc);
     }

@@ -423,6 +423,81 @@ TEST_F(FilesystemTest, AHandleNeverFollowsAVersionFoundOnTheServerEvenOnceItsNod
   fs_->Release(opened->handle);
 }
 
+// The old version's blocks are still cached when another open finds the object replaced:
+// the old handle must not serve them (they would land in the kernel's pages of the inode,
+// which the new version's readers share).
+TEST_F(FilesystemTest, AnOldHandleIsStaleOnceAnotherOpenFoundANewVersionEvenWhereItsBlocksAreCached) {
+  const std::string v1 = Body(2 * kBlock, 1);
+  const std::string v2 = Body(3 * kBlock, 2);
+  server_.PutDirect("f", v1);
+  const InodeId ino = MustLookup(kRootInode, "f");
+  auto old_handle = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(old_handle.ok()) << old_handle.status().ToString();
+  EXPECT_EQ(MustRead(old_handle->handle, 0, 2 * kBlock), v1);  // Both blocks cached now.
+
+  server_.PutDirect("f", v2);
+  clock_.Advance(kTtl + 1s);
+  auto new_handle = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(new_handle.ok()) << new_handle.status().ToString();
+  EXPECT_FALSE(new_handle->keep_cache);
+
+  auto read = fs_->Read(old_handle->handle, 0, 4096);
+  ASSERT_FALSE(read.ok()) << "served v1's cached bytes after an open found v2";
+  EXPECT_EQ(read.status().code(), ErrorCode::kStale) << read.status().ToString();
+  EXPECT_EQ(MustRead(new_handle->handle, 0, 3 * kBlock), v2);
+  fs_->Release(old_handle->handle);
+  fs_->Release(new_handle->handle);
+}
+
+// An open that finds a new version drops the kernel's attributes before it answers (its
+// size would stop reads at the old length), with no page lock needed: attributes only.
+TEST_F(FilesystemTest, AnOpenOfANewVersionDropsTheKernelsAttributesBeforeItAnswers) {
+  std::mutex mu;
+  std::vector<std::pair<InodeId, bool>> invalidated;
+  fs_->SetInvalidator([&](InodeId ino, bool pages) {
+    std::lock_guard lock(mu);
+    invalidated.emplace_back(ino, pages);
+  });
+  server_.PutDirect("f", Body(kBlock, 1));
+  const InodeId ino = MustLookup(kRootInode, "f");
+  auto first = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(first.ok());
+  fs_->Release(first->handle);
+  {
+    std::lock_guard lock(mu);
+    EXPECT_TRUE(invalidated.empty()) << "the first open has nothing to drop";
+  }
+  server_.PutDirect("f", Body(2 * kBlock, 2));
+  clock_.Advance(kTtl + 1s);
+  auto second = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(second.ok());
+  {
+    std::lock_guard lock(mu);
+    EXPECT_NE(std::find(invalidated.begin(), invalidated.end(), std::make_pair(ino, false)),
+              invalidated.end())
+        << "no attribute invalidation before the OPEN answered";
+  }
+  fs_->Release(second->handle);
+  // The page invalidation runs on the pool: done before `invalidated` goes.
+  fs_.reset();
+  pool_.reset();
+}
+
+// GETATTR answers from the cached node for only as long as the node stays fresh, so the
+// kernel asks again when this mount would.
+TEST_F(FilesystemTest, GetAttrFromTheCacheGivesTheKernelOnlyTheTimeLeft) {
+  server_.PutDirect("f", "x");
+  const InodeId ino = MustLookup(kRootInode, "f");
+  clock_.Advance(kTtl - 10s);
+  auto attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->ttl, Duration(10s));
+  clock_.Advance(11s);
+  attr = fs_->GetAttr(ino);  // Refreshed by a HEAD: a whole TTL again.
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->ttl, Duration(kTtl));
+}
+
 // A server that sends no ETags (HEAD and listings).
 class EtagLessClient : public s3::ForwardingClient {
  public:

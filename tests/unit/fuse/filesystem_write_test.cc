@@ -898,6 +898,32 @@ TEST_F(FilesystemWriteTest, ARenamedFileBeingWrittenWhoseOldKeyStaysKeepsWriting
   fs_.reset();
 }
 
+// Rewritten through another descriptor of this mount: once the commit lands, a reader
+// opened before reads the new bytes, even where the old version's blocks are cached (as a
+// local file's descriptor would).
+TEST_F(FilesystemWriteTest, AReaderOpenedBeforeARewriteHereReadsTheNewBytesOnceItIsCommitted) {
+  const std::string v1(2 * kBlock, 'o');
+  server_.PutDirect("f", v1);
+  const InodeId ino = MustLookup(kRootInode, "f");
+  auto reader = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto first = fs_->Read(reader->handle, 0, 2 * kBlock);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->ToString(), v1);  // Both blocks of v1 are cached now.
+
+  auto writer = fs_->Open(ino, O_RDWR);
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  ASSERT_TRUE(fs_->Write(writer->handle, 0, Bytes("NEW")).ok());
+  ASSERT_TRUE(fs_->Flush(writer->handle).ok());
+  fs_->Release(writer->handle);
+  ASSERT_TRUE(WaitCommitted("f"));
+
+  auto again = fs_->Read(reader->handle, 0, 8);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->ToString(), "NEWooooo");
+  fs_->Release(reader->handle);
+}
+
 TEST_F(FilesystemWriteTest, RenameOfAFileBeingWrittenCommitsAtTheNewName) {
   auto created = fs_->Create(kRootInode, "draft", 0644, O_WRONLY | O_CREAT, kCaller);
   ASSERT_TRUE(created.ok()) << created.status().ToString();
