@@ -639,6 +639,10 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       Node node;
       if (auto dirty = FindDirty(path)) {
         node = EnterDirty(path, *dirty, 0);
+      } else if (IsNegative(path)) {
+        // Removed or renamed away since the snapshot (a listing fetched since would have
+        // dropped the negative entry): an entry would give the kernel a name that is gone.
+        continue;
       } else if (best.type == FileType::kRegular && best.etag.empty() &&
                  !NodeNewerThan(path, best.as_of)) {
         // Listed while it was being written, committed (or removed) since, and nothing here

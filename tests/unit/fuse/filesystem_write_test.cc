@@ -830,6 +830,29 @@ TEST_F(FilesystemWriteTest, TwoDescriptorsThatWroteAreJournaledClosedOnceBothClo
 
 // --- Rename --------------------------------------------------------------------------------
 
+// A directory handle opened before an unlink or a rename away: READDIRPLUS must not give
+// the kernel an entry (and a lookup) for the name that is gone.
+TEST_F(FilesystemWriteTest, ReadDirPlusOfAnOlderSnapshotLeavesOutNamesRemovedSince) {
+  server_.PutDirect("gone", "1");
+  server_.PutDirect("moved", "2");
+  server_.PutDirect("kept", "3");
+  auto dir = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "gone").ok());
+  ASSERT_TRUE(fs_->Rename(kRootInode, "moved", kRootInode, "there", 0).ok());
+
+  std::vector<std::string> shown;
+  Status listed = fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+    if (e.name != "." && e.name != "..") shown.emplace_back(e.name);
+    return true;
+  });
+  ASSERT_TRUE(listed.ok()) << listed.ToString();
+  fs_->ReleaseDir(*dir);
+  EXPECT_EQ(shown, std::vector<std::string>{"kept"});
+  EXPECT_EQ(fs_->Lookup(kRootInode, "gone").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(NamesIn(kRootInode), (std::vector<std::string>{"kept", "there"}));
+}
+
 TEST_F(FilesystemWriteTest, RenameFileMovesTheObject) {
   server_.PutDirect("a.txt", "alpha", {{"mode", ModeOf(S_IFREG, 0600)}});
   Status renamed = fs_->Rename(kRootInode, "a.txt", kRootInode, "b.txt", 0);
