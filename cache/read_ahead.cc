@@ -261,6 +261,10 @@ Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
   }
   if (all_cached) {
     for (auto& h : reply.pins) {
+      if (!HasVersionSize(h)) {
+        return StaleError(shared_->object,
+                          Status(ErrorCode::kInvalidRange, "cached block of another size"));
+      }
       const uint64_t block_begin = h.key().index * block_size_;
       const uint64_t from = std::max(offset, block_begin) - block_begin;
       const uint64_t to = std::min<uint64_t>(end, block_begin + h.size()) - block_begin;
@@ -282,6 +286,12 @@ Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
     if (SubmitPrefetch(first_block)) ++stats_.random_fills;
   }
   return direct;
+}
+
+bool ReadAhead::HasVersionSize(const BlockHandle& h) const {
+  const uint64_t begin = h.key().index * block_size_;
+  const uint64_t size = shared_->object.size;
+  return begin < size && h.size() == std::min<uint64_t>(block_size_, size - begin);
 }
 
 Result<ReadReply> ReadAhead::ReadFromBlocks(uint64_t offset, uint64_t length, MonoTime deadline) {
@@ -309,10 +319,11 @@ Result<ReadReply> ReadAhead::ReadFromBlocks(uint64_t offset, uint64_t length, Mo
     const uint64_t block_begin = b * block_size_;
     const uint64_t from = std::max(offset, block_begin) - block_begin;
     const uint64_t to = std::min<uint64_t>(end, block_begin + h.size()) - block_begin;
-    if (to <= from) {
-      // The block is shorter than the size seen at open: the object shrank underneath.
+    if (to <= from || !HasVersionSize(h)) {
+      // The block is not as long as the size seen at open makes it: the object changed
+      // underneath (or, without an ETag, another version's block has this key).
       return StaleError(shared_->object,
-                        Status(ErrorCode::kInvalidRange, "block shorter than expected"));
+                        Status(ErrorCode::kInvalidRange, "block of another size than expected"));
     }
     reply.pieces.push_back(h.data().subspan(from, to - from));
     reply.pins.push_back(std::move(h));

@@ -175,6 +175,9 @@ class ReadAhead {
   // The blocks a sequential read has passed, to discard: [*first, *last). Requires mu_.
   void BlocksBehindLocked(uint64_t* first, uint64_t* last);
   Result<ReadReply> ReadFromBlocks(uint64_t offset, uint64_t length, MonoTime deadline);
+  // A cached block is exactly as long as this handle's version makes that block. Blocks are
+  // keyed by ETag, so only an object without one can find another version's block here.
+  bool HasVersionSize(const BlockHandle& h) const;
   Result<ReadReply> ReadDirect(uint64_t offset, uint64_t length, MonoTime deadline);
   uint64_t MaxWindow() const;
 
