@@ -90,14 +90,18 @@ MonoTime WriteFence::deadline() const {
 // --- FencedObjectClient ---------------------------------------------------------------
 
 namespace {
-// A call that changes the bucket must not be retried past the fence's deadline: the client
-// retries inside its deadline, so one that passed Check() just before the lease ran out
-// could otherwise be sent again after another pod took the bucket over.
-s3::CallOptions Clamped(s3::CallOptions opts, const WriteFence& fence) {
-  const MonoTime limit = fence.deadline();
-  if (limit != MonoTime::max() && (!opts.deadline || *opts.deadline > limit)) {
-    opts.deadline = limit;
-  }
+// A call that changes the bucket runs only while the fence is open: the client checks the
+// guard before every attempt (a retry is not sent after the lease ran out, when another pod
+// may have taken the bucket over) and polls it while one is in flight, abandoning it when
+// the fence closes. Its own deadline stays: a copy of many GiB may take minutes, and each
+// renewal keeps the fence open for it, where a deadline fixed at the start would cut it
+// at the lease's validity (20 to 30 s ahead with the defaults) however healthy the lease.
+s3::CallOptions Guarded(s3::CallOptions opts, const WriteFence& fence) {
+  if (fence.deadline() == MonoTime::max() && !fence.closed()) return opts;  // Unlimited.
+  opts.guard = [&fence, outer = std::move(opts.guard)]() -> Status {
+    BFS_RETURN_IF_ERROR(fence.Check());
+    return outer ? outer() : Status::Ok();
+  };
   return opts;
 }
 }  // namespace
@@ -113,21 +117,21 @@ Result<s3::GetResult> FencedObjectClient::Get(const s3::GetRequest& req, std::sp
 Result<s3::PutResult> FencedObjectClient::Put(const s3::PutRequest& req,
                                               const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.Put(req, Clamped(opts, fence_));
+  return inner_.Put(req, Guarded(opts, fence_));
 }
 Result<s3::PutResult> FencedObjectClient::Copy(const s3::CopyRequest& req,
                                                const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.Copy(req, Clamped(opts, fence_));
+  return inner_.Copy(req, Guarded(opts, fence_));
 }
 Status FencedObjectClient::Delete(const std::string& key, const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.Delete(key, Clamped(opts, fence_));
+  return inner_.Delete(key, Guarded(opts, fence_));
 }
 Result<s3::DeleteManyResult> FencedObjectClient::DeleteMany(const std::vector<std::string>& keys,
                                                             const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.DeleteMany(keys, Clamped(opts, fence_));
+  return inner_.DeleteMany(keys, Guarded(opts, fence_));
 }
 Result<s3::ListPage> FencedObjectClient::List(const s3::ListRequest& req,
                                               const s3::CallOptions& opts) {
@@ -136,22 +140,22 @@ Result<s3::ListPage> FencedObjectClient::List(const s3::ListRequest& req,
 Result<std::string> FencedObjectClient::CreateMultipart(const s3::CreateMultipartRequest& req,
                                                         const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.CreateMultipart(req, Clamped(opts, fence_));
+  return inner_.CreateMultipart(req, Guarded(opts, fence_));
 }
 Result<s3::PartInfo> FencedObjectClient::UploadPart(const s3::UploadPartRequest& req,
                                                     const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.UploadPart(req, Clamped(opts, fence_));
+  return inner_.UploadPart(req, Guarded(opts, fence_));
 }
 Result<s3::PartInfo> FencedObjectClient::UploadPartCopy(const s3::UploadPartCopyRequest& req,
                                                         const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.UploadPartCopy(req, Clamped(opts, fence_));
+  return inner_.UploadPartCopy(req, Guarded(opts, fence_));
 }
 Result<s3::PutResult> FencedObjectClient::CompleteMultipart(
     const s3::CompleteMultipartRequest& req, const s3::CallOptions& opts) {
   BFS_RETURN_IF_ERROR(fence_.Check());
-  return inner_.CompleteMultipart(req, Clamped(opts, fence_));
+  return inner_.CompleteMultipart(req, Guarded(opts, fence_));
 }
 Status FencedObjectClient::AbortMultipart(const std::string& key, const std::string& upload_id,
                                           const s3::CallOptions& opts) {

@@ -18,7 +18,12 @@
 //  - FencedObjectClient refuses, with kReadOnly and the reason, every request that changes
 //    the bucket (Put, Copy, Delete, DeleteMany, CreateMultipart, UploadPart, UploadPartCopy,
 //    CompleteMultipart) once the fence is closed, before anything is sent, and gives those it
-//    lets through a deadline no later than the fence's (the client's retries stop there).
+//    lets through a guard (s3::CallOptions::guard) that the client checks before every
+//    attempt and polls while one is in flight: no retry is sent, and a request in flight is
+//    abandoned, once the fence closes. The caller's deadline stays as it was: a long copy
+//    runs as long as renewals keep the fence open. (A server-side copy or a completion
+//    abandoned in flight may still finish on the server: the same is true of any request
+//    whose reply is lost, and the takeover margin is there for it.)
 //    Reads and
 //    AbortMultipart (which only throws away an unfinished upload of ours) still pass. The
 //    writeback keeps refused data in its spool: nothing is lost, and the next mount that

@@ -201,6 +201,13 @@ class CurlObjectClient::Impl {
 
     Status last;
     for (int attempt = 1;; ++attempt) {
+      if (opts.guard) {
+        // Not even a retry is sent once the guard says no (a write fence that closed).
+        if (Status allowed = opts.guard(); !allowed.ok()) {
+          failures_.fetch_add(1, std::memory_order_relaxed);
+          return allowed.Annotate(Describe(op));
+        }
+      }
       MonoTime now = clock_.Now();
       if (now >= deadline) {
         failures_.fetch_add(1, std::memory_order_relaxed);
@@ -211,7 +218,8 @@ class CurlObjectClient::Impl {
                                   last.ok() ? "" : "; last error: " + last.ToString()),
                       true);
       }
-      Result<HttpResponse> r = Attempt(op, url, host, path, payload_hash, deadline - now);
+      Result<HttpResponse> r =
+          Attempt(op, url, host, path, payload_hash, deadline - now, opts.guard);
       const Duration took = clock_.Now() - now;
       requests_.fetch_add(1, std::memory_order_relaxed);
       if (attempt > 1) retries_.fetch_add(1, std::memory_order_relaxed);
@@ -235,6 +243,13 @@ class CurlObjectClient::Impl {
                   {"request_id", request_id}, {"latency_ms", ToMs(took)}, {"attempt", attempt},
                   {"bytes_sent", op.body.size()}, {"bytes_received", received}});
         return r;
+      }
+      if (opts.guard) {
+        // Abandoned in flight, or failed while the guard closed: say why it stopped.
+        if (Status allowed = opts.guard(); !allowed.ok()) {
+          failures_.fetch_add(1, std::memory_order_relaxed);
+          return allowed.Annotate(Describe(op));
+        }
       }
       Duration backoff = config_.retry.Backoff(attempt, status, JitterRng());
       if (!config_.retry.ShouldRetry(attempt, status, clock_.Now(), backoff, deadline)) {
@@ -299,7 +314,8 @@ class CurlObjectClient::Impl {
 
   Result<HttpResponse> Attempt(const Operation& op, const std::string& url,
                                const std::string& host, const std::string& path,
-                               const std::string& payload_hash, Duration remaining) {
+                               const std::string& payload_hash, Duration remaining,
+                               const std::function<Status()>& guard) {
     BFS_ASSIGN_OR_RETURN(Credentials creds, creds_->Current());
     SigningInput in;
     in.method = op.method;
@@ -323,6 +339,7 @@ class CurlObjectClient::Impl {
     req.timeout = std::max(std::chrono::milliseconds(1), remaining_ms);
     req.connect_timeout = std::min(config_.connect_timeout, req.timeout);
     req.stall_timeout = config_.stall_timeout;
+    if (guard) req.keep_going = [&guard] { return guard().ok(); };
     return transport_.Perform(req);
   }
 

@@ -56,6 +56,7 @@ struct Transfer {
   size_t read_offset = 0;
   long body_status = 0;  // HTTP status of the reply whose body is arriving.
   bool overflow = false;
+  bool abandoned = false;  // keep_going() said no.
   CURLcode result = CURLE_OK;
   char error_buffer[CURL_ERROR_SIZE] = {};
 
@@ -115,6 +116,13 @@ struct Transfer {
     std::memcpy(out, body.data() + t->read_offset, len);
     t->read_offset += len;
     return len;
+  }
+
+  static int OnProgress(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    auto* t = static_cast<Transfer*>(self);
+    if (t->request->keep_going()) return 0;
+    t->abandoned = true;
+    return 1;  // Aborts the transfer with CURLE_ABORTED_BY_CALLBACK.
   }
 
   static int OnSeek(void* self, curl_off_t offset, int origin) {
@@ -221,6 +229,11 @@ class HttpTransport::Engine {
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, kReceiveBufferSize);
     curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, kUploadBufferSize);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->error_buffer);
+    if (r.keep_going) {
+      curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+      curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &Transfer::OnProgress);
+      curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
+    }
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Transfer::OnHeader);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Transfer::OnBody);
@@ -270,6 +283,11 @@ class HttpTransport::Engine {
     std::string detail = t.error_buffer[0] ? t.error_buffer : curl_easy_strerror(t.result);
     std::string what = fmt::format("{} {}", r.method, r.url);
     switch (t.result) {
+      case CURLE_ABORTED_BY_CALLBACK:
+        if (t.abandoned) {
+          return Status(ErrorCode::kCancelled, fmt::format("{}: abandoned in flight", what));
+        }
+        break;
       case CURLE_WRITE_ERROR:
         if (t.overflow) {
           return Status(ErrorCode::kInternal,

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <memory>
 #include <span>
+#include <functional>
 #include <string>
 
 #include "common/status.h"
@@ -37,6 +38,9 @@ struct HttpRequest {
   std::chrono::milliseconds timeout{30000};
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds stall_timeout{20000};
+  // Polled about once a second (and as data moves) while the request is in flight; false
+  // abandons it (kCancelled). Unset: runs to its timeout.
+  std::function<bool()> keep_going;
 };
 
 struct HttpResponse {

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -38,6 +39,10 @@ using UserMetadata = std::map<std::string, std::string>;
 struct CallOptions {
   // Absolute deadline on the monotonic clock of the client; unset = client default.
   std::optional<MonoTime> deadline;
+  // What may end a call early (the write fence, cache/write_fence.h): checked before every
+  // attempt, which is not sent while it fails, and polled about once a second while one is
+  // in flight, which is then abandoned. The call returns its status. Unset: nothing.
+  std::function<Status()> guard;
 };
 
 // A write precondition. S3 supports If-None-Match: * (create only) and If-Match: <etag>.

@@ -227,6 +227,12 @@ class RecordingClient final : public s3::ObjectClient {
     }
     return it->second.deadline;
   }
+  // The guard the last call of `op` carried (empty if none, or if no call arrived).
+  std::function<Status()> GuardOf(s3::Op op) const {
+    std::lock_guard lock(mu_);
+    auto it = seen_.find(op);
+    return it == seen_.end() ? nullptr : it->second.guard;
+  }
 
   const std::string& bucket() const override { return inner_.bucket(); }
   Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
@@ -460,33 +466,52 @@ TEST_F(FencedObjectClientTest, ClosedFenceStillPassesReadsAndAbortMultipart) {
   EXPECT_EQ(fake_.calls(s3::Op::kAbortMultipart), 1u);
 }
 
-TEST_F(FencedObjectClientTest, OpenFenceClampsTheDeadlineOfEveryMutationToItsOwn) {
+// A mutation keeps its caller's deadline (a copy of many GiB may outlast the lease's
+// validity while renewals keep the fence open), and carries a guard that says no once the
+// fence closes: the client sends no retry after that, and abandons a request in flight.
+TEST_F(FencedObjectClientTest, OpenFenceKeepsTheCallersDeadlineAndGuardsEveryMutation) {
   RecordingClient recorder(fake_);
-  const MonoTime limit = clock_.Now() + 30s;
-  WriteFence fence(clock_, limit);
+  const MonoTime start = clock_.Now();
+  WriteFence fence(clock_, start + 30s);
   FencedObjectClient fenced(recorder, fence);
 
   for (const Mutation& m : Mutations()) {
     SCOPED_TRACE(std::string(s3::OpName(m.op)));
-    // A later deadline than the fence's, and none at all: both become the fence's.
     (void)m.call(fenced, {clock_.Now() + 120s});
-    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(limit));
+    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(start + 120s));
     (void)m.call(fenced, {});
-    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(limit));
+    EXPECT_FALSE(recorder.DeadlineOf(m.op).has_value());
+    const auto guard = recorder.GuardOf(m.op);
+    ASSERT_TRUE(guard) << "no guard";
+    EXPECT_TRUE(guard().ok());
   }
+  const auto guard = recorder.GuardOf(s3::Op::kCopy);
+  clock_.Advance(30s);  // The fence's deadline passes in the middle of the call.
+  EXPECT_EQ(guard().code(), ErrorCode::kReadOnly);
+  fence.ExtendUntil(clock_.Now() + 30s);  // A renewal: the call may go on.
+  EXPECT_TRUE(guard().ok());
+  fence.Close("the lease was lost");
+  Status lost = guard();
+  EXPECT_EQ(lost.code(), ErrorCode::kReadOnly);
+  EXPECT_THAT(lost.message(), HasSubstr("the lease was lost"));
 }
 
-TEST_F(FencedObjectClientTest, OpenFenceKeepsAnEarlierCallerDeadline) {
+// The caller's own guard still applies under the fence's.
+TEST_F(FencedObjectClientTest, TheFencesGuardKeepsTheCallersOwn) {
   RecordingClient recorder(fake_);
   WriteFence fence(clock_, clock_.Now() + 30s);
   FencedObjectClient fenced(recorder, fence);
-  const MonoTime earlier = clock_.Now() + 5s;
-
-  for (const Mutation& m : Mutations()) {
-    SCOPED_TRACE(std::string(s3::OpName(m.op)));
-    (void)m.call(fenced, {earlier});
-    EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(earlier));
-  }
+  bool caller_says_stop = false;
+  s3::CallOptions opts;
+  opts.guard = [&]() {
+    return caller_says_stop ? Status(ErrorCode::kCancelled, "the caller stopped") : Status::Ok();
+  };
+  (void)fenced.Put({"put", kBody, "", {}, {}}, opts);
+  const auto guard = recorder.GuardOf(s3::Op::kPut);
+  ASSERT_TRUE(guard);
+  EXPECT_TRUE(guard().ok());
+  caller_says_stop = true;
+  EXPECT_EQ(guard().code(), ErrorCode::kCancelled);
 }
 
 TEST_F(FencedObjectClientTest, UnlimitedFenceLeavesTheCallersDeadlineAsItWas) {
@@ -501,6 +526,7 @@ TEST_F(FencedObjectClientTest, UnlimitedFenceLeavesTheCallersDeadlineAsItWas) {
     EXPECT_EQ(recorder.DeadlineOf(m.op), std::optional<MonoTime>(later));
     (void)m.call(fenced, {});
     EXPECT_FALSE(recorder.DeadlineOf(m.op).has_value());
+    EXPECT_FALSE(recorder.GuardOf(m.op)) << "an unlimited fence needs no guard";
   }
 }
 

@@ -24,6 +24,7 @@ namespace {
 struct Reply {
   std::string raw;         // Full HTTP reply bytes.
   bool close_after = false;  // Close the connection after sending.
+  std::chrono::milliseconds delay{};  // Waited before answering (the server thread blocks).
 };
 
 Reply Http(int status, const std::string& body, const std::string& extra_headers = "") {
@@ -138,6 +139,7 @@ class ScriptedServer {
       }
     }
     ++requests_;
+    std::this_thread::sleep_for(reply.delay);
     ::send(c, reply.raw.data(), reply.raw.size(), MSG_NOSIGNAL);
     return !reply.close_after;
   }
@@ -192,6 +194,52 @@ TEST_F(CurlClientScriptedTest, PersistentThrottlingEndsAsSlowDownAfterMaxAttempt
   EXPECT_EQ(server_.requests(), 4);
   EXPECT_NE(r.status().message().find("after 4 attempts"), std::string::npos)
       << r.status().ToString();
+}
+
+// A call's guard (the write fence) that says no stops it before anything is sent, and a
+// retry after an error is not sent either.
+TEST_F(CurlClientScriptedTest, AGuardThatSaysNoSendsNothingAndNoRetry) {
+  std::string body = "hello";
+  CallOptions opts;
+  opts.guard = [] { return Status(ErrorCode::kReadOnly, "writes are fenced: test"); };
+  auto refused = client_->Put({"k", {body.data(), body.size()}, "", {}, {}}, opts);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), ErrorCode::kReadOnly) << refused.status().ToString();
+  EXPECT_EQ(server_.requests(), 0);
+
+  opts.guard = [&] {
+    // Open until the first attempt reached the server: its 500 would be retried otherwise.
+    return server_.requests() == 0 ? Status::Ok()
+                                   : Status(ErrorCode::kReadOnly, "writes are fenced");
+  };
+  server_.Push(Http(500, ErrorXml("InternalError", "boom")));
+  server_.Push(Http(200, "", "ETag: \"abc\"\r\n"));
+  auto stopped = client_->Put({"k", {body.data(), body.size()}, "", {}, {}}, opts);
+  ASSERT_FALSE(stopped.ok());
+  EXPECT_EQ(stopped.status().code(), ErrorCode::kReadOnly) << stopped.status().ToString();
+  EXPECT_EQ(server_.requests(), 1) << "a retry was sent after the guard said no";
+}
+
+// A request in flight is abandoned soon after its guard says no, long before its deadline
+// (a copy under a fence that closed must not go on for minutes).
+TEST_F(CurlClientScriptedTest, ARequestInFlightIsAbandonedSoonAfterItsGuardSaysNo) {
+  Reply slow = Http(200, "", "ETag: \"abc\"\r\n");
+  slow.delay = std::chrono::seconds(4);
+  server_.Push(slow);
+  const auto start = std::chrono::steady_clock::now();
+  CallOptions opts;
+  opts.deadline = RealClock().Now() + std::chrono::seconds(60);
+  opts.guard = [start] {
+    return std::chrono::steady_clock::now() - start < std::chrono::milliseconds(300)
+               ? Status::Ok()
+               : Status(ErrorCode::kReadOnly, "writes are fenced: the lease was lost");
+  };
+  std::string body = "hello";
+  auto r = client_->Put({"k", {body.data(), body.size()}, "", {}, {}}, opts);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kReadOnly) << r.status().ToString();
+  EXPECT_LT(took, std::chrono::milliseconds(3500)) << "ran on to the server's reply";
 }
 
 TEST_F(CurlClientScriptedTest, ClientErrorsAreNotRetried) {
