@@ -572,7 +572,9 @@ struct Coordinator::State {
   }
 
   // The unmount that loses nothing (see the header).
-  json Unmount(Duration handle_timeout, Duration sync_timeout, bool force,
+  // `sync_limit` unset: the sync gets what is left of `handle_timeout` (at least 5 s), so
+  // the whole unmount fits in it (SIGTERM, whose grace period is --drain-timeout).
+  json Unmount(Duration handle_timeout, std::optional<Duration> sync_limit, bool force,
                const std::function<void(const std::string&)>& progress) {
     {
       std::lock_guard lock(mu);
@@ -652,6 +654,9 @@ struct Coordinator::State {
       clock.SleepFor(kTick);
     }
 
+    const Duration sync_timeout =
+        sync_limit ? *sync_limit
+                   : std::max<Duration>(std::chrono::seconds(5), handles_deadline - clock.Now());
     // 2. Sync every dirty file, reporting what is left.
     bool synced = daemon > 0 || options.read_only;
     std::string sync_error = synced ? "" : "the daemon was not running";
@@ -984,7 +989,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
         // An unmount already under way (from `bucketfs unmount`) is waited for; if it gives
         // up, this one goes on with force: the pod is going away.
         for (;;) {
-          json reply = s.Unmount(s.options.signal_unmount_timeout, std::chrono::seconds(600),
+          json reply = s.Unmount(s.options.signal_unmount_timeout, std::nullopt,
                                  true, [](const std::string& line) {
                                    Logger("mountd")->info("{}", line);
                                  });
