@@ -711,9 +711,11 @@ struct Coordinator::State {
     }
 
     // 3. Unmount, and wait for the daemon to end.
+    bool detached_lazily = false;
     if (forced || !synced) {
       FenceDaemon("forced unmount");
       RunAndWait({"fusermount3", "-u", "-z", options.mountpoint});
+      detached_lazily = true;
     } else if (IsFuseMounted(options.mountpoint) &&
                RunAndWait({"fusermount3", "-u", options.mountpoint}) != 0) {
       const auto holders = FindHolders(options.mountpoint, {daemon});
@@ -723,24 +725,37 @@ struct Coordinator::State {
                        ". Every file is synced; move those processes out of the mount and run "
                        "`bucketfs unmount` again, or add --force.");
       }
+      // Everything is synced, but the detached mount lives on for the processes in it: it
+      // must change nothing in the bucket once the lease is released.
+      FenceDaemon("unmounted while busy (--force)");
       RunAndWait({"fusermount3", "-u", "-z", options.mountpoint});
+      detached_lazily = true;
     }
     if (daemon > 0) {
-      // After a clean unmount the daemon exits at once (nothing left to upload). After a
-      // forced one it is fenced and its data is in the spool, but a lazily detached mount
-      // lives on while programs hold files: do not wait for them.
-      const MonoTime deadline = clock.Now() + ((forced || !synced) ? std::chrono::seconds(10)
-                                                                   : std::chrono::seconds(60));
+      // After a clean unmount the daemon exits at once (nothing left to upload). A lazily
+      // detached mount lives on while programs hold files or directories in it: do not
+      // wait for them.
+      const MonoTime deadline =
+          clock.Now() + (detached_lazily ? std::chrono::seconds(10) : std::chrono::seconds(60));
       int status = 0;
       bool reaped = false;
       while (!(reaped = ReapDaemon(&status)) && clock.Now() < deadline) clock.SleepFor(kTick);
       if (!reaped) {
+        // Killing it loses nothing if it says nothing is left to upload (it was synced and
+        // fenced, and no file could be opened since).
+        bool nothing_left = false;
+        if (synced) {
+          auto st = CallDaemon(json{{"op", "status"}});
+          nothing_left = st.ok() && st->value("ok", false) &&
+                         st->value("dirty_files", uint64_t{1}) == 0 &&
+                         st->value("fenced", false);
+        }
         kill(daemon, SIGKILL);
         while (waitpid(daemon, nullptr, 0) < 0 && errno == EINTR) {
         }
         std::lock_guard lock(mu);
         daemon_pid = -1;
-        synced = false;
+        if (!nothing_left) synced = false;
       } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         synced = false;  // The daemon says something stayed in the spool.
       }

@@ -367,6 +367,36 @@ TEST_F(MountdTest, UnmountOfADaemonThatDoesNotSayWhatIsOpenGivesUpAndUploadsNoth
   EXPECT_EQ(Get("half-written.txt"), "the first half\n");
 }
 
+// Everything synced, but a shell's working directory keeps the mount busy: --force detaches
+// it lazily. Nothing is left to upload, so that is a clean unmount: the lease is released,
+// and the detached daemon (fenced) changes nothing in the bucket any more.
+TEST_F(MountdTest, AForcedUnmountBusyOnlyWithAWorkingDirectoryIsCleanAndReleasesTheLease) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/synced.txt", "all in the bucket\n");
+  ASSERT_TRUE(fs::create_directory(a.dir() + "/sub"));
+  const pid_t holder = fork();
+  if (holder == 0) {
+    if (chdir((a.dir() + "/sub").c_str()) != 0) _exit(126);
+    execl("/bin/sleep", "sleep", "120", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_TRUE(Eventually([&] {
+    char link[64];
+    std::snprintf(link, sizeof link, "/proc/%d/cwd", holder);
+    std::error_code ec;
+    return fs::read_symlink(link, ec).string().find("/sub") != std::string::npos;
+  }));
+  CommandResult u = a.Unmount("--timeout 2 --force");
+  kill(holder, SIGKILL);
+  waitpid(holder, nullptr, 0);
+  EXPECT_EQ(u.exit_code, 0) << u.output << a.log();
+  EXPECT_EQ(u.output.find("not yet uploaded"), std::string::npos) << u.output;
+  EXPECT_EQ(LeaseObject().value("state", ""), "released") << u.output << a.log();
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+  EXPECT_EQ(Get("synced.txt"), "all in the bucket\n");
+}
+
 TEST_F(MountdTest, UnmountWaitsForAnOpenFileNamesItsHolderAndTimesOutLeavingTheMountIntact) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
