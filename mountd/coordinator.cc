@@ -224,6 +224,7 @@ struct Coordinator::State {
   pid_t daemon_pid = -1;
   int daemon_restarts = 0;
   bool ready = false;           // Run() reported the mount ready; requests may act on it.
+  bool restart_pending = false;  // The daemon died and is not serving again yet.
   bool starting = false;        // StartDaemon() runs (first start or a restart).
   bool unmounting = false;      // An unmount owns the daemon: do not restart it.
   bool finished = false;        // Unmounted: Run() returns.
@@ -470,6 +471,17 @@ struct Coordinator::State {
   }
 
   void TendDaemon() {
+    bool resume = false;
+    {
+      std::lock_guard lock(mu);
+      resume = restart_pending && daemon_pid <= 0 && !starting && !unmounting && !finished;
+    }
+    if (resume) {
+      // A restart an unmount interrupted, and the unmount gave up: nothing else would ever
+      // start the daemon again, and the lease would be held for a mount that serves nothing.
+      RestartDaemon();
+      return;
+    }
     int status = 0;
     if (!ReapDaemon(&status, /*unless_unmounting=*/true)) return;
     if (WIFEXITED(status) && !IsFuseMounted(options.mountpoint)) {
@@ -506,15 +518,29 @@ struct Coordinator::State {
                                 : "was killed by signal " + std::to_string(WTERMSIG(status));
     NoteError("the daemon serving " + Where() + " " + how + "; restarting it");
     DetachDeadMount();
+    {
+      std::lock_guard lock(mu);
+      restart_pending = true;
+    }
+    RestartDaemon();
+  }
+
+  // Starts the daemon again until it serves. An unmount (or the end) interrupts it; the
+  // restart stays pending, and TendDaemon resumes it if that unmount gives up.
+  void RestartDaemon() {
     Duration backoff = std::chrono::seconds(1);
     for (;;) {
       {
         std::lock_guard lock(mu);
-        ++daemon_restarts;
         if (unmounting || finished) return;
+        ++daemon_restarts;
       }
       Status started = StartDaemonGuarded();
       if (started.ok()) {
+        {
+          std::lock_guard lock(mu);
+          restart_pending = false;
+        }
         PushLeaseToDaemon();
         return;
       }
