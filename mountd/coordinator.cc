@@ -184,6 +184,22 @@ std::vector<Holder> FindHolders(const std::string& mountpoint, const std::vector
       }
     }
     closedir(fds);
+    if (!holds_file) {
+      // A file mapped in memory (np.memmap, torch.load(mmap=True)) keeps its handle open
+      // after its descriptor is closed.
+      std::ifstream maps(base + "/maps");
+      std::string line;
+      while (std::getline(maps, line)) {
+        const size_t slash = line.find('/');
+        if (slash == std::string::npos) continue;
+        const std::string path = line.substr(slash);
+        if (Under(path, mountpoint)) {
+          holders.push_back({static_cast<pid_t>(pid), command, path, false, true});
+          holds_file = true;
+          break;
+        }
+      }
+    }
     if (!holds_file && Under(cwd, mountpoint)) {
       holders.push_back({static_cast<pid_t>(pid), command, cwd, true});
     }
@@ -198,8 +214,9 @@ std::string DescribeHolders(const std::vector<Holder>& holders, const std::strin
   for (const auto& h : holders) {
     if (!out.empty()) out += "; ";
     out += "pid " + std::to_string(h.pid) + " (" + h.command + ") ";
-    out += h.cwd ? "has its working directory in " + Relative(h.path, mountpoint)
-                 : "holds " + Relative(h.path, mountpoint);
+    out += h.cwd      ? "has its working directory in " + Relative(h.path, mountpoint)
+           : h.mapped ? "has " + Relative(h.path, mountpoint) + " mapped in memory"
+                      : "holds " + Relative(h.path, mountpoint);
   }
   return out;
 }
@@ -656,7 +673,9 @@ struct Coordinator::State {
       if (open_files) {
         const auto holders = FindHolders(options.mountpoint, {daemon});
         what = std::to_string(*open_files) + " file(s) are still open in " + Where() + ": " +
-               (holders.empty() ? "processes this user cannot inspect"
+               (holders.empty() ? "no process this one can see (they may run in another "
+                                  "container without a shared PID namespace, or as another "
+                                  "user)"
                                 : DescribeHolders(holders, options.mountpoint));
       } else {
         what = "the daemon of " + Where() + " did not say whether files are open (" +

@@ -66,6 +66,7 @@ struct Holder {
   std::string command;  // /proc/PID/comm
   std::string path;     // What it holds, as the process sees it.
   bool cwd = false;     // Its working directory, not an open file.
+  bool mapped = false;  // A file mapped in memory (its descriptor may be closed).
 };
 // Every process (but `except`) with a descriptor or working directory at or under
 // `mountpoint`. Processes whose /proc entries cannot be read (another user's, when not

@@ -397,6 +397,45 @@ TEST_F(MountdTest, AForcedUnmountBusyOnlyWithAWorkingDirectoryIsCleanAndReleases
   EXPECT_EQ(Get("synced.txt"), "all in the bucket\n");
 }
 
+// A file mapped in memory keeps the mount busy after its descriptor is closed (np.memmap,
+// torch.load(mmap=True)): the unmount names the process that maps it.
+TEST_F(MountdTest, UnmountNamesAProcessThatHasAFileMappedInMemory) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  WriteFile(a.dir() + "/weights.bin", std::string(8192, 'w'));
+  const std::string ready = a.dir() + ".mapped";
+  const pid_t mapper = fork();
+  if (mapper == 0) {
+    const std::string script = fmt::format(R"PY(
+import ctypes, os, time
+# libc's mmap, not Python's (which keeps a duplicate of the descriptor open).
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+fd = os.open('{0}/weights.bin', os.O_RDONLY)
+addr = libc.mmap(None, 8192, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+assert addr not in (None, ctypes.c_void_p(-1).value), 'mmap failed'
+os.close(fd)
+open('{1}', 'w').close()
+time.sleep(120)
+)PY",
+                                           a.dir(), ready);
+    execl("/usr/bin/python3", "python3", "-c", script.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_TRUE(Eventually([&] { return fs::exists(ready); }));
+  CommandResult u = a.Unmount("--timeout 2");
+  kill(mapper, SIGKILL);
+  waitpid(mapper, nullptr, 0);
+  EXPECT_NE(u.exit_code, 0) << u.output;
+  EXPECT_NE(u.output.find("pid " + std::to_string(mapper) + " (python3) has weights.bin mapped "
+                          "in memory"),
+            std::string::npos)
+      << u.output;
+  ASSERT_EQ(a.Unmount("--timeout 30").exit_code, 0) << a.log();
+}
+
 TEST_F(MountdTest, UnmountWaitsForAnOpenFileNamesItsHolderAndTimesOutLeavingTheMountIntact) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
