@@ -465,7 +465,8 @@ struct Coordinator::State {
     if (lease->lost()) {
       NoteError("lost the lease of " + Where() + ": " + lease->lost_reason() +
                 "; writes now fail with EROFS and unsynced data stays in the spool " +
-                options.spool_dir);
+                options.spool_dir + ". Make sure no other pod mounts the bucket, then run "
+                "`bucketfs unmount --force` and mount again (that mount uploads the spool)");
       {
         std::lock_guard lock(mu);
         lease_state = "lost";
@@ -476,7 +477,9 @@ struct Coordinator::State {
     if (clock.Now() >= lease->valid_until()) {
       lease->MarkLost("no renewal succeeded before the deadline: " + renewed.ToString());
       NoteError("the lease of " + Where() + " expired unrenewed (" + renewed.ToString() +
-                "); writes now fail with EROFS");
+                "); writes now fail with EROFS. Check that this pod reaches S3; then run "
+                "`bucketfs unmount --force` and mount again (that mount uploads the spool " +
+                options.spool_dir + ")");
       {
         std::lock_guard lock(mu);
         lease_state = "lost";
