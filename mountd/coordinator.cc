@@ -450,11 +450,12 @@ struct Coordinator::State {
   // One step of the lease's life, from the main loop.
   void TendLease() {
     std::lock_guard lease_lock(lease_mu);
-    if (!lease || !lease->held()) return;
-    if (lease->lost()) {
+    if (!lease) return;
+    if (lease->lost()) {  // (A lost lease is not held() either.)
       FenceDaemonUntilConfirmed();
       return;
     }
+    if (!lease->held()) return;
     const MonoTime now = clock.Now();
     if (now < lease->next_renewal()) return;
     Status renewed = lease->Renew();

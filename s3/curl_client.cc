@@ -218,8 +218,9 @@ class CurlObjectClient::Impl {
                                   last.ok() ? "" : "; last error: " + last.ToString()),
                       true);
       }
+      bool abandoned = false;  // By the guard, in flight.
       Result<HttpResponse> r =
-          Attempt(op, url, host, path, payload_hash, deadline - now, opts.guard);
+          Attempt(op, url, host, path, payload_hash, deadline - now, opts.guard, &abandoned);
       const Duration took = clock_.Now() - now;
       requests_.fetch_add(1, std::memory_order_relaxed);
       if (attempt > 1) retries_.fetch_add(1, std::memory_order_relaxed);
@@ -245,8 +246,10 @@ class CurlObjectClient::Impl {
         return r;
       }
       if (opts.guard) {
-        // Abandoned in flight, or failed while the guard closed: say why it stopped.
-        if (Status allowed = opts.guard(); !allowed.ok()) {
+        // Abandoned in flight (its status is the guard's), or failed while the guard
+        // closed: say why it stopped, and send no retry.
+        Status allowed = abandoned ? status : opts.guard();
+        if (!allowed.ok()) {
           failures_.fetch_add(1, std::memory_order_relaxed);
           return allowed.Annotate(Describe(op));
         }
@@ -315,7 +318,7 @@ class CurlObjectClient::Impl {
   Result<HttpResponse> Attempt(const Operation& op, const std::string& url,
                                const std::string& host, const std::string& path,
                                const std::string& payload_hash, Duration remaining,
-                               const std::function<Status()>& guard) {
+                               const std::function<Status()>& guard, bool* abandoned) {
     BFS_ASSIGN_OR_RETURN(Credentials creds, creds_->Current());
     SigningInput in;
     in.method = op.method;
@@ -339,8 +342,23 @@ class CurlObjectClient::Impl {
     req.timeout = std::max(std::chrono::milliseconds(1), remaining_ms);
     req.connect_timeout = std::min(config_.connect_timeout, req.timeout);
     req.stall_timeout = config_.stall_timeout;
-    if (guard) req.keep_going = [&guard] { return guard().ok(); };
-    return transport_.Perform(req);
+    // Abandoned in flight: the guard's reason is the call's error (the fence may open again
+    // before anyone asks, and "cancelled" would say nothing true).
+    Status stopped;
+    if (guard) {
+      req.keep_going = [&guard, &stopped] {
+        Status allowed = guard();
+        if (allowed.ok()) return true;
+        stopped = std::move(allowed);
+        return false;
+      };
+    }
+    Result<HttpResponse> response = transport_.Perform(req);
+    if (!response.ok() && !stopped.ok()) {
+      *abandoned = true;
+      return stopped;
+    }
+    return response;
   }
 
   // Turns an HTTP reply into OK or the server's error.

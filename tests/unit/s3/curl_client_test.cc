@@ -242,6 +242,29 @@ TEST_F(CurlClientScriptedTest, ARequestInFlightIsAbandonedSoonAfterItsGuardSaysN
   EXPECT_LT(took, std::chrono::milliseconds(3500)) << "ran on to the server's reply";
 }
 
+// Abandoned because the guard said no once, the call says the guard's reason even if the
+// guard says yes again right after (a renewal reopened the fence): not "cancelled".
+TEST_F(CurlClientScriptedTest, ARequestAbandonedByItsGuardFailsWithTheGuardsReason) {
+  Reply slow = Http(200, "", "ETag: \"abc\"\r\n");
+  slow.delay = std::chrono::seconds(4);
+  server_.Push(slow);
+  const auto start = std::chrono::steady_clock::now();
+  std::atomic<bool> said_no{false};
+  CallOptions opts;
+  opts.guard = [&] {
+    if (std::chrono::steady_clock::now() - start > std::chrono::milliseconds(300) &&
+        !said_no.exchange(true)) {
+      return Status(ErrorCode::kReadOnly, "writes are fenced: the lease is late");
+    }
+    return Status::Ok();
+  };
+  std::string body = "hello";
+  auto r = client_->Put({"k", {body.data(), body.size()}, "", {}, {}}, opts);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kReadOnly) << r.status().ToString();
+  EXPECT_TRUE(said_no.load());
+}
+
 TEST_F(CurlClientScriptedTest, ClientErrorsAreNotRetried) {
   server_.Push(Http(403, ErrorXml("AccessDenied", "no")));
   std::string buf(4, '\0');
