@@ -782,6 +782,22 @@ std::shared_ptr<Filesystem::FileHandle> Filesystem::FindFile(uint64_t handle) {
   return it == files_.end() ? nullptr : it->second;
 }
 
+namespace {
+
+// Whether two ETags name one version. A proxy that recompresses may mark a HEAD's ETag weak
+// (W/"…") while a listing gives it bare: the same version, which must not read as a
+// replacement (ESTALE on every read).
+bool SameVersion(std::string_view a, std::string_view b) {
+  const auto bare = [](std::string_view e) {
+    if (e.starts_with("W/")) e.remove_prefix(2);
+    if (e.size() >= 2 && e.front() == '"' && e.back() == '"') e = e.substr(1, e.size() - 2);
+    return e;
+  };
+  return bare(a) == bare(b);
+}
+
+}  // namespace
+
 Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size_t size) {
   std::shared_ptr<FileHandle> file = FindFile(handle);
   if (!file) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
@@ -800,7 +816,7 @@ Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size
   // open that found the object replaced, a listing).
   const bool node_moved_on = node && !node->path.empty() && !node->etag.empty() &&
                              (node->path != reader->object().key ||
-                              node->etag != reader->object().etag);
+                              !SameVersion(node->etag, reader->object().etag));
   const auto follow = [&] {
     // This mount renamed or rewrote the file, and its node holds the version this mount
     // made: follow it, as a local file's descriptor would. A version found on the server
@@ -821,8 +837,9 @@ Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size
   } else if (node_moved_on && node->path == reader->object().key) {
     // Replaced by someone else, and this mount knows it (another open saw the new version):
     // reading on would put the old version's bytes in the kernel's pages of the inode,
-    // which the new version's readers share.
-    reply = Status(ErrorCode::kStale, "'" + node->path + "' was replaced since it was opened");
+    // which the new version's readers share. The node, blocks and pages are the new
+    // version's: nothing to forget.
+    return Status(ErrorCode::kStale, "'" + node->path + "' was replaced since it was opened");
   } else {
     reply = reader->Read(offset, size);
     if (!reply.ok() && reply.status().code() == ErrorCode::kStale && node_moved_on &&

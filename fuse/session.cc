@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 #include <memory>
+#include <shared_mutex>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -99,14 +100,16 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
   RaiseKernelReadAhead(options, real_mountpoint);
   // Invalidations run on I/O pool threads and may still be queued when the session ends:
   // they reach the session only through this guard, which the teardown clears first.
+  // Shared by the invalidations, which may run at once: one waiting in the kernel for page
+  // locks (behind a READ in flight) must not hold up an OPEN's attribute invalidation.
   struct SessionGuard {
-    std::mutex mu;
+    std::shared_mutex mu;
     fuse_session* session = nullptr;  // Guarded by mu; null once the session ends.
   };
   auto guard = std::make_shared<SessionGuard>();
   guard->session = se;
   fs.SetInvalidator([guard](InodeId ino, bool pages) {
-    std::lock_guard lock(guard->mu);
+    std::shared_lock lock(guard->mu);
     if (guard->session == nullptr) return;
     // Attributes, and every cached page (offset 0, length 0) or none (a negative offset).
     // ENOENT means the kernel had forgotten the inode already.
@@ -126,7 +129,7 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
 
   fs.SetInvalidator(nullptr);  // The session is going away.
   {
-    std::lock_guard lock(guard->mu);  // Waits for an invalidation in progress.
+    std::unique_lock lock(guard->mu);  // Waits for the invalidations in progress.
     guard->session = nullptr;
   }
   fuse_session_unmount(se);
