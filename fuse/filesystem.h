@@ -324,9 +324,10 @@ class Filesystem {
                        const std::string& path);
   // The two halves of Rename(). An error return means nothing moved. Once the copies are
   // made the rename has happened at `to` (the caches say so), even if deleting the old
-  // keys then fails: `*old_keys_kept` is that failure, the old keys stay visible under
-  // `from`, and Rename() returns it (the copies are the data: taking them back could lose
-  // a replaced target for good, while the leftover old keys lose nothing).
+  // keys then fails: `*old_keys_kept` is that failure, logged as an error; the old keys
+  // show again under `from`, and Rename() succeeds (the copies are the data: taking them
+  // back could lose a replaced target for good, while the leftover old keys lose nothing;
+  // and a failed rename would leave the kernel's entry of `from` on the moved inode).
   Status RenameFile(const Node& source, const std::string& from, const std::string& to,
                     Status* old_keys_kept);
   Status RenameDirectory(const std::string& from, const std::string& to, Status* old_keys_kept);

@@ -638,7 +638,7 @@ namespace {
 Status OldKeysKept(Status deleted, const std::string& from, const std::string& to,
                    const std::string& kept) {
   return deleted.Annotate("renamed '" + from + "' to '" + to + "', but could not delete " + kept +
-                          " (the old name still shows it; remove it once the cause is fixed)");
+                          " (the old name shows it again; remove it once the cause is fixed)");
 }
 
 }  // namespace
@@ -938,10 +938,13 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   }
   ForgetMissing(to);
   if (!old_keys_kept.ok()) {
-    // What is left of `from` shows again at its next lookup or listing.
+    // The rename happened at `to`, and the kernel must hear that it did: on an error it
+    // keeps its entry of `from` on the moved inode (it drops cached names on ENOENT only),
+    // so `rm from` or a write to it would act on `to`. What is left of `from` shows again
+    // at its next lookup or listing, and the log says why it is there.
     ForgetListing(from_dir.path);
-    Logger("fuse")->warn("{}", old_keys_kept.ToString());
-    return old_keys_kept;
+    Logger("fuse")->error("{}", old_keys_kept.ToString());
+    return Status::Ok();
   }
   PatchListing(from_dir.path, std::string(name), nullptr);
   RememberMissing(from);
