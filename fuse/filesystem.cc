@@ -150,6 +150,14 @@ bool Filesystem::IsNegative(const std::string& path) {
   return true;
 }
 
+bool Filesystem::MissingSince(const std::string& path, MonoTime since) {
+  std::lock_guard lock(mu_);
+  auto it = negative_.find(path);
+  // An entry's expiry is one TTL after it was remembered.
+  return it != negative_.end() && Now() < it->second &&
+         it->second - options_.metadata_ttl >= since;
+}
+
 void Filesystem::RememberMissing(const std::string& path) {
   if (options_.metadata_ttl <= Duration::zero()) return;
   std::lock_guard lock(mu_);
@@ -639,9 +647,9 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       Node node;
       if (auto dirty = FindDirty(path)) {
         node = EnterDirty(path, *dirty, 0);
-      } else if (IsNegative(path)) {
-        // Removed or renamed away since the snapshot (a listing fetched since would have
-        // dropped the negative entry): an entry would give the kernel a name that is gone.
+      } else if (MissingSince(path, dir->listing->fetched_at)) {
+        // Removed or renamed away since the snapshot: an entry would give the kernel a name
+        // that is gone.
         continue;
       } else if (best.type == FileType::kRegular && best.etag.empty() &&
                  !NodeNewerThan(path, best.as_of)) {

@@ -389,6 +389,8 @@ class Filesystem {
   void InvalidateKernelAttributes(InodeId ino);
 
   bool IsNegative(const std::string& path);
+  // Whether `path` was found or made missing after `since` (and still is).
+  bool MissingSince(const std::string& path, MonoTime since);
   void RememberMissing(const std::string& path);
   void ForgetMissing(const std::string& path);
   // ForgetMissing() of every path under `prefix` (a directory renamed onto it). O(entries).

@@ -544,6 +544,30 @@ TEST_F(FilesystemTest, AnObjectWithoutAnEtagIsReadAfreshByEveryOpen) {
   fs_->Release(second->handle);
 }
 
+// A name looked up in vain, then made by another client: a listing fetched since shows it,
+// even one not kept in the cache (which would have dropped the negative entry).
+TEST_F(FilesystemTest, ReadDirPlusShowsANameMissingOnlyBeforeItsListingWasFetched) {
+  fs_.reset();
+  FilesystemOptions o;
+  o.metadata_ttl = kTtl;
+  o.max_cached_listings = 0;
+  o.mount_time = clock_.WallNow();
+  fs_ = std::make_unique<Filesystem>(
+      server_, cache::ReadContext{&server_, &cache_, &budget_, pool_.get(), &clock_}, o);
+  EXPECT_EQ(fs_->Lookup(kRootInode, "late").status().code(), ErrorCode::kNotFound);
+  server_.PutDirect("late", "made elsewhere");
+  clock_.Advance(1s);
+  auto dir = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  std::vector<std::string> shown;
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+                    if (e.name != "." && e.name != "..") shown.emplace_back(e.name);
+                    return true;
+                  }).ok());
+  fs_->ReleaseDir(*dir);
+  EXPECT_EQ(shown, std::vector<std::string>{"late"});
+}
+
 // A proxy that marks HEAD's ETags weak (W/"…") and lets conditional GETs through to the
 // server with the bare one; listings give the bare ETag.
 class WeakEtagProxy : public s3::ForwardingClient {
