@@ -792,6 +792,13 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
       if (!stranded.contains(dest)) made.push_back(dest);
     }
     (void)DeleteInBatches(made, /*stop_at_first_failure=*/false);
+    // A file moved back after its commit was copied back: a multipart copy has another
+    // ETag, so its node must ask the server. A commit that landed under the new name
+    // meanwhile patched a listing there with what is now deleted.
+    for (const auto& [key, dest] : moved_dirty) {
+      if (auto node = inodes_.GetByPath(key)) inodes_.Expire(node->ino);
+    }
+    ForgetListingsUnder(to);
     return failed.Annotate("renaming '" + from + "' to '" + to + "' (" +
                            (stranded.empty() ? std::string("nothing was moved")
                                              : "'" + *stranded.begin() + "' stayed there") +
