@@ -790,22 +790,6 @@ std::shared_ptr<Filesystem::FileHandle> Filesystem::FindFile(uint64_t handle) {
   return it == files_.end() ? nullptr : it->second;
 }
 
-namespace {
-
-// Whether two ETags name one version. A proxy that recompresses may mark a HEAD's ETag weak
-// (W/"…") while a listing gives it bare: the same version, which must not read as a
-// replacement (ESTALE on every read).
-bool SameVersion(std::string_view a, std::string_view b) {
-  const auto bare = [](std::string_view e) {
-    if (e.starts_with("W/")) e.remove_prefix(2);
-    if (e.size() >= 2 && e.front() == '"' && e.back() == '"') e = e.substr(1, e.size() - 2);
-    return e;
-  };
-  return bare(a) == bare(b);
-}
-
-}  // namespace
-
 Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size_t size) {
   std::shared_ptr<FileHandle> file = FindFile(handle);
   if (!file) return Status(ErrorCode::kInvalidArgument, "unknown file handle");
@@ -824,7 +808,7 @@ Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size
   // open that found the object replaced, a listing).
   const bool node_moved_on = node && !node->path.empty() && !node->etag.empty() &&
                              (node->path != reader->object().key ||
-                              !SameVersion(node->etag, reader->object().etag));
+                              node->etag != reader->object().etag);
   const auto follow = [&] {
     // This mount renamed or rewrote the file, and its node holds the version this mount
     // made: follow it, as a local file's descriptor would. A version found on the server

@@ -741,6 +741,10 @@ bool ParseHttpDate(std::string_view text, WallTime* out) {
 }
 
 std::string UnquoteEtag(std::string_view etag) {
+  // A proxy that recompresses may mark the origin's ETag weak (W/"..."). It names the same
+  // version as the bare one a listing gives, and only the bare one can be sent in If-Match
+  // (which compares strongly, and which the proxy forwards to the origin).
+  if (etag.starts_with("W/\"")) etag.remove_prefix(2);
   if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') {
     etag = etag.substr(1, etag.size() - 2);
   }

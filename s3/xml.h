@@ -56,7 +56,8 @@ std::string BuildDeleteObjects(const std::vector<std::string>& keys, bool quiet)
 bool ParseIso8601(std::string_view text, WallTime* out);
 bool ParseHttpDate(std::string_view text, WallTime* out);
 
-// Strips one pair of surrounding double quotes, if present.
+// Strips one pair of surrounding double quotes, if present, and a weak marker before them
+// (W/"abc" is abc): every ETag bucketfs keeps and compares is in this one form.
 std::string UnquoteEtag(std::string_view etag);
 
 }  // namespace bucketfs::s3

@@ -568,52 +568,6 @@ TEST_F(FilesystemTest, ReadDirPlusShowsANameMissingOnlyBeforeItsListingWasFetche
   EXPECT_EQ(shown, std::vector<std::string>{"late"});
 }
 
-// A proxy that marks HEAD's ETags weak (W/"…") and lets conditional GETs through to the
-// server with the bare one; listings give the bare ETag.
-class WeakEtagProxy : public s3::ForwardingClient {
- public:
-  using ForwardingClient::ForwardingClient;
-  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
-    auto r = inner().Head(req, opts);
-    if (r.ok()) r->etag = "W/\"" + r->etag + "\"";
-    return r;
-  }
-  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
-                            const s3::CallOptions& opts) override {
-    s3::GetRequest bare = req;
-    if (bare.if_match.starts_with("W/\"")) bare.if_match = bare.if_match.substr(3, bare.if_match.size() - 4);
-    return inner().Get(bare, buffer, opts);
-  }
-};
-
-// The same version under its weak and its bare ETag is no replacement: a handle opened
-// with one reads on when a listing gives the node the other.
-TEST_F(FilesystemTest, AWeakEtagAndItsBareFormAreOneVersion) {
-  WeakEtagProxy client(server_);
-  fs_.reset();
-  FilesystemOptions o;
-  o.metadata_ttl = kTtl;
-  o.read_ahead.initial_window = kBlock;
-  o.read_ahead.max_window = 4 * kBlock;
-  o.mount_time = clock_.WallNow();
-  fs_ = std::make_unique<Filesystem>(
-      client, cache::ReadContext{&client, &cache_, &budget_, pool_.get(), &clock_}, o);
-  const std::string body = Body(2 * kBlock, 1);
-  server_.PutDirect("f", body);
-  const InodeId ino = MustLookup(kRootInode, "f");
-  clock_.Advance(kTtl + 1s);
-  auto opened = fs_->Open(ino, O_RDONLY);  // A HEAD: the weak form.
-  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
-  EXPECT_EQ(MustRead(opened->handle, 0, 100), body.substr(0, 100));
-  clock_.Advance(kTtl + 1s);
-  auto dir = fs_->OpenDir(kRootInode);  // A listing: the bare form.
-  ASSERT_TRUE(dir.ok());
-  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [](const DirEntryView&) { return true; }).ok());
-  fs_->ReleaseDir(*dir);
-  EXPECT_EQ(MustRead(opened->handle, kBlock, 100), body.substr(kBlock, 100));
-  fs_->Release(opened->handle);
-}
-
 TEST_F(FilesystemTest, AnEntryAnotherReaddirplusRefusesStaysKnownToTheOneThatReturnedIt) {
   // Two `ls -l` of one directory at once: one returns the new entry "f" to the kernel
   // while the other's buffer is full and refuses it. The refusal must not drop the node

@@ -363,6 +363,22 @@ TEST_F(CurlClientScriptedTest, RequestsUseEncodedKeysAndBareSubresources) {
   EXPECT_EQ(server_.request_lines()[0], "POST /bucket/dir/a%20b%2Bc?uploads HTTP/1.1");
 }
 
+// A proxy that recompresses marks ETags weak: the client keeps the bare ETag (the one a
+// listing gives for the same version) and sends it back in the form If-Match accepts.
+TEST_F(CurlClientScriptedTest, AWeakEtagIsKeptBareAndSentBackAsAStrongOne) {
+  server_.Push(Http(200, "", "ETag: W/\"abc\"\r\n"));
+  server_.Push(Http(206, "xy", "ETag: W/\"abc\"\r\nContent-Range: bytes 0-1/2\r\n"));
+  auto head = client_->Head({"k", ""});
+  ASSERT_TRUE(head.ok()) << head.status().ToString();
+  EXPECT_EQ(head->etag, "abc");
+  std::string buf(2, '\0');
+  auto got = client_->Get({"k", ByteRange{0, 2}, head->etag}, {buf.data(), buf.size()});
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  auto heads = server_.request_heads();
+  ASSERT_EQ(heads.size(), 2u);
+  EXPECT_NE(heads[1].find("if-match: \"abc\"\r\n"), std::string::npos) << heads[1];
+}
+
 TEST_F(CurlClientScriptedTest, PreconditionHeadersAreSentInTheFormServersAccept) {
   server_.Push(Http(200, "<CopyObjectResult><ETag>\"n\"</ETag></CopyObjectResult>"));
   server_.Push(Http(200, "", "ETag: \"p\"\r\n"));

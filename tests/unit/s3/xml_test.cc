@@ -1085,7 +1085,8 @@ TEST(XmlTest, UnquoteEtagStripsOnePairOfQuotes) {
   EXPECT_EQ(UnquoteEtag("\"abc"), "\"abc");
   EXPECT_EQ(UnquoteEtag("abc\""), "abc\"");
   EXPECT_EQ(UnquoteEtag("\"\"abc\"\""), "\"abc\"");
-  EXPECT_EQ(UnquoteEtag("W/\"abc\""), "W/\"abc\"");
+  EXPECT_EQ(UnquoteEtag("W/\"abc\""), "abc");  // Weak: the same version, comparable.
+  EXPECT_EQ(UnquoteEtag("W/abc"), "W/abc");      // Not a weak ETag: left as it is.
 }
 
 }  // namespace
