@@ -126,6 +126,28 @@ class Pod {
 
 class MountdTest : public S3IntegrationTest {
  protected:
+  // Someone else takes the lease (as a pod that wrongly took over would).
+  void StealLease() {
+    Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
+          "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,"
+          "\"renew_seq\":0,\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\","
+          "\"renewed_at\":\"\"}')\n");
+  }
+
+  // A process that holds `path` open for writing after writing `line` to it; returns once
+  // the line is there.
+  pid_t HoldOpenForWriting(const std::string& path, const std::string& line) {
+    const pid_t holder = fork();
+    if (holder == 0) {
+      execl("/bin/bash", "bash", "-c",
+            ("exec 3>" + path + "; echo '" + line + "' >&3; exec sleep 120").c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    EXPECT_TRUE(Eventually([&] { return fs::exists(path) && fs::file_size(path) > 0; }));
+    return holder;
+  }
+
   json LeaseObject() {
     const std::string out = Boto3(
         "import json\n"
@@ -250,9 +272,7 @@ open('{2}', 'w').write(' '.join(out))
   ASSERT_TRUE(Eventually([&] { return fs::exists(report + ".ready"); }));
 
   // Someone else takes the lease (as a pod that wrongly took over would).
-  Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
-        "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,\"renew_seq\":0,"
-        "\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\",\"renewed_at\":\"\"}')\n");
+  StealLease();
   // Within one renew period (2 s) plus slack, writes fail with EROFS, and so does close.
   ASSERT_TRUE(Eventually([&] { return fs::exists(report); },
                          std::chrono::seconds(static_cast<int>(kTtl / 3) + 5)))
@@ -293,9 +313,7 @@ TEST_F(MountdTest, ADaemonRestartedAfterTheLeaseWasLostStaysFenced) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
   const pid_t first = a.daemon_pid();
-  Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
-        "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,\"renew_seq\":0,"
-        "\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\",\"renewed_at\":\"\"}')\n");
+  StealLease();
   ASSERT_TRUE(Eventually([&] { return a.Status()["lease"].value("state", "") == "lost"; },
                          std::chrono::seconds(static_cast<int>(kTtl / 3) + 5)))
       << a.log();
@@ -343,14 +361,7 @@ TEST_F(MountdTest, UnmountOfADaemonThatDoesNotSayWhatIsOpenGivesUpAndUploadsNoth
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
   const std::string held = a.dir() + "/half-written.txt";
-  const pid_t holder = fork();
-  if (holder == 0) {
-    execl("/bin/bash", "bash", "-c",
-          ("exec 3>" + held + "; echo 'the first half' >&3; exec sleep 120").c_str(),
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  ASSERT_TRUE(Eventually([&] { return fs::exists(held) && fs::file_size(held) > 0; }));
+  const pid_t holder = HoldOpenForWriting(held, "the first half");
   ASSERT_EQ(kill(a.daemon_pid(), SIGSTOP), 0);
   CommandResult u = a.Unmount("--timeout 1 --sync-timeout 1");
   ASSERT_EQ(kill(a.daemon_pid(), SIGCONT), 0);
@@ -440,14 +451,7 @@ TEST_F(MountdTest, UnmountWaitsForAnOpenFileNamesItsHolderAndTimesOutLeavingTheM
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
   const std::string held = a.dir() + "/held.txt";
-  const pid_t holder = fork();
-  if (holder == 0) {
-    execl("/bin/bash", "bash", "-c",
-          ("exec 3>" + held + "; echo 'written by the holder' >&3; exec sleep 120").c_str(),
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  ASSERT_TRUE(Eventually([&] { return fs::exists(held) && fs::file_size(held) > 0; }));
+  const pid_t holder = HoldOpenForWriting(held, "written by the holder");
 
   CommandResult u = a.Unmount("--timeout 2");
   EXPECT_NE(u.exit_code, 0) << u.output;
@@ -717,9 +721,7 @@ TEST_F(MountdTest, TheMetricsShowTheLeaseHeldRenewedThenLost) {
   EXPECT_GT(SumSamples(m, "bucketfs_lease_valid_seconds"), 0);
 
   // Someone else takes the lease: within a renew period the daemon is fenced, and says so.
-  Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
-        "\"host\":\"elsewhere\",\"state\":\"held\",\"epoch\":9,\"ttl_ms\":6000,\"renew_seq\":0,"
-        "\"nonce\":\"x\",\"mountpoint\":\"/m\",\"acquired_at\":\"\",\"renewed_at\":\"\"}')\n");
+  StealLease();
   EXPECT_TRUE(Eventually(
       [&] {
         m = ScrapeMetrics(url);
