@@ -874,12 +874,13 @@ void Filesystem::SetInvalidator(Invalidator invalidate) {
   invalidate_ = std::move(invalidate);
 }
 
+Filesystem::Invalidator Filesystem::CurrentInvalidator() {
+  std::lock_guard lock(mu_);
+  return invalidate_;
+}
+
 void Filesystem::InvalidateKernelCache(InodeId ino) {
-  Invalidator invalidate;
-  {
-    std::lock_guard lock(mu_);
-    invalidate = invalidate_;
-  }
+  Invalidator invalidate = CurrentInvalidator();
   if (!invalidate) return;
   // Not on this thread: it is serving a request, and the kernel may hold locks that the
   // invalidation needs until that request is answered.
@@ -890,12 +891,7 @@ void Filesystem::InvalidateKernelCache(InodeId ino) {
 }
 
 void Filesystem::InvalidateKernelAttributes(InodeId ino) {
-  Invalidator invalidate;
-  {
-    std::lock_guard lock(mu_);
-    invalidate = invalidate_;
-  }
-  if (invalidate) invalidate(ino, /*pages=*/false);
+  if (Invalidator invalidate = CurrentInvalidator()) invalidate(ino, /*pages=*/false);
 }
 
 StatFsReply Filesystem::StatFs() const {

@@ -331,6 +331,8 @@ class Filesystem {
   Status RenameFile(const Node& source, const std::string& from, const std::string& to,
                     Status* old_keys_kept);
   Status RenameDirectory(const std::string& from, const std::string& to, Status* old_keys_kept);
+  // Deletes a file rename's old key: Ok, or the failure as `*old_keys_kept` tells it.
+  Status DeleteRenamedKey(const std::string& from, const std::string& to);
   // A directory rename that failed takes back a file being written that it had moved from
   // `key` to `dest`: its dirty data, or its object if it committed meanwhile, is at `key`
   // again (the caller then deletes `dest`).
@@ -384,6 +386,7 @@ class Filesystem {
   // Asks the kernel, asynchronously, to forget the attributes and pages of `ino`: its object
   // changed (the kernel would otherwise keep the old size until its attribute timeout).
   void InvalidateKernelCache(InodeId ino);
+  Invalidator CurrentInvalidator();  // A copy, called without mu_ held.
   // Makes the kernel forget the attributes of `ino` now, before the request answers: an
   // OPEN of a new version, whose reads must not stop at the old version's size.
   void InvalidateKernelAttributes(InodeId ino);

@@ -643,6 +643,11 @@ Status OldKeysKept(Status deleted, const std::string& from, const std::string& t
 
 }  // namespace
 
+Status Filesystem::DeleteRenamedKey(const std::string& from, const std::string& to) {
+  Status deleted = client_.Delete(from, {Deadline()});
+  return deleted.ok() ? deleted : OldKeysKept(std::move(deleted), from, to, "'" + from + "'");
+}
+
 Status Filesystem::RenameFile(const Node& source, const std::string& from, const std::string& to,
                               Status* old_keys_kept) {
   using Outcome = cache::Writeback::RenameOutcome;
@@ -652,8 +657,7 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
     if (moved == Outcome::kCopied) {
       // The file's dirty state has moved to `to` already: whatever the delete says, the
       // nodes follow it there.
-      Status deleted = client_.Delete(from, {Deadline()});
-      if (!deleted.ok()) *old_keys_kept = OldKeysKept(std::move(deleted), from, to, "'" + from + "'");
+      *old_keys_kept = DeleteRenamedKey(from, to);
     }
     inodes_.Rename(from, to);
     if (auto dirty = FindDirty(to)) {
@@ -690,8 +694,7 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
                                          cache::CopySpec{from, to, head.size, head.etag,
                                                          std::nullopt, {}},
                                          Deadline()));
-  Status deleted = client_.Delete(from, {Deadline()});
-  if (!deleted.ok()) *old_keys_kept = OldKeysKept(std::move(deleted), from, to, "'" + from + "'");
+  *old_keys_kept = DeleteRenamedKey(from, to);
   Attributes attr = source.attr.type == FileType::kSymlink ? source.attr
                                                            : ObjectAttributes(head, options_.defaults);
   if (source.attr.type == FileType::kSymlink) attr.type = FileType::kSymlink;
@@ -783,15 +786,15 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
                              from, to, dest, back.ToString());
       }
     }
-    std::vector<std::string> made;
+    // The copies, and the new keys of the files moved back (one committed meanwhile left an
+    // object there too), once each.
+    std::set<std::string> made;
     for (const auto& [dest, etag] : copies) {
-      if (dest != to_prefix && !stranded.contains(dest)) made.push_back(dest);
+      if (dest != to_prefix) made.insert(dest);
     }
-    // A file moved back after its commit left an object at its new key too.
-    for (const auto& [key, dest] : moved_dirty) {
-      if (!stranded.contains(dest)) made.push_back(dest);
-    }
-    (void)DeleteInBatches(made, /*stop_at_first_failure=*/false);
+    for (const auto& [key, dest] : moved_dirty) made.insert(dest);
+    for (const std::string& dest : stranded) made.erase(dest);
+    (void)DeleteInBatches({made.begin(), made.end()}, /*stop_at_first_failure=*/false);
     // A file moved back after its commit was copied back: a multipart copy has another
     // ETag, so its node must ask the server. A commit that landed under the new name
     // meanwhile patched a listing there with what is now deleted.

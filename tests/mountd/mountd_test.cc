@@ -126,6 +126,20 @@ class Pod {
 
 class MountdTest : public S3IntegrationTest {
  protected:
+  // Whether, within a minute, a daemon other than `first` serves `pod`'s mount (the
+  // coordinator restarted it); the pod then knows the new daemon's pid.
+  bool ServedByANewDaemon(Pod& pod, pid_t first) {
+    const bool served = Eventually(
+        [&] {
+          json s = pod.Status();
+          return s.value("daemon_pid", -1) > 0 && s.value("daemon_pid", -1) != first &&
+                 s.contains("daemon") && s["daemon"].value("mounted", false);
+        },
+        std::chrono::seconds(60));
+    if (served) pod.RefreshPids();
+    return served;
+  }
+
   // Someone else takes the lease (as a pod that wrongly took over would).
   void StealLease() {
     Boto3("s3.put_object(Bucket=bucket, Key='.bucketfs/lease', Body=b'{\"holder\":\"thief\","
@@ -318,15 +332,7 @@ TEST_F(MountdTest, ADaemonRestartedAfterTheLeaseWasLostStaysFenced) {
                          std::chrono::seconds(static_cast<int>(kTtl / 3) + 5)))
       << a.log();
   kill(first, SIGKILL);
-  ASSERT_TRUE(Eventually(
-      [&] {
-        json s = a.Status();
-        return s.value("daemon_pid", -1) > 0 && s.value("daemon_pid", -1) != first &&
-               s.contains("daemon") && s["daemon"].value("mounted", false);
-      },
-      std::chrono::seconds(60)))
-      << a.log();
-  a.RefreshPids();
+  ASSERT_TRUE(ServedByANewDaemon(a, first)) << a.log();
   // For the next 3 s (the lost lease's deadline was at most 4 s after the loss was seen, and
   // the coordinator hands the new daemon its lease state once it serves), no file can be
   // made.
@@ -504,15 +510,7 @@ TEST_F(MountdTest, AKilledDaemonIsRestartedAndNoClosedDataIsLost) {
   kill(first, SIGKILL);
   // The coordinator detaches the dead mount and mounts again with a new daemon, which
   // uploads the closed file from the spool before serving.
-  ASSERT_TRUE(Eventually(
-      [&] {
-        json s = a.Status();
-        return s.value("daemon_pid", -1) > 0 && s.value("daemon_pid", -1) != first &&
-               s.contains("daemon") && s["daemon"].value("mounted", false);
-      },
-      std::chrono::seconds(60)))
-      << a.log();
-  a.RefreshPids();
+  ASSERT_TRUE(ServedByANewDaemon(a, first)) << a.log();
   EXPECT_EQ(a.Status().value("daemon_restarts", 0), 1);
   EXPECT_EQ(ReadFile(a.dir() + "/closed-before-kill.txt"), "closed, then the daemon died\n");
   EXPECT_EQ(Get("closed-before-kill.txt"), "closed, then the daemon died\n");

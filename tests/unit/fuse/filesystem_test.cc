@@ -52,8 +52,14 @@ class FilesystemTest : public ::testing::Test {
     o.read_ahead.timeout = 30s;
     o.mount_time = clock_.WallNow();
     o.generation = 42;
+    Remake(server_, o);
+  }
+  // A filesystem with other options, or on another client (which must outlive it), in place
+  // of the fixture's.
+  void Remake(s3::ObjectClient& client, const FilesystemOptions& o) {
+    fs_.reset();
     fs_ = std::make_unique<Filesystem>(
-        server_, cache::ReadContext{&server_, &cache_, &budget_, pool_.get(), &clock_}, o);
+        client, cache::ReadContext{&client, &cache_, &budget_, pool_.get(), &clock_}, o);
   }
   ~FilesystemTest() override {
     fs_.reset();
@@ -518,14 +524,12 @@ class EtagLessClient : public s3::ForwardingClient {
 
 TEST_F(FilesystemTest, AnObjectWithoutAnEtagIsReadAfreshByEveryOpen) {
   EtagLessClient client(server_);
-  fs_.reset();
   FilesystemOptions o;
   o.metadata_ttl = kTtl;
   o.read_ahead.initial_window = kBlock;
   o.read_ahead.max_window = 4 * kBlock;
   o.mount_time = clock_.WallNow();
-  fs_ = std::make_unique<Filesystem>(
-      client, cache::ReadContext{&client, &cache_, &budget_, pool_.get(), &clock_}, o);
+  Remake(client, o);
 
   const std::string v1 = Body(3 * kBlock, 1), v2 = Body(3 * kBlock, 2);
   server_.PutDirect("f", v1);
@@ -547,13 +551,11 @@ TEST_F(FilesystemTest, AnObjectWithoutAnEtagIsReadAfreshByEveryOpen) {
 // A name looked up in vain, then made by another client: a listing fetched since shows it,
 // even one not kept in the cache (which would have dropped the negative entry).
 TEST_F(FilesystemTest, ReadDirPlusShowsANameMissingOnlyBeforeItsListingWasFetched) {
-  fs_.reset();
   FilesystemOptions o;
   o.metadata_ttl = kTtl;
   o.max_cached_listings = 0;
   o.mount_time = clock_.WallNow();
-  fs_ = std::make_unique<Filesystem>(
-      server_, cache::ReadContext{&server_, &cache_, &budget_, pool_.get(), &clock_}, o);
+  Remake(server_, o);
   EXPECT_EQ(fs_->Lookup(kRootInode, "late").status().code(), ErrorCode::kNotFound);
   server_.PutDirect("late", "made elsewhere");
   clock_.Advance(1s);
