@@ -405,6 +405,39 @@ Status ParseObjectHeaders(const HttpResponse& r, const std::string& key, ObjectI
   return Status::Ok();
 }
 
+// The object's total size from a 206 reply's "Content-Range: bytes FIRST-LAST/TOTAL", once
+// the reply is checked to hold exactly the bytes asked for: the first byte asked, every byte
+// of the range that the object has, and as many as Content-Length says. Another range would
+// put other bytes at the offset the caller asked for, in every cache that keeps them.
+Result<uint64_t> CheckContentRange(const HttpResponse& r, const GetRequest& req,
+                                   uint64_t body_length) {
+  const std::string& cr = r.Header("content-range");
+  const auto bad = [&](std::string_view why) {
+    return Status(ErrorCode::kMalformedResponse,
+                  fmt::format("GET {}: Content-Range '{}' {}", req.key, cr, why));
+  };
+  constexpr std::string_view kUnit = "bytes ";
+  const auto dash = cr.find('-');
+  const auto slash = cr.rfind('/');
+  uint64_t first = 0, last = 0, total = 0;
+  if (cr.rfind(kUnit, 0) != 0 || dash == std::string::npos || slash == std::string::npos ||
+      dash > slash || !ParseUint(cr.substr(kUnit.size(), dash - kUnit.size()), &first) ||
+      !ParseUint(cr.substr(dash + 1, slash - dash - 1), &last) ||
+      !ParseUint(cr.substr(slash + 1), &total) || last < first || last >= total) {
+    return bad("is not 'bytes FIRST-LAST/TOTAL'");
+  }
+  if (last - first + 1 != body_length) {
+    return bad(fmt::format("does not match the {} bytes of the body", body_length));
+  }
+  if (!req.range) return total;  // Not asked for a range: the body is what it says it is.
+  const uint64_t want_end = std::min(req.range->offset + req.range->length, total);
+  if (first != req.range->offset || last + 1 != want_end) {
+    return bad(fmt::format("is not the range asked for (bytes {}-{})", req.range->offset,
+                           req.range->offset + req.range->length - 1));
+  }
+  return total;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CurlObjectClient>> CurlObjectClient::Create(
@@ -462,15 +495,15 @@ Result<GetResult> CurlObjectClient::Get(const GetRequest& req, std::span<char> b
   BFS_RETURN_IF_ERROR(ParseObjectHeaders(r, req.key, &out.info));
   uint64_t body_length = out.info.size;
   if (r.status == 206) {
-    // "bytes 0-9/443": the object's total size is after the slash.
-    const std::string& cr = r.Header("content-range");
-    auto slash = cr.rfind('/');
-    uint64_t total = 0;
-    if (slash == std::string::npos || !ParseUint(cr.substr(slash + 1), &total)) {
-      return Status(ErrorCode::kMalformedResponse,
-                    fmt::format("GET {}: bad Content-Range '{}'", req.key, cr));
-    }
-    out.info.size = total;
+    BFS_ASSIGN_OR_RETURN(out.info.size, CheckContentRange(r, req, body_length));
+  } else if (req.range && req.range->offset > 0) {
+    // A server or proxy may ignore Range (HTTP allows it): the body is then the object from
+    // its first byte, which must not be taken for the bytes asked for.
+    return Status(ErrorCode::kMalformedResponse,
+                  fmt::format("GET {} bytes {}-{}: the server answered {} with the whole object, "
+                              "ignoring the Range header; a proxy in between may strip it",
+                              req.key, req.range->offset,
+                              req.range->offset + req.range->length - 1, r.status));
   }
   out.bytes_read = r.buffer_bytes;
   if (out.bytes_read != body_length) {

@@ -38,6 +38,11 @@ std::string Lower(std::string_view s) {
   return out;
 }
 
+bool HasHeader(const HeaderList& headers, std::string_view lower_name) {
+  return std::any_of(headers.begin(), headers.end(),
+                     [&](const auto& h) { return Lower(h.first) == lower_name; });
+}
+
 }  // namespace
 
 const std::string& HttpResponse::Header(std::string_view name) const {
@@ -290,9 +295,14 @@ class HttpTransport::Engine {
         break;
       case CURLE_WRITE_ERROR:
         if (t.overflow) {
-          return Status(ErrorCode::kInternal,
-                        fmt::format("{}: the reply is larger than the {} bytes expected", what,
-                                    r.response_buffer.size()));
+          // The server sent more than was asked for: most often a Range it ignored.
+          return Status(ErrorCode::kMalformedResponse,
+                        fmt::format("{}: the reply (HTTP {}) is larger than the {} bytes asked "
+                                    "for{}",
+                                    what, t.body_status, r.response_buffer.size(),
+                                    HasHeader(r.headers, "range")
+                                        ? "; the server (or a proxy) ignored the Range header"
+                                        : ""));
         }
         break;
       case CURLE_OPERATION_TIMEDOUT:

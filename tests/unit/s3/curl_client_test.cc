@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/errno_map.h"
 #include "s3/curl_client.h"
 
 namespace bucketfs::s3 {
@@ -460,7 +461,66 @@ TEST_F(CurlClientScriptedTest, RangeLongerThanBufferFailsCleanly) {
   std::string buf(4, '\0');
   auto r = client_->Get({"k", ByteRange{0, 4}, ""}, {buf.data(), buf.size()});
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), ErrorCode::kInternal);
+  EXPECT_EQ(r.status().code(), ErrorCode::kMalformedResponse) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("larger than the 4 bytes asked for"), std::string::npos)
+      << r.status().ToString();
+  EXPECT_EQ(ToErrno(r.status()), EIO);
+}
+
+// A 206 must hold the range asked for: other bytes would land at the offset asked for, in
+// every cache that keeps the block.
+TEST_F(CurlClientScriptedTest, AReplyForAnotherRangeIsRefusedNotTakenForTheBytesAskedFor) {
+  struct Case {
+    const char* content_range;
+    const char* body;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"bytes 0-3/10", "0123", "is not the range asked for (bytes 4-7)"},  // Another start.
+      {"bytes 4-5/10", "45", "is not the range asked for"},   // Short of what the object has.
+      {"bytes 4-7/10", "456", "does not match the 3 bytes of the body"},
+      {"bytes 4-7", "4567", "is not 'bytes FIRST-LAST/TOTAL'"},
+      {"bytes 7-4/10", "4567", "is not 'bytes FIRST-LAST/TOTAL'"},
+      {"bytes 4-11/10", "4567", "is not 'bytes FIRST-LAST/TOTAL'"},
+  };
+  for (const Case& c : cases) {
+    server_.Push(Http(206, c.body, fmt::format("Content-Range: {}\r\n", c.content_range)));
+    std::string buf(4, '\0');
+    auto r = client_->Get({"k", ByteRange{4, 4}, ""}, {buf.data(), buf.size()});
+    ASSERT_FALSE(r.ok()) << c.content_range;
+    EXPECT_EQ(r.status().code(), ErrorCode::kMalformedResponse) << r.status().ToString();
+    EXPECT_NE(r.status().message().find(c.says), std::string::npos) << r.status().ToString();
+  }
+  // The range asked for, and one the object's end cuts short, are taken.
+  server_.Push(Http(206, "4567", "Content-Range: bytes 4-7/10\r\n"));
+  server_.Push(Http(206, "89", "Content-Range: bytes 8-9/10\r\n"));
+  std::string buf(4, '\0');
+  auto r = client_->Get({"k", ByteRange{4, 4}, ""}, {buf.data(), buf.size()});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->bytes_read, 4u);
+  EXPECT_EQ(r->info.size, 10u);
+  EXPECT_EQ(buf, "4567");
+  r = client_->Get({"k", ByteRange{8, 4}, ""}, {buf.data(), buf.size()});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->bytes_read, 2u);
+  EXPECT_EQ(buf.substr(0, 2), "89");
+}
+
+// HTTP lets a server ignore Range and answer 200 with the whole object. From offset 0, a
+// whole object that fits is the bytes asked for; from further in, it never is.
+TEST_F(CurlClientScriptedTest, AWholeObjectAnsweringARangeFurtherInIsRefused) {
+  server_.Push(Http(200, "0123"));
+  server_.Push(Http(200, "01"));
+  std::string buf(4, '\0');
+  auto r = client_->Get({"k", ByteRange{2, 2}, ""}, {buf.data(), buf.size()});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kMalformedResponse) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("ignoring the Range header"), std::string::npos)
+      << r.status().ToString();
+  r = client_->Get({"k", ByteRange{0, 4}, ""}, {buf.data(), buf.size()});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->bytes_read, 2u);
+  EXPECT_EQ(r->info.size, 2u);
 }
 
 }  // namespace
