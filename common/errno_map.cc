@@ -18,6 +18,7 @@ int ToErrno(const Status& status) {
     case ErrorCode::kInvalidArgument: return EINVAL;
     case ErrorCode::kEntityTooLarge: return EFBIG;
     case ErrorCode::kNoSpace: return ENOSPC;
+    case ErrorCode::kQuotaExceeded: return EDQUOT;
     case ErrorCode::kReadOnly: return EROFS;
     case ErrorCode::kExists: return EEXIST;
     case ErrorCode::kNotEmpty: return ENOTEMPTY;

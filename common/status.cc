@@ -21,6 +21,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kInvalidRange: return "InvalidRange";
     case ErrorCode::kEntityTooSmall: return "EntityTooSmall";
     case ErrorCode::kEntityTooLarge: return "EntityTooLarge";
+    case ErrorCode::kQuotaExceeded: return "QuotaExceeded";
     case ErrorCode::kBadDigest: return "BadDigest";
     case ErrorCode::kSlowDown: return "SlowDown";
     case ErrorCode::kServerError: return "ServerError";

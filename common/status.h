@@ -34,6 +34,7 @@ enum class ErrorCode {
   kEntityTooSmall,      // Multipart part below the server's minimum size.
   kEntityTooLarge,      // Object or part above the server's maximum size.
   kBadDigest,           // The payload checksum the server computed did not match.
+  kQuotaExceeded,       // The server's quota for the bucket or user, or its storage, is full.
   kSlowDown,            // 503 SlowDown / 429: throttled.
   kServerError,         // Other 5xx.
   kNotImplemented,      // 501: the server lacks the operation.

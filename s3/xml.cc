@@ -190,6 +190,10 @@ constexpr std::string_view kSessionHint =
     "refresh the session credentials (S3_SESSION_TOKEN or AWS_SESSION_TOKEN)";
 constexpr std::string_view kRegionHint =
     "the bucket is served elsewhere; set S3_REGION (and S3_ENDPOINT) to the bucket's";
+constexpr std::string_view kQuotaHint =
+    "the server refuses more data for this bucket or user; free space in the bucket or ask "
+    "its administrator to raise the quota (what was written stays in the spool and is "
+    "uploaded on a later attempt)";
 constexpr std::string_view kCorruptHint = "the body may have been corrupted in transit";
 
 struct CodeEntry {
@@ -229,6 +233,10 @@ constexpr CodeEntry kServerCodes[] = {
     {"EntityTooSmall",
      {ErrorCode::kEntityTooSmall, false, "every part but the last must be at least 5 MiB"}},
     {"EntityTooLarge", {ErrorCode::kEntityTooLarge, false, {}}},
+    // Ceph RGW's bucket and user quotas (403), MinIO's quotas and full disks.
+    {"QuotaExceeded", {ErrorCode::kQuotaExceeded, false, kQuotaHint}},
+    {"XMinioAdminBucketQuotaExceeded", {ErrorCode::kQuotaExceeded, false, kQuotaHint}},
+    {"XMinioStorageFull", {ErrorCode::kQuotaExceeded, false, kQuotaHint}},
     {"BadDigest", {ErrorCode::kBadDigest, true, kCorruptHint}},
     {"InvalidDigest", {ErrorCode::kBadDigest, true, kCorruptHint}},
     {"XAmzContentSHA256Mismatch", {ErrorCode::kBadDigest, true, kCorruptHint}},
@@ -281,6 +289,8 @@ Mapping MapHttpStatus(int http_status) {
       return {ErrorCode::kSlowDown, true, {}};
     case 501:
       return {ErrorCode::kNotImplemented, false, {}};
+    case 507:  // Insufficient Storage: resending the body cannot help.
+      return {ErrorCode::kQuotaExceeded, false, kQuotaHint};
     case 503:
       return {ErrorCode::kSlowDown, true, {}};
     default:
@@ -333,6 +343,8 @@ std::string ReasonPhrase(int http_status) {
       return "Service Unavailable";
     case 504:
       return "Gateway Timeout";
+    case 507:
+      return "Insufficient Storage";
     default:
       return fmt::format("HTTP {}", http_status);
   }

@@ -1499,6 +1499,45 @@ TEST_F(FuseWriteFaultTest, ASigtermWhileAFileIsBeingRewrittenLeavesTheObjectAsIt
   EXPECT_NE(m->Log().find("still open for writing"), std::string::npos) << m->Log();
 }
 
+// The server's quota (Ceph RGW's bucket quota, set with radosgw-admin) refuses the upload:
+// fsync and close say EDQUOT, and the data waits in the spool until there is room again.
+TEST_F(FuseWriteFaultTest, AServerQuotaGivesEdquotAndTheDataLandsOnceThereIsRoom) {
+  ASSERT_FALSE(server_->state_dir.empty()) << "no BUCKETFS_RGW_STATE in the RGW env file";
+  const auto quota = [&](const std::string& args) {
+    return RunCommand(fmt::format("timeout 60 radosgw-admin --conf {}/ceph.conf quota {} "
+                                  "--quota-scope=bucket --bucket={} 2>&1",
+                                  ShellQuote(server_->state_dir), args, ShellQuote(bucket_)));
+  };
+  CommandResult set = quota("set --max-size=1048576");
+  ASSERT_EQ(set.exit_code, 0) << set.output;
+  CommandResult on = quota("enable");
+  ASSERT_EQ(on.exit_code, 0) << on.output;
+  bool quota_on = true;
+  struct AtExit {  // Even if the test stops early: the bucket must be emptied after it.
+    std::function<void()> run;
+    ~AtExit() { run(); }
+  } lift_quota{[&] {
+    if (quota_on) quota("disable");
+  }};
+  auto m = MountBucket(SmallParts());
+  ASSERT_NE(m, nullptr);
+  const uint64_t size = 3 * kMiB;  // Past the 1 MiB quota.
+  const int fd = open(m->Path("over-quota.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(ErrnoName(WritePattern(fd, 1601, size)), "OK");
+  EXPECT_EQ(Outcome(fsync(fd)), "EDQUOT");
+  EXPECT_EQ(Outcome(close(fd)), "EDQUOT") << "the error is sticky until a retry succeeds";
+  EXPECT_NE(m->Log().find("raise the quota"), std::string::npos) << m->Log();
+  EXPECT_NE(Head("over-quota.bin").size, size) << "the upload the quota refused is there";
+
+  CommandResult off = quota("disable");
+  ASSERT_EQ(off.exit_code, 0) << off.output;
+  quota_on = false;
+  // Room again: the writeback's retry uploads what waited in the spool, whole.
+  EXPECT_TRUE(ReachesS3("over-quota.bin", FromPattern(1601, size)));
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+}
+
 TEST_F(FuseWriteFaultTest, AFullSpoolDiskGivesEnospcToTheWriterNeverAPartialObject) {
   if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs as the spool disk needs root";
   ScopedTmpfs spool(work_dir_ + "/small-spool", 16 * kMiB);  // Outlives the mount below.

@@ -15,6 +15,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/errno_map.h"
+
 namespace bucketfs::s3 {
 namespace {
 
@@ -786,6 +788,9 @@ TEST(XmlTest, ErrorFromServerMapsServerCodes) {
       {400, "Throttling", ErrorCode::kSlowDown, true},
       {500, "InternalError", ErrorCode::kServerError, true},
       {501, "NotImplemented", ErrorCode::kNotImplemented, false},
+      {403, "QuotaExceeded", ErrorCode::kQuotaExceeded, false},  // Ceph RGW.
+      {400, "XMinioAdminBucketQuotaExceeded", ErrorCode::kQuotaExceeded, false},
+      {507, "XMinioStorageFull", ErrorCode::kQuotaExceeded, false},
       {400, "RequestTimeout", ErrorCode::kTimeout, true},
       {400, "MalformedXML", ErrorCode::kBadRequest, false},
       {400, "InvalidArgument", ErrorCode::kBadRequest, false},
@@ -842,6 +847,7 @@ TEST(XmlTest, ErrorFromServerMapsBodilessStatuses) {
       {502, ErrorCode::kServerError, true, "Bad Gateway"},
       {503, ErrorCode::kSlowDown, true, "Service Unavailable"},
       {504, ErrorCode::kServerError, true, "Gateway Timeout"},
+      {507, ErrorCode::kQuotaExceeded, false, "Insufficient Storage"},
       {599, ErrorCode::kServerError, true, "HTTP 599"},
   };
   for (const Case& c : cases) {
@@ -878,6 +884,9 @@ TEST(XmlTest, ErrorFromServerSaysWhatToDo) {
   }
   Status skewed = ErrorFromServer(403, ServerError{"RequestTimeTooSkewed", "m", "r", ""}, "GET");
   EXPECT_THAT(skewed.message(), HasSubstr("clock"));
+  Status quota = ErrorFromServer(403, ServerError{"QuotaExceeded", "m", "r", ""}, "PUT k");
+  EXPECT_THAT(quota.message(), HasSubstr("raise the quota"));
+  EXPECT_EQ(ToErrno(quota), EDQUOT);
   Status digest = ErrorFromServer(400, ServerError{"BadDigest", "m", "r", ""}, "PUT k");
   EXPECT_THAT(digest.message(), HasSubstr("corrupted in transit"));
   // A bodiless 403 may be either a permission or a wrong key.
