@@ -1248,18 +1248,15 @@ void Writeback::GiveAssemblyBuffer(PartBuffer part) {
 }
 
 void Writeback::SetListener(Listener listener) {
-  std::lock_guard lock(mu_);
+  // Exclusive: waits out every call of the old listener (its owner may be going away).
+  std::unique_lock lock(listener_mu_);
   listener_ = std::move(listener);
 }
 
 void Writeback::Notify(const CommittedObject& committed) {
   counters_.commits.fetch_add(1, std::memory_order_relaxed);
-  Listener listener;
-  {
-    std::lock_guard lock(mu_);
-    listener = listener_;
-  }
-  if (listener) listener(committed);
+  std::shared_lock lock(listener_mu_);  // Held through the call: see SetListener.
+  if (listener_) listener_(committed);
 }
 
 Result<std::shared_ptr<DirtyFile>> Writeback::OpenForWrite(const std::string& key,

@@ -78,6 +78,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -353,6 +354,10 @@ class Writeback {
   Writeback(const Writeback&) = delete;
   Writeback& operator=(const Writeback&) = delete;
 
+  // Told of every commit, on the thread that made it, with no lock of the writeback's held
+  // but the listener's own. SetListener returns once no call of the listener it replaces is
+  // running, so the old listener's owner may be destroyed then (a commit of the retry thread
+  // can end while the filesystem that listens is being torn down).
   using Listener = std::function<void(const CommittedObject&)>;
   void SetListener(Listener listener);
 
@@ -525,7 +530,8 @@ class Writeback {
   std::unordered_map<std::string, std::shared_ptr<DirtyFile>> files_;  // Guarded by mu_.
   size_t commits_in_flight_ = 0;                                       // Guarded by mu_.
   bool stopping_ = false;                                              // Guarded by mu_.
-  Listener listener_;                                                  // Guarded by mu_.
+  std::shared_mutex listener_mu_;  // Shared while the listener is called; see SetListener.
+  Listener listener_;              // Guarded by listener_mu_.
 
   struct Counters {
     std::atomic<uint64_t> commits{0}, failed_commits{0}, restarted_commits{0}, parts_uploaded{0},

@@ -370,6 +370,41 @@ class WritebackTest : public ::testing::Test {
   std::unique_ptr<Writeback> wb_;
 };
 
+// --- The listener --------------------------------------------------------------------------
+
+// The filesystem clears its listener when it is destroyed, while the retry thread may be
+// telling it of a commit: clearing must wait for that call, or the call runs on a destroyed
+// filesystem.
+TEST_F(WritebackTest, ClearingTheListenerWaitsForACallInProgress) {
+  Start(fake_);
+  std::promise<void> entered;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> call_ended{false};
+  wb_->SetListener([&](const CommittedObject&) {
+    entered.set_value();
+    released.wait();
+    call_ended = true;
+  });
+  auto file = MustOpen("listened.txt");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("x")).ok());
+  wb_->ReleaseWriter(file);
+  ASSERT_EQ(entered.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+
+  std::atomic<bool> cleared{false};
+  std::thread clearing([&] {
+    wb_->SetListener(nullptr);
+    cleared = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(cleared) << "SetListener(nullptr) returned while the listener was running";
+  release.set_value();
+  clearing.join();
+  EXPECT_TRUE(call_ended) << "SetListener(nullptr) returned before the call it replaced ended";
+  ASSERT_TRUE(WaitCommitted("listened.txt"));
+}
+
 // --- New files -----------------------------------------------------------------------------
 
 TEST_F(WritebackTest, NewFileIsCommittedAfterTheLastReleaseWithItsBytesAndMetadata) {
