@@ -2,6 +2,7 @@
 #include "fuse/session.h"
 
 #include <fuse_lowlevel.h>
+#include <poll.h>
 #include <climits>
 #include <cstdlib>
 
@@ -11,16 +12,21 @@
 #include <fstream>
 #include <sstream>
 #include <memory>
-#include <shared_mutex>
-#include <mutex>
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/log.h"
 #include "fuse/adapter.h"
+#include "fuse/session_guard.h"
 
 namespace bucketfs::fs {
 namespace {
+
+// How long the teardown answers requests for an invalidation still in the kernel before it
+// aborts the connection.
+constexpr std::chrono::milliseconds kInvalidationPatience{10000};
 
 struct ArgsDeleter {
   void operator()(fuse_args* a) const {
@@ -29,13 +35,10 @@ struct ArgsDeleter {
   }
 };
 
-// The kernel reads a FUSE file ahead by the mount's read_ahead_kb, 128 KiB by default: each
-// 1 MiB of a sequential read then costs eight requests and context switches. Raising it to
-// max_read (root only: sysfs) measured ~10% more throughput on a cold 1 GiB read. Failure only
-// costs speed.
-void RaiseKernelReadAhead(const SessionOptions& options, const std::string& real_mountpoint) {
-  // Not stat(): the mount cannot answer yet (no thread serves it). mountinfo names the
-  // device of each mount: "36 25 0:39 / /mnt rw,... - fuse.bucketfs ...".
+// The kernel's device of the FUSE mount at `real_mountpoint` ("0:39"), or empty. Not from
+// stat(): the mount cannot answer until a thread serves it. mountinfo names the device of
+// each mount: "36 25 0:39 / /mnt rw,... - fuse.bucketfs ...".
+std::string MountDevice(const std::string& real_mountpoint) {
   std::ifstream mountinfo("/proc/self/mountinfo");
   std::string line, device;
   while (std::getline(mountinfo, line)) {
@@ -46,11 +49,48 @@ void RaiseKernelReadAhead(const SessionOptions& options, const std::string& real
       device = dev;  // The last one wins: ours is mounted on top.
     }
   }
+  return device;
+}
+
+// The kernel reads a FUSE file ahead by the mount's read_ahead_kb, 128 KiB by default: each
+// 1 MiB of a sequential read then costs eight requests and context switches. Raising it to
+// max_read (root only: sysfs) measured ~10% more throughput on a cold 1 GiB read. Failure only
+// costs speed.
+void RaiseKernelReadAhead(const SessionOptions& options, const std::string& device) {
   if (device.empty()) return;
   const std::string path = "/sys/class/bdi/" + device + "/read_ahead_kb";
   std::ofstream out(path);
   if (out) out << (options.max_read / 1024);
   if (!out) Logger("fuse")->debug("cannot raise {} (not root?)", path);
+}
+
+// Answers what the kernel has queued for the session, for up to about 50 ms, once its loop
+// has ended (see SessionGuard).
+void ServeSome(fuse_session* se) {
+  pollfd ready{fuse_session_fd(se), POLLIN, 0};
+  const int n = poll(&ready, 1, 50);
+  if (n == 1 && (ready.revents & POLLIN) != 0) {
+    fuse_buf buf{};
+    if (fuse_session_receive_buf(se, &buf) > 0) fuse_session_process_buf(se, &buf);
+    free(buf.mem);  // NOLINT(cppcoreguidelines-no-malloc): libfuse allocated it with malloc.
+  } else if (n != 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Gone: do not spin.
+  }
+}
+
+// Aborts the FUSE connection of `device` ("0:39" is connection 39): the kernel fails every
+// request still queued, which unlocks the pages they held. Root only (fusectl).
+void AbortConnection(const std::string& device) {
+  const auto colon = device.find(':');
+  const std::string path =
+      "/sys/fs/fuse/connections/" + device.substr(colon == std::string::npos ? 0 : colon + 1) +
+      "/abort";
+  std::ofstream out(path);
+  if (out) out << "1";
+  Logger("fuse")->warn(
+      "an invalidation of the kernel's cache still waits at unmount; {} the connection{}",
+      out ? "aborted" : "could not abort",
+      out ? "" : " (" + path + " not writable); unmount with `umount -f` if it stays");
 }
 
 }  // namespace
@@ -97,26 +137,23 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
   }
   Logger("fuse")->info("mounted {} at {}{}", options.fsname, options.mountpoint,
                        options.read_only ? " (read-only)" : "");
-  RaiseKernelReadAhead(options, real_mountpoint);
+  const std::string device = MountDevice(real_mountpoint);
+  RaiseKernelReadAhead(options, device);
   // Invalidations run on I/O pool threads and may still be queued when the session ends:
-  // they reach the session only through this guard, which the teardown clears first.
-  // Shared by the invalidations, which may run at once: one waiting in the kernel for page
-  // locks (behind a READ in flight) must not hold up an OPEN's attribute invalidation.
-  struct SessionGuard {
-    std::shared_mutex mu;
-    fuse_session* session = nullptr;  // Guarded by mu; null once the session ends.
-  };
-  auto guard = std::make_shared<SessionGuard>();
-  guard->session = se;
+  // they reach the session only through the guard (session_guard.h). They may run at once:
+  // one waiting in the kernel for page locks (behind a READ in flight) must not hold up an
+  // OPEN's attribute invalidation.
+  auto guard = std::make_shared<SessionGuard>(se);
   fs.SetInvalidator([guard](InodeId ino, bool pages) {
-    std::shared_lock lock(guard->mu);
-    if (guard->session == nullptr) return;
-    // Attributes, and every cached page (offset 0, length 0) or none (a negative offset).
-    // ENOENT means the kernel had forgotten the inode already.
-    const int rc = fuse_lowlevel_notify_inval_inode(guard->session, ino, pages ? 0 : -1, 0);
-    if (rc != 0 && rc != -ENOENT) {
-      Logger("fuse")->debug("invalidating inode {} in the kernel: error {}", ino, rc);
-    }
+    guard->Use([&](void* session) {
+      // Attributes, and every cached page (offset 0, length 0) or none (a negative offset).
+      // ENOENT means the kernel had forgotten the inode already.
+      const int rc = fuse_lowlevel_notify_inval_inode(static_cast<fuse_session*>(session), ino,
+                                                      pages ? 0 : -1, 0);
+      if (rc != 0 && rc != -ENOENT) {
+        Logger("fuse")->debug("invalidating inode {} in the kernel: error {}", ino, rc);
+      }
+    });
   });
   if (on_mounted) on_mounted();
 
@@ -128,10 +165,9 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
   fuse_loop_cfg_destroy(config);
 
   fs.SetInvalidator(nullptr);  // The session is going away.
-  {
-    std::unique_lock lock(guard->mu);  // Waits for the invalidations in progress.
-    guard->session = nullptr;
-  }
+  // Waits for the invalidations in progress, answering the requests they may wait for.
+  guard->Close([se] { ServeSome(se); }, kInvalidationPatience,
+               [&device] { AbortConnection(device); });
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   fuse_session_destroy(se);
