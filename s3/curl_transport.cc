@@ -295,14 +295,15 @@ class HttpTransport::Engine {
         break;
       case CURLE_WRITE_ERROR:
         if (t.overflow) {
-          // The server sent more than was asked for: most often a Range it ignored.
-          return Status(ErrorCode::kMalformedResponse,
+          // Asked for a range, the server sent more: a Range it ignored. Otherwise the
+          // caller's buffer was too small for the object.
+          const bool ranged = HasHeader(r.headers, "range");
+          return Status(ranged ? ErrorCode::kMalformedResponse : ErrorCode::kInternal,
                         fmt::format("{}: the reply (HTTP {}) is larger than the {} bytes asked "
                                     "for{}",
                                     what, t.body_status, r.response_buffer.size(),
-                                    HasHeader(r.headers, "range")
-                                        ? "; the server (or a proxy) ignored the Range header"
-                                        : ""));
+                                    ranged ? "; the server (or a proxy) ignored the Range header"
+                                           : ""));
         }
         break;
       case CURLE_OPERATION_TIMEDOUT:
