@@ -31,6 +31,7 @@ struct Credentials {
   std::string session_token;  // Empty unless temporary credentials.
 
   bool empty() const { return access_key.empty() || secret_key.empty(); }
+  bool operator==(const Credentials&) const = default;
   // "AKIA…1234 (secret hidden)" — safe to log.
   std::string Redacted() const;
 };

@@ -200,6 +200,7 @@ class CurlObjectClient::Impl {
     if (!query.empty()) url += "?" + query;
 
     Status last;
+    bool refreshed_credentials = false;  // At most one immediate retry with reloaded ones.
     for (int attempt = 1;; ++attempt) {
       if (opts.guard) {
         // Not even a retry is sent once the guard says no (a write fence that closed).
@@ -219,8 +220,9 @@ class CurlObjectClient::Impl {
                       true);
       }
       bool abandoned = false;  // By the guard, in flight.
-      Result<HttpResponse> r =
-          Attempt(op, url, host, path, payload_hash, deadline - now, opts.guard, &abandoned);
+      Credentials signed_with;
+      Result<HttpResponse> r = Attempt(op, url, host, path, payload_hash, deadline - now,
+                                       opts.guard, &abandoned, &signed_with);
       const Duration took = clock_.Now() - now;
       requests_.fetch_add(1, std::memory_order_relaxed);
       if (attempt > 1) retries_.fetch_add(1, std::memory_order_relaxed);
@@ -253,6 +255,20 @@ class CurlObjectClient::Impl {
           failures_.fetch_add(1, std::memory_order_relaxed);
           return allowed.Annotate(Describe(op));
         }
+      }
+      if (!refreshed_credentials && MayBeStaleCredentials(status) &&
+          CredentialsChangedSince(signed_with)) {
+        // Rotated under this request (the file provider looks at most once a second): the
+        // server refused what it was signed with, so send it once more with the new ones
+        // rather than fail a read or an upload for a rotation that already happened.
+        refreshed_credentials = true;
+        LogEvent(*log_, spdlog::level::info,
+                 "S3 request refused with credentials that have since been rotated; retrying "
+                 "with the new ones",
+                 {{"op", op.name}, {"key", op.key}, {"error", status.ToString()},
+                  {"request_id", request_id}, {"source", creds_->Describe()}});
+        last = std::move(status);
+        continue;
       }
       Duration backoff = config_.retry.Backoff(attempt, status, JitterRng());
       if (!config_.retry.ShouldRetry(attempt, status, clock_.Now(), backoff, deadline)) {
@@ -318,8 +334,10 @@ class CurlObjectClient::Impl {
   Result<HttpResponse> Attempt(const Operation& op, const std::string& url,
                                const std::string& host, const std::string& path,
                                const std::string& payload_hash, Duration remaining,
-                               const std::function<Status()>& guard, bool* abandoned) {
+                               const std::function<Status()>& guard, bool* abandoned,
+                               Credentials* signed_with) {
     BFS_ASSIGN_OR_RETURN(Credentials creds, creds_->Current());
+    *signed_with = creds;
     SigningInput in;
     in.method = op.method;
     in.canonical_uri = path;
@@ -359,6 +377,21 @@ class CurlObjectClient::Impl {
       return stopped;
     }
     return response;
+  }
+
+  // A refusal that newer credentials could turn into a success. A HEAD's 403 has no body
+  // to say whether the signature, the token or the policy was refused, hence kAccessDenied.
+  static bool MayBeStaleCredentials(const Status& s) {
+    return s.code() == ErrorCode::kInvalidCredentials ||
+           s.code() == ErrorCode::kExpiredCredentials || s.code() == ErrorCode::kAccessDenied;
+  }
+
+  // Re-reads the provider's source now (not at its next periodic look) and says whether it
+  // now holds other credentials than `used`. A reload that fails keeps the old ones: false.
+  bool CredentialsChangedSince(const Credentials& used) {
+    if (used.empty() || !creds_->Reload().ok()) return false;
+    Result<Credentials> now = creds_->Current();
+    return now.ok() && !(*now == used);
   }
 
   // Turns an HTTP reply into OK or the server's error.

@@ -2,7 +2,10 @@
 //
 // Contract: as ObjectClient (thread-safe, deadlines, retries inside, typed errors). Also:
 //  - Credentials are read from the provider for every attempt, so rotation applies to the
-//    next request; every attempt is signed afresh (SigV4 dates expire).
+//    next request; every attempt is signed afresh (SigV4 dates expire). A request the
+//    server refuses (bad signature, unknown key, expired token, a HEAD's bodiless 403) is
+//    sent once more at once if reloading the provider gives other credentials than it was
+//    signed with: a rotation between the provider's periodic looks fails nothing.
 //  - Bodies are hashed once per call (not per attempt) for x-amz-content-sha256, which the
 //    server verifies; DeleteObjects carries Content-MD5 as S3 requires.
 //  - CopyObject, UploadPartCopy and CompleteMultipartUpload can fail after their 200 OK with

@@ -595,5 +595,61 @@ TEST_F(ObjectClientTest, RotatedKeyInCredentialsFileTakesEffectWithoutRestart) {
   std::filesystem::remove_all(dir);
 }
 
+// The key is removed on the server before the watch sees the rewritten file (its clock here
+// never advances, so only a reload can): the refused request re-reads the file and is sent
+// again with the new key. Both a PUT (an error body says InvalidAccessKeyId) and a HEAD (a
+// bare 403) go through, and nothing was reloaded by hand.
+TEST_F(ObjectClientTest, ARequestRefusedForAKeyRotatedAwayIsSentAgainWithTheNewKey) {
+  ASSERT_FALSE(server_->state_dir.empty());
+  const std::string rgw = std::string(BUCKETFS_SOURCE_DIR) + "/tests/s3server/rgw.sh";
+  auto add_key = [&](std::string* access, std::string* secret) {
+    auto added = testing::RunCommand(rgw + " add-key " + server_->state_dir);
+    ASSERT_EQ(added.exit_code, 0) << added.output;
+    std::istringstream words(added.output);
+    words >> *access >> *secret;
+    ASSERT_FALSE(secret->empty()) << added.output;
+  };
+  auto remove_key = [&](const std::string& access) {
+    auto removed = testing::RunCommand(rgw + " rm-key " + server_->state_dir + " " + access);
+    ASSERT_EQ(removed.exit_code, 0) << removed.output;
+  };
+  auto dir = std::filesystem::temp_directory_path() / testing::UniqueBucketName("rot");
+  std::filesystem::create_directories(dir);
+  auto path = dir / "credentials";
+  auto write_file = [&](const std::string& access, const std::string& secret) {
+    std::ofstream(dir / "credentials.new") << "S3_ACCESS_KEY=" << access
+                                           << "\nS3_SECRET_KEY=" << secret << "\n";
+    std::filesystem::rename(dir / "credentials.new", path);
+  };
+
+  std::string key1, secret1, key2, secret2, key3, secret3;
+  add_key(&key1, &secret1);
+  write_file(key1, secret1);
+  FakeClock frozen;
+  auto provider = std::make_shared<FileCredentialsProvider>(path.string(), "default", frozen);
+  auto client = MakeClient(provider);
+  std::string body = "written with the second key";
+  PutRequest req;
+  req.key = "rotated-away";
+  req.body = AsSpan(body);
+
+  add_key(&key2, &secret2);
+  write_file(key2, secret2);
+  remove_key(key1);
+  auto put = client->Put(req);
+  EXPECT_TRUE(put.ok()) << put.status().ToString();
+  EXPECT_EQ(GetAll("rotated-away"), body);
+
+  add_key(&key3, &secret3);
+  write_file(key3, secret3);
+  remove_key(key2);
+  auto head = client->Head({"rotated-away", ""});
+  ASSERT_TRUE(head.ok()) << head.status().ToString();
+  EXPECT_EQ(head->size, body.size());
+
+  remove_key(key3);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace bucketfs::s3

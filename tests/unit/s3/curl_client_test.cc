@@ -12,6 +12,8 @@
 #include <atomic>
 #include <algorithm>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -274,6 +276,120 @@ TEST_F(CurlClientScriptedTest, ClientErrorsAreNotRetried) {
   EXPECT_EQ(r.status().code(), ErrorCode::kAccessDenied);
   EXPECT_EQ(r.status().request_id(), "rid-1");
   EXPECT_EQ(server_.requests(), 1);
+}
+
+// Credentials rotated in their file between the periodic looks (at most one a second): a
+// request the server refuses with the old ones is sent once more, signed with the new ones.
+class CurlClientRotationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           fmt::format("bucketfs-rotation-{}-{}", ::getpid(), reinterpret_cast<uintptr_t>(this));
+    std::filesystem::create_directories(dir_);
+    path_ = (dir_ / "credentials").string();
+    Write("AKOLD", "SKOLD", "token-old");
+    provider_ = std::make_shared<FileCredentialsProvider>(path_, "default", clock_);
+    ASSERT_TRUE(provider_->Current().ok());
+    ClientConfig config;
+    config.endpoint = server_.endpoint();
+    config.bucket = "bucket";
+    config.retry.base_delay = std::chrono::milliseconds(1);
+    config.retry.max_attempts = 4;
+    auto c = CurlObjectClient::Create(config, provider_);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    client_ = std::move(c).value();
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  void Write(const std::string& ak, const std::string& sk, const std::string& token) {
+    std::ofstream f(path_, std::ios::trunc);
+    f << "S3_ACCESS_KEY=" << ak << "\nS3_SECRET_KEY=" << sk << "\nS3_SESSION_TOKEN=" << token
+      << "\n";
+  }
+  // The access key each request was signed with, in order.
+  std::vector<std::string> SignedKeys() {
+    std::vector<std::string> out;
+    for (const std::string& head : server_.request_heads()) {
+      auto at = head.find("credential=");
+      out.push_back(at == std::string::npos ? "" : head.substr(at + 11, head.find('/', at) - at - 11));
+    }
+    return out;
+  }
+
+  ScriptedServer server_;
+  FakeClock clock_;  // Never advances: only a reload can see the new file.
+  std::filesystem::path dir_;
+  std::string path_;
+  std::shared_ptr<FileCredentialsProvider> provider_;
+  std::unique_ptr<CurlObjectClient> client_;
+};
+
+TEST_F(CurlClientRotationTest, AnExpiredTokenIsRetriedOnceWithTheRotatedCredentials) {
+  Write("AKNEW", "SKNEW", "token-new");
+  server_.Push(Http(400, ErrorXml("ExpiredToken", "The provided token has expired.")));
+  server_.Push(Http(200, "", "ETag: \"abc\"\r\n"));
+  std::string body = "hello";
+  auto r = client_->Put({"k", {body.data(), body.size()}, "", {}, {}});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(SignedKeys(), (std::vector<std::string>{"akold", "aknew"}));
+  EXPECT_NE(server_.request_heads()[1].find("x-amz-security-token: token-new"),
+            std::string::npos);
+}
+
+// A HEAD's 403 has no body to tell a stale signature from a policy: it is retried too, once
+// the credentials have changed.
+TEST_F(CurlClientRotationTest, ABodiless403OnHeadIsRetriedWithTheRotatedCredentials) {
+  Write("AKNEW", "SKNEW", "token-new");
+  server_.Push(Http(403, ""));
+  server_.Push(Http(200, "", "ETag: \"abc\"\r\nContent-Length: 0\r\n"));
+  auto r = client_->Head({"k", ""});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(SignedKeys(), (std::vector<std::string>{"akold", "aknew"}));
+}
+
+// Unchanged credentials are not retried: the refusal is the answer, at once.
+TEST_F(CurlClientRotationTest, ARefusalWithUnchangedCredentialsIsNotRetried) {
+  server_.Push(Http(403, ErrorXml("SignatureDoesNotMatch", "no")));
+  server_.Push(Http(200, "", "ETag: \"abc\"\r\n"));
+  std::string body = "hello";
+  auto r = client_->Put({"k", {body.data(), body.size()}, "", {}, {}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidCredentials) << r.status().ToString();
+  EXPECT_EQ(server_.requests(), 1);
+}
+
+// A source that has new credentials at every reload: one retry, then the server's answer
+// (never a loop of reloads and refusals).
+class EverChangingCredentials final : public CredentialsProvider {
+ public:
+  Result<Credentials> Current() override {
+    return Credentials{fmt::format("AK{}", generation_.load()), "SK", ""};
+  }
+  Status Reload() override {
+    generation_.fetch_add(1);
+    return Status::Ok();
+  }
+  std::string Describe() const override { return "test"; }
+
+ private:
+  std::atomic<int> generation_{0};
+};
+
+TEST(CurlClientRotation, RotatedCredentialsAreTriedOnlyOnce) {
+  ScriptedServer server;
+  ClientConfig config;
+  config.endpoint = server.endpoint();
+  config.bucket = "bucket";
+  config.retry.base_delay = std::chrono::milliseconds(1);
+  config.retry.max_attempts = 4;
+  auto client = CurlObjectClient::Create(config, std::make_shared<EverChangingCredentials>());
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  for (int i = 0; i < 3; ++i) server.Push(Http(403, ErrorXml("InvalidAccessKeyId", "no")));
+  std::string buf(4, '\0');
+  auto r = (*client)->Get({"k", std::nullopt, ""}, {buf.data(), buf.size()});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidCredentials) << r.status().ToString();
+  EXPECT_EQ(server.requests(), 2);
 }
 
 TEST_F(CurlClientScriptedTest, MalformedListingIsAnErrorNotACrash) {
