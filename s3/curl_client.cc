@@ -592,15 +592,12 @@ Result<DeleteManyResult> CurlObjectClient::DeleteMany(const std::vector<std::str
                   fmt::format("DeleteObjects takes at most {} keys, got {}", kMaxDeleteBatch,
                               keys.size()));
   }
-  // XML 1.0 cannot carry most control characters: such keys are deleted one by one so the
-  // rest of the batch is not refused as MalformedXML.
+  // Keys XML cannot carry are deleted one by one so the rest of the batch is not refused
+  // as MalformedXML.
   std::vector<std::string> batch;
   DeleteManyResult singles;
   for (const auto& key : keys) {
-    bool xml_safe = std::none_of(key.begin(), key.end(), [](char c) {
-      return static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n';
-    });
-    if (xml_safe) {
+    if (XmlCanCarryKey(key)) {
       batch.push_back(key);
       continue;
     }
@@ -608,7 +605,11 @@ Result<DeleteManyResult> CurlObjectClient::DeleteMany(const std::vector<std::str
     if (s.ok()) {
       singles.deleted.push_back(key);
     } else {
-      singles.errors.push_back({key, std::string(ErrorCodeName(s.code())), s.message()});
+      // The server's own code where it gave one, as a batch's <Error> entries carry.
+      singles.errors.push_back({key,
+                                s.server_code().empty() ? std::string(ErrorCodeName(s.code()))
+                                                        : s.server_code(),
+                                s.message()});
     }
   }
   if (batch.empty()) return singles;

@@ -335,9 +335,12 @@ class HttpTransport::Engine {
     for (;;) {
       {
         std::lock_guard lock(mu_);
+        // `running` counts what the last perform saw: a transfer added just now is not in
+        // it yet, so the loop ends only when none was.
+        const bool added = !queue_.empty();
         for (Transfer* t : queue_) curl_multi_add_handle(multi_, t->easy);
         queue_.clear();
-        if (stopping_ && running == 0) break;
+        if (stopping_ && running == 0 && !added) break;
       }
       curl_multi_perform(multi_, &running);
       int left = 0;

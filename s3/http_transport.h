@@ -14,6 +14,8 @@
 //  - Request bodies are read straight from the caller's span.
 //  - A transport failure (connect, reset, timeout, stall, TLS) is a non-OK Status with
 //    kNetwork or kTimeout and the right retryable flag; HTTP statuses are not errors here.
+//  - Destroy it only once every Perform() has returned: the destructor finishes the
+//    transfers already handed to the loop, but a call still running touches the engine.
 //  - No libcurl type appears in this header.
 #pragma once
 

@@ -710,6 +710,19 @@ std::string BuildCompleteMultipartUpload(const std::vector<PartInfo>& parts) {
   return Serialize(doc);
 }
 
+bool XmlCanCarryKey(std::string_view key) {
+  for (size_t i = 0; i < key.size(); ++i) {
+    const auto c = static_cast<unsigned char>(key[i]);
+    if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') return false;
+    // U+FFFE and U+FFFF, in UTF-8 EF BF BE and EF BF BF: not XML characters.
+    if (c == 0xEF && i + 2 < key.size() && static_cast<unsigned char>(key[i + 1]) == 0xBF &&
+        (static_cast<unsigned char>(key[i + 2]) & 0xFE) == 0xBE) {
+      return false;
+    }
+  }
+  return true;
+}
+
 std::string BuildDeleteObjects(const std::vector<std::string>& keys, bool quiet) {
   pugi::xml_document doc;
   pugi::xml_node root = StartRequest(&doc, "Delete");

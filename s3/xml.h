@@ -49,6 +49,10 @@ Result<ListPartsPage> ParseListParts(std::string_view body);
 Result<ListUploadsPage> ParseListMultipartUploads(std::string_view body);
 
 std::string BuildCompleteMultipartUpload(const std::vector<PartInfo>& parts);
+// Whether a key can be named in a request body: XML 1.0 has no way to write most control
+// characters (\r is escaped, \t and \n pass) nor U+FFFE and U+FFFF. Keys it refuses go
+// to the API's bodiless equivalent (DeleteObject instead of DeleteObjects).
+bool XmlCanCarryKey(std::string_view key);
 std::string BuildDeleteObjects(const std::vector<std::string>& keys, bool quiet);
 
 // "2009-10-12T17:50:30.000Z" (ISO 8601, as in listings) and

@@ -231,6 +231,11 @@ TEST_F(ObjectClientTest, DeleteAndDeleteMany) {
     Put(keys.back(), "x");
   }
   keys.push_back("many/never-existed");
+  // Keys XML cannot carry (RGW answers a batch naming U+FFFF with 400): deleted singly.
+  for (const std::string& odd : {std::string("many/bell\x07"), std::string("many/x\xEF\xBF\xBF")}) {
+    Put(odd, "x");
+    keys.push_back(odd);
+  }
   auto r = client_->DeleteMany(keys);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->errors.size(), 0u);

@@ -572,6 +572,22 @@ TEST_F(CurlClientScriptedTest, DeleteManySendsXmlIllegalKeysSingly) {
   EXPECT_NE(server_.request_heads()[1].find("content-md5: "), std::string::npos);
 }
 
+// U+FFFF is no XML character either; a single delete that fails reports the server's code,
+// as an <Error> entry of a batch would.
+TEST_F(CurlClientScriptedTest, DeleteManySendsNonCharacterKeysSinglyAndKeepsTheServersCode) {
+  server_.Push(Http(403, ErrorXml("AccessDenied", "not yours")));
+  server_.Push(Http(200, "<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>"));
+  auto r = client_->DeleteMany({"a", "x\xEF\xBF\xBF"});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->deleted, (std::vector<std::string>{"a"}));
+  ASSERT_EQ(r->errors.size(), 1u);
+  EXPECT_EQ(r->errors[0].key, "x\xEF\xBF\xBF");
+  EXPECT_EQ(r->errors[0].code, "AccessDenied");
+  auto lines = server_.request_lines();
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0], "DELETE /bucket/x%EF%BF%BF HTTP/1.1");
+}
+
 TEST_F(CurlClientScriptedTest, RangeLongerThanBufferFailsCleanly) {
   server_.Push(Http(206, "0123456789", "Content-Range: bytes 0-9/100\r\n"));
   std::string buf(4, '\0');

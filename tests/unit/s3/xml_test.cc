@@ -1098,5 +1098,16 @@ TEST(XmlTest, UnquoteEtagStripsOnePairOfQuotes) {
   EXPECT_EQ(UnquoteEtag("W/abc"), "W/abc");      // Not a weak ETag: left as it is.
 }
 
+TEST(XmlTest, KeysXmlCannotCarryAreTold) {
+  EXPECT_TRUE(XmlCanCarryKey("plain/key.txt"));
+  EXPECT_TRUE(XmlCanCarryKey("tab\tnewline\ncr\r&<>\"'"));
+  EXPECT_TRUE(XmlCanCarryKey("\xC3\xA9t\xC3\xA9 \xEF\xBF\xBD"));  // été, U+FFFD.
+  EXPECT_FALSE(XmlCanCarryKey(std::string("nul\0", 4)));
+  EXPECT_FALSE(XmlCanCarryKey("bell\x07"));
+  EXPECT_FALSE(XmlCanCarryKey("escape\x1B"));
+  EXPECT_FALSE(XmlCanCarryKey("\xEF\xBF\xBE"));      // U+FFFE.
+  EXPECT_FALSE(XmlCanCarryKey("end \xEF\xBF\xBF"));  // U+FFFF.
+}
+
 }  // namespace
 }  // namespace bucketfs::s3
