@@ -41,6 +41,9 @@ Filesystem::Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads
       clock_(reads.clock ? *reads.clock : RealClock()),
       inodes_(DirectoryAttributes(options_.mount_time, options_.defaults),
               options_.generation) {
+  page_invalidations_ = std::make_unique<PageInvalidations>([this](uint64_t ino) {
+    if (Invalidator invalidate = CurrentInvalidator()) invalidate(ino, /*pages=*/true);
+  });
   if (writeback_ != nullptr) {
     writeback_->SetListener([this](const cache::CommittedObject& c) { OnCommitted(c); });
   }
@@ -48,6 +51,7 @@ Filesystem::Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads
 
 Filesystem::~Filesystem() {
   if (writeback_ != nullptr) writeback_->SetListener(nullptr);
+  page_invalidations_.reset();  // Its thread calls CurrentInvalidator().
 }
 
 EntryReply Filesystem::MakeEntry(const Node& node) const {
@@ -880,14 +884,10 @@ Filesystem::Invalidator Filesystem::CurrentInvalidator() {
 }
 
 void Filesystem::InvalidateKernelCache(InodeId ino) {
-  Invalidator invalidate = CurrentInvalidator();
-  if (!invalidate) return;
+  if (!CurrentInvalidator()) return;  // No session (unit tests, or the mount is going).
   // Not on this thread: it is serving a request, and the kernel may hold locks that the
   // invalidation needs until that request is answered.
-  if (reads_.pool == nullptr ||
-      !reads_.pool->TrySubmit([invalidate, ino] { invalidate(ino, /*pages=*/true); })) {
-    Logger("fuse")->debug("kernel cache of inode {} not invalidated (I/O pool busy)", ino);
-  }
+  page_invalidations_->Post(ino);
 }
 
 void Filesystem::InvalidateKernelAttributes(InodeId ino) {

@@ -68,6 +68,7 @@
 #include "fuse/directory_listing.h"
 #include "fuse/inode_table.h"
 #include "fuse/names.h"
+#include "fuse/page_invalidations.h"
 #include "fuse/prefix_gate.h"
 #include "s3/object_client.h"
 
@@ -453,7 +454,8 @@ class Filesystem {
   // Namespace operations stay out of the keys a directory rename is moving.
   PrefixGate gate_;
   std::mutex directory_rename_mu_;  // Held by a directory rename, before gate_.Enter().
-
+  // Last: its thread calls into the rest, so it goes first.
+  std::unique_ptr<PageInvalidations> page_invalidations_;
 };
 
 }  // namespace bucketfs::fs

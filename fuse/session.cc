@@ -139,10 +139,11 @@ Status ServeMount(Filesystem& fs, const SessionOptions& options,
                        options.read_only ? " (read-only)" : "");
   const std::string device = MountDevice(real_mountpoint);
   RaiseKernelReadAhead(options, device);
-  // Invalidations run on I/O pool threads and may still be queued when the session ends:
-  // they reach the session only through the guard (session_guard.h). They may run at once:
-  // one waiting in the kernel for page locks (behind a READ in flight) must not hold up an
-  // OPEN's attribute invalidation.
+  // Page invalidations run on the filesystem's invalidation thread and may still be queued
+  // when the session ends: they reach the session only through the guard
+  // (session_guard.h). Attribute invalidations run on request threads, at the same time:
+  // one page invalidation waiting in the kernel for page locks (behind a READ in flight)
+  // must not hold up an OPEN's attribute invalidation.
   auto guard = std::make_shared<SessionGuard>(se);
   fs.SetInvalidator([guard](InodeId ino, bool pages) {
     guard->Use([&](void* session) {

@@ -1,7 +1,7 @@
 // SessionGuard: how kernel-cache invalidations reach a FUSE session that may end while they
 // run, without either touching a destroyed session or keeping its teardown waiting forever.
 //
-// Invalidations run on I/O pool threads, outside any request. A page invalidation
+// Page invalidations run on their own thread (page_invalidations.h), outside any request. A page invalidation
 // (notify_inval_inode of a page range) makes the kernel lock each cached page of the inode,
 // and a page stays locked while a READ of it is queued or being served. So once the session
 // loop has stopped reading requests, an invalidation can wait in the kernel for a READ that

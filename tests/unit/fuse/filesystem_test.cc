@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+
 #include <memory>
 #include <random>
 #include <string>
@@ -484,9 +486,46 @@ TEST_F(FilesystemTest, AnOpenOfANewVersionDropsTheKernelsAttributesBeforeItAnswe
         << "no attribute invalidation before the OPEN answered";
   }
   fs_->Release(second->handle);
-  // The page invalidation runs on the pool: done before `invalidated` goes.
+  // The page invalidation runs on the filesystem's thread: done before `invalidated` goes.
   fs_.reset();
   pool_.reset();
+}
+
+// The page invalidation of an object replaced remotely is never dropped for want of room:
+// here there is no I/O pool at all (it used to run there, and was dropped when the pool's
+// queue was full).
+TEST_F(FilesystemTest, APageInvalidationIsNotDroppedForWantOfPoolRoom) {
+  pool_.reset();
+  FilesystemOptions o = fs_->options();
+  fs_.reset();
+  fs_ = std::make_unique<Filesystem>(
+      server_, cache::ReadContext{&server_, &cache_, &budget_, nullptr, &clock_}, o);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<InodeId, bool>> invalidated;
+  fs_->SetInvalidator([&](InodeId ino, bool pages) {
+    std::lock_guard lock(mu);
+    invalidated.emplace_back(ino, pages);
+    cv.notify_all();
+  });
+  server_.PutDirect("f", Body(kBlock, 1));
+  const InodeId ino = MustLookup(kRootInode, "f");
+  auto first = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(first.ok());
+  fs_->Release(first->handle);
+  server_.PutDirect("f", Body(2 * kBlock, 2));
+  clock_.Advance(kTtl + 1s);
+  auto second = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(second.ok());
+  fs_->Release(second->handle);
+  {
+    std::unique_lock lock(mu);
+    EXPECT_TRUE(cv.wait_for(lock, 5s, [&] {
+      return std::find(invalidated.begin(), invalidated.end(), std::make_pair(ino, true)) !=
+             invalidated.end();
+    })) << "the old version's pages were never invalidated";
+  }
+  fs_.reset();
 }
 
 // GETATTR answers from the cached node for only as long as the node stays fresh, so the
