@@ -70,6 +70,8 @@ struct Operation {
   uint64_t bytes_moved = 0;  // Scales the default deadline.
   // CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after the 200 OK has
   // been sent, with an <Error> body: such a reply is that error, retried like any other.
+  // They are also the calls the server may answer only once its work is done, so they are
+  // never cut as stalled (ClientConfig::stall_timeout), only by their deadline.
   bool error_may_follow_ok = false;
 };
 
@@ -359,7 +361,9 @@ class CurlObjectClient::Impl {
     auto remaining_ms = std::chrono::duration_cast<std::chrono::milliseconds>(remaining);
     req.timeout = std::max(std::chrono::milliseconds(1), remaining_ms);
     req.connect_timeout = std::min(config_.connect_timeout, req.timeout);
-    req.stall_timeout = config_.stall_timeout;
+    // A copy or a completion may be silent while the server works (RGW and AWS send
+    // whitespace as they go, other servers nothing until done): only its deadline ends it.
+    req.stall_timeout = op.error_may_follow_ok ? req.timeout : config_.stall_timeout;
     // Abandoned in flight: the guard's reason is the call's error (the fence may open again
     // before anyone asks, and "cancelled" would say nothing true).
     Status stopped;

@@ -392,6 +392,44 @@ TEST(CurlClientRotation, RotatedCredentialsAreTriedOnlyOnce) {
   EXPECT_EQ(server.requests(), 2);
 }
 
+// A reply that does not start within the stall timeout: a GET is cut (and would be sent
+// again), but a multipart completion, which a server may answer only once it has assembled
+// the object, is waited for until its deadline. One attempt each: the scripted server
+// answers one request at a time, so a retry would wait behind the silent reply.
+TEST(CurlClientStall, AStalledGetIsCutButASilentCompletionIsWaitedFor) {
+  ScriptedServer server;
+  ClientConfig config;
+  config.endpoint = server.endpoint();
+  config.bucket = "bucket";
+  config.retry.max_attempts = 1;
+  config.stall_timeout = std::chrono::seconds(1);
+  auto client = CurlObjectClient::Create(
+      config, std::make_shared<StaticCredentialsProvider>(Credentials{"AK", "SK", ""}));
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+
+  Reply silent = Http(200, "0123", "ETag: \"e\"\r\n");
+  silent.delay = std::chrono::seconds(4);
+  server.Push(silent);
+  std::string buf(4, '\0');
+  const auto start = std::chrono::steady_clock::now();
+  auto got = (*client)->Get({"k", std::nullopt, ""}, {buf.data(), buf.size()});
+  ASSERT_FALSE(got.ok()) << "a GET silent for 4 s was not cut by a 1 s stall timeout";
+  EXPECT_EQ(got.status().code(), ErrorCode::kTimeout) << got.status().ToString();
+  EXPECT_TRUE(got.status().retryable());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(3500));
+
+  Reply assembling = Http(200,
+                          "<CompleteMultipartUploadResult><ETag>\"m-1\"</ETag>"
+                          "</CompleteMultipartUploadResult>");
+  // Longer than the GET's: curl measures speed over the last few seconds, and the request
+  // body it just sent would keep a shorter silence above the limit.
+  assembling.delay = std::chrono::seconds(8);
+  server.Push(assembling);
+  auto done = (*client)->CompleteMultipart({"k", "upload-1", {{1, "e1", 5}}, {}});
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->etag, "m-1");
+}
+
 TEST_F(CurlClientScriptedTest, MalformedListingIsAnErrorNotACrash) {
   server_.Push(Http(200, "<ListBucketResult><Contents><Key>a</Key><Size>notanumber"));
   auto r = client_->List({});
