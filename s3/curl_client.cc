@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <mutex>
 
 #include "common/log.h"
@@ -407,7 +408,32 @@ class CurlObjectClient::Impl {
       ParseErrorBody(r.body, &err);
     }
     if (err.request_id.empty()) err.request_id = r.Header("x-amz-request-id");
+    if (err.code.empty() && r.status >= 300) ExplainBodiless(r, &err);
     return ErrorFromServer(r.status, err, Describe(op));
+  }
+
+  // A refusal without an error body (a HEAD's) says only its status; two headers can still
+  // say what the body would have: the bucket's region, and the server's clock.
+  void ExplainBodiless(const HttpResponse& r, ServerError* err) const {
+    const std::string& region = r.Header("x-amz-bucket-region");
+    if (!region.empty() && region != config_.region &&
+        (r.status == 301 || r.status == 400 || r.status == 403)) {
+      err->code = "PermanentRedirect";
+      err->message = fmt::format("the bucket is in region {}, not {}", region, config_.region);
+      return;
+    }
+    WallTime server_time;
+    if (r.status == 403 && ParseHttpDate(r.Header("date"), &server_time)) {
+      // S3 refuses signatures more than 15 minutes off its clock.
+      const auto skew =
+          std::chrono::duration_cast<std::chrono::seconds>(server_time - clock_.WallNow());
+      if (skew > std::chrono::minutes(15) || skew < -std::chrono::minutes(15)) {
+        err->code = "RequestTimeTooSkewed";
+        err->message = fmt::format("the server's clock ({}) is {} s {} this host's",
+                                   r.Header("date"), std::abs(skew.count()),
+                                   skew.count() > 0 ? "ahead of" : "behind");
+      }
+    }
   }
 
   const ClientConfig config_;

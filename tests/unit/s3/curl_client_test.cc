@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <algorithm>
+#include <ctime>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -428,6 +429,43 @@ TEST(CurlClientStall, AStalledGetIsCutButASilentCompletionIsWaitedFor) {
   auto done = (*client)->CompleteMultipart({"k", "upload-1", {{1, "e1", 5}}, {}});
   ASSERT_TRUE(done.ok()) << done.status().ToString();
   EXPECT_EQ(done->etag, "m-1");
+}
+
+// A HEAD's refusal has no body to say why; its headers still can, and the message says it.
+TEST_F(CurlClientScriptedTest, ABodilessRefusalIsExplainedByTheClockAndRegionHeaders) {
+  // An hour ahead of this host: "Tue, 24 Nov 2026 21:00:00 GMT" style, formatted here.
+  const std::time_t later = std::time(nullptr) + 3600;
+  std::tm tm{};
+  ::gmtime_r(&later, &tm);
+  char date[64];
+  std::strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  server_.Push(Http(403, "", fmt::format("Date: {}\r\n", date)));
+  auto skewed = client_->Head({"k", ""});
+  ASSERT_FALSE(skewed.ok());
+  EXPECT_EQ(skewed.status().code(), ErrorCode::kExpiredCredentials) << skewed.status().ToString();
+  EXPECT_NE(skewed.status().message().find("ahead of this host's"), std::string::npos)
+      << skewed.status().ToString();
+  EXPECT_NE(skewed.status().message().find("synchronise it (NTP)"), std::string::npos)
+      << skewed.status().ToString();
+
+  server_.Push(Http(301, "", "x-amz-bucket-region: eu-west-1\r\n"));
+  auto moved = client_->Head({"k", ""});
+  ASSERT_FALSE(moved.ok());
+  EXPECT_EQ(moved.status().code(), ErrorCode::kBadRequest) << moved.status().ToString();
+  EXPECT_NE(moved.status().message().find("in region eu-west-1, not us-east-1"),
+            std::string::npos)
+      << moved.status().ToString();
+  EXPECT_NE(moved.status().message().find("set S3_REGION"), std::string::npos)
+      << moved.status().ToString();
+
+  // A plain 403 with a clock in step stays what it is.
+  const std::time_t now = std::time(nullptr);
+  ::gmtime_r(&now, &tm);
+  std::strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  server_.Push(Http(403, "", fmt::format("Date: {}\r\n", date)));
+  auto denied = client_->Head({"k", ""});
+  ASSERT_FALSE(denied.ok());
+  EXPECT_EQ(denied.status().code(), ErrorCode::kAccessDenied) << denied.status().ToString();
 }
 
 TEST_F(CurlClientScriptedTest, MalformedListingIsAnErrorNotACrash) {
