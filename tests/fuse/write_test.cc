@@ -53,6 +53,16 @@ using ::testing::AssertionResult;
 using ::testing::AssertionSuccess;
 
 constexpr uint64_t kMiB = 1ull << 20;
+
+// Runs `run` when the scope ends, even if the test stopped early at an ASSERT: what a test
+// changed on the shared server (a bucket policy, a quota) must be undone after it.
+struct AtExit {
+  explicit AtExit(std::function<void()> f) : run(std::move(f)) {}
+  std::function<void()> run;
+  AtExit(const AtExit&) = delete;
+  AtExit& operator=(const AtExit&) = delete;
+  ~AtExit() { run(); }
+};
 // S3's smallest part size: many parts, and part boundaries, from little data.
 constexpr uint64_t kPartSize = 5 * kMiB;
 // How long a closed (not fsynced) file may take to reach S3 on the test machine.
@@ -1146,10 +1156,7 @@ s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", 
 )";
   Boto3(deny_delete);
   bool policy_on = true;
-  struct AtExit {  // Even if the test stops early: the bucket must be emptied after it.
-    std::function<void()> run;
-    ~AtExit() { run(); }
-  } allow_deletes_again{[&] {
+  const AtExit allow_deletes_again{[&] {
     if (policy_on) Boto3("s3.delete_bucket_policy(Bucket=bucket)\n");
   }};
   auto m = MountBucket(SmallParts());
@@ -1513,10 +1520,7 @@ TEST_F(FuseWriteFaultTest, AServerQuotaGivesEdquotAndTheDataLandsOnceThereIsRoom
   CommandResult on = quota("enable");
   ASSERT_EQ(on.exit_code, 0) << on.output;
   bool quota_on = true;
-  struct AtExit {  // Even if the test stops early: the bucket must be emptied after it.
-    std::function<void()> run;
-    ~AtExit() { run(); }
-  } lift_quota{[&] {
+  const AtExit lift_quota{[&] {
     if (quota_on) quota("disable");
   }};
   auto m = MountBucket(SmallParts());
