@@ -73,6 +73,28 @@ class ObjectClientTest : public S3IntegrationTest {
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return out;
   }
+
+  // Access keys of the RGW user, added and removed as a rotation does (rgw.sh add-key/rm-key).
+  std::string Rgw() const { return std::string(BUCKETFS_SOURCE_DIR) + "/tests/s3server/rgw.sh"; }
+  void AddKey(std::string* access, std::string* secret) {
+    auto added = testing::RunCommand(Rgw() + " add-key " + server_->state_dir);
+    ASSERT_EQ(added.exit_code, 0) << added.output;
+    std::istringstream words(added.output);
+    words >> *access >> *secret;
+    ASSERT_FALSE(secret->empty()) << added.output;
+  }
+  void RemoveKey(const std::string& access) {
+    auto removed = testing::RunCommand(Rgw() + " rm-key " + server_->state_dir + " " + access);
+    ASSERT_EQ(removed.exit_code, 0) << removed.output;
+  }
+  // Writes a credentials file beside `path` and renames it into place, as a kubelet updates
+  // a mounted Secret.
+  static void WriteCredentialsFile(const std::filesystem::path& path, const std::string& access,
+                                   const std::string& secret) {
+    const auto beside = path.string() + ".new";
+    std::ofstream(beside) << "S3_ACCESS_KEY=" << access << "\nS3_SECRET_KEY=" << secret << "\n";
+    std::filesystem::rename(beside, path);
+  }
 };
 
 TEST_F(ObjectClientTest, PutThenBoto3ReadsTheSameBytes) {
@@ -545,27 +567,13 @@ TEST_F(ObjectClientTest, LargeObjectRoundTripIsByteExact) {
 // is switched to it, the old key is removed — the same client keeps working, no restart.
 TEST_F(ObjectClientTest, RotatedKeyInCredentialsFileTakesEffectWithoutRestart) {
   ASSERT_FALSE(server_->state_dir.empty());
-  const std::string rgw = std::string(BUCKETFS_SOURCE_DIR) + "/tests/s3server/rgw.sh";
-  auto add_key = [&](std::string* access, std::string* secret) {
-    auto added = testing::RunCommand(rgw + " add-key " + server_->state_dir);
-    ASSERT_EQ(added.exit_code, 0) << added.output;
-    std::istringstream words(added.output);
-    words >> *access >> *secret;
-    ASSERT_FALSE(secret->empty()) << added.output;
-  };
   auto dir = std::filesystem::temp_directory_path() / testing::UniqueBucketName("rot");
   std::filesystem::create_directories(dir);
   auto path = dir / "credentials";
-  auto write_file = [&](const std::string& access, const std::string& secret) {
-    // Written beside and renamed into place, as a kubelet updates a mounted Secret.
-    std::ofstream(dir / "credentials.new") << "S3_ACCESS_KEY=" << access
-                                           << "\nS3_SECRET_KEY=" << secret << "\n";
-    std::filesystem::rename(dir / "credentials.new", path);
-  };
 
   std::string old_access, old_secret, new_access, new_secret;
-  add_key(&old_access, &old_secret);
-  write_file(old_access, old_secret);
+  ASSERT_NO_FATAL_FAILURE(AddKey(&old_access, &old_secret));
+  WriteCredentialsFile(path, old_access, old_secret);
   auto provider = std::make_shared<FileCredentialsProvider>(path.string(), "default", RealClock());
   auto rotating = MakeClient(provider);
   std::string before = "before rotation";
@@ -574,11 +582,10 @@ TEST_F(ObjectClientTest, RotatedKeyInCredentialsFileTakesEffectWithoutRestart) {
   req.body = AsSpan(before);
   ASSERT_TRUE(rotating->Put(req).ok());
 
-  add_key(&new_access, &new_secret);
-  write_file(new_access, new_secret);
+  ASSERT_NO_FATAL_FAILURE(AddKey(&new_access, &new_secret));
+  WriteCredentialsFile(path, new_access, new_secret);
   ASSERT_TRUE(provider->Reload().ok());  // What `bucketfs reload` does.
-  auto removed = testing::RunCommand(rgw + " rm-key " + server_->state_dir + " " + old_access);
-  ASSERT_EQ(removed.exit_code, 0) << removed.output;
+  ASSERT_NO_FATAL_FAILURE(RemoveKey(old_access));
 
   std::string after = "after rotation";
   req.body = AsSpan(after);
@@ -594,9 +601,7 @@ TEST_F(ObjectClientTest, RotatedKeyInCredentialsFileTakesEffectWithoutRestart) {
   EXPECT_EQ(refused.status().code(), ErrorCode::kInvalidCredentials)
       << refused.status().ToString();
 
-  EXPECT_EQ(testing::RunCommand(rgw + " rm-key " + server_->state_dir + " " + new_access)
-                .exit_code,
-            0);
+  RemoveKey(new_access);
   std::filesystem::remove_all(dir);
 }
 
@@ -606,30 +611,13 @@ TEST_F(ObjectClientTest, RotatedKeyInCredentialsFileTakesEffectWithoutRestart) {
 // bare 403) go through, and nothing was reloaded by hand.
 TEST_F(ObjectClientTest, ARequestRefusedForAKeyRotatedAwayIsSentAgainWithTheNewKey) {
   ASSERT_FALSE(server_->state_dir.empty());
-  const std::string rgw = std::string(BUCKETFS_SOURCE_DIR) + "/tests/s3server/rgw.sh";
-  auto add_key = [&](std::string* access, std::string* secret) {
-    auto added = testing::RunCommand(rgw + " add-key " + server_->state_dir);
-    ASSERT_EQ(added.exit_code, 0) << added.output;
-    std::istringstream words(added.output);
-    words >> *access >> *secret;
-    ASSERT_FALSE(secret->empty()) << added.output;
-  };
-  auto remove_key = [&](const std::string& access) {
-    auto removed = testing::RunCommand(rgw + " rm-key " + server_->state_dir + " " + access);
-    ASSERT_EQ(removed.exit_code, 0) << removed.output;
-  };
   auto dir = std::filesystem::temp_directory_path() / testing::UniqueBucketName("rot");
   std::filesystem::create_directories(dir);
   auto path = dir / "credentials";
-  auto write_file = [&](const std::string& access, const std::string& secret) {
-    std::ofstream(dir / "credentials.new") << "S3_ACCESS_KEY=" << access
-                                           << "\nS3_SECRET_KEY=" << secret << "\n";
-    std::filesystem::rename(dir / "credentials.new", path);
-  };
 
   std::string key1, secret1, key2, secret2, key3, secret3;
-  add_key(&key1, &secret1);
-  write_file(key1, secret1);
+  ASSERT_NO_FATAL_FAILURE(AddKey(&key1, &secret1));
+  WriteCredentialsFile(path, key1, secret1);
   FakeClock frozen;
   auto provider = std::make_shared<FileCredentialsProvider>(path.string(), "default", frozen);
   auto client = MakeClient(provider);
@@ -638,21 +626,21 @@ TEST_F(ObjectClientTest, ARequestRefusedForAKeyRotatedAwayIsSentAgainWithTheNewK
   req.key = "rotated-away";
   req.body = AsSpan(body);
 
-  add_key(&key2, &secret2);
-  write_file(key2, secret2);
-  remove_key(key1);
+  ASSERT_NO_FATAL_FAILURE(AddKey(&key2, &secret2));
+  WriteCredentialsFile(path, key2, secret2);
+  ASSERT_NO_FATAL_FAILURE(RemoveKey(key1));
   auto put = client->Put(req);
   EXPECT_TRUE(put.ok()) << put.status().ToString();
   EXPECT_EQ(GetAll("rotated-away"), body);
 
-  add_key(&key3, &secret3);
-  write_file(key3, secret3);
-  remove_key(key2);
+  ASSERT_NO_FATAL_FAILURE(AddKey(&key3, &secret3));
+  WriteCredentialsFile(path, key3, secret3);
+  ASSERT_NO_FATAL_FAILURE(RemoveKey(key2));
   auto head = client->Head({"rotated-away", ""});
   ASSERT_TRUE(head.ok()) << head.status().ToString();
   EXPECT_EQ(head->size, body.size());
 
-  remove_key(key3);
+  RemoveKey(key3);
   std::filesystem::remove_all(dir);
 }
 

@@ -44,6 +44,12 @@ struct Recorder {
     std::unique_lock lock(mu);
     return cv.wait_for(lock, 5s, [&] { return inside; });
   }
+  // Posts `ino` to `q` and returns once its invalidation is held inside the callback.
+  bool PostAndHold(PageInvalidations& q, uint64_t ino) {
+    Hold();
+    q.Post(ino);
+    return WaitInside();
+  }
   bool WaitDone(size_t n) {
     std::unique_lock lock(mu);
     return cv.wait_for(lock, 5s, [&] { return done.size() >= n; });
@@ -67,9 +73,7 @@ TEST(PageInvalidationsTest, RunsWhatIsPostedInOrder) {
 TEST(PageInvalidationsTest, PostingNeverBlocksAndAnInodeWaitsOnce) {
   Recorder r;
   PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); });
-  r.Hold();
-  q.Post(100);
-  ASSERT_TRUE(r.WaitInside());
+  ASSERT_TRUE(r.PostAndHold(q, 100));
   auto posted = std::async(std::launch::async, [&] {
     for (int i = 0; i < 10000; ++i) q.Post(static_cast<uint64_t>(i % 5));
   });
@@ -86,9 +90,7 @@ TEST(PageInvalidationsTest, PostingNeverBlocksAndAnInodeWaitsOnce) {
 TEST(PageInvalidationsTest, AnInodePostedWhileItRunsRunsAgain) {
   Recorder r;
   PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); });
-  r.Hold();
-  q.Post(7);
-  ASSERT_TRUE(r.WaitInside());
+  ASSERT_TRUE(r.PostAndHold(q, 7));
   q.Post(7);
   EXPECT_EQ(q.waiting(), 1u);
   r.Release();
@@ -101,9 +103,7 @@ TEST(PageInvalidationsTest, AnInodePostedWhileItRunsRunsAgain) {
 TEST(PageInvalidationsTest, DestructionWaitsForTheRunningOneAndDropsTheRest) {
   Recorder r;
   auto q = std::make_unique<PageInvalidations>([&](uint64_t ino) { r.Invalidate(ino); });
-  r.Hold();
-  q->Post(1);
-  ASSERT_TRUE(r.WaitInside());
+  ASSERT_TRUE(r.PostAndHold(*q, 1));
   q->Post(2);
   auto destroyed = std::async(std::launch::async, [&] { q.reset(); });
   EXPECT_EQ(destroyed.wait_for(200ms), std::future_status::timeout)
