@@ -201,13 +201,63 @@ uint64_t PhysicalBytes(const MemoryLimitSources& sources) {
 
 }  // namespace
 
-uint64_t DetectMemoryLimit(const MemoryLimitSources& sources) {
-  uint64_t limit = PhysicalBytes(sources);
-  for (const std::string* path : {&sources.cgroup_v2_max, &sources.cgroup_v1_limit}) {
-    Limit l = ReadLimitFile(*path);
+namespace {
+
+// This process's cgroup paths from /proc/self/cgroup: the v2 one ("0::PATH") and the v1
+// memory controller's ("N:a,memory,b:PATH"). "/" for one that is not listed: the root.
+struct OwnCgroups {
+  std::string v2 = "/";
+  std::string v1_memory = "/";
+};
+
+OwnCgroups ReadOwnCgroups(const std::string& path) {
+  OwnCgroups own;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto first = line.find(':');
+    const auto second = first == std::string::npos ? first : line.find(':', first + 1);
+    if (second == std::string::npos) continue;
+    const std::string_view controllers = std::string_view(line).substr(first + 1, second - first - 1);
+    std::string cgroup = line.substr(second + 1);
+    if (cgroup.empty() || cgroup.front() != '/') continue;
+    if (line.compare(0, first, "0") == 0 && controllers.empty()) {
+      own.v2 = std::move(cgroup);
+      continue;
+    }
+    for (size_t at = 0; at <= controllers.size();) {
+      const size_t comma = std::min(controllers.find(',', at), controllers.size());
+      if (controllers.substr(at, comma - at) == "memory") own.v1_memory = cgroup;
+      at = comma + 1;
+    }
+  }
+  return own;
+}
+
+// The smallest limit in `file` of the cgroup at `root` + `cgroup` and of each ancestor up to
+// `root` itself; `limit` if none is lower.
+uint64_t TightestOnThePath(const std::string& root, const std::string& cgroup,
+                           const char* file, uint64_t limit) {
+  std::string level = cgroup;
+  for (;;) {
+    while (level.size() > 1 && level.back() == '/') level.pop_back();
+    const Limit l = ReadLimitFile(root + (level == "/" ? std::string() : level) + "/" + file);
     // cgroup v1 says "no limit" with a huge number (LONG_MAX rounded to pages): min() drops it.
     if (l.kind == LimitKind::kBytes && l.bytes > 0) limit = std::min(limit, l.bytes);
+    if (level == "/" || level.empty()) return limit;
+    const auto slash = level.rfind('/');
+    level = slash == 0 || slash == std::string::npos ? "/" : level.substr(0, slash);
   }
+}
+
+}  // namespace
+
+uint64_t DetectMemoryLimit(const MemoryLimitSources& sources) {
+  const OwnCgroups own = ReadOwnCgroups(sources.proc_self_cgroup);
+  uint64_t limit = PhysicalBytes(sources);
+  limit = TightestOnThePath(sources.cgroup_v2_root, own.v2, "memory.max", limit);
+  limit = TightestOnThePath(sources.cgroup_v1_memory_root, own.v1_memory,
+                            "memory.limit_in_bytes", limit);
   return limit;
 }
 

@@ -139,9 +139,16 @@ class MemoryBudget {
 // --- The default budget, from the memory the pod may use. ---
 
 // Where the memory limit is read from; tests point these at temporary files.
+//
+// The process's own cgroup is named in /proc/self/cgroup ("0::/system.slice/x.service" for
+// v2, "N:memory:/path" for v1's memory controller). Its limit, and every ancestor's, bound
+// it: in a pod with its own cgroup namespace the path is "/" and the root's files are the
+// pod's; a systemd unit with MemoryMax= on a host has its limit only in its leaf.
 struct MemoryLimitSources {
-  std::string cgroup_v2_max = "/sys/fs/cgroup/memory.max";  // "max" or a byte count.
-  std::string cgroup_v1_limit = "/sys/fs/cgroup/memory/memory.limit_in_bytes";
+  std::string proc_self_cgroup = "/proc/self/cgroup";
+  std::string cgroup_v2_root = "/sys/fs/cgroup";  // Each level's memory.max: "max" or bytes.
+  // Each level's memory.limit_in_bytes.
+  std::string cgroup_v1_memory_root = "/sys/fs/cgroup/memory";
   // Physical RAM; unset: sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE).
   std::optional<uint64_t> physical_bytes;
 };
@@ -149,9 +156,10 @@ struct MemoryLimitSources {
 inline constexpr uint64_t kMinDefaultBudget = 64ull << 20;
 inline constexpr uint64_t kMaxDefaultBudget = 4ull << 30;
 
-// The bytes this process may use: the smallest of physical RAM, the cgroup v2 limit and the
-// cgroup v1 limit, ignoring a source that is missing, unlimited ("max", or v1's huge
-// "no limit" number, which is above physical RAM) or unreadable (logged once per call).
+// The bytes this process may use: the smallest of physical RAM and the cgroup limits of the
+// process's cgroup and its ancestors (v2 and v1), ignoring a file that is missing,
+// unlimited ("max", or v1's huge "no limit" number, which is above physical RAM) or
+// unreadable (logged once per call).
 uint64_t DetectMemoryLimit(const MemoryLimitSources& sources = {});
 
 // A quarter of DetectMemoryLimit(), clamped to [kMinDefaultBudget, kMaxDefaultBudget]: the

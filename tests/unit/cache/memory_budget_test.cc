@@ -287,9 +287,20 @@ class DefaultBudgetTest : public ::testing::Test {
     std::string tmpl = (std::filesystem::temp_directory_path() / "bucketfs-budget-XXXXXX");
     ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
     dir_ = tmpl;
-    sources_.cgroup_v2_max = dir_ / "memory.max";
-    sources_.cgroup_v1_limit = dir_ / "memory.limit_in_bytes";
+    // One directory is both roots (the file names differ); no /proc/self/cgroup: the roots
+    // are the process's own cgroups, as in a pod with its own cgroup namespace.
+    sources_.proc_self_cgroup = dir_ / "self-cgroup";
+    sources_.cgroup_v2_root = dir_;
+    sources_.cgroup_v1_memory_root = dir_;
     sources_.physical_bytes = 16 * kGiB;
+  }
+  std::string V2Max() const { return dir_ / "memory.max"; }
+  std::string V1Limit() const { return dir_ / "memory.limit_in_bytes"; }
+  // A cgroup directory under the roots.
+  std::filesystem::path Cgroup(const std::string& path) {
+    auto d = dir_ / path;
+    std::filesystem::create_directories(d);
+    return d;
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
@@ -311,29 +322,29 @@ TEST_F(DefaultBudgetTest, MissingCgroupFilesMeanPhysicalMemory) {
 }
 
 TEST_F(DefaultBudgetTest, CgroupV2NumberIsTheLimit) {
-  Write(sources_.cgroup_v2_max, "2147483648\n");
+  Write(V2Max(), "2147483648\n");
   EXPECT_EQ(DetectMemoryLimit(sources_), 2 * kGiB);
   EXPECT_EQ(DefaultBudgetBytes(sources_), 512 * kMiB);
 }
 
 TEST_F(DefaultBudgetTest, CgroupV2MaxIsUnlimitedAndFallsBackToV1) {
-  Write(sources_.cgroup_v2_max, "max\n");
+  Write(V2Max(), "max\n");
   EXPECT_EQ(DetectMemoryLimit(sources_), 16 * kGiB);
-  Write(sources_.cgroup_v1_limit, "1073741824\n");
+  Write(V1Limit(), "1073741824\n");
   EXPECT_EQ(DetectMemoryLimit(sources_), 1 * kGiB);
   EXPECT_EQ(DefaultBudgetBytes(sources_), 256 * kMiB);
 }
 
 TEST_F(DefaultBudgetTest, CgroupV1NoLimitSentinelMeansPhysicalMemory) {
-  Write(sources_.cgroup_v1_limit, "9223372036854771712\n");
+  Write(V1Limit(), "9223372036854771712\n");
   sources_.physical_bytes = 8 * kGiB;
   EXPECT_EQ(DetectMemoryLimit(sources_), 8 * kGiB);
   EXPECT_EQ(DefaultBudgetBytes(sources_), 2 * kGiB);
 }
 
 TEST_F(DefaultBudgetTest, TheTightestLimitWins) {
-  Write(sources_.cgroup_v2_max, "3221225472\n");
-  Write(sources_.cgroup_v1_limit, "2147483648\n");
+  Write(V2Max(), "3221225472\n");
+  Write(V1Limit(), "2147483648\n");
   EXPECT_EQ(DetectMemoryLimit(sources_), 2 * kGiB);
   sources_.physical_bytes = 1 * kGiB;  // A cgroup limit above the RAM is no limit.
   EXPECT_EQ(DetectMemoryLimit(sources_), 1 * kGiB);
@@ -341,18 +352,18 @@ TEST_F(DefaultBudgetTest, TheTightestLimitWins) {
 
 TEST_F(DefaultBudgetTest, UnparsableFilesAreIgnored) {
   for (const char* junk : {"", "lots\n", "-5\n", "12abc\n", "99999999999999999999999\n", "0\n"}) {
-    Write(sources_.cgroup_v2_max, junk);
-    Write(sources_.cgroup_v1_limit, junk);
+    Write(V2Max(), junk);
+    Write(V1Limit(), junk);
     EXPECT_EQ(DetectMemoryLimit(sources_), 16 * kGiB) << "contents: '" << junk << "'";
   }
 }
 
 TEST_F(DefaultBudgetTest, AQuarterClampedBetween64MiBAnd4GiB) {
-  Write(sources_.cgroup_v2_max, std::to_string(128 * kMiB));
+  Write(V2Max(), std::to_string(128 * kMiB));
   EXPECT_EQ(DefaultBudgetBytes(sources_), kMinDefaultBudget);  // A quarter would be 32 MiB.
-  Write(sources_.cgroup_v2_max, std::to_string(1 * kGiB));
+  Write(V2Max(), std::to_string(1 * kGiB));
   EXPECT_EQ(DefaultBudgetBytes(sources_), 256 * kMiB);
-  Write(sources_.cgroup_v2_max, "max");
+  Write(V2Max(), "max");
   sources_.physical_bytes = 512 * kGiB;
   EXPECT_EQ(DefaultBudgetBytes(sources_), kMaxDefaultBudget);
   EXPECT_EQ(kMinDefaultBudget, 64 * kMiB);
@@ -367,4 +378,34 @@ TEST(DefaultBudgetOnThisMachineTest, IsWithinTheClampRange) {
 }
 
 }  // namespace
+// A systemd unit on a cgroup v2 host (no cgroup namespace): its MemoryMax= is in its leaf
+// only, named by /proc/self/cgroup; the root has no memory.max at all.
+TEST_F(DefaultBudgetTest, TheLimitOfTheProcesssOwnCgroupCounts) {
+  Write(sources_.proc_self_cgroup, "0::/system.slice/bucketfs@data.service\n");
+  Write(Cgroup("system.slice/bucketfs@data.service") / "memory.max", "1073741824\n");
+  Write(Cgroup("system.slice") / "memory.max", "max\n");
+  EXPECT_EQ(DetectMemoryLimit(sources_), 1 * kGiB);
+  EXPECT_EQ(DefaultBudgetBytes(sources_), 256 * kMiB);
+}
+
+// An ancestor's limit bounds every cgroup under it: the tightest on the path wins.
+TEST_F(DefaultBudgetTest, AnAncestorsTighterLimitCounts) {
+  Write(sources_.proc_self_cgroup, "0::/kubepods/pod-1/ctr/\n");
+  Write(Cgroup("kubepods/pod-1/ctr") / "memory.max", "max\n");
+  Write(Cgroup("kubepods/pod-1") / "memory.max", "536870912\n");
+  Write(Cgroup("kubepods") / "memory.max", "8589934592\n");
+  EXPECT_EQ(DetectMemoryLimit(sources_), 512 * kMiB);
+}
+
+// cgroup v1: the memory controller's line names the cgroup, among the other controllers.
+TEST_F(DefaultBudgetTest, CgroupV1FollowsTheMemoryControllersPath) {
+  Write(sources_.proc_self_cgroup,
+        "12:cpu,cpuacct:/kubepods/other\n"
+        "5:memsw,memory:/kubepods/pod-2\n"
+        "1:name=systemd:/kubepods/pod-2\n");
+  Write(Cgroup("kubepods/pod-2") / "memory.limit_in_bytes", "2147483648\n");
+  Write(Cgroup("kubepods/other") / "memory.limit_in_bytes", "1073741824\n");
+  EXPECT_EQ(DetectMemoryLimit(sources_), 2 * kGiB);
+}
+
 }  // namespace bucketfs::cache
