@@ -457,7 +457,20 @@ Status Lease::WriteOwn(LeaseRecord next, std::string etag, std::string_view duri
       return st;
     }
     Result<Observed> seen = Read();
-    if (attempt == 0 && seen.ok() && seen->decoded && seen->record.nonce == nonce_) {
+    if (!seen.ok()) {
+      // Refused, and who holds the lease now is unknown: the refusal may be our own earlier
+      // write that landed with its reply lost. Not a loss yet: the caller tries again, and
+      // a lease not renewed by its deadline is lost then (the coordinator's TendLease).
+      return Status(seen.status().code(),
+                    Where() + ": " + std::string(during) + " was refused (" +
+                        std::string(ErrorCodeName(st.code())) +
+                        ") and reading the lease to see by whom failed: " +
+                        seen.status().message(),
+                    /*retryable=*/true);
+    }
+    // Our own write that landed unseen may be behind more than one refusal (a retry inside
+    // the client, then ours): taken back a few times, never in a loop.
+    if (attempt < 3 && seen->decoded && seen->record.nonce == nonce_) {
       if (seen->record.state == next.state && next.state == kReleased) {
         // Our release landed; its reply was lost.
         std::lock_guard lock(mu_);

@@ -685,6 +685,30 @@ TEST_F(LeaseTest, RenewWhoseReplyWasLostIsNotALoss) {
   EXPECT_EQ(lease.etag(), StoredEtag());
 }
 
+// A renewal refused (412) while the lease cannot be read to see by whom (a network blip):
+// the refusal may be our own landed write, so it is a retryable failure, not a loss.
+TEST_F(LeaseTest, ARefusedRenewalWhoseCheckFailsIsRetriedNotALoss) {
+  s3::FaultInjectingClient client(fake_, clock_);
+  Lease lease(client, clock_, Opts(), Alice());
+  ASSERT_TRUE(lease.Acquire().ok());
+
+  client.FailNextAfterSuccess(s3::Op::kPut, 1, s3::InjectedError(ErrorCode::kTimeout));
+  EXPECT_EQ(lease.Renew().code(), ErrorCode::kTimeout);  // Landed; we do not know it.
+  client.FailNext(s3::Op::kGet, 1, s3::InjectedError(ErrorCode::kTimeout));
+  Status st = lease.Renew();  // 412 on our stale ETag, and the check times out.
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.code(), ErrorCode::kReadOnly) << st.ToString();
+  EXPECT_TRUE(st.retryable()) << st.ToString();
+  EXPECT_FALSE(lease.lost()) << lease.lost_reason();
+  EXPECT_TRUE(lease.held());
+
+  st = lease.Renew();  // The blip is over: the record is ours, taken back.
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_FALSE(lease.lost());
+  EXPECT_EQ(Stored()->renew_seq, 2u);
+  EXPECT_EQ(lease.etag(), StoredEtag());
+}
+
 TEST_F(LeaseTest, ReleaseWhoseReplyWasLostStillReleases) {
   s3::FaultInjectingClient client(fake_, clock_);
   Lease lease(client, clock_, Opts(), Alice());
