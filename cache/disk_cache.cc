@@ -155,8 +155,11 @@ void DiskCache::Index() {
   std::sort(found.begin(), found.end(),
             [](const Found& a, const Found& b) { return a.mtime_ns > b.mtime_ns; });
   std::lock_guard lock(mu_);
+  // Not touched in this run yet: the first hit of each writes its mtime, so a block read
+  // early in every run does not keep the mtime of its first store and go first.
+  const auto untouched = std::chrono::steady_clock::now() - touch_interval_;
   for (Found& f : found) {
-    lru_.push_back(Entry{std::move(f.name), f.bytes, std::chrono::steady_clock::now()});
+    lru_.push_back(Entry{std::move(f.name), f.bytes, untouched});
     index_[lru_.back().name] = std::prev(lru_.end());
     stats_.bytes += f.bytes;
   }
@@ -341,9 +344,15 @@ DiskCache::Outcome DiskCache::ReadChecked(const BlockKey& key, uint64_t block_si
 
 void DiskCache::Store(const BlockKey& key, uint64_t block_size, std::span<const char> data) {
   const std::string name = NameOf(key, block_size);
+  const uint64_t chunk_count = (data.size() + kChunk - 1) / kChunk;
+  const uint64_t bytes = sizeof(Header) + key.key.size() + key.etag.size() + chunk_count * 8 +
+                         data.size();
   {
     std::lock_guard lock(mu_);
     if (index_.count(name) != 0) return;
+    // A file the cache cannot hold (a full disk shrank it below a block) would be written
+    // only to be evicted at once: not written at all.
+    if (bytes > capacity_) return;
   }
   static std::atomic<uint64_t> counter{0};
   const std::string tmp = PathOf(fmt::format("{}.{}.{}.tmp", name, ::getpid(), counter++));
@@ -355,7 +364,7 @@ void DiskCache::Store(const BlockKey& key, uint64_t block_size, std::span<const 
   h.block_size = block_size;
   h.index = key.index;
   h.chunk_size = kChunk;
-  h.chunk_count = static_cast<uint32_t>((data.size() + kChunk - 1) / kChunk);
+  h.chunk_count = static_cast<uint32_t>(chunk_count);
   std::vector<uint64_t> sums(h.chunk_count);
   for (uint32_t c = 0; c < h.chunk_count; ++c) {
     const uint64_t begin = uint64_t{c} * kChunk;
@@ -373,8 +382,6 @@ void DiskCache::Store(const BlockKey& key, uint64_t block_size, std::span<const 
     ok = false;
     err = errno;
   }
-  const uint64_t bytes =
-      sizeof h + key.key.size() + key.etag.size() + sums.size() * 8 + data.size();
   std::unique_lock lock(mu_);
   if (ok && index_.count(name) != 0) {  // Stored by another caller meanwhile: same bytes.
     ::unlink(tmp.c_str());

@@ -1,5 +1,6 @@
 #include "cache/disk_cache.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -205,6 +206,49 @@ TEST_F(DiskCacheTest, BlocksSurviveAReopenAndTheLeastRecentlyUsedGoFirst) {
   EXPECT_EQ(Read(*c, "k", "e", 2, kBlock), c3);
   EXPECT_EQ(Read(*c, "k", "e", 1, kBlock), std::nullopt);
   EXPECT_EQ(BlockFiles().size(), 2u) << "an evicted block's file is deleted";
+}
+
+// A block read early in every run (within the touch interval of the start, a minute by
+// default) still has its recency written at its first hit of the run, so at the next start
+// it is not taken for the oldest block because its file keeps the mtime of its store.
+TEST_F(DiskCacheTest, TheFirstHitAfterAReopenRecordsItsRecency) {
+  const std::string a = Body(kBlock, 1), b = Body(kBlock, 2);
+  {
+    auto c = MustOpen(10 * kBlock);
+    ASSERT_NE(c, nullptr);
+    Store(*c, "k", "e", 0, a);
+  }
+  // Block 0 was stored a day ago; block 1 now.
+  const timespec day_ago[2] = {{time(nullptr) - 86400, 0}, {time(nullptr) - 86400, 0}};
+  for (const auto& f : BlockFiles()) ASSERT_EQ(::utimensat(AT_FDCWD, f.c_str(), day_ago, 0), 0);
+  {
+    auto c = MustOpen(10 * kBlock);
+    ASSERT_NE(c, nullptr);
+    Store(*c, "k", "e", 1, b);
+  }
+  {
+    auto c = MustOpen(10 * kBlock);  // The default touch interval: a minute.
+    ASSERT_NE(c, nullptr);
+    ASSERT_EQ(Read(*c, "k", "e", 0, kBlock), a);  // Read at the start of this run.
+  }
+  // Room for one block: the most recently used, block 0, is the one kept.
+  auto c = MustOpen(kBlock + 2 * 1024);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->Stats().blocks, 1u);
+  EXPECT_EQ(Read(*c, "k", "e", 0, kBlock), a) << "the block just read was evicted first";
+  EXPECT_EQ(Read(*c, "k", "e", 1, kBlock), std::nullopt);
+}
+
+// A cache that a full disk shrank below one block writes nothing more: a file it cannot
+// hold would be written, renamed, and unlinked at once, for every block read.
+TEST_F(DiskCacheTest, ABlockLargerThanTheWholeCacheIsNotWritten) {
+  auto c = MustOpen(kBlock / 2);
+  ASSERT_NE(c, nullptr);
+  Store(*c, "k", "e", 0, Body(kBlock, 1));
+  const DiskCacheStats s = c->Stats();
+  EXPECT_EQ(s.stores, 0u);
+  EXPECT_EQ(s.evictions, 0u) << "written only to be evicted";
+  EXPECT_TRUE(BlockFiles().empty());
 }
 
 TEST_F(DiskCacheTest, StoresNeverTakeTheCacheOverItsCapacity) {
