@@ -763,7 +763,7 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
 // The absolute path of a mountpoint, without touching the mountpoint itself: a mount whose
 // daemon died answers ENOTCONN (or hangs) to everything, and that is exactly when `status`,
 // `unmount` and `mount` must still work. Resolves the parent and appends the last name.
-Result<std::string> ResolveMountpoint(const std::string& path) {
+Result<std::string> ResolveMountpoint(const std::string& path, int links_followed = 0) {
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
   const size_t slash = p.rfind('/');
@@ -781,7 +781,23 @@ Result<std::string> ResolveMountpoint(const std::string& path) {
     return Status(ErrorCode::kNotFound, "'" + parent + "': " + strerror(errno));
   }
   const std::string base = resolved_parent;
-  return (base == "/" ? "" : base) + "/" + name;
+  const std::string joined = (base == "/" ? "" : base) + "/" + name;
+  // The last component is not stat()ed (it may be a dead FUSE mount, which answers
+  // ENOTCONN), but a symlink there is followed: the kernel records the mount under the
+  // target, and the coordinator looks for it (and for the files open in it) there.
+  struct stat st {};
+  if (::lstat(joined.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    if (links_followed >= 40) {
+      return Status(ErrorCode::kInvalidArgument, "'" + path + "': " + strerror(ELOOP));
+    }
+    std::string target(PATH_MAX, '\0');
+    const ssize_t n = ::readlink(joined.c_str(), target.data(), target.size());
+    if (n < 0) return Status(ErrorCode::kNotFound, "'" + joined + "': " + strerror(errno));
+    target.resize(static_cast<size_t>(n));
+    if (target.empty() || target.front() != '/') target = base + "/" + target;
+    return ResolveMountpoint(target, links_followed + 1);
+  }
+  return joined;
 }
 
 // The mount's control socket, or a message saying nothing is mounted there.

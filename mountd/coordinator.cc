@@ -268,12 +268,15 @@ struct Coordinator::State {
     return control::Call(daemon_socket, request, timeout);
   }
   // A request whose failure is only worth a line in the log.
-  void TellDaemon(const json& request) {
+  // Sends `request`; true once the daemon said ok (a failure is logged).
+  bool TellDaemon(const json& request) {
     auto reply = CallDaemon(request);
     if (!reply.ok() || !reply->value("ok", false)) {
       Logger("mountd")->warn("daemon request {}: {}", request.dump(),
                              reply.ok() ? reply->dump() : reply.status().ToString());
+      return false;
     }
+    return true;
   }
 
   // Starts `bucketfs serve` and waits until it reports the kernel mount in place.
@@ -568,10 +571,18 @@ struct Coordinator::State {
       if (started.code() == ErrorCode::kCancelled) return;
       NoteError("restarting the daemon failed: " + started.ToString());
       DetachDeadMount();
-      clock.SleepFor(backoff);
+      // The backoff is waited in ticks that tend the lease (renewals come every TTL/3, and
+      // a wait of 30 s would let it lapse, and another pod take the bucket while the spool
+      // holds files to upload) and notice a stop or an unmount at once.
+      const MonoTime retry_at = clock.Now() + backoff;
       backoff = std::min<Duration>(backoff * 2, std::chrono::seconds(30));
-      TendLease();
-      if ((g_signals.load() & kStopSignal) != 0) return;
+      while (clock.Now() < retry_at) {
+        clock.SleepFor(std::min<Duration>(kTick, retry_at - clock.Now()));
+        TendLease();
+        if ((g_signals.load() & kStopSignal) != 0) return;
+        std::lock_guard lock(mu);
+        if (unmounting || finished) return;
+      }
     }
   }
 
@@ -649,7 +660,11 @@ struct Coordinator::State {
                      "stop anyway and leave the spool for the next mount.");
     }
     progress("unmounting " + Where() + ": no new files are opened from now on");
-    if (daemon > 0) TellDaemon(json{{"op", "stop-opens"}, {"stop", true}});
+    // Until the daemon has said it opens nothing more, a file may be opened and half-written
+    // after any count of open files: asked again at every tick, and without its word only
+    // closed files are synced.
+    const json stop_opens{{"op", "stop-opens"}, {"stop", true}};
+    bool opens_stopped = daemon <= 0 || TellDaemon(stop_opens);
 
     // 1. Open handles.
     const MonoTime handles_deadline = clock.Now() + handle_timeout;
@@ -667,6 +682,9 @@ struct Coordinator::State {
         if (st.ok() && st->value("ok", false) && st->contains("open_files") &&
             (*st)["open_files"].is_number_unsigned()) {
           open_files = (*st)["open_files"].get<uint64_t>();
+          // Asked again only of a daemon that answers (one that does not would make every
+          // tick wait out a second call).
+          if (!opens_stopped) opens_stopped = TellDaemon(stop_opens);
         } else {
           why_unknown = !st.ok() ? st.status().ToString()
                                  : st->value("error", std::string("its reply had no count"));
@@ -711,11 +729,11 @@ struct Coordinator::State {
     std::string sync_error = synced ? "" : "the daemon was not running";
     if (daemon > 0 && !options.read_only) {
       auto sync = std::async(std::launch::async, [&] {
-        // Forced past open files: only closed files are uploaded; one still open is
-        // half-written, and stays in the spool.
+        // Forced past open files, or never told that opens stopped: only closed files are
+        // uploaded; one still open may be half-written, and stays in the spool.
         return CallDaemon(json{{"op", "sync"},
                                {"timeout_ms", duration_cast<milliseconds>(sync_timeout).count()},
-                               {"closed_only", forced}},
+                               {"closed_only", forced || !opens_stopped}},
                           sync_timeout + std::chrono::seconds(30));
       });
       MonoTime next = clock.Now();

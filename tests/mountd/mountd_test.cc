@@ -86,21 +86,25 @@ class Pod {
                        access_key_, secret_key_, BUCKETFS_BINARY, args);
   }
 
+  // The path the commands name (dir() itself unless a test names it through a symlink).
+  std::string named() const { return named_.empty() ? dir() : named_; }
+  void NameThrough(std::string path) { named_ = std::move(path); }
+
   CommandResult Mount(const std::string& extra = "") {
     CommandResult r = RunCommand(Cli(fmt::format(
         "mount {} {} --endpoint {} --region {} --runtime-dir {} --spool-dir {} --holder-id {} "
         "--lease-ttl {} --lease-margin {} --log-file {}/bucketfs.log {}",
-        bucket_, dir(), server_.endpoint, server_.region, runtime(), spool(), name_, kTtl,
+        bucket_, named(), server_.endpoint, server_.region, runtime(), spool(), name_, kTtl,
         kMargin, base_, extra)));
     if (r.exit_code == 0) RefreshPids();
     return r;
   }
   CommandResult Unmount(const std::string& extra = "") {
-    return RunCommand(Cli(fmt::format("unmount {} --runtime-dir {} {}", dir(), runtime(), extra)));
+    return RunCommand(Cli(fmt::format("unmount {} --runtime-dir {} {}", named(), runtime(), extra)));
   }
   json Status() {
     CommandResult r =
-        RunCommand(Cli(fmt::format("status {} --runtime-dir {} --json", dir(), runtime())));
+        RunCommand(Cli(fmt::format("status {} --runtime-dir {} --json", named(), runtime())));
     // Exit 2 (answering, not healthy) still prints the whole status.
     if (r.exit_code != 0 && r.exit_code != 2) return json{{"cli_error", r.output}};
     json j = json::parse(r.output, nullptr, false);
@@ -121,6 +125,7 @@ class Pod {
   const std::string name_;
   std::string base_;
   std::string access_key_, secret_key_;
+  std::string named_;
   pid_t coordinator_pid_ = -1, daemon_pid_ = -1;
 };
 
@@ -517,6 +522,67 @@ TEST_F(MountdTest, AKilledDaemonIsRestartedAndNoClosedDataIsLost) {
   WriteFile(a.dir() + "/after-restart.txt", "the new daemon writes\n");
   ASSERT_EQ(a.Unmount().exit_code, 0) << a.log();
   EXPECT_EQ(Get("after-restart.txt"), "the new daemon writes\n");
+}
+
+// The restarted daemon cannot start (its credentials file is gone; the coordinator keeps
+// the keys it read), and the restarts back off up to 30 s. The lease is renewed all along:
+// a gap of TTL + margin would let another pod take the bucket while this one's spool still
+// holds files to upload.
+// /mnt-workspace may be a symlink to the real directory: the kernel records the mount under
+// the target, and unmount must find it there (it used to skip fusermount3, kill the daemon
+// after a minute, say data was left, and keep the lease).
+TEST_F(MountdTest, AMountpointNamedThroughASymlinkMountsAndUnmountsCleanly) {
+  Pod a(*server_, bucket_, "pod-a");
+  const std::string link = a.dir() + "-link";
+  fs::create_directory_symlink(a.dir(), link);
+  a.NameThrough(link);
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  ASSERT_TRUE(IsMountedAt(a.dir()));
+  WriteFile(link + "/through-link.txt", "written through the symlink\n");
+  EXPECT_EQ(a.Status().value("mountpoint", ""), a.dir());
+  const auto start = std::chrono::steady_clock::now();
+  CommandResult u = a.Unmount();
+  EXPECT_EQ(u.exit_code, 0) << u.output << a.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << u.output;
+  EXPECT_FALSE(IsMountedAt(a.dir())) << u.output;
+  EXPECT_EQ(Get("through-link.txt"), "written through the symlink\n");
+  EXPECT_EQ(LeaseObject().value("state", ""), "released");
+  fs::remove(link);
+}
+
+TEST_F(MountdTest, TheLeaseIsRenewedWhileFailedDaemonRestartsBackOff) {
+  Pod a(*server_, bucket_, "pod-a");
+  const std::string creds = a.dir() + "-credentials";
+  WriteFile(creds, fmt::format("S3_ACCESS_KEY={}\nS3_SECRET_KEY={}\n", server_->access_key,
+                               server_->secret_key));
+  ASSERT_EQ(a.Mount("--credentials-file " + creds).exit_code, 0) << a.log();
+  const pid_t first = a.daemon_pid();
+  ASSERT_TRUE(Alive(first));
+  fs::remove(creds);
+  kill(first, SIGKILL);
+  // Long enough for the backoff to pass 16 s; the renewals come every TTL/3 = 2 s.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(40);
+  uint64_t last_seq = LeaseObject().value("renew_seq", uint64_t{0});
+  auto last_change = std::chrono::steady_clock::now();
+  double longest_gap = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const json lease = LeaseObject();
+    const auto now = std::chrono::steady_clock::now();
+    ASSERT_EQ(lease.value("holder", ""), "pod-a") << lease.dump() << a.log();
+    const uint64_t seq = lease.value("renew_seq", uint64_t{0});
+    if (seq != last_seq) {
+      last_seq = seq;
+      last_change = now;
+    }
+    longest_gap = std::max(longest_gap, std::chrono::duration<double>(now - last_change).count());
+  }
+  EXPECT_LT(longest_gap, kTtl) << "the lease went unrenewed for " << longest_gap << " s\n"
+                               << a.log();
+  EXPECT_GE(a.Status().value("daemon_restarts", 0), 3) << a.Status().dump(2);
+  CommandResult u = a.Unmount("--timeout 1 --force");
+  EXPECT_FALSE(IsMountedAt(a.dir())) << u.output << a.log();
+  EXPECT_TRUE(Eventually([&] { return !Alive(a.coordinator_pid()); })) << u.output;
 }
 
 TEST_F(MountdTest, ACoordinatorStalledPastTheLeaseDeadlineFencesUntilItRenewsThenWritesAgain) {
