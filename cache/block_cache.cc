@@ -105,10 +105,13 @@ Status BlockCache::Validate(const MemoryBudget& budget, const BlockCacheOptions&
   if (options.block_size == 0) {
     return Status(ErrorCode::kInvalidArgument, "block cache: the block size must not be 0");
   }
-  if (options.capacity_bytes < options.block_size) {
+  // A read that crosses a block edge pins both blocks at once: with room for one, it would
+  // wait for room that only it could make.
+  if (options.capacity_bytes < 2 * options.block_size) {
     return Status(
         ErrorCode::kInvalidArgument,
-        fmt::format("block cache: capacity {} is smaller than one block of {}",
+        fmt::format("block cache: capacity {} holds fewer than two blocks of {} (a read across "
+                    "a block edge needs both at once); raise the memory or lower the block size",
                     FormatBytes(options.capacity_bytes), FormatBytes(options.block_size)));
   }
   if (options.capacity_bytes > budget.capacity()) {

@@ -250,10 +250,10 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   cache_options.block_size = block_size;
   // Three quarters of the budget for cached blocks; the rest serves random-read buffers now
   // and writeback later.
-  cache_options.capacity_bytes = std::max(block_size, budget_bytes / 4 * 3 / block_size * block_size);
+  cache_options.capacity_bytes = budget_bytes / 4 * 3 / block_size * block_size;
   BFS_RETURN_IF_ERROR(cache::BlockCache::Validate(*d->budget, cache_options).Annotate(
-      "--max-memory " + cache::FormatBytes(budget_bytes) + " with --block-size " +
-      cache::FormatBytes(block_size)));
+      "--max-memory " + cache::FormatBytes(budget_bytes) + " (three quarters of it for the "
+      "block cache) with --block-size " + cache::FormatBytes(block_size)));
   d->cache = std::make_unique<cache::BlockCache>(*d->budget, cache_options);
   if (!a.cache_dir.empty()) {
     BFS_ASSIGN_OR_RETURN(uint64_t disk_bytes, ParseSize(a.cache_size));

@@ -578,6 +578,12 @@ TEST(BlockCacheTest, ValidateRejectsOptionsThatCannotWork) {
   o = Options(4);
   o.capacity_bytes = kBlock - 1;
   EXPECT_EQ(BlockCache::Validate(budget, o).code(), ErrorCode::kInvalidArgument);
+  // One block is not enough either: a read across a block edge pins two.
+  o = Options(1);
+  Status one = BlockCache::Validate(budget, o);
+  EXPECT_EQ(one.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(one.message().find("fewer than two blocks"), std::string::npos) << one.ToString();
+  EXPECT_TRUE(BlockCache::Validate(budget, Options(2)).ok());
   o = Options(9);
   Status too_big = BlockCache::Validate(budget, o);
   EXPECT_EQ(too_big.code(), ErrorCode::kInvalidArgument);
