@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "cache/local_dir.h"
@@ -302,25 +303,46 @@ DiskCache::Outcome DiskCache::ReadChecked(const BlockKey& key, uint64_t block_si
                    sums_at + first * 8)) {
       return failed(Outcome::kCorrupt);
     }
-    // Whole chunks straight into `into` when it starts and ends on chunk edges (a whole
-    // block); otherwise through a buffer of the chunks.
-    const uint64_t chunks_begin = first * kChunk;
-    const uint64_t chunks_end = std::min<uint64_t>((last + 1) * kChunk, h.data_len);
-    const bool direct = offset == chunks_begin && offset + into.size() == chunks_end;
-    std::vector<char> buffer(direct ? 0 : chunks_end - chunks_begin);
-    char* chunks = direct ? into.data() : buffer.data();
-    if (!ReadFully(fd, chunks, chunks_end - chunks_begin, data_at + chunks_begin)) {
-      return failed(Outcome::kCorrupt);
-    }
-    for (uint64_t c = first; c <= last; ++c) {
-      const uint64_t begin = c * kChunk - chunks_begin;
-      const uint64_t len = std::min<uint64_t>(kChunk, h.data_len - c * kChunk);
-      if (XXH3_64bits(chunks + begin, len) != sums[c - first]) {
+    // Runs of whole chunks inside the range are read straight into `into` and checked
+    // there; only the chunks at its two edges go through a chunk-sized buffer. (A buffer of
+    // every chunk touched would be a block's worth per FUSE thread, outside the budget.)
+    const uint64_t range_end = offset + into.size();
+    const auto chunk_end = [&](uint64_t c) { return std::min<uint64_t>((c + 1) * kChunk, h.data_len); };
+    const auto intact = [&](const char* bytes, uint64_t c) {
+      return XXH3_64bits(bytes, chunk_end(c) - c * kChunk) == sums[c - first];
+    };
+    std::unique_ptr<char[]> edge;
+    for (uint64_t c = first; c <= last;) {
+      const uint64_t begin = c * kChunk;
+      if (begin >= offset && chunk_end(c) <= range_end) {
+        uint64_t run_last = c;
+        while (run_last < last && chunk_end(run_last + 1) <= range_end) ++run_last;
+        char* at = into.data() + (begin - offset);
+        if (!ReadFully(fd, at, chunk_end(run_last) - begin, data_at + begin)) {
+          return failed(Outcome::kCorrupt);
+        }
+        for (uint64_t k = c; k <= run_last; ++k) {
+          if (!intact(at + (k * kChunk - begin), k)) {
+            errno = 0;
+            return failed(Outcome::kCorrupt);
+          }
+        }
+        c = run_last + 1;
+        continue;
+      }
+      if (!edge) edge = std::make_unique<char[]>(kChunk);
+      if (!ReadFully(fd, edge.get(), chunk_end(c) - begin, data_at + begin)) {
+        return failed(Outcome::kCorrupt);
+      }
+      if (!intact(edge.get(), c)) {
         errno = 0;
         return failed(Outcome::kCorrupt);
       }
+      const uint64_t from = std::max(offset, begin);
+      const uint64_t to = std::min(range_end, chunk_end(c));
+      std::memcpy(into.data() + (from - offset), edge.get() + (from - begin), to - from);
+      ++c;
     }
-    if (!direct) std::memcpy(into.data(), chunks + (offset - chunks_begin), into.size());
   }
   // Recency: to the front of the LRU, and (at most once a minute) into the file's mtime, so
   // that it survives a restart (see Index()).

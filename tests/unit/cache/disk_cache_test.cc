@@ -342,6 +342,53 @@ TEST_F(DiskCacheTest, ARangeReadChecksOnlyItsChunksAndFindsDamageInThem) {
   EXPECT_TRUE(BlockFiles().empty());
 }
 
+// Every range of a block, at and around chunk edges, reads back its bytes: whole chunks
+// inside the range go straight into the caller's buffer, the edge chunks through a small
+// one, and a damaged chunk inside a long range is found as surely as one at its edge.
+TEST_F(DiskCacheTest, RangesAcrossChunkEdgesReadBackExactly) {
+  constexpr uint64_t kBig = 512 * 1024;
+  constexpr uint64_t kChunk = 64 * 1024;
+  const std::string data = Body(5 * kChunk + 300, 4);
+  auto c = MustOpen(4 << 20);
+  ASSERT_NE(c, nullptr);
+  c->Store(BlockKey{"k", "e", 0}, kBig, {data.data(), data.size()});
+  auto range = [&](uint64_t offset, size_t length) -> Blob {
+    std::string out(length, '\0');
+    if (!c->ReadRange(BlockKey{"k", "e", 0}, kBig, data.size(), offset, {out.data(), length})) {
+      return std::nullopt;
+    }
+    return out;
+  };
+  const uint64_t edges[] = {0, 1, kChunk - 1, kChunk, kChunk + 1, 2 * kChunk, 3 * kChunk - 5,
+                            5 * kChunk, data.size() - 1};
+  for (uint64_t from : edges) {
+    for (uint64_t to : edges) {
+      if (to <= from) continue;
+      for (uint64_t end : {to, to + 1}) {
+        if (end > data.size()) continue;
+        ASSERT_EQ(range(from, end - from), data.substr(from, end - from)) << from << ".." << end;
+      }
+    }
+  }
+  EXPECT_EQ(range(0, data.size()), data);
+  // Damage inside a long range (chunk 3 of 0..5): found.
+  {
+    const auto files = BlockFiles();
+    ASSERT_EQ(files.size(), 1u);
+    const auto size = fs::file_size(files[0]);
+    const auto at = static_cast<std::streamoff>(size - data.size() + 3 * kChunk + 11);
+    std::fstream io(files[0], std::ios::in | std::ios::out | std::ios::binary);
+    char byte = 0;
+    io.seekg(at);
+    io.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 1);
+    io.seekp(at);
+    io.write(&byte, 1);
+  }
+  EXPECT_EQ(range(100, data.size() - 200), std::nullopt) << "the damaged chunk inside";
+  EXPECT_EQ(c->Stats().corrupt, 1u);
+}
+
 TEST_F(DiskCacheTest, LeftoversOfAStoreCutShortAreRemovedAtOpen) {
   {
     auto c = MustOpen(1 << 20);
