@@ -563,6 +563,10 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
   {
     std::lock_guard lock(mu_);
     version = parts_[number].version;
+    // Chosen as a copy of untouched base bytes, but written (or cut by a truncate) since:
+    // a copy now would hold the base bytes and be taken for this version. Sent from the
+    // spool instead, as it is now.
+    if (copy && (present_.Intersects(span.offset, end) || end > base_limit_)) copy = false;
     if (parts_[number].direct_version == version && version != 0 && length == span.size &&
         span.offset >= base_limit_) {
       direct_fd = DirectFdLocked();

@@ -1130,6 +1130,39 @@ TEST_F(WritebackTest, AnFsyncWhosePartIsWrittenToWhileItUploadsStoresTheWritesBe
   EXPECT_TRUE(SameBytes(fake_.ObjectBody("overtaken"), data));
 }
 
+// A part chosen to be copied server-side (untouched base bytes) is written to before its
+// copy starts: the copy would hold the base bytes, not the write. It is sent from the spool
+// instead; recorded as the part's current version, the copy was reused by the retry of
+// this commit (another part changed while uploading) and the write was lost for good.
+TEST_F(WritebackTest, APartWrittenBeforeItsQueuedCopyStartsIsSentWithTheWrite) {
+  WritebackOptions o = Options();
+  o.upload_parallelism = 1;  // Part 3's copy waits behind part 1's upload.
+  Start(rgw_, nullptr, o);
+  std::string data = Body(3 * kPart, 21);
+  fake_.PutDirect("copied", data, kMeta);
+  auto file = MustOpen("copied", BaseOf("copied"));
+  ASSERT_NE(file, nullptr);
+  data[10] = 'A';
+  ASSERT_TRUE(file->Write(10, Bytes("A")).ok());
+  rgw_.HoldPart(1);
+  Status synced = Status(ErrorCode::kInternal, "not run");
+  std::thread fsync([&] { synced = wb_->Sync(file); });
+  ASSERT_TRUE(Eventually([&] { return rgw_.waiting() == 1; }, kWait));
+  // While part 1 uploads: part 1 changes (this attempt is cancelled and retried), and
+  // part 3, queued as a copy of the base, gets a write.
+  data[20] = 'B';
+  ASSERT_TRUE(file->Write(20, Bytes("B")).ok());
+  data[2 * kPart + 5] = 'C';
+  ASSERT_TRUE(file->Write(2 * kPart + 5, Bytes("C")).ok());
+  rgw_.ReleasePart(1);
+  fsync.join();
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("copied"), data));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("copied"));
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("copied"), data));
+}
+
 TEST_F(WritebackTest, AnUploadAbortedOnTheServerIsStartedOverAndTheFsyncSucceeds) {
   Start(fake_);
   std::string data = Body(2 * kPart, 12);
