@@ -569,8 +569,18 @@ Status Filesystem::Unlink(InodeId parent, std::string_view name) {
   const bool open = current && current->open_handles > 0;
   Logger("fuse")->debug("unlink '{}'{}", path, open ? " (open: deleted at its last close)" : "");
   // First the dirty data: its commit, if one is in flight, must land before the DELETE,
-  // or it would bring the object back.
-  if (writeback_ != nullptr) writeback_->Unlink(path);
+  // or it would bring the object back. A file still open is unlinked from the writeback at
+  // once (its data dies with its last descriptor); a closed one's data is held back from
+  // committing and dropped only once the DELETE succeeded: an unlink that fails (EIO)
+  // leaves the file as it was, its data still to be uploaded.
+  cache::Writeback::CommitHold held;
+  if (writeback_ != nullptr) {
+    if (open) {
+      writeback_->Unlink(path);
+    } else {
+      held = writeback_->HoldCommits(path);
+    }
+  }
   if (open) {
     // POSIX: its open descriptors keep working; the object goes at the last close.
     {
@@ -583,6 +593,7 @@ Status Filesystem::Unlink(InodeId parent, std::string_view name) {
     FinishDeferredDelete(node.ino);
   } else {
     BFS_RETURN_IF_ERROR(client_.Delete(path, {Deadline()}));
+    held.Discard();
   }
   inodes_.Detach(path);
   PatchListing(dir.path, std::string(name), nullptr);

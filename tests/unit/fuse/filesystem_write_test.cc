@@ -1359,6 +1359,32 @@ TEST_F(FilesystemWriteTest, AFailedRenameOverAFileBeingWrittenKeepsThatFilesData
   EXPECT_EQ(server_.ObjectBody("t"), "target!");
 }
 
+// rm of a closed file whose upload has not landed yet, and whose DELETE fails: rm says EIO,
+// so the file must still be there with its data, uploaded once the server works again.
+TEST_F(FilesystemWriteTest, AnUnlinkThatFailsKeepsTheDataOfAFileNotYetUploaded) {
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_.reset();
+  writeback_ = std::make_unique<cache::Writeback>(
+      cache::WriteContext{&faulty, &budget_, spool_.get(), &clock_}, WriteOptions());
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  faulty.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError), "f");
+  auto created = fs_->Create(kRootInode, "f", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("not uploaded yet")).ok());
+  fs_->Release(created->open.handle);  // Its commit fails, and waits for a retry.
+  ASSERT_TRUE(Eventually([&] { return faulty.calls(s3::Op::kPut) > 0; }, 5s));
+  faulty.FailAlways(s3::Op::kDelete, s3::InjectedError(ErrorCode::kServerError), "f");
+
+  Status unlinked = fs_->Unlink(kRootInode, "f");
+  EXPECT_EQ(unlinked.code(), ErrorCode::kServerError) << unlinked.ToString();
+  EXPECT_NE(writeback_->Find("f"), nullptr) << "the failed unlink dropped the file's data";
+
+  faulty.ClearRules();
+  ASSERT_TRUE(writeback_->Drain(clock_.Now() + 5s).ok());
+  EXPECT_EQ(server_.ObjectBody("f"), "not uploaded yet");
+  EXPECT_TRUE(fs_->Lookup(kRootInode, "f").ok());
+}
+
 TEST_F(FilesystemWriteTest, RenameOverAFileBeingWrittenReplacesItAndItsDataNeverLands) {
   server_.PutDirect("s", "source");
   auto created = fs_->Create(kRootInode, "t", 0644, O_WRONLY | O_CREAT, kCaller);
