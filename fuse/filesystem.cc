@@ -626,7 +626,18 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
     if (it == dirs_.end()) return Status(ErrorCode::kInvalidArgument, "unknown directory handle");
     dir = it->second;
   }
-  const auto& entries = dir->listing->entries;
+  // Where the directory is now: renamed since this handle was opened, its entries are under
+  // the new name (entered under the old one, they would be new nodes there, and a write
+  // through them would make objects there). Removed since: nothing is in it.
+  static const std::vector<ListedEntry> kNothing;
+  std::string dir_path = dir->path;
+  bool removed = false;
+  if (auto now = inodes_.Get(dir->ino); now && !now->unlinked) {
+    dir_path = now->path;
+  } else {
+    removed = true;
+  }
+  const auto& entries = removed ? kNothing : dir->listing->entries;
   // Offsets: 0 = start; "." is 0 -> 1, ".." 1 -> 2, entry i is (i + 2) -> (i + 3).
   for (uint64_t pos = offset; pos < entries.size() + 2; ++pos) {
     DirEntryView view;
@@ -639,7 +650,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       continue;
     }
     const ListedEntry& entry = entries[pos - 2];
-    const std::string path = ChildPath(dir->path, entry.name);
+    const std::string path = ChildPath(dir_path, entry.name);
     view.name = entry.name;
     if (plus) {
       // The node is entered with no lookup; the entry takes one below.
@@ -647,7 +658,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       // since (a commit, or a listing fetched after this handle's): the kernel keeps what
       // it is given for the TTL.
       ListedEntry best = entry;
-      if (auto newer = NewerCachedEntry(dir->path, entry.name, entry.as_of)) best = *newer;
+      if (auto newer = NewerCachedEntry(dir_path, entry.name, entry.as_of)) best = *newer;
       Node node;
       if (auto dirty = FindDirty(path)) {
         node = EnterDirty(path, *dirty, 0);
@@ -660,7 +671,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
         // Listed while it was being written, committed (or removed) since, and nothing here
         // knows what it became (the node forgotten, the listing evicted): the entry's size is
         // the one it had then. Ask.
-        auto now = Resolve(dir->path, entry.name, path);
+        auto now = Resolve(dir_path, entry.name, path);
         if (!now.ok() && now.status().code() == ErrorCode::kNotFound) continue;  // Gone.
         node = now.ok() ? *now : EnterListed(path, best, 0);
       } else {

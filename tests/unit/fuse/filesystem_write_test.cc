@@ -1385,6 +1385,35 @@ TEST_F(FilesystemWriteTest, AnUnlinkThatFailsKeepsTheDataOfAFileNotYetUploaded) 
   EXPECT_TRUE(fs_->Lookup(kRootInode, "f").ok());
 }
 
+// A directory handle opened before its directory was renamed: READDIRPLUS hands out the
+// nodes under the new name, and a write through one lands there, not in a revived old tree.
+TEST_F(FilesystemWriteTest, AReaddirplusOfAHandleOpenedBeforeARenameGivesTheMovedNodes) {
+  server_.PutDirect("d/x", "hello");
+  const InodeId d = MustLookup(kRootInode, "d");
+  auto handle = fs_->OpenDir(d);
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  Status renamed = fs_->Rename(kRootInode, "d", kRootInode, "e", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+
+  InodeId given = 0;
+  Status listed = fs_->ReadDir(*handle, 0, /*plus=*/true, [&](const DirEntryView& e) {
+    if (e.name == "x") given = e.attr.ino;
+    return true;
+  });
+  ASSERT_TRUE(listed.ok()) << listed.ToString();
+  fs_->ReleaseDir(*handle);
+  const InodeId e = MustLookup(kRootInode, "e");
+  EXPECT_EQ(given, MustLookup(e, "x")) << "a new node was made at the old path";
+
+  auto opened = fs_->Open(given, O_WRONLY | O_TRUNC);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("bye")).ok());
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("e/x"));
+  EXPECT_EQ(server_.ObjectBody("e/x"), "bye");
+  EXPECT_FALSE(server_.Exists("d/x"));
+}
+
 TEST_F(FilesystemWriteTest, RenameOverAFileBeingWrittenReplacesItAndItsDataNeverLands) {
   server_.PutDirect("s", "source");
   auto created = fs_->Create(kRootInode, "t", 0644, O_WRONLY | O_CREAT, kCaller);
