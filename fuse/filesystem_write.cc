@@ -169,8 +169,10 @@ void Filesystem::FinishDeferredDelete(InodeId ino) {
   Status deleted = client_.Delete(key, {Deadline()});
   if (!deleted.ok()) {
     Logger("fuse")->error("'{}' was unlinked while open, but deleting it at its last close "
-                          "failed: {}", key, deleted.ToString());
+                          "failed: {} (it stays hidden here; reusing its name deletes it)",
+                          key, deleted.ToString());
   }
+  if (!deleted.ok()) return;  // Still hidden: the next reuse of the name deletes it (Unhide).
   bool still_hidden = false;
   {
     std::lock_guard lock(mu_);
@@ -179,7 +181,7 @@ void Filesystem::FinishDeferredDelete(InodeId ino) {
       still_hidden = true;
     }
   }
-  if (still_hidden && deleted.ok()) {
+  if (still_hidden) {
     // A listing fetched since the unlink still shows the object (it was there until now).
     PatchListing(ParentOf(key), NameOf(key), nullptr);
     RememberMissing(key);
@@ -256,7 +258,18 @@ Status Filesystem::Unhide(const std::string& path) {
   // get ESTALE for what only the deleted object held.
   Logger("fuse")->debug("'{}' made anew while its unlinked predecessor is open: deleting that "
                         "one now", path);
-  return client_.Delete(path, {Deadline()});
+  Status deleted = client_.Delete(path, {Deadline()});
+  if (!deleted.ok()) {
+    // The name is not made anew (the caller fails): the predecessor stays hidden, and is
+    // deleted at its last close, or by the next attempt to reuse its name.
+    {
+      std::lock_guard lock(mu_);
+      hidden_.try_emplace(path, ino);
+      deferred_deletes_.try_emplace(ino, path);
+    }
+    FinishDeferredDelete(ino);  // Its last handle may have closed meanwhile.
+  }
+  return deleted;
 }
 
 Result<std::string> Filesystem::PutSmallObject(const std::string& key, std::string_view body,

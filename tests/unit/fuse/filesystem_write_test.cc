@@ -1414,6 +1414,31 @@ TEST_F(FilesystemWriteTest, AReaddirplusOfAHandleOpenedBeforeARenameGivesTheMove
   EXPECT_FALSE(server_.Exists("d/x"));
 }
 
+// A file unlinked while open, its name reused while the server refuses the DELETE of the
+// old object: the reuse fails, and the old object is still deleted at its last close (it
+// came back for good: nothing deleted it any more).
+TEST_F(FilesystemWriteTest, AnUnlinkedOpenFileWhoseEarlyDeleteFailsIsStillDeletedAtItsLastClose) {
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  server_.PutDirect("f", "old");
+  const InodeId f = MustLookup(kRootInode, "f");
+  auto reader = fs_->Open(f, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "f").ok());
+  EXPECT_TRUE(server_.Exists("f")) << "deleted before its last close";
+
+  faulty.FailAlways(s3::Op::kDelete, s3::InjectedError(ErrorCode::kServerError), "f");
+  auto reused = fs_->Create(kRootInode, "f", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_FALSE(reused.ok());
+  EXPECT_EQ(reused.status().code(), ErrorCode::kServerError) << reused.status().ToString();
+  EXPECT_EQ(fs_->Lookup(kRootInode, "f").status().code(), ErrorCode::kNotFound)
+      << "the unlinked file shows again";
+
+  faulty.ClearRules();
+  fs_->Release(reader->handle);
+  EXPECT_FALSE(server_.Exists("f")) << "the last close did not delete the unlinked file";
+}
+
 TEST_F(FilesystemWriteTest, RenameOverAFileBeingWrittenReplacesItAndItsDataNeverLands) {
   server_.PutDirect("s", "source");
   auto created = fs_->Create(kRootInode, "t", 0644, O_WRONLY | O_CREAT, kCaller);
