@@ -743,8 +743,18 @@ Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr)
         return std::move(head).TakeStatus();
       }
       if (head.ok()) {
-        base = cache::BaseObject{head->etag, head->size,
-                                 ObjectAttributes(*head, options_.defaults).mtime};
+        const Attributes found = ObjectAttributes(*head, options_.defaults);
+        if (found.type != FileType::kRegular) {
+          // A symlink (s3fs's convention) that a listing showed as a file: only its metadata
+          // says what it is, and a listing HEADs only so many small objects. Written to, it
+          // would be rewritten as a link to another target. The kernel looks it up again
+          // (ESTALE), finds the link, and follows it.
+          inodes_.Expire(ino);
+          ForgetListing(ParentOf(node->path));
+          return Status(ErrorCode::kStale, "'" + node->path + "' is not a regular file: " +
+                                               "its listing did not say so");
+        }
+        base = cache::BaseObject{head->etag, head->size, found.mtime};
         metadata = head->metadata;
       }
       const auto own = AttributeMetadata(FileType::kRegular, node->attr.permissions,
@@ -859,8 +869,7 @@ Result<cache::ReadReply> Filesystem::Read(uint64_t handle, uint64_t offset, size
     // The object was replaced or deleted: the next open must ask the server, and the kernel
     // must not keep the old version's size or pages.
     inodes_.Expire(file->ino);
-    const auto slash = file->key.rfind('/');
-    ForgetListing(slash == std::string::npos ? std::string() : file->key.substr(0, slash));
+    ForgetListing(ParentOf(file->key));
     if (reads_.cache != nullptr) reads_.cache->InvalidateObject(file->key);
     InvalidateKernelCache(file->ino);
   }

@@ -25,6 +25,16 @@ std::string_view DescribeNameProblem(NameProblem problem) {
   return "an unusable name";
 }
 
+std::string ParentOf(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+std::string NameOf(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 std::string ChildPath(std::string_view parent, std::string_view name) {
   std::string out;
   out.reserve(parent.size() + 1 + name.size());

@@ -30,6 +30,9 @@ inline bool IsValidName(std::string_view name) { return CheckName(name) == NameP
 std::string_view DescribeNameProblem(NameProblem problem);
 
 std::string ChildPath(std::string_view parent, std::string_view name);
+// The inverse: ParentOf("a/b/c") == "a/b", NameOf("a/b/c") == "c"; ParentOf("c") == "".
+std::string ParentOf(const std::string& path);
+std::string NameOf(const std::string& path);
 // The ListObjects prefix of a directory: "" for the root, "a/b/" otherwise.
 std::string DirectoryPrefix(std::string_view dir_path);
 bool IsReservedKey(std::string_view key);

@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <mutex>
 #include <condition_variable>
@@ -1437,6 +1438,30 @@ TEST_F(FilesystemWriteTest, AnUnlinkedOpenFileWhoseEarlyDeleteFailsIsStillDelete
   faulty.ClearRules();
   fs_->Release(reader->handle);
   EXPECT_FALSE(server_.Exists("f")) << "the last close did not delete the unlinked file";
+}
+
+// A symlink the listing showed as a file (past the small objects it HEADs): opened for
+// writing, it is not rewritten as a link elsewhere; the open says ESTALE, and a lookup
+// then finds the link.
+TEST_F(FilesystemWriteTest, ASymlinkListedAsAFileIsNotRewrittenByAWriteOpen) {
+  server_.PutDirect("d/", "");
+  for (int i = 0; i < 300; ++i) server_.PutDirect(fmt::format("d/f{:03}", i), "small file");
+  server_.PutDirect("d/zz", "target", {{"mode", ModeOf(S_IFLNK, 0777)}});
+  const InodeId d = MustLookup(kRootInode, "d");
+  auto handle = fs_->OpenDir(d);
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  const std::optional<Attributes> shown = ShownByReadDirPlusThenRelease(*handle, "zz");
+  ASSERT_TRUE(shown.has_value());
+  if (shown->type != FileType::kRegular) {
+    GTEST_SKIP() << "the listing typed zz right: the case this test is about did not arise";
+  }
+  auto opened = fs_->Open(shown->ino, O_WRONLY);
+  ASSERT_FALSE(opened.ok()) << "a symlink was opened as a file for writing";
+  EXPECT_EQ(opened.status().code(), ErrorCode::kStale) << opened.status().ToString();
+  EXPECT_EQ(server_.ObjectBody("d/zz"), "target");
+  auto looked = fs_->Lookup(d, "zz");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.type, FileType::kSymlink);
 }
 
 TEST_F(FilesystemWriteTest, RenameOverAFileBeingWrittenReplacesItAndItsDataNeverLands) {
