@@ -455,6 +455,20 @@ s3::UserMetadata DirtyFile::UploadMetadataLocked() const {
 }
 
 Status DirtyFile::Fill(uint64_t begin, uint64_t end, std::span<char> scratch) {
+  for (int attempt = 1;; ++attempt) {
+    std::string key, etag;
+    Status filled = FillFrom(begin, end, scratch, &key, &etag);
+    if (filled.ok() || filled.code() != ErrorCode::kStale || attempt == 3) return filled;
+    // The base moved on under the GET: this file's own commit (or a rename) landed a new
+    // version, whose bytes outside what was written here are the same. Read those; it is
+    // someone else's change only if the base is still the one the GET asked for.
+    std::lock_guard lock(mu_);
+    if (key_ == key && base_etag_ == etag) return filled;
+  }
+}
+
+Status DirtyFile::FillFrom(uint64_t begin, uint64_t end, std::span<char> scratch,
+                           std::string* used_key, std::string* used_etag) {
   std::vector<Extent> gaps;
   std::string key, etag;
   {
@@ -464,6 +478,8 @@ Status DirtyFile::Fill(uint64_t begin, uint64_t end, std::span<char> scratch) {
     key = key_;
     etag = base_etag_;
   }
+  *used_key = key;
+  *used_etag = etag;
   for (const Extent& gap : gaps) {
     std::span<char> into = scratch.subspan(gap.begin - begin, gap.end - gap.begin);
     s3::GetRequest get{key, s3::ByteRange{gap.begin, gap.end - gap.begin}, etag};

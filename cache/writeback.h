@@ -246,7 +246,12 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // Requires mu_. Parts completely written by now that are worth uploading early.
   std::vector<int> EagerPartsLocked(uint64_t begin, uint64_t end);
   // Fills [begin, end) ∩ [0, base_limit) from the base object where the spool lacks it.
+  // Tried again (twice at most) when the base changed under it to this file's own newer
+  // version (its commit landed): kStale only for someone else's change.
   Status Fill(uint64_t begin, uint64_t end, std::span<char> scratch);
+  // One try of Fill, saying which key and base ETag it read.
+  Status FillFrom(uint64_t begin, uint64_t end, std::span<char> scratch, std::string* used_key,
+                  std::string* used_etag);
   // Creates the multipart upload unless there is one; `meta_generation` is that of
   // `metadata`. `early`: for an early part (which gives up while early uploads are paused
   // by a failure, and pauses them when its own creation fails).

@@ -689,6 +689,40 @@ TEST_F(WritebackTest, ReadsShowBaseBytesWhereUntouchedAndNewBytesWhereWritten) {
   EXPECT_EQ(fake_.ObjectBody("r"), base);  // Reading uploads nothing.
 }
 
+// A read that fetches base bytes while the file's own commit lands a new version: the GET
+// (If-Match the old base) is refused, and the read tries again on the new version instead
+// of failing ESTALE, which programs take as fatal.
+class CommitDuringFirstGet final : public s3::ForwardingClient {
+ public:
+  using ForwardingClient::ForwardingClient;
+  std::function<void()> before_first_get;
+  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
+                            const s3::CallOptions& opts) override {
+    if (auto hook = std::exchange(before_first_get, nullptr)) hook();
+    return inner().Get(req, buffer, opts);
+  }
+};
+
+TEST_F(WritebackTest, AReadRacingTheFilesOwnCommitReadsTheNewVersionNotEstale) {
+  CommitDuringFirstGet client(fake_);
+  Start(client);
+  const std::string base = Body(100000, 5);
+  fake_.PutDirect("own", base);
+  auto file = MustOpen("own", BaseOf("own"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("new")).ok());
+  std::string expected = base;
+  expected.replace(0, 3, "new");
+  const std::string old_etag = fake_.ObjectInfoDirect("own")->etag;
+  Status synced = Status(ErrorCode::kInternal, "not run");
+  client.before_first_get = [&] { synced = wb_->Sync(file); };
+
+  EXPECT_EQ(MustRead(*file, 50000, 100), expected.substr(50000, 100));
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_NE(fake_.ObjectInfoDirect("own")->etag, old_etag) << "the commit did not land first";
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("own"), expected));
+}
+
 TEST_F(WritebackTest, ReplacedBaseMakesTheCommitStaleAndNothingIsOverwritten) {
   Start(fake_);
   fake_.PutDirect("big", Body(3 * kPart + 100, 7));
