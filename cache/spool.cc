@@ -39,7 +39,8 @@ json ToJson(const SpoolRecord& r) {
               {"present", present},
               {"metadata", r.metadata},
               {"closed", r.closed},
-              {"landing_etag", r.landing_etag}};
+              {"landing_etag", r.landing_etag},
+              {"seq", r.seq}};
 }
 
 SpoolRecord FromJson(const json& j) {
@@ -54,6 +55,7 @@ SpoolRecord FromJson(const json& j) {
   r.metadata = j.at("metadata").get<s3::UserMetadata>();
   r.closed = j.at("closed").get<bool>();
   r.landing_etag = j.value("landing_etag", std::string());  // Absent in older records.
+  r.seq = j.value("seq", uint64_t{0});                         // Absent in older records.
   return r;
 }
 
@@ -85,7 +87,12 @@ Result<std::unique_ptr<Spool>> Spool::Open(const std::string& root, const std::s
   return std::unique_ptr<Spool>(new Spool(dir, fd));
 }
 
-Spool::Spool(std::string dir, int lock_fd) : dir_(std::move(dir)), lock_fd_(lock_fd) {}
+Spool::Spool(std::string dir, int lock_fd)
+    : dir_(std::move(dir)),
+      lock_fd_(lock_fd),
+      next_seq_(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count())) {}
 
 Spool::~Spool() { ::close(lock_fd_); }
 
@@ -131,7 +138,9 @@ constexpr size_t kInPlaceRecordBytes = 4096;
 Status Spool::WriteRecord(const SpoolRecord& record) const {
   const std::string path = dir_ + "/files/" + record.id + ".json";
   const std::string tmp = path + ".tmp";
-  std::string text = ToJson(record).dump();
+  SpoolRecord stamped = record;
+  stamped.seq = next_seq_.fetch_add(1, std::memory_order_relaxed);
+  std::string text = ToJson(stamped).dump();
   if (text.size() <= kInPlaceRecordBytes) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return LocalIoStatus(errno, "cannot write spool journal '" + path + "'");
@@ -220,6 +229,11 @@ std::vector<SpoolRecord> Spool::Scan() const {
     try {
       SpoolRecord record = FromJson(json::parse(text.str()));
       if (record.id != id) throw std::runtime_error("its id does not match the file name");
+      // Records written from now on come after every one found (a clock set back).
+      uint64_t next = next_seq_.load(std::memory_order_relaxed);
+      while (next <= record.seq &&
+             !next_seq_.compare_exchange_weak(next, record.seq + 1, std::memory_order_relaxed)) {
+      }
       records.push_back(std::move(record));
     } catch (const std::exception& e) {
       Quarantine(id, std::string("unreadable journal record: ") + e.what());

@@ -25,6 +25,8 @@
 //  - Errors are Status; a full disk is kNoSpace, never a silent loss.
 #pragma once
 
+#include <atomic>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -52,6 +54,12 @@ struct SpoolRecord {
   // key: the next one knows the data is there (and does not take its own object for
   // someone else's change when the base it would fetch or If-Match is gone).
   std::string landing_etag;
+  // Set by WriteRecord: larger for every record the spool writes (from the wall clock, and
+  // past every record Scan() found). Of two closed records of one key, the later written
+  // wins at recovery: a rename over a dirty file journals the moved file under the key
+  // before the replaced file's record goes, and a crash between leaves both; the moved
+  // file's, the newer, is the one to upload even if the replaced file was created later.
+  uint64_t seq = 0;
 };
 
 // A multipart upload in the spool's ledger (uploads/).
@@ -121,6 +129,7 @@ class Spool {
 
   const std::string dir_;
   const int lock_fd_;
+  mutable std::atomic<uint64_t> next_seq_;  // SpoolRecord::seq of the next record written.
 };
 
 }  // namespace bucketfs::cache

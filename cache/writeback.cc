@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <latch>
+#include <tuple>
 
 #include "cache/lost_reply.h"
 #include "cache/mapped_buffer.h"
@@ -1767,9 +1768,12 @@ size_t Writeback::Recover() {
   // Before any upload of this daemon's own starts: every note is a previous daemon's.
   AbortLeftoverUploads(spool_, client_, Deadline());
   std::vector<SpoolRecord> records = spool_.Scan();
-  // Oldest first (ids start with their creation time): a newer record of a key wins.
-  std::sort(records.begin(), records.end(),
-            [](const SpoolRecord& a, const SpoolRecord& b) { return a.id < b.id; });
+  // Oldest written first: the later written record of a key wins (SpoolRecord::seq;
+  // records of older daemons have none, and go by their ids, which start with their
+  // creation time).
+  std::sort(records.begin(), records.end(), [](const SpoolRecord& a, const SpoolRecord& b) {
+    return std::tie(a.seq, a.id) < std::tie(b.seq, b.id);
+  });
   std::vector<std::shared_ptr<DirtyFile>> adopted;
   for (const SpoolRecord& record : records) {
     if (!record.closed) {

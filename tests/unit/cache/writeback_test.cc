@@ -1971,6 +1971,44 @@ TEST_F(WritebackTest, RecoverUploadsTheNewestRecordOfAKeyAndQuarantinesTheOlder)
   EXPECT_EQ(LostAndFound(), (std::vector<std::string>{ids[0] + ".data", ids[0] + ".json"}));
 }
 
+// A rename over a dirty file journals the moved file under the key before the replaced
+// file's record goes; killed between the two, the spool holds both, the replaced one with
+// the later id. The later written wins: the renamed file's bytes are uploaded.
+TEST_F(WritebackTest, RecoverUploadsTheLaterWrittenRecordOfAKeyWhateverItsId) {
+  std::vector<std::string> ids;
+  for (const std::string text : {"renamed here", "replaced"}) {
+    auto created = spool_->CreateData();
+    ASSERT_TRUE(created.ok());
+    ASSERT_EQ(::pwrite(created->second, text.data(), text.size(), 0),
+              static_cast<ssize_t>(text.size()));
+    ::close(created->second);
+    ids.push_back(created->first);
+  }
+  ASSERT_LT(ids[0], ids[1]);
+  const auto record = [&](const std::string& id, const std::string& key, size_t size) {
+    SpoolRecord r;
+    r.id = id;
+    r.key = key;
+    r.size = size;
+    r.present = {{0, size}};
+    r.metadata = Stored(kMeta);
+    r.closed = true;
+    return r;
+  };
+  // In the order Rename writes them: the replaced file's record (as it was), then the
+  // moved file's under the key it was renamed to.
+  ASSERT_TRUE(spool_->WriteRecord(record(ids[1], "b", 8)).ok());
+  ASSERT_TRUE(spool_->WriteRecord(record(ids[0], "b", 12)).ok());
+  // A new spool, as the next daemon opens it (its clock may be behind the records').
+  spool_.reset();
+  spool_ = OpenSpool();
+  ASSERT_NE(spool_, nullptr);
+  Start(fake_);
+  EXPECT_EQ(wb_->Recover(), 1u);
+  EXPECT_EQ(fake_.ObjectBody("b"), "renamed here");
+  EXPECT_EQ(LostAndFound(), (std::vector<std::string>{ids[1] + ".data", ids[1] + ".json"}));
+}
+
 TEST_F(WritebackTest, RecoverKeepsTheFilesMtimeExactly) {
   auto created = spool_->CreateData();
   ASSERT_TRUE(created.ok());
