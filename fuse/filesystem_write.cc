@@ -198,9 +198,16 @@ Status Filesystem::CheckDirectoryKeyFits(const std::string& path) {
 void Filesystem::KeepEmptiedDirectory(const std::string& dir_path) {
   if (dir_path.empty()) return;  // The bucket itself needs no marker.
   auto listing = FreshListing(dir_path);
-  if (!listing || listing->has_marker || !listing->entries.empty()) return;
-  // Files being written are not in the listing until they are created in it (Create
-  // patches it), so an empty listing is an empty directory.
+  if (!listing || listing->has_marker) return;
+  // What keeps a directory without a marker is a key under it in S3. A file created here
+  // and not uploaded yet (in the listing by Create's patch, with no ETag) is no such key:
+  // if it were all that is left, the directory would vanish until its upload lands.
+  const bool kept = std::any_of(
+      listing->entries.begin(), listing->entries.end(), [&](const ListedEntry& e) {
+        return !(e.type == FileType::kRegular && e.etag.empty() &&
+                 FindDirty(ChildPath(dir_path, e.name)) != nullptr);
+      });
+  if (kept) return;
   auto node = inodes_.GetByPath(dir_path);
   const Attributes attr = node ? node->attr : Attributes{};
   auto put = PutSmallObject(DirectoryPrefix(dir_path), "",

@@ -1464,6 +1464,24 @@ TEST_F(FilesystemWriteTest, ASymlinkListedAsAFileIsNotRewrittenByAWriteOpen) {
   EXPECT_EQ(looked->attr.type, FileType::kSymlink);
 }
 
+// A directory with no marker whose last object is removed while a file created in it is
+// still being written (not in S3 yet): it gets a marker, and stays.
+TEST_F(FilesystemWriteTest, ADirectoryWhoseOnlyOtherFileIsBeingWrittenKeepsExisting) {
+  server_.PutDirect("d/a", "a");
+  const InodeId d = MustLookup(kRootInode, "d");
+  auto listed = fs_->OpenDir(d);  // Caches d's listing.
+  ASSERT_TRUE(listed.ok());
+  fs_->ReleaseDir(*listed);
+  auto created = fs_->Create(d, "b", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(d, "a").ok());
+  EXPECT_TRUE(server_.Exists("d/")) << "no marker: nothing in S3 keeps d";
+  clock_.Advance(kTtl + 1s);
+  EXPECT_TRUE(fs_->Lookup(kRootInode, "d").ok()) << "d vanished while b is being written";
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("d/b"));
+}
+
 TEST_F(FilesystemWriteTest, RenameOverAFileBeingWrittenReplacesItAndItsDataNeverLands) {
   server_.PutDirect("s", "source");
   auto created = fs_->Create(kRootInode, "t", 0644, O_WRONLY | O_CREAT, kCaller);
