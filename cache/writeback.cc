@@ -455,21 +455,36 @@ s3::UserMetadata DirtyFile::UploadMetadataLocked() const {
   return md;
 }
 
-Status DirtyFile::Fill(uint64_t begin, uint64_t end, std::span<char> scratch) {
+Status DirtyFile::ReadThrough(uint64_t begin, uint64_t end, std::span<char> into) {
+  std::vector<Extent> fetched;
   for (int attempt = 1;; ++attempt) {
     std::string key, etag;
-    Status filled = FillFrom(begin, end, scratch, &key, &etag);
-    if (filled.ok() || filled.code() != ErrorCode::kStale || attempt == 3) return filled;
+    fetched.clear();
+    Status filled = FillFrom(begin, end, into, &key, &etag, &fetched);
+    if (filled.ok()) break;
+    if (filled.code() != ErrorCode::kStale || attempt == 3) return filled;
     // The base moved on under the GET: this file's own commit (or a rename) landed a new
     // version, whose bytes outside what was written here are the same. Read those; it is
     // someone else's change only if the base is still the one the GET asked for.
     std::lock_guard lock(mu_);
     if (key_ == key && base_etag_ == etag) return filled;
   }
+  // Everything not fetched just now comes from the spool (fetched extents are in order).
+  uint64_t at = begin;
+  fetched.push_back({end, end});
+  for (const Extent& done : fetched) {
+    if (done.begin > at) {
+      BFS_RETURN_IF_ERROR(
+          PreadAll(fd_, into.data() + (at - begin), done.begin - at, at, owner_.spool_));
+    }
+    at = std::max(at, done.end);
+  }
+  return Status::Ok();
 }
 
 Status DirtyFile::FillFrom(uint64_t begin, uint64_t end, std::span<char> scratch,
-                           std::string* used_key, std::string* used_etag) {
+                           std::string* used_key, std::string* used_etag,
+                           std::vector<Extent>* fetched) {
   std::vector<Extent> gaps;
   std::string key, etag;
   {
@@ -495,9 +510,16 @@ Status DirtyFile::FillFrom(uint64_t begin, uint64_t end, std::span<char> scratch
     const uint64_t limit = std::min(gap.end, base_limit_);
     if (gap.begin >= limit) continue;
     for (const Extent& missing : present_.Gaps(gap.begin, limit)) {
-      BFS_RETURN_IF_ERROR(PwriteAll(fd_, scratch.data() + (missing.begin - begin),
-                                    missing.end - missing.begin, missing.begin, owner_.spool_));
-      present_.Add(missing.begin, missing.end);
+      fetched->push_back(missing);
+      // Kept in the spool so that the next read or commit needs no GET, when there is room:
+      // a full spool disk must not fail a commit whose bytes are in memory already.
+      Status kept = PwriteAll(fd_, scratch.data() + (missing.begin - begin),
+                              missing.end - missing.begin, missing.begin, owner_.spool_);
+      if (kept.ok()) {
+        present_.Add(missing.begin, missing.end);
+      } else if (kept.code() != ErrorCode::kNoSpace) {
+        return kept;
+      }
     }
   }
   return Status::Ok();
@@ -530,10 +552,7 @@ Result<ReadReply> DirtyFile::Read(uint64_t offset, size_t size) {
     }
   }
   if (spool_end > offset) {
-    std::span<char> from_spool = buffer.subspan(0, spool_end - offset);
-    BFS_RETURN_IF_ERROR(Fill(offset, spool_end, from_spool));
-    BFS_RETURN_IF_ERROR(
-        PreadAll(fd_, from_spool.data(), from_spool.size(), offset, owner_.spool_));
+    BFS_RETURN_IF_ERROR(ReadThrough(offset, spool_end, buffer.subspan(0, spool_end - offset)));
   }
   reply.pieces.push_back({buffer.data(), buffer.size()});
   return reply;
@@ -623,11 +642,11 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
         got = DirectTransfer([&] {
           return ::pread(direct_fd, bytes.data(), length, static_cast<off_t>(span.offset));
         });
+        if (got < length) {
+          read = PreadAll(fd_, bytes.data() + got, length - got, span.offset + got, owner_.spool_);
+        }
       } else {
-        read = Fill(span.offset, end, bytes);
-      }
-      if (read.ok() && got < length) {
-        read = PreadAll(fd_, bytes.data() + got, length - got, span.offset + got, owner_.spool_);
+        read = ReadThrough(span.offset, end, bytes);
       }
     }
     if (read.ok()) {
@@ -708,8 +727,7 @@ Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
   // Most such files are small: a mapping of their own would cost two system calls.
   auto buffer = std::make_unique_for_overwrite<char[]>(std::max<uint64_t>(size, 1));
   std::span<char> bytes(buffer.get(), size);
-  BFS_RETURN_IF_ERROR(Fill(0, size, bytes));
-  BFS_RETURN_IF_ERROR(PreadAll(fd_, bytes.data(), size, 0, owner_.spool_));
+  BFS_RETURN_IF_ERROR(ReadThrough(0, size, bytes));
   {
     std::lock_guard lock(mu_);
     JournalLandingLocked(SinglePutEtag(bytes));

@@ -245,13 +245,17 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   void TouchLocked(uint64_t begin, uint64_t end);
   // Requires mu_. Parts completely written by now that are worth uploading early.
   std::vector<int> EagerPartsLocked(uint64_t begin, uint64_t end);
-  // Fills [begin, end) ∩ [0, base_limit) from the base object where the spool lacks it.
+  // Reads [begin, end) of the file into `into`: the spool's bytes, and the base object's
+  // ([0, base_limit)) where the spool lacks them, kept in the spool when it has room (a
+  // full spool disk fails no read or commit: the fetched bytes are in `into` already).
   // Tried again (twice at most) when the base changed under it to this file's own newer
   // version (its commit landed): kStale only for someone else's change.
-  Status Fill(uint64_t begin, uint64_t end, std::span<char> scratch);
-  // One try of Fill, saying which key and base ETag it read.
+  Status ReadThrough(uint64_t begin, uint64_t end, std::span<char> into);
+  // One try at the base object's part of ReadThrough: GETs what the spool lacks into
+  // `scratch` (laid out from `begin`), says which key and ETag it read and which extents
+  // it fetched (in order).
   Status FillFrom(uint64_t begin, uint64_t end, std::span<char> scratch, std::string* used_key,
-                  std::string* used_etag);
+                  std::string* used_etag, std::vector<Extent>* fetched);
   // Creates the multipart upload unless there is one; `meta_generation` is that of
   // `metadata`. `early`: for an early part (which gives up while early uploads are paused
   // by a failure, and pauses them when its own creation fails).

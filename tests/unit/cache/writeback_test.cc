@@ -2,6 +2,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/mount.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -1668,6 +1669,49 @@ TEST_F(WritebackTest, AWriteCutShortKeepsTheBaseBytesItNeverReached) {
   wb_->ReleaseWriter(file);
   ASSERT_TRUE(WaitCommitted("f"));
   EXPECT_EQ(fake_.ObjectBody("f"), std::string(60, 'o') + std::string(20, 'n') + std::string(20, 'o'));
+}
+
+// A rewrite of a few bytes of an object, committed while the spool's disk is full: the
+// object's other bytes are fetched into memory for the upload, and their copy into the
+// spool (which needs room) is skipped, not made a reason for the commit to fail for ever.
+TEST_F(WritebackTest, ACommitNeedsNoSpoolRoomForTheBaseBytesItFetches) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs as the full disk";
+  wb_.reset();
+  spool_.reset();
+  const stdfs::path disk = root_ / "small-disk";
+  stdfs::create_directories(disk);
+  ASSERT_EQ(::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=2m"), 0) << std::strerror(errno);
+  struct Unmount {
+    stdfs::path dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{disk};
+  auto opened = Spool::Open(disk.string(), "bucket");
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  spool_ = std::move(opened).value();
+  Start(fake_);
+
+  std::string data = Body(1 * kMiB, 31);
+  fake_.PutDirect("edited", data, kMeta);
+  auto file = MustOpen("edited", BaseOf("edited"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("EDIT")).ok());
+  data.replace(0, 4, "EDIT");
+  {  // Something else fills the disk.
+    std::ofstream filler(disk / "filler", std::ios::binary);
+    const std::string chunk(64 * 1024, 'x');
+    for (int i = 0; i < 64 && filler; ++i) filler.write(chunk.data(), chunk.size());
+  }
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("edited"), data));
+  auto shown = file->Read(0, 100);  // And reads too fetch what the spool has no room for.
+  ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+  EXPECT_EQ(shown->ToString(), data.substr(0, 100));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("edited"));
+  file.reset();
+  wb_.reset();
+  spool_.reset();
 }
 
 TEST_F(WritebackTest, AFileLargerThanItsPartsCouldEverUploadIsEfbigAtOnce) {
