@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -101,8 +102,11 @@ int RunAndWait(const std::vector<std::string>& argv) {
 
 // A FUSE mount whose daemon is gone: the kernel answers ENOTCONN.
 bool IsDeadMount(const std::string& mountpoint) {
-  struct stat st {};
-  return stat(mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;
+  // statfs, not stat: FUSE answers a stat of the root from attributes the kernel still
+  // caches (a `bucketfs status` just before the daemon died refreshed them), with no
+  // request to find the connection gone; a statfs always asks.
+  struct statfs st {};
+  return statfs(mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;
 }
 
 }  // namespace

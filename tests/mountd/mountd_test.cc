@@ -361,7 +361,7 @@ TEST_F(MountdTest, ADaemonRestartedAfterTheLeaseWasLostStaysFenced) {
   EXPECT_TRUE(Eventually([&] { return a.Status()["daemon"].value("fenced", false); }))
       << a.Status().dump(2);
   CommandResult u = a.Unmount("--timeout 1 --sync-timeout 5 --force");
-  EXPECT_FALSE(IsMountedAt(a.dir())) << u.output;
+  EXPECT_FALSE(IsMountedAt(a.dir())) << u.output << a.log();
   EXPECT_FALSE(Exists("after-loss.txt"));
   EXPECT_EQ(LeaseObject().value("holder", ""), "thief");
 }
@@ -512,6 +512,11 @@ TEST_F(MountdTest, AKilledDaemonIsRestartedAndNoClosedDataIsLost) {
   const pid_t first = a.daemon_pid();
   ASSERT_TRUE(Alive(first));
   WriteFile(a.dir() + "/closed-before-kill.txt", "closed, then the daemon died\n");
+  // The kernel now caches the root's attributes: a stat of the dead mount is answered from
+  // them, so the coordinator must not take a stat's success for a live mount (it mounted
+  // the new daemon on top of the dead one, which stayed after the unmount).
+  struct stat root {};
+  ASSERT_EQ(stat(a.dir().c_str(), &root), 0);
   kill(first, SIGKILL);
   // The coordinator detaches the dead mount and mounts again with a new daemon, which
   // uploads the closed file from the spool before serving.
@@ -522,6 +527,7 @@ TEST_F(MountdTest, AKilledDaemonIsRestartedAndNoClosedDataIsLost) {
   WriteFile(a.dir() + "/after-restart.txt", "the new daemon writes\n");
   ASSERT_EQ(a.Unmount().exit_code, 0) << a.log();
   EXPECT_EQ(Get("after-restart.txt"), "the new daemon writes\n");
+  EXPECT_FALSE(IsMountedAt(a.dir())) << "a mount is left under the unmounted one\n" << a.log();
 }
 
 // The restarted daemon cannot start (its credentials file is gone; the coordinator keeps
