@@ -92,12 +92,39 @@ class DiskCacheTest : public ::testing::Test {
     return out;
   }
 
+  // Bytes [offset, offset + length) of block 0 of ("k", "e"), `block_length` long, or a miss.
+  static Blob RangeOf(DiskCache& c, uint64_t block_size, uint64_t block_length, uint64_t offset,
+                      size_t length) {
+    std::string out(length, '\0');
+    if (!c.ReadRange(BlockKey{"k", "e", 0}, block_size, block_length, offset,
+                     {out.data(), length})) {
+      return std::nullopt;
+    }
+    return out;
+  }
+
   std::vector<fs::path> BlockFiles() const {
     std::vector<fs::path> out;
     for (const auto& e : fs::directory_iterator(root_ / "bucket" / "blocks")) {
       out.push_back(e.path());
     }
     return out;
+  }
+
+  // Flips one bit of byte `at` of the data of the cache's only block file (whose data of
+  // `data_size` bytes ends the file).
+  void FlipDataByteOfTheOnlyBlock(uint64_t data_size, uint64_t at) {
+    const auto files = BlockFiles();
+    ASSERT_EQ(files.size(), 1u);
+    const auto size = fs::file_size(files[0]);
+    const auto pos = static_cast<std::streamoff>(size - data_size + at);
+    std::fstream io(files[0], std::ios::in | std::ios::out | std::ios::binary);
+    char byte = 0;
+    io.seekg(pos);
+    io.read(&byte, 1);
+    byte = static_cast<char>(byte ^ 1);
+    io.seekp(pos);
+    io.write(&byte, 1);
   }
 
   fs::path root_;
@@ -310,12 +337,8 @@ TEST_F(DiskCacheTest, ARangeReadChecksOnlyItsChunksAndFindsDamageInThem) {
   auto c = MustOpen(4 << 20);
   ASSERT_NE(c, nullptr);
   c->Store(BlockKey{"k", "e", 0}, kBig, {data.data(), data.size()});
-  auto range = [&](uint64_t offset, size_t length) -> Blob {
-    std::string out(length, '\0');
-    if (!c->ReadRange(BlockKey{"k", "e", 0}, kBig, data.size(), offset, {out.data(), length})) {
-      return std::nullopt;
-    }
-    return out;
+  auto range = [&](uint64_t offset, size_t length) {
+    return RangeOf(*c, kBig, data.size(), offset, length);
   };
   EXPECT_EQ(range(0, 4096), data.substr(0, 4096));
   EXPECT_EQ(range(kChunk - 100, 200), data.substr(kChunk - 100, 200));  // Across two chunks.
@@ -323,19 +346,7 @@ TEST_F(DiskCacheTest, ARangeReadChecksOnlyItsChunksAndFindsDamageInThem) {
   EXPECT_EQ(range(data.size() - 10, 20), std::nullopt) << "past the block's end";
   // A flipped byte in chunk 2: ranges elsewhere still read, a range in chunk 2 is a miss
   // and the damaged file goes.
-  {
-    const auto files = BlockFiles();
-    ASSERT_EQ(files.size(), 1u);
-    const auto size = fs::file_size(files[0]);
-    const auto at = static_cast<std::streamoff>(size - data.size() + 2 * kChunk + 7);
-    std::fstream io(files[0], std::ios::in | std::ios::out | std::ios::binary);
-    char byte = 0;
-    io.seekg(at);
-    io.read(&byte, 1);
-    byte = static_cast<char>(byte ^ 1);
-    io.seekp(at);
-    io.write(&byte, 1);
-  }
+  ASSERT_NO_FATAL_FAILURE(FlipDataByteOfTheOnlyBlock(data.size(), 2 * kChunk + 7));
   EXPECT_EQ(range(0, 4096), data.substr(0, 4096)) << "an intact chunk";
   EXPECT_EQ(range(2 * kChunk, 4096), std::nullopt) << "the damaged chunk";
   EXPECT_EQ(c->Stats().corrupt, 1u);
@@ -352,12 +363,8 @@ TEST_F(DiskCacheTest, RangesAcrossChunkEdgesReadBackExactly) {
   auto c = MustOpen(4 << 20);
   ASSERT_NE(c, nullptr);
   c->Store(BlockKey{"k", "e", 0}, kBig, {data.data(), data.size()});
-  auto range = [&](uint64_t offset, size_t length) -> Blob {
-    std::string out(length, '\0');
-    if (!c->ReadRange(BlockKey{"k", "e", 0}, kBig, data.size(), offset, {out.data(), length})) {
-      return std::nullopt;
-    }
-    return out;
+  auto range = [&](uint64_t offset, size_t length) {
+    return RangeOf(*c, kBig, data.size(), offset, length);
   };
   const uint64_t edges[] = {0, 1, kChunk - 1, kChunk, kChunk + 1, 2 * kChunk, 3 * kChunk - 5,
                             5 * kChunk, data.size() - 1};
@@ -372,19 +379,7 @@ TEST_F(DiskCacheTest, RangesAcrossChunkEdgesReadBackExactly) {
   }
   EXPECT_EQ(range(0, data.size()), data);
   // Damage inside a long range (chunk 3 of 0..5): found.
-  {
-    const auto files = BlockFiles();
-    ASSERT_EQ(files.size(), 1u);
-    const auto size = fs::file_size(files[0]);
-    const auto at = static_cast<std::streamoff>(size - data.size() + 3 * kChunk + 11);
-    std::fstream io(files[0], std::ios::in | std::ios::out | std::ios::binary);
-    char byte = 0;
-    io.seekg(at);
-    io.read(&byte, 1);
-    byte = static_cast<char>(byte ^ 1);
-    io.seekp(at);
-    io.write(&byte, 1);
-  }
+  ASSERT_NO_FATAL_FAILURE(FlipDataByteOfTheOnlyBlock(data.size(), 3 * kChunk + 11));
   EXPECT_EQ(range(100, data.size() - 200), std::nullopt) << "the damaged chunk inside";
   EXPECT_EQ(c->Stats().corrupt, 1u);
 }

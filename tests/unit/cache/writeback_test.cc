@@ -301,6 +301,25 @@ class WritebackTest : public ::testing::Test {
     return Eventually([&] { return wb_->GetStats().failed_commits >= n; }, kWait);
   }
 
+  // Writes `text` at `offset` to `file` and to `expected`, the bytes the file should hold.
+  static ::testing::AssertionResult WriteBoth(DirtyFile& file, std::string* expected,
+                                              uint64_t offset, const std::string& text) {
+    expected->replace(offset, text.size(), text);
+    Status wrote = file.Write(offset, Bytes(text));
+    if (!wrote.ok()) return ::testing::AssertionFailure() << wrote.ToString();
+    return ::testing::AssertionSuccess();
+  }
+
+  // Starts an fsync of `file` on a thread, with the upload of part 1 held by rgw_, and
+  // returns once that upload waits: the caller writes meanwhile, releases the part, joins.
+  std::thread SyncHeldAtPart1(const std::shared_ptr<DirtyFile>& file, Status* synced) {
+    rgw_.HoldPart(1);
+    *synced = Status(ErrorCode::kInternal, "not run");
+    std::thread fsync([this, file, synced] { *synced = wb_->Sync(file); });
+    EXPECT_TRUE(Eventually([&] { return rgw_.waiting() == 1; }, kWait));
+    return fsync;
+  }
+
   // `file->Write(offset, data)` while files may not grow past `limit` bytes (RLIMIT_FSIZE):
   // a write that the spool's disk cuts short, as a full one would.
   static Status WriteUnderFileSizeLimit(DirtyFile& file, uint64_t offset, const std::string& data,
@@ -1143,15 +1162,11 @@ TEST_F(WritebackTest, AnFsyncWhosePartIsWrittenToWhileItUploadsStoresTheWritesBe
       << "parts 1 and 2 sent early";
 
   // Written before the fsync: part 1 must go again, and its upload is held.
-  data[10] = 'A';
-  ASSERT_TRUE(file->Write(10, Bytes("A")).ok());
-  rgw_.HoldPart(1);
-  Status synced = Status(ErrorCode::kInternal, "not run");
-  std::thread fsync([&] { synced = wb_->Sync(file); });
-  ASSERT_TRUE(Eventually([&] { return rgw_.waiting() == 1; }, kWait));
+  ASSERT_TRUE(WriteBoth(*file, &data, 10, "A"));
+  Status synced;
+  std::thread fsync = SyncHeldAtPart1(file, &synced);
   // Written while the commit uploads part 1: that upload may hold either version.
-  data[20] = 'B';
-  ASSERT_TRUE(file->Write(20, Bytes("B")).ok());
+  ASSERT_TRUE(WriteBoth(*file, &data, 20, "B"));
   rgw_.ReleasePart(1);
   fsync.join();
 
@@ -1177,18 +1192,13 @@ TEST_F(WritebackTest, APartWrittenBeforeItsQueuedCopyStartsIsSentWithTheWrite) {
   fake_.PutDirect("copied", data, kMeta);
   auto file = MustOpen("copied", BaseOf("copied"));
   ASSERT_NE(file, nullptr);
-  data[10] = 'A';
-  ASSERT_TRUE(file->Write(10, Bytes("A")).ok());
-  rgw_.HoldPart(1);
-  Status synced = Status(ErrorCode::kInternal, "not run");
-  std::thread fsync([&] { synced = wb_->Sync(file); });
-  ASSERT_TRUE(Eventually([&] { return rgw_.waiting() == 1; }, kWait));
+  ASSERT_TRUE(WriteBoth(*file, &data, 10, "A"));
+  Status synced;
+  std::thread fsync = SyncHeldAtPart1(file, &synced);
   // While part 1 uploads: part 1 changes (this attempt is cancelled and retried), and
   // part 3, queued as a copy of the base, gets a write.
-  data[20] = 'B';
-  ASSERT_TRUE(file->Write(20, Bytes("B")).ok());
-  data[2 * kPart + 5] = 'C';
-  ASSERT_TRUE(file->Write(2 * kPart + 5, Bytes("C")).ok());
+  ASSERT_TRUE(WriteBoth(*file, &data, 20, "B"));
+  ASSERT_TRUE(WriteBoth(*file, &data, 2 * kPart + 5, "C"));
   rgw_.ReleasePart(1);
   fsync.join();
   ASSERT_TRUE(synced.ok()) << synced.ToString();
