@@ -251,6 +251,7 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   // Three quarters of the budget for cached blocks; the rest serves random-read buffers now
   // and writeback later.
   cache_options.capacity_bytes = budget_bytes / 4 * 3 / block_size * block_size;
+  cache_options.largest_read = fs::SessionOptions{}.max_read;  // What one FUSE READ asks for.
   BFS_RETURN_IF_ERROR(cache::BlockCache::Validate(*d->budget, cache_options).Annotate(
       "--max-memory " + cache::FormatBytes(budget_bytes) + " (three quarters of it for the "
       "block cache) with --block-size " + cache::FormatBytes(block_size)));
@@ -782,17 +783,17 @@ Result<std::string> ResolveMountpoint(const std::string& path, int links_followe
   }
   const std::string base = resolved_parent;
   const std::string joined = (base == "/" ? "" : base) + "/" + name;
-  // The last component is not stat()ed (it may be a dead FUSE mount, which answers
-  // ENOTCONN), but a symlink there is followed: the kernel records the mount under the
-  // target, and the coordinator looks for it (and for the files open in it) there.
-  struct stat st {};
-  if (::lstat(joined.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+  // The last component is not stat()ed: a FUSE mount there may be dead (ENOTCONN) or hung
+  // (a GETATTR nobody answers would hang `unmount --force`). But a symlink there is
+  // followed: the kernel records the mount under the target, and the coordinator looks
+  // for it (and for the files open in it) there. readlink() asks the file system nothing
+  // (EINVAL for anything but a symlink).
+  std::string target(PATH_MAX, '\0');
+  const ssize_t n = ::readlink(joined.c_str(), target.data(), target.size());
+  if (n >= 0) {
     if (links_followed >= 40) {
       return Status(ErrorCode::kInvalidArgument, "'" + path + "': " + strerror(ELOOP));
     }
-    std::string target(PATH_MAX, '\0');
-    const ssize_t n = ::readlink(joined.c_str(), target.data(), target.size());
-    if (n < 0) return Status(ErrorCode::kNotFound, "'" + joined + "': " + strerror(errno));
     target.resize(static_cast<size_t>(n));
     if (target.empty() || target.front() != '/') target = base + "/" + target;
     return ResolveMountpoint(target, links_followed + 1);

@@ -100,13 +100,22 @@ int RunAndWait(const std::vector<std::string>& argv) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-// A FUSE mount whose daemon is gone: the kernel answers ENOTCONN.
+// A FUSE mount whose daemon is gone: the kernel answers ENOTCONN. For a mount whose daemon
+// is known to have exited: statfs, not stat. FUSE answers a stat of the root from
+// attributes the kernel still caches (any `ls` just before the daemon died refreshed
+// them), with no request to find the connection gone; a statfs always asks, and would
+// wait for a daemon that is alive but hung.
 bool IsDeadMount(const std::string& mountpoint) {
-  // statfs, not stat: FUSE answers a stat of the root from attributes the kernel still
-  // caches (a `bucketfs status` just before the daemon died refreshed them), with no
-  // request to find the connection gone; a statfs always asks.
   struct statfs st {};
   return statfs(mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;
+}
+
+// The same for whatever is mounted at a mountpoint at start, which may be a live daemon
+// that hangs: stat, answered from the cache when the kernel has the root's attributes (a
+// mount left by a crash long ago has none left, and answers ENOTCONN).
+bool LooksLikeADeadMount(const std::string& mountpoint) {
+  struct stat st {};
+  return stat(mountpoint.c_str(), &st) != 0 && errno == ENOTCONN;
 }
 
 }  // namespace
@@ -687,8 +696,9 @@ struct Coordinator::State {
             (*st)["open_files"].is_number_unsigned()) {
           open_files = (*st)["open_files"].get<uint64_t>();
           // Asked again only of a daemon that answers (one that does not would make every
-          // tick wait out a second call).
-          if (!opens_stopped) opens_stopped = TellDaemon(stop_opens);
+          // tick wait out a second call). A count taken before opens stopped may be short
+          // of a file opened since: once they stop, the files are counted again.
+          if (!opens_stopped && (opens_stopped = TellDaemon(stop_opens))) continue;
         } else {
           why_unknown = !st.ok() ? st.status().ToString()
                                  : st->value("error", std::string("its reply had no count"));
@@ -1015,7 +1025,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
     s.lease_state = "held";
   }
 
-  if (IsDeadMount(o.mountpoint)) {
+  if (LooksLikeADeadMount(o.mountpoint)) {
     // A dead mount left by a crashed daemon (we hold the lease now, or it is a read-only
     // mount): detach it so that the mountpoint can be used again.
     s.DetachDeadMount();
