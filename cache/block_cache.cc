@@ -105,14 +105,18 @@ Status BlockCache::Validate(const MemoryBudget& budget, const BlockCacheOptions&
   if (options.block_size == 0) {
     return Status(ErrorCode::kInvalidArgument, "block cache: the block size must not be 0");
   }
-  // A read that crosses a block edge pins both blocks at once: with room for one, it would
-  // wait for room that only it could make.
-  if (options.capacity_bytes < 2 * options.block_size) {
+  // One read pins every block it spans at once (two across a block edge; a read of
+  // largest_read bytes at any offset, its length in blocks plus one): with less room, it
+  // would wait for room that only it could make.
+  const uint64_t spanned =
+      std::max<uint64_t>(2, (options.largest_read + options.block_size - 1) / options.block_size + 1);
+  if (options.capacity_bytes < spanned * options.block_size) {
     return Status(
         ErrorCode::kInvalidArgument,
-        fmt::format("block cache: capacity {} holds fewer than two blocks of {} (a read across "
-                    "a block edge needs both at once); raise the memory or lower the block size",
-                    FormatBytes(options.capacity_bytes), FormatBytes(options.block_size)));
+        fmt::format("block cache: capacity {} holds fewer than the {} blocks of {} one read of "
+                    "{} may need at once; raise the memory or change the block size",
+                    FormatBytes(options.capacity_bytes), spanned, FormatBytes(options.block_size),
+                    FormatBytes(std::max(options.largest_read, options.block_size))));
   }
   if (options.capacity_bytes > budget.capacity()) {
     return Status(ErrorCode::kInvalidArgument,

@@ -123,8 +123,12 @@ uint64_t HashBlockKey(const BlockKey& key);
 inline constexpr uint64_t kDefaultBlockSize = 1ull << 20;
 
 struct BlockCacheOptions {
-  uint64_t capacity_bytes = 0;  // >= block_size, <= the budget's capacity.
+  // <= the budget's capacity, and room for every block one read pins at once: two (a read
+  // across a block edge), or what `largest_read` bytes at any offset span.
+  uint64_t capacity_bytes = 0;
   uint64_t block_size = kDefaultBlockSize;
+  // The most bytes one read asks for (the FUSE max_read); 0: at most a block.
+  uint64_t largest_read = 0;
   // Buffers of blocks that left the cache kept for the next miss (see "Recycling"); at most
   // a quarter of the capacity. 0: none.
   size_t max_spare_blocks = 16;

@@ -2,11 +2,17 @@
 
 #include <pthread.h>
 
+#include <algorithm>
+
 namespace bucketfs::fs {
 
-PageInvalidations::PageInvalidations(Invalidate invalidate)
-    : invalidate_(std::move(invalidate)), thread_([this] { Run(); }) {
-  pthread_setname_np(thread_.native_handle(), "bfs-inval");
+PageInvalidations::PageInvalidations(Invalidate invalidate, size_t threads,
+                                     std::function<void()> on_stopping)
+    : invalidate_(std::move(invalidate)), on_stopping_(std::move(on_stopping)) {
+  for (size_t i = 0; i < std::max<size_t>(1, threads); ++i) {
+    threads_.emplace_back([this] { Run(); });
+    pthread_setname_np(threads_.back().native_handle(), "bfs-inval");
+  }
 }
 
 PageInvalidations::~PageInvalidations() {
@@ -14,8 +20,9 @@ PageInvalidations::~PageInvalidations() {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
-  wake_.notify_one();
-  thread_.join();
+  wake_.notify_all();
+  if (on_stopping_) on_stopping_();
+  for (std::thread& t : threads_) t.join();
 }
 
 void PageInvalidations::Post(uint64_t ino) {

@@ -11,11 +11,13 @@
 // Contract:
 //  - Post(ino) never blocks and never drops. An inode already waiting is not queued twice,
 //    so what waits is bounded by the number of inodes, whatever the load.
-//  - Invalidations run one at a time, in the order first posted, by calling `invalidate`.
+//  - Invalidations start in the order first posted, on `threads` threads (a few: one
+//    waiting in the kernel behind a slow READ must not hold up every other inode's), by
+//    calling `invalidate`.
 //  - The destructor runs none of those still waiting (the mount is going away) and waits
-//    for the one in progress; whatever can make a stuck one end (the session teardown,
+//    for those in progress; whatever can make a stuck one end (the session teardown,
 //    which answers queued requests and aborts the connection; see SessionGuard) must be
-//    done before it.
+//    done before it. It calls `on_stopping` (if set; for tests) once no more will start.
 //  - Thread-safe; free of libfuse.
 #pragma once
 
@@ -26,6 +28,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_set>
+#include <vector>
 
 namespace bucketfs::fs {
 
@@ -33,7 +36,8 @@ class PageInvalidations {
  public:
   using Invalidate = std::function<void(uint64_t ino)>;
 
-  explicit PageInvalidations(Invalidate invalidate);
+  explicit PageInvalidations(Invalidate invalidate, size_t threads = 4,
+                             std::function<void()> on_stopping = nullptr);
   PageInvalidations(const PageInvalidations&) = delete;
   PageInvalidations& operator=(const PageInvalidations&) = delete;
   ~PageInvalidations();
@@ -46,12 +50,13 @@ class PageInvalidations {
   void Run();
 
   const Invalidate invalidate_;
+  const std::function<void()> on_stopping_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::deque<uint64_t> order_;          // Guarded by mu_.
   std::unordered_set<uint64_t> queued_;  // The inodes in order_. Guarded by mu_.
   bool stopping_ = false;               // Guarded by mu_.
-  std::thread thread_;                  // Last: started once the rest exists.
+  std::vector<std::thread> threads_;    // Last: started once the rest exists.
 };
 
 }  // namespace bucketfs::fs

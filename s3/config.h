@@ -38,8 +38,8 @@ struct ClientConfig {
   // `request_timeout + bytes / min_throughput_bytes_per_sec` unless they pass their own.
   std::chrono::milliseconds request_timeout{30000};
   double min_throughput_bytes_per_sec = 2.0 * 1024 * 1024;
-  // An attempt that receives nothing for this long is abandoned and retried; not a copy or
-  // a multipart completion, which the server may answer only when done.
+  // An attempt that receives nothing for this long is abandoned and retried; a copy or a
+  // multipart completion, which the server may answer only when done, after 5 minutes.
   std::chrono::milliseconds stall_timeout{20000};
   int max_connections = 64;
   RetryPolicy retry;

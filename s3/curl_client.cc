@@ -18,6 +18,10 @@
 #include "s3/xml.h"
 
 namespace bucketfs::s3 {
+
+// How long a copy or a multipart completion may go without a byte before it is taken for a
+// dead connection: the server may say nothing until it has copied or assembled the object.
+constexpr std::chrono::milliseconds kSilentServerWork = std::chrono::minutes(5);
 namespace {
 
 constexpr int kMaxPresignSeconds = 7 * 24 * 3600;
@@ -72,7 +76,7 @@ struct Operation {
   // CopyObject, UploadPartCopy and CompleteMultipartUpload may fail after the 200 OK has
   // been sent, with an <Error> body: such a reply is that error, retried like any other.
   // They are also the calls the server may answer only once its work is done, so they are
-  // never cut as stalled (ClientConfig::stall_timeout), only by their deadline.
+  // cut as stalled only after kSilentServerWork, not ClientConfig::stall_timeout.
   bool error_may_follow_ok = false;
 };
 
@@ -363,8 +367,14 @@ class CurlObjectClient::Impl {
     req.timeout = std::max(std::chrono::milliseconds(1), remaining_ms);
     req.connect_timeout = std::min(config_.connect_timeout, req.timeout);
     // A copy or a completion may be silent while the server works (RGW and AWS send
-    // whitespace as they go, other servers nothing until done): only its deadline ends it.
-    req.stall_timeout = op.error_may_follow_ok ? req.timeout : config_.stall_timeout;
+    // whitespace as they go, other servers nothing until done): minutes of silence, not the
+    // stall timeout's seconds, before it is taken for a dead connection and sent again.
+    req.stall_timeout =
+        op.error_may_follow_ok
+            ? std::min<std::chrono::milliseconds>(
+                  req.timeout, std::max<std::chrono::milliseconds>(config_.stall_timeout,
+                                                                   kSilentServerWork))
+            : config_.stall_timeout;
     // Abandoned in flight: the guard's reason is the call's error (the fence may open again
     // before anyone asks, and "cancelled" would say nothing true).
     Status stopped;
@@ -387,8 +397,10 @@ class CurlObjectClient::Impl {
   // A refusal that newer credentials could turn into a success. A HEAD's 403 has no body
   // to say whether the signature, the token or the policy was refused, hence kAccessDenied.
   static bool MayBeStaleCredentials(const Status& s) {
+    // An AccessDenied the server named is its policy's answer, not the key's.
     return s.code() == ErrorCode::kInvalidCredentials ||
-           s.code() == ErrorCode::kExpiredCredentials || s.code() == ErrorCode::kAccessDenied;
+           s.code() == ErrorCode::kExpiredCredentials ||
+           (s.code() == ErrorCode::kAccessDenied && s.server_code().empty());
   }
 
   // Re-reads the provider's source now (not at its next periodic look) and says whether it

@@ -582,8 +582,18 @@ TEST(BlockCacheTest, ValidateRejectsOptionsThatCannotWork) {
   o = Options(1);
   Status one = BlockCache::Validate(budget, o);
   EXPECT_EQ(one.code(), ErrorCode::kInvalidArgument);
-  EXPECT_NE(one.message().find("fewer than two blocks"), std::string::npos) << one.ToString();
+  EXPECT_NE(one.message().find("fewer than the 2 blocks"), std::string::npos) << one.ToString();
   EXPECT_TRUE(BlockCache::Validate(budget, Options(2)).ok());
+  // A read of 3.5 blocks at an unaligned offset spans 5 of them.
+  o = Options(4);
+  o.largest_read = 3 * kBlock + kBlock / 2;
+  Status short_of_a_read = BlockCache::Validate(budget, o);
+  EXPECT_EQ(short_of_a_read.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(short_of_a_read.message().find("fewer than the 5 blocks"), std::string::npos)
+      << short_of_a_read.ToString();
+  o = Options(5);
+  o.largest_read = 3 * kBlock + kBlock / 2;
+  EXPECT_TRUE(BlockCache::Validate(budget, o).ok());
   o = Options(9);
   Status too_big = BlockCache::Validate(budget, o);
   EXPECT_EQ(too_big.code(), ErrorCode::kInvalidArgument);

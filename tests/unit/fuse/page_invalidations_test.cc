@@ -58,7 +58,7 @@ struct Recorder {
 
 TEST(PageInvalidationsTest, RunsWhatIsPostedInOrder) {
   Recorder r;
-  PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); });
+  PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); }, 1);
   q.Post(3);
   ASSERT_TRUE(r.WaitDone(1));
   q.Post(1);
@@ -72,7 +72,7 @@ TEST(PageInvalidationsTest, RunsWhatIsPostedInOrder) {
 // thousand posts of five inodes wait as five.
 TEST(PageInvalidationsTest, PostingNeverBlocksAndAnInodeWaitsOnce) {
   Recorder r;
-  PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); });
+  PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); }, 1);
   ASSERT_TRUE(r.PostAndHold(q, 100));
   auto posted = std::async(std::launch::async, [&] {
     for (int i = 0; i < 10000; ++i) q.Post(static_cast<uint64_t>(i % 5));
@@ -89,7 +89,7 @@ TEST(PageInvalidationsTest, PostingNeverBlocksAndAnInodeWaitsOnce) {
 // again, since the pages cached since may be of the older content.
 TEST(PageInvalidationsTest, AnInodePostedWhileItRunsRunsAgain) {
   Recorder r;
-  PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); });
+  PageInvalidations q([&](uint64_t ino) { r.Invalidate(ino); }, 1);
   ASSERT_TRUE(r.PostAndHold(q, 7));
   q.Post(7);
   EXPECT_EQ(q.waiting(), 1u);
@@ -102,16 +102,45 @@ TEST(PageInvalidationsTest, AnInodePostedWhileItRunsRunsAgain) {
 // The destructor waits for the invalidation in progress and runs none still waiting.
 TEST(PageInvalidationsTest, DestructionWaitsForTheRunningOneAndDropsTheRest) {
   Recorder r;
-  auto q = std::make_unique<PageInvalidations>([&](uint64_t ino) { r.Invalidate(ino); });
+  std::promise<void> stopping;
+  auto q = std::make_unique<PageInvalidations>([&](uint64_t ino) { r.Invalidate(ino); }, 1,
+                                               [&] { stopping.set_value(); });
   ASSERT_TRUE(r.PostAndHold(*q, 1));
   q->Post(2);
   auto destroyed = std::async(std::launch::async, [&] { q.reset(); });
-  EXPECT_EQ(destroyed.wait_for(200ms), std::future_status::timeout)
+  ASSERT_EQ(stopping.get_future().wait_for(5s), std::future_status::ready);
+  EXPECT_EQ(destroyed.wait_for(100ms), std::future_status::timeout)
       << "destroyed while an invalidation was still running";
   r.Release();
   ASSERT_EQ(destroyed.wait_for(5s), std::future_status::ready);
   std::lock_guard lock(r.mu);
   EXPECT_EQ(r.done, (std::vector<uint64_t>{1}));
+}
+
+// With more than one thread, an invalidation stuck in the kernel (behind a READ not
+// answered yet) holds up no other inode's.
+TEST(PageInvalidationsTest, OneStuckInvalidationHoldsUpNoOther) {
+  Recorder r;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint64_t> others;
+  PageInvalidations q(
+      [&](uint64_t ino) {
+        if (ino == 1) return r.Invalidate(ino);
+        std::lock_guard lock(mu);
+        others.push_back(ino);
+        cv.notify_all();
+      },
+      2);
+  ASSERT_TRUE(r.PostAndHold(q, 1));
+  q.Post(2);
+  q.Post(3);
+  {
+    std::unique_lock lock(mu);
+    EXPECT_TRUE(cv.wait_for(lock, 5s, [&] { return others.size() == 2; }))
+        << "inodes 2 and 3 waited behind inode 1";
+  }
+  r.Release();
 }
 
 }  // namespace

@@ -393,6 +393,24 @@ TEST(CurlClientRotation, RotatedCredentialsAreTriedOnlyOnce) {
   EXPECT_EQ(server.requests(), 2);
 }
 
+// An AccessDenied the server names is its policy's answer, whatever the credentials: no
+// reload, no second try.
+TEST(CurlClientRotation, ANamedAccessDeniedIsNotRetriedWithReloadedCredentials) {
+  ScriptedServer server;
+  ClientConfig config;
+  config.endpoint = server.endpoint();
+  config.bucket = "bucket";
+  auto client = CurlObjectClient::Create(config, std::make_shared<EverChangingCredentials>());
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  server.Push(Http(403, ErrorXml("AccessDenied", "not yours")));
+  server.Push(Http(200, "0123", "ETag: \"e\"\r\n"));
+  std::string buf(4, '\0');
+  auto denied = (*client)->Get({"k", std::nullopt, ""}, {buf.data(), buf.size()});
+  ASSERT_FALSE(denied.ok());
+  EXPECT_EQ(denied.status().code(), ErrorCode::kAccessDenied) << denied.status().ToString();
+  EXPECT_EQ(server.requests(), 1);
+}
+
 // A reply that does not start within the stall timeout: a GET is cut (and would be sent
 // again), but a multipart completion, which a server may answer only once it has assembled
 // the object, is waited for until its deadline. One attempt each: the scripted server
