@@ -20,12 +20,22 @@ if [[ ${1:-} == stop ]]; then
       # The coordinator waits for open files, uploads what is dirty, releases the lease and
       # unmounts; then it exits by itself: wait for it by PID.
       pid=$(cat "$state/bucketfs.pid" 2>/dev/null || true)
-      build/release/cli/bucketfs unmount "$mnt" --timeout 30 &&
-        echo "quickstart: unmounted $mnt"
+      if ! build/release/cli/bucketfs unmount "$mnt" --timeout 30; then
+        # Dirty data may still be in $state/spool, waiting for the server: keep both.
+        echo "quickstart: $mnt is still mounted (see the message above); the S3 server and" \
+          "$state (with the spool) are kept. Close what uses $mnt and run '$0 stop' again." >&2
+        exit 1
+      fi
+      echo "quickstart: unmounted $mnt"
       for _ in $(seq 100); do
         [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
       done
+      if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+        echo "quickstart: the coordinator (PID $pid) has not exited yet; the S3 server and" \
+          "$state are kept. Run '$0 stop' again in a moment." >&2
+        exit 1
+      fi
     fi
   fi
   tests/s3server/rgw.sh stop "$state"
