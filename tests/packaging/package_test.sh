@@ -49,8 +49,15 @@ done
 grep -q -- "--lease-ttl" /usr/share/doc/bucketfs/commands.txt || fail "commands.txt lacks mount's options"
 
 echo "--- systemd-analyze verify"
-cp /usr/lib/systemd/system/bucketfs@.service "$work/bucketfs@mnt-workspace.service"
-systemd-analyze verify "$work/bucketfs@mnt-workspace.service" || fail "systemd-analyze verify"
+# The instance the docs give for /mnt-workspace must turn back into it under %f (a plain
+# "bucketfs@mnt-workspace" would mount at /mnt/workspace).
+instance=$(systemd-escape --path /mnt-workspace)
+[[ $(systemd-escape --unescape --path "$instance") == /mnt-workspace ]] || fail "instance $instance"
+grep -qF 'systemd-escape --path /mnt-workspace' /usr/lib/systemd/system/bucketfs@.service ||
+  fail "the unit's comment does not show the escaped instance"
+grep -q '%f' /usr/lib/systemd/system/bucketfs@.service || fail "the unit does not mount at %f"
+cp /usr/lib/systemd/system/bucketfs@.service "$work/bucketfs@$instance.service"
+systemd-analyze verify "$work/bucketfs@$instance.service" || fail "systemd-analyze verify"
 
 bucket=bfs-pkg-$$
 aws_ s3api create-bucket --bucket "$bucket" >/dev/null
