@@ -224,10 +224,21 @@ Status ProbeConditionalWrites(s3::ObjectClient& client, Clock& clock, const Leas
   return verdict;
 }
 
+namespace {
+
+// A sixth of the TTL at most (not under 1 s): see the contract in lease.h.
+LeaseOptions WithCappedRequestTimeout(LeaseOptions options) {
+  options.request_timeout = std::min<Duration>(
+      options.request_timeout, std::max<Duration>(std::chrono::seconds(1), options.ttl / 6));
+  return options;
+}
+
+}  // namespace
+
 Lease::Lease(s3::ObjectClient& client, Clock& clock, LeaseOptions options, HolderIdentity me)
     : client_(client),
       clock_(clock),
-      options_(std::move(options)),
+      options_(WithCappedRequestTimeout(std::move(options))),
       me_(std::move(me)),
       nonce_(NewNonce()) {}
 

@@ -21,7 +21,10 @@
 // Contract:
 //  - Acquire/Renew/Release are called by one thread (the coordinator's lease loop); the
 //    accessors are thread-safe and may be called from any thread at any time.
-//  - Every S3 call carries the deadline LeaseOptions::request_timeout from its start.
+//  - Every S3 call carries a deadline from its start: LeaseOptions::request_timeout, and at
+//    most a sixth of the TTL (not under 1 s), so that a renewal that hangs until its
+//    deadline leaves time for another before the lease runs out (a 10 s deadline against a
+//    15 s TTL renewed at 5 s would leave none).
 //  - Errors are Status; no exception leaves this module (a malformed record is
 //    kMalformedResponse, a live holder kBusy, a lost lease kReadOnly).
 //  - valid_until() is measured from the START of the successful PUT, not its reply: the
@@ -49,7 +52,7 @@ struct LeaseOptions {
   Duration margin = std::chrono::seconds(10);  // Takeover only after ETag unchanged ttl+margin.
   Duration poll = std::chrono::seconds(1);     // How often Acquire re-reads a held lease.
   bool wait_for_stale = true;  // False: a held lease is refused at once, no takeover wait.
-  Duration request_timeout = std::chrono::seconds(10);  // Deadline of each S3 call.
+  Duration request_timeout = std::chrono::seconds(10);  // Deadline of each S3 call (capped).
 };
 
 // Who we are, as written into the record for the person who finds the bucket busy.

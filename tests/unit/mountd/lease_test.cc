@@ -344,7 +344,7 @@ TEST_F(LeaseTest, WaiterFailsBusyAtOnceWhenTheHolderRenews) {
   HookedClient client(fake_);
   client.on_get = [&](int n) {
     if (n == 3) {
-      clock_.Advance(5s);  // Alice's renewal comes due while Bob polls.
+      clock_.Advance(4s);  // Alice renews while Bob polls (inside his 5 s call deadline).
       ASSERT_TRUE(alice.Renew().ok());
     }
   };
@@ -666,6 +666,28 @@ TEST_F(LeaseTest, TransientRenewFailureIsReturnedAndNotALoss) {
   EXPECT_FALSE(lease.held());
   EXPECT_EQ(lease.lost_reason(), "no renewal succeeded before the deadline");
   EXPECT_EQ(lease.Renew().code(), ErrorCode::kReadOnly);
+}
+
+TEST_F(LeaseTest, ARenewalThatHangsLeavesTimeForAnotherBeforeAShortLeaseRunsOut) {
+  s3::FaultInjectingClient client(fake_, clock_);
+  LeaseOptions o = Opts();
+  o.ttl = 15s;  // The request timeout stays the default 10 s.
+  Lease lease(client, clock_, o, Alice());
+  ASSERT_TRUE(lease.Acquire().ok());
+  const MonoTime valid_until = lease.valid_until();
+  clock_.SleepUntil(lease.next_renewal());
+
+  // The server takes the PUT and never answers: the call ends at its deadline.
+  client.DelayNext(s3::Op::kPut, 1, 60s);
+  Status st = lease.Renew();
+  ASSERT_EQ(st.code(), ErrorCode::kTimeout) << st.ToString();
+  // A sixth of the TTL (2.5 s), not 10 s: the lease has not run out, and the next renewal
+  // still fits in what is left.
+  EXPECT_LE(clock_.Now() + 2500ms, valid_until);
+  const MonoTime retry = clock_.Now();
+  ASSERT_TRUE(lease.Renew().ok());
+  EXPECT_EQ(lease.valid_until(), retry + 15s);
+  EXPECT_FALSE(lease.lost());
 }
 
 TEST_F(LeaseTest, RenewWhoseReplyWasLostIsNotALoss) {
