@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <vector>
 
 namespace bucketfs::s3 {
 
@@ -99,22 +100,45 @@ Result<BucketSettings> ResolveBucket(const std::string& name, const EnvLookup& e
     out.config.bucket = name;
   }
 
-  std::string key_source, secret_source;
-  std::optional<std::string> access, secret;
+  // The key, its secret and its session token come as one set, from the first of these
+  // families that has any of them: a token (or secret) of one source sent with the key of
+  // another is refused by the server however right each part is.
+  struct Family {
+    std::string key, secret, token;
+  };
+  std::vector<Family> families;
   if (!alias_var.empty()) {
-    access = first({alias_var + "_ACCESS_KEY"}, &key_source);
-    secret = first({alias_var + "_SECRET_KEY"}, &secret_source);
+    families.push_back(
+        {alias_var + "_ACCESS_KEY", alias_var + "_SECRET_KEY", alias_var + "_SESSION_TOKEN"});
   }
-  if (!access) access = first({"S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}, &key_source);
-  if (!secret) secret = first({"S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"}, &secret_source);
-  out.credentials.access_key = overrides.access_key.value_or(access.value_or(""));
-  out.credentials.secret_key = overrides.secret_key.value_or(secret.value_or(""));
-  out.credentials.session_token = overrides.session_token.value_or(
-      first({alias_var.empty() ? "S3_SESSION_TOKEN" : alias_var + "_SESSION_TOKEN",
-             "S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"},
-            nullptr)
-          .value_or(""));
-  out.credentials_source = overrides.access_key ? "command line" : key_source;
+  families.push_back({"S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_SESSION_TOKEN"});
+  families.push_back({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"});
+  Credentials found;
+  std::string key_source;
+  for (const Family& family : families) {
+    auto access = env(family.key);
+    auto secret = env(family.secret);
+    if (!access && !secret) continue;
+    if (!access || !secret) {
+      const std::string& missing = access ? family.secret : family.key;
+      const std::string& present = access ? family.key : family.secret;
+      return Status(ErrorCode::kInvalidCredentials,
+                    fmt::format("{} is set but {} is not: set both (a key and its secret are "
+                                "taken together, from one source)",
+                                present, missing));
+    }
+    found = {*access, *secret, env(family.token).value_or("")};
+    key_source = family.key;
+    break;
+  }
+  if (overrides.access_key) {
+    // From the command line: the whole set, whatever the variables hold.
+    found = {*overrides.access_key, overrides.secret_key.value_or(""),
+             overrides.session_token.value_or("")};
+    key_source = "command line";
+  }
+  out.credentials = found;
+  out.credentials_source = key_source;
 
   out.config.endpoint =
       overrides.endpoint.value_or(first({"S3_ENDPOINT", "AWS_ENDPOINT_URL_S3",

@@ -7,6 +7,9 @@
 //  - An alias "user-uploads" reads S3_BUCKET_USER_UPLOADS (upper-cased, '-' and '.' as '_')
 //    and its keys S3_BUCKET_USER_UPLOADS_ACCESS_KEY / _SECRET_KEY; without alias keys it
 //    falls back to S3_ACCESS_KEY / S3_SECRET_KEY. A name that is no alias is a bucket name.
+//  - Credentials are one set (key, secret, session token) from one family of variables:
+//    the alias's, else S3_*, else AWS_* (AWS_SESSION_TOKEN goes only with AWS_ACCESS_KEY_ID).
+//    A family with its key but not its secret, or the reverse, is kInvalidCredentials.
 //  - Errors say which variable to set.
 #pragma once
 

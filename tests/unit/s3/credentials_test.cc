@@ -71,6 +71,48 @@ TEST(ConfigTest, UnknownNameIsABucketName) {
   EXPECT_EQ(r->config.endpoint, "https://s3.ap-south-1.amazonaws.com");
 }
 
+TEST(ConfigTest, ASessionTokenGoesOnlyWithTheKeyOfItsOwnFamily) {
+  // A shell with AWS SSO credentials exported, and the platform's static keys.
+  auto r = ResolveBucket("b", FakeEnv({{"S3_ACCESS_KEY", "AK"},
+                                       {"S3_SECRET_KEY", "SK"},
+                                       {"AWS_ACCESS_KEY_ID", "ASIA"},
+                                       {"AWS_SECRET_ACCESS_KEY", "AWSSK"},
+                                       {"AWS_SESSION_TOKEN", "sso-token"}}));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->credentials, (Credentials{"AK", "SK", ""}));
+  // An alias's keys with the default family's token: not mixed either.
+  r = ResolveBucket("logs", FakeEnv({{"S3_BUCKET_LOGS", "org-1-logs"},
+                                     {"S3_BUCKET_LOGS_ACCESS_KEY", "AK2"},
+                                     {"S3_BUCKET_LOGS_SECRET_KEY", "SK2"},
+                                     {"S3_SESSION_TOKEN", "T"}}));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->credentials, (Credentials{"AK2", "SK2", ""}));
+  r = ResolveBucket("b", FakeEnv({{"S3_ACCESS_KEY", "AK"},
+                                  {"S3_SECRET_KEY", "SK"},
+                                  {"S3_SESSION_TOKEN", "T"}}));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->credentials, (Credentials{"AK", "SK", "T"}));
+}
+
+TEST(ConfigTest, AKeyWithoutItsSecretIsRefusedNamingBoth) {
+  // Not completed from another family: S3_ACCESS_KEY with AWS_SECRET_ACCESS_KEY is no pair.
+  auto r = ResolveBucket("b", FakeEnv({{"S3_ACCESS_KEY", "AK"},
+                                       {"AWS_ACCESS_KEY_ID", "AWSAK"},
+                                       {"AWS_SECRET_ACCESS_KEY", "AWSSK"}}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), ErrorCode::kInvalidCredentials);
+  EXPECT_NE(r.status().message().find("S3_ACCESS_KEY is set but S3_SECRET_KEY is not"),
+            std::string::npos)
+      << r.status().message();
+  r = ResolveBucket("logs", FakeEnv({{"S3_BUCKET_LOGS", "org-1-logs"},
+                                     {"S3_BUCKET_LOGS_SECRET_KEY", "SK2"},
+                                     {"S3_ACCESS_KEY", "AK"},
+                                     {"S3_SECRET_KEY", "SK"}}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("S3_BUCKET_LOGS_ACCESS_KEY"), std::string::npos)
+      << r.status().message();
+}
+
 TEST(ConfigTest, S3VariablesWinOverAwsAndFlagsWinOverBoth) {
   auto env = FakeEnv({{"S3_BUCKET", "b"},
                       {"S3_ENDPOINT", "http://s3:1"},
