@@ -25,8 +25,8 @@ void DirectoryListing::Set(std::string_view name, const ListedEntry* entry) {
 }
 
 Result<std::shared_ptr<DirectoryListing>> ListDirectory(
-    s3::ObjectClient& client, const std::string& dir_path, MonoTime now, MonoTime deadline,
-    OnceLog& problems) {
+    s3::ObjectClient& client, const std::string& dir_path, MonoTime now,
+    const std::function<MonoTime()>& page_deadline, OnceLog& problems, size_t max_pages) {
   const std::string prefix = DirectoryPrefix(dir_path);
   auto listing = std::make_shared<DirectoryListing>();
   listing->fetched_at = now;
@@ -48,8 +48,8 @@ Result<std::shared_ptr<DirectoryListing>> ListDirectory(
   s3::ListRequest req;
   req.prefix = prefix;
   req.delimiter = "/";
-  for (;;) {
-    BFS_ASSIGN_OR_RETURN(s3::ListPage page, client.List(req, {deadline}));
+  for (size_t pages = 1;; ++pages) {
+    BFS_ASSIGN_OR_RETURN(s3::ListPage page, client.List(req, {page_deadline()}));
     for (auto& obj : page.objects) {
       listing->exists = true;
       std::string_view name = std::string_view(obj.key).substr(prefix.size());
@@ -91,6 +91,7 @@ Result<std::shared_ptr<DirectoryListing>> ListDirectory(
       }
     }
     if (!page.is_truncated || page.next_continuation_token.empty()) break;
+    if (pages == max_pages) return std::shared_ptr<DirectoryListing>();
     req.continuation_token = std::move(page.next_continuation_token);
   }
   listing->entries.reserve(merged.size());

@@ -13,6 +13,8 @@
 //  - Listings carry size, Last-Modified and ETag but no user metadata (see attributes.h).
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,8 +53,12 @@ struct DirectoryListing {
   void Set(std::string_view name, const ListedEntry* entry);
 };
 
+// `page_deadline` is asked before each page's request: a directory of millions of keys
+// takes many pages, and one deadline for them all would fail it however healthy each page.
+// A directory with more than `max_pages` pages is not listed to its end: nullptr.
 Result<std::shared_ptr<DirectoryListing>> ListDirectory(
-    s3::ObjectClient& client, const std::string& dir_path, MonoTime now, MonoTime deadline,
-    OnceLog& problems);
+    s3::ObjectClient& client, const std::string& dir_path, MonoTime now,
+    const std::function<MonoTime()>& page_deadline, OnceLog& problems,
+    size_t max_pages = SIZE_MAX);
 
 }  // namespace bucketfs::fs

@@ -69,7 +69,7 @@ std::shared_ptr<const DirectoryListing> Filesystem::FreshListing(const std::stri
 }
 
 Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
-    const std::string& dir_path) {
+    const std::string& dir_path, size_t max_pages) {
   counters_.listings.fetch_add(1, std::memory_order_relaxed);
   uint64_t forgets_before = 0;
   {
@@ -80,7 +80,8 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
   }
   // Taken before the request: what it returns was true no earlier than this.
   const uint64_t as_of = inodes_.Tick();
-  auto listed = ListDirectory(client_, dir_path, Now(), Deadline(), problems_);
+  auto listed =
+      ListDirectory(client_, dir_path, Now(), [this] { return Deadline(); }, problems_, max_pages);
 
   std::lock_guard lock(mu_);
   auto f = fetches_in_flight_.find(dir_path);
@@ -94,6 +95,7 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::FetchListing(
   }
   if (!listed.ok()) return std::move(listed).TakeStatus();
   std::shared_ptr<DirectoryListing> listing = std::move(listed).value();
+  if (listing == nullptr) return std::shared_ptr<const DirectoryListing>();  // Too large.
   for (auto& e : listing->entries) e.as_of = as_of;
   // This mount's changes that the server may have answered without: a commit that landed
   // after the LIST was answered. Those made before the request was sent, it shows.
@@ -394,19 +396,25 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
   //    creating files there (cp -r, tar x, a loop of writes). One listing then answers
   //    every further lookup in it, and creates keep it current, instead of a HEAD and a
   //    one-key listing per new name.
+  //    Only a directory of one page (1,000 entries) is listed so: listing a large one to
+  //    its end for every few new names would cost far more than the lookups it saves.
   bool list_instead = false;
   {
     std::lock_guard lock(mu_);
     auto it = misses_.find(dir_path);
-    list_instead = it != misses_.end() && Now() < it->second;
+    list_instead = it != misses_.end() && Now() < it->second.until && !it->second.too_large;
   }
   if (list_instead) {
-    auto listing = FetchListing(dir_path);
-    if (listing.ok() && (*listing)->exists) {
-      {
-        std::lock_guard lock(mu_);
-        misses_.erase(dir_path);
+    auto listing = FetchListing(dir_path, /*max_pages=*/1);
+    {
+      std::lock_guard lock(mu_);
+      if (listing.ok() && *listing == nullptr) {
+        misses_[dir_path] = MissHint{Expiry(), /*too_large=*/true};
+      } else {
+        misses_.erase(dir_path);  // Listed, or failed: a failure is not tried again at once.
       }
+    }
+    if (listing.ok() && *listing != nullptr && (*listing)->exists) {
       const ListedEntry* entry = (*listing)->Find(name);
       if (entry == nullptr) return NotFound(path);
       return EnterListedChecked(path, *entry, 0);
@@ -419,7 +427,8 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
     if (options_.metadata_ttl > Duration::zero()) {
       std::lock_guard lock(mu_);
       if (misses_.size() > 1024) misses_.clear();  // A hint, not a record.
-      misses_[dir_path] = Expiry();
+      MissHint& hint = misses_[dir_path];
+      if (!(hint.too_large && Now() < hint.until)) hint = MissHint{Expiry(), false};
     }
   }
   return probed;
@@ -632,7 +641,11 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
   static const std::vector<ListedEntry> kNothing;
   std::string dir_path = dir->path;
   bool removed = false;
-  if (auto now = inodes_.Get(dir->ino); now && !now->unlinked) {
+  // (A node whose path was taken by a file, its type changed, has no path left: the empty
+  // path is the root's, and its entries would be entered there.)
+  if (auto now = inodes_.Get(dir->ino);
+      now && !now->unlinked && (!now->path.empty() || dir->ino == kRootInode) &&
+      now->attr.type == FileType::kDirectory) {
     dir_path = now->path;
   } else {
     removed = true;

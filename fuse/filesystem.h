@@ -349,8 +349,10 @@ class Filesystem {
 
   // The cached listing of `dir_path` if younger than the TTL, else nullptr.
   std::shared_ptr<const DirectoryListing> FreshListing(const std::string& dir_path);
-  // Lists `dir_path` from the server and caches the result.
-  Result<std::shared_ptr<const DirectoryListing>> FetchListing(const std::string& dir_path);
+  // Lists `dir_path` from the server and caches the result. A directory of more than
+  // `max_pages` pages is not listed to its end: nullptr, nothing cached.
+  Result<std::shared_ptr<const DirectoryListing>> FetchListing(const std::string& dir_path,
+                                                               size_t max_pages = SIZE_MAX);
   void ForgetListing(const std::string& dir_path);
   // Requires mu_. Counts a forget of `dir_path` (and, if `under`, every directory under it)
   // against the fetches in flight.
@@ -431,8 +433,13 @@ class Filesystem {
   };
   std::unordered_map<std::string, FetchInFlight> fetches_in_flight_;
   std::unordered_map<std::string, MonoTime> negative_;                        // Guarded by mu_.
-  // Directories where a lookup recently found a name missing, until when.     // mu_.
-  std::unordered_map<std::string, MonoTime> misses_;
+  // Directories where a lookup recently found a name missing, until when; or, until
+  // when, known too large for a listing to answer lookups there.              // mu_.
+  struct MissHint {
+    MonoTime until;
+    bool too_large = false;
+  };
+  std::unordered_map<std::string, MissHint> misses_;
   // What HEADs of small listed objects found (their type, mode, owner), by path.  // mu_.
   struct CheckedType {
     std::string etag;

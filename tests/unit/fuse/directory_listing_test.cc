@@ -1,14 +1,17 @@
 #include "fuse/directory_listing.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "common/clock.h"
 #include "s3/fake_client.h"
+#include "s3/fault_client.h"
 
 namespace bucketfs::fs {
 namespace {
@@ -18,9 +21,13 @@ using namespace std::chrono_literals;
 class DirectoryListingTest : public ::testing::Test {
  protected:
   std::shared_ptr<const DirectoryListing> List(const std::string& dir) {
-    auto r = ListDirectory(server_, dir, clock_.Now(), clock_.Now() + 60s, problems_);
+    auto r = ListDirectory(server_, dir, clock_.Now(), PageDeadline(), problems_);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? *r : std::make_shared<const DirectoryListing>();
+  }
+  // 60 s for each page, from when it is sent.
+  std::function<MonoTime()> PageDeadline() {
+    return [this] { return clock_.Now() + 60s; };
   }
   static std::vector<std::string> Names(const DirectoryListing& l) {
     std::vector<std::string> v;
@@ -180,16 +187,27 @@ TEST_F(DirectoryListingTest, EmptyPrefixDoesNotExistButTheRootAlways) {
   EXPECT_FALSE(List("else")->exists);
 
   s3::FakeObjectClient empty_server(clock_);
-  auto r = ListDirectory(empty_server, "", clock_.Now(), clock_.Now() + 60s, problems_);
+  auto r = ListDirectory(empty_server, "", clock_.Now(), PageDeadline(), problems_);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE((*r)->exists);
   EXPECT_TRUE((*r)->entries.empty());
 }
 
 TEST_F(DirectoryListingTest, ListErrorsAreReturned) {
-  auto r = ListDirectory(server_, "", clock_.Now(), clock_.Now() - 1s, problems_);
+  auto r = ListDirectory(server_, "", clock_.Now(), [&] { return clock_.Now() - 1s; }, problems_);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), ErrorCode::kTimeout);
+}
+
+TEST_F(DirectoryListingTest, EachPageHasItsOwnDeadlineSoALongListingCompletes) {
+  for (int i = 0; i < 2500; ++i) server_.PutDirect(fmt::format("big/{:05}", i), "x");
+  // Three pages of 1,000, each answered in 40 s: 120 s in all, each page inside its 60 s.
+  s3::FaultInjectingClient slow(server_, clock_);
+  slow.DelayNext(s3::Op::kList, 3, 40s);
+  auto r = ListDirectory(slow, "big", clock_.Now(), PageDeadline(), problems_);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ((*r)->entries.size(), 2500u);
+  EXPECT_EQ(slow.calls(s3::Op::kList), 3u);
 }
 
 TEST(DirectoryListingSetTest, SetInsertsReplacesAndRemovesKeepingTheOrder) {

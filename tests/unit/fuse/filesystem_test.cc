@@ -1,6 +1,7 @@
 #include "fuse/filesystem.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <condition_variable>
@@ -585,6 +586,72 @@ TEST_F(FilesystemTest, AnObjectWithoutAnEtagIsReadAfreshByEveryOpen) {
   EXPECT_FALSE(second->keep_cache) << "the kernel's pages may be the old version's";
   EXPECT_TRUE(MustRead(second->handle, 0, v2.size()) == v2) << "not the old version's blocks";
   fs_->Release(second->handle);
+}
+
+// A directory kept open while another client replaces it with a file of the same name:
+// reading the open handle on lists nothing (its node has no path any more; the empty path
+// is the root's, and its entries must not be entered there).
+TEST_F(FilesystemTest, AnOpenDirectoryReplacedByAFileListsNothingAndEntersNothingAtTheRoot) {
+  server_.PutDirect("d/a", "under d");
+  const InodeId d = MustLookup(kRootInode, "d");
+  auto dh = fs_->OpenDir(d);
+  ASSERT_TRUE(dh.ok()) << dh.status().ToString();
+  ASSERT_EQ(Names(ReadDirAll(*dh, 0, /*plus=*/true, 2)), (std::vector<std::string>{".", ".."}));
+
+  server_.DeleteDirect("d/a");
+  server_.PutDirect("d", "now a file");
+  clock_.Advance(kTtl + 1s);
+  auto file = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  ASSERT_EQ(file->attr.type, FileType::kRegular);
+
+  EXPECT_EQ(Names(ReadDirAll(*dh, 2, /*plus=*/true)), std::vector<std::string>{});
+  EXPECT_EQ(fs_->Lookup(kRootInode, "a").status().code(), ErrorCode::kNotFound);
+  fs_->ReleaseDir(*dh);
+}
+
+// Counts the pages of listings of one directory (not the one-key lists of lookups).
+class DirectoryPageCounter : public s3::ForwardingClient {
+ public:
+  DirectoryPageCounter(s3::ObjectClient& inner, std::string prefix)
+      : ForwardingClient(inner), prefix_(std::move(prefix)) {}
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    if (req.prefix == prefix_ && req.max_keys > 1) ++pages;
+    return inner().List(req, opts);
+  }
+  int pages = 0;
+
+ private:
+  std::string prefix_;
+};
+
+// A program creating files in a large dataset directory: its lookups of new names are not
+// answered by listing the directory to its end (thousands of pages for millions of keys),
+// and the directory is not listed again for every few names.
+TEST_F(FilesystemTest, NewNamesInALargeDirectoryDoNotListItToItsEnd) {
+  for (int i = 0; i < 2500; ++i) server_.PutDirect(fmt::format("big/{:05}", i), "x");
+  server_.PutDirect("small/a", "x");
+  DirectoryPageCounter big_pages(server_, "big/");
+  FilesystemOptions o;
+  o.metadata_ttl = kTtl;
+  o.mount_time = clock_.WallNow();
+  Remake(big_pages, o);
+  const InodeId big = MustLookup(kRootInode, "big");
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(fs_->Lookup(big, "new-" + std::to_string(i)).status().code(),
+              ErrorCode::kNotFound);
+  }
+  EXPECT_EQ(big_pages.pages, 1) << "one page tells it is large; no more pages, no relisting";
+  EXPECT_EQ(fs_->Lookup(big, "00042").status().code(), ErrorCode::kOk);
+
+  // A small directory is still listed once, and that listing answers the next new names.
+  const InodeId small = MustLookup(kRootInode, "small");
+  EXPECT_EQ(fs_->Lookup(small, "new-1").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(fs_->Lookup(small, "new-2").status().code(), ErrorCode::kNotFound);
+  const uint64_t probes = fs_->Stats().probes;
+  EXPECT_EQ(fs_->Lookup(small, "new-3").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(fs_->Lookup(small, "new-4").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(fs_->Stats().probes, probes) << "answered by the listing";
 }
 
 // A name looked up in vain, then made by another client: a listing fetched since shows it,
