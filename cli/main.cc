@@ -28,6 +28,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <set>
@@ -141,6 +142,88 @@ Result<uint32_t> ParseMode(const std::string& text) {
   return mode;
 }
 
+// The size, mode and time options of `mount` and `serve`, parsed and checked against each
+// other. Checked by main() before anything runs (a typo fails at once, not after the bucket
+// probe and the lease), and again by the daemon, which uses the values.
+struct CheckedMountArgs {
+  uint64_t budget_bytes = 0, block_size = 0, read_ahead = 0, part_size = 0, cache_bytes = 0;
+  uint32_t file_mode = 0, dir_mode = 0;
+  cache::BlockCacheOptions cache_options;
+};
+
+Result<CheckedMountArgs> CheckMountArgs(const MountArgs& a) {
+  CheckedMountArgs c;
+  auto option = [](const char* name) {
+    return [name](Status s) { return Status(s.code(), std::string(name) + ": " + s.message()); };
+  };
+  c.budget_bytes = cache::DefaultBudgetBytes();
+  if (!a.max_memory.empty()) {
+    auto parsed = ParseSize(a.max_memory);
+    if (!parsed.ok()) return option("--max-memory")(parsed.status());
+    c.budget_bytes = *parsed;
+  }
+  auto block = ParseSize(a.block_size);
+  if (!block.ok()) return option("--block-size")(block.status());
+  c.block_size = *block;
+  if (c.block_size == 0) {
+    return Status(ErrorCode::kInvalidArgument, "--block-size must be more than 0 (e.g. 4M)");
+  }
+  auto read_ahead = ParseSize(a.read_ahead);
+  if (!read_ahead.ok()) return option("--read-ahead")(read_ahead.status());
+  c.read_ahead = *read_ahead;
+  // Three quarters of the budget for cached blocks; the rest serves random-read buffers and
+  // writeback.
+  c.cache_options.block_size = c.block_size;
+  c.cache_options.capacity_bytes = c.budget_bytes / 4 * 3 / c.block_size * c.block_size;
+  c.cache_options.largest_read = fs::SessionOptions{}.max_read;  // What one FUSE READ asks for.
+  {
+    const cache::MemoryBudget budget(c.budget_bytes);
+    BFS_RETURN_IF_ERROR(cache::BlockCache::Validate(budget, c.cache_options).Annotate(
+        "--max-memory " + cache::FormatBytes(c.budget_bytes) + " (three quarters of it for the "
+        "block cache) with --block-size " + cache::FormatBytes(c.block_size)));
+  }
+  if (!a.cache_dir.empty()) {
+    auto disk = ParseSize(a.cache_size);
+    if (!disk.ok()) return option("--cache-size")(disk.status());
+    c.cache_bytes = *disk;
+    if (c.cache_bytes < 2 * c.block_size) {
+      return Status(ErrorCode::kInvalidArgument,
+                    "--cache-size " + cache::FormatBytes(c.cache_bytes) +
+                        " holds less than two blocks of --block-size " +
+                        cache::FormatBytes(c.block_size) + "; raise it");
+    }
+  }
+  auto file_mode = ParseMode(a.file_mode);
+  if (!file_mode.ok()) return option("--file-mode")(file_mode.status());
+  c.file_mode = *file_mode;
+  auto dir_mode = ParseMode(a.dir_mode);
+  if (!dir_mode.ok()) return option("--dir-mode")(dir_mode.status());
+  c.dir_mode = *dir_mode;
+  if (!a.read_only) {
+    auto part = ParseSize(a.part_size);
+    if (!part.ok()) return option("--part-size")(part.status());
+    c.part_size = *part;
+    if (c.part_size < s3::kMinPartSize || c.part_size > s3::kMaxPartSize) {
+      return Status(ErrorCode::kInvalidArgument, "--part-size must be between 5M and 5G");
+    }
+    if (c.part_size * 2 > c.budget_bytes / 4) {
+      return Status(ErrorCode::kInvalidArgument,
+                    "--part-size " + cache::FormatBytes(c.part_size) + " leaves no room for two "
+                    "parts in flight in the quarter of --max-memory " +
+                        cache::FormatBytes(c.budget_bytes) + " kept for them; lower it or raise "
+                        "--max-memory");
+    }
+  }
+  for (const auto& [name, seconds] : {std::pair{"--drain-timeout", a.drain_timeout},
+                                      std::pair{"--mount-timeout", a.mount_timeout}}) {
+    if (!(seconds >= 0)) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("{} must be 0 or more seconds, not {}", name, seconds));
+    }
+  }
+  return c;
+}
+
 // Everything the daemon owns, in construction order (destroyed in reverse: the filesystem's
 // handles first, then the I/O pool is drained, then the cache, the budget and the client).
 struct Daemon {
@@ -176,15 +259,36 @@ struct ClientParts {
   std::unique_ptr<s3::CurlObjectClient> client;
 };
 
-Result<ClientParts> BuildClient(const MountArgs& a) {
+// The credentials a coordinator holds (its variables', or the last `bucketfs reload`'s),
+// handed to each daemon it starts in these variables: the daemon's own environment is the
+// one the coordinator started with, whose keys may have been revoked since.
+constexpr const char* kHandedAccessKey = "BUCKETFS_DAEMON_ACCESS_KEY";
+constexpr const char* kHandedSecretKey = "BUCKETFS_DAEMON_SECRET_KEY";
+constexpr const char* kHandedSessionToken = "BUCKETFS_DAEMON_SESSION_TOKEN";
+
+enum class CredentialsFrom { kOwnSettings, kCoordinator };
+
+Result<ClientParts> BuildClient(const MountArgs& a,
+                                CredentialsFrom from = CredentialsFrom::kOwnSettings) {
   s3::BucketOverrides overrides;
+  const s3::EnvLookup env = s3::ProcessEnvironment();
+  const bool handed = from == CredentialsFrom::kCoordinator && a.credentials_file.empty() &&
+                      env(kHandedAccessKey).has_value();
+  if (handed) {
+    overrides.access_key = env(kHandedAccessKey);
+    overrides.secret_key = env(kHandedSecretKey).value_or("");
+    overrides.session_token = env(kHandedSessionToken).value_or("");
+  }
   if (!a.endpoint.empty()) overrides.endpoint = a.endpoint;
   if (!a.region.empty()) overrides.region = a.region;
   if (!a.ca_bundle.empty()) overrides.ca_bundle = a.ca_bundle;
   if (a.addressing == "path") overrides.addressing = s3::Addressing::kPath;
   if (a.addressing == "virtual") overrides.addressing = s3::Addressing::kVirtualHost;
-  BFS_ASSIGN_OR_RETURN(s3::BucketSettings settings,
-                       s3::ResolveBucket(a.name, s3::ProcessEnvironment(), overrides));
+  BFS_ASSIGN_OR_RETURN(s3::BucketSettings settings, s3::ResolveBucket(a.name, env, overrides));
+  if (handed) {
+    settings.credentials_source =
+        "the coordinator's credentials (" + std::string(kHandedAccessKey) + ")";
+  }
   if (a.unsigned_payload) settings.config.payload_signing = s3::PayloadSigning::kUnsigned;
 
   std::shared_ptr<s3::CredentialsProvider> creds;
@@ -211,7 +315,7 @@ Result<ClientParts> BuildClient(const MountArgs& a) {
 }
 
 Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsname) {
-  BFS_ASSIGN_OR_RETURN(ClientParts parts, BuildClient(a));
+  BFS_ASSIGN_OR_RETURN(ClientParts parts, BuildClient(a, CredentialsFrom::kCoordinator));
   const s3::BucketSettings& settings = parts.settings;
   *fsname = "bucketfs:" + settings.config.bucket;
   auto d = std::make_unique<Daemon>();
@@ -239,45 +343,23 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
                   (settings.config.endpoint.empty() ? "AWS" : settings.config.endpoint));
   }
 
-  uint64_t budget_bytes = cache::DefaultBudgetBytes();
-  if (!a.max_memory.empty()) {
-    BFS_ASSIGN_OR_RETURN(budget_bytes, ParseSize(a.max_memory));
-  }
-  BFS_ASSIGN_OR_RETURN(uint64_t block_size, ParseSize(a.block_size));
-  BFS_ASSIGN_OR_RETURN(uint64_t read_ahead, ParseSize(a.read_ahead));
+  BFS_ASSIGN_OR_RETURN(const CheckedMountArgs checked, CheckMountArgs(a));
+  const uint64_t budget_bytes = checked.budget_bytes;
   d->budget = std::make_unique<cache::MemoryBudget>(budget_bytes);
-  cache::BlockCacheOptions cache_options;
-  cache_options.block_size = block_size;
-  // Three quarters of the budget for cached blocks; the rest serves random-read buffers now
-  // and writeback later.
-  cache_options.capacity_bytes = budget_bytes / 4 * 3 / block_size * block_size;
-  cache_options.largest_read = fs::SessionOptions{}.max_read;  // What one FUSE READ asks for.
-  BFS_RETURN_IF_ERROR(cache::BlockCache::Validate(*d->budget, cache_options).Annotate(
-      "--max-memory " + cache::FormatBytes(budget_bytes) + " (three quarters of it for the "
-      "block cache) with --block-size " + cache::FormatBytes(block_size)));
-  d->cache = std::make_unique<cache::BlockCache>(*d->budget, cache_options);
+  d->cache = std::make_unique<cache::BlockCache>(*d->budget, checked.cache_options);
   if (!a.cache_dir.empty()) {
-    BFS_ASSIGN_OR_RETURN(uint64_t disk_bytes, ParseSize(a.cache_size));
-    if (disk_bytes < 2 * block_size) {
-      return Status(ErrorCode::kInvalidArgument,
-                    "--cache-size " + cache::FormatBytes(disk_bytes) +
-                        " holds less than two blocks of --block-size " +
-                        cache::FormatBytes(block_size) + "; raise it");
-    }
-    BFS_ASSIGN_OR_RETURN(d->disk, cache::DiskCache::Open({a.cache_dir, disk_bytes},
+    BFS_ASSIGN_OR_RETURN(d->disk, cache::DiskCache::Open({a.cache_dir, checked.cache_bytes},
                                                          settings.config.bucket));
   }
   d->pool = std::make_unique<TaskPool>("bfs-io", a.io_threads, 4096);
 
-  BFS_ASSIGN_OR_RETURN(uint32_t file_mode, ParseMode(a.file_mode));
-  BFS_ASSIGN_OR_RETURN(uint32_t dir_mode, ParseMode(a.dir_mode));
   fs::FilesystemOptions options;
-  options.defaults = fs::AttributeDefaults{a.uid, a.gid, file_mode, dir_mode};
+  options.defaults = fs::AttributeDefaults{a.uid, a.gid, checked.file_mode, checked.dir_mode};
   options.metadata_ttl = std::chrono::duration_cast<Duration>(
       std::chrono::duration<double>(std::max(0.0, a.metadata_ttl)));
   options.read_only = a.read_only;
   options.sync_on_close = a.sync_on_close;
-  options.read_ahead.max_window = read_ahead;
+  options.read_ahead.max_window = checked.read_ahead;
   options.read_ahead.max_parallel_gets = std::max(1u, a.read_parallelism);
   options.read_ahead.random_fill = a.random_fill;
   options.fence = d->fence.get();
@@ -290,19 +372,8 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
   if (!a.read_only) {
     BFS_ASSIGN_OR_RETURN(d->spool, cache::Spool::Open(a.spool_dir, settings.config.bucket));
     d->ledgered = std::make_unique<cache::LedgeredClient>(*d->fenced, *d->spool);
-    BFS_ASSIGN_OR_RETURN(uint64_t part_size, ParseSize(a.part_size));
-    if (part_size < s3::kMinPartSize || part_size > s3::kMaxPartSize) {
-      return Status(ErrorCode::kInvalidArgument, "--part-size must be between 5M and 5G");
-    }
-    if (part_size * 2 > budget_bytes / 4) {
-      return Status(ErrorCode::kInvalidArgument,
-                    "--part-size " + cache::FormatBytes(part_size) + " leaves no room for two "
-                    "parts in flight in the quarter of --max-memory " +
-                        cache::FormatBytes(budget_bytes) + " kept for them; lower it or raise "
-                        "--max-memory");
-    }
     cache::WritebackOptions wb;
-    wb.part_size = part_size;
+    wb.part_size = checked.part_size;
     wb.upload_parallelism = std::max(1u, a.upload_parallelism);
     wb.commit_parallelism = 2 * wb.upload_parallelism;
     d->writeback = std::make_unique<cache::Writeback>(
@@ -314,7 +385,8 @@ Result<std::unique_ptr<Daemon>> BuildDaemon(const MountArgs& a, std::string* fsn
       "bucket {} at {}: memory budget {}, block cache {}, read-ahead up to {}, metadata TTL {}s, "
       "{}{}",
       settings.config.bucket, settings.config.endpoint, cache::FormatBytes(budget_bytes),
-      cache::FormatBytes(cache_options.capacity_bytes), cache::FormatBytes(read_ahead),
+      cache::FormatBytes(checked.cache_options.capacity_bytes),
+      cache::FormatBytes(checked.read_ahead),
       a.metadata_ttl, a.read_only ? "read-only" : "spool " + d->spool->directory(),
       d->disk ? ", disk cache " + d->disk->directory() : std::string());
   return d;
@@ -749,6 +821,15 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
       fixed->Set(creds);
       return Status::Ok();
     };
+    services.daemon_environment = [fixed] {
+      std::vector<std::pair<std::string, std::string>> vars;
+      if (auto creds = fixed->Current(); creds.ok()) {
+        vars = {{kHandedAccessKey, creds->access_key},
+                {kHandedSecretKey, creds->secret_key},
+                {kHandedSessionToken, creds->session_token}};
+      }
+      return vars;
+    };
   }
   s3::CurlObjectClient* client = parts->client.get();
   services.presign_get = [client](const std::string& key, int ttl) {
@@ -972,20 +1053,31 @@ std::vector<std::string> PassThrough(CLI::App* mount, const std::vector<std::str
   static const std::set<std::string> kCoordinatorOnly = {
       "--runtime-dir", "--holder-id", "--lease-ttl", "--lease-margin", "--no-wait",
       "--mount-timeout", "-f", "--foreground", "--log-file"};
+  // The daemon runs where the coordinator does, in / once in the background: paths given
+  // relative to the caller's directory are handed on absolute.
+  static const std::set<std::string> kPaths = {"--credentials-file", "--spool-dir", "--cache-dir",
+                                               "--ca-bundle"};
+  auto absolute = [](const std::string& path) {
+    return path.empty() ? path : std::filesystem::absolute(path).lexically_normal().string();
+  };
   std::vector<std::string> out;
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string& t = tokens[i];
     if (t == "--") break;                        // Only positionals follow.
     if (t.size() < 2 || t[0] != '-') continue;  // A positional.
-    const std::string name = t.substr(0, t.find('='));
+    const size_t eq = t.find('=');
+    const std::string name = t.substr(0, eq);
     const CLI::Option* opt = mount->get_option_no_throw(name);
     // Flags (expected_min 0) take a value only as --flag=value; get_type_size() is 1 for a
     // parsed flag, so it cannot tell them apart.
     const bool takes_value = opt != nullptr && opt->get_expected_min() > 0;
-    const bool value_next = takes_value && t.find('=') == std::string::npos;
+    const bool value_next = takes_value && eq == std::string::npos;
+    const bool path = kPaths.count(name) != 0;
     if (kCoordinatorOnly.count(name) == 0) {
-      out.push_back(t);
-      if (value_next && i + 1 < tokens.size()) out.push_back(tokens[i + 1]);
+      out.push_back(path && eq != std::string::npos ? name + "=" + absolute(t.substr(eq + 1)) : t);
+      if (value_next && i + 1 < tokens.size()) {
+        out.push_back(path ? absolute(tokens[i + 1]) : tokens[i + 1]);
+      }
     }
     if (value_next) ++i;
   }
@@ -1200,7 +1292,30 @@ int main(int argc, char** argv) {
     }
     log_spec += "," + *debug;
   }
-  ConfigureLogging(log_spec);
+  if (Status levels = ConfigureLogging(log_spec); !levels.ok()) {
+    std::cerr << "bucketfs: " << levels.message() << "\n";
+    return 1;
+  }
+  if (auto checked = CheckMountArgs(m); !checked.ok()) {
+    std::cerr << "bucketfs: " << checked.status().message() << "\n";
+    return 1;
+  }
+  // In the background the coordinator and the daemon run in / (RunInBackground): a relative
+  // path must mean what it meant here.
+  for (std::string* path : {&m.credentials_file, &m.spool_dir, &m.cache_dir, &m.ca_bundle,
+                            &m.log_file, &m.runtime_dir, &m.control_socket,
+                            &m.startup_error_file}) {
+    if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
+  }
+  if (!m.log_file.empty() && !m.foreground) {
+    // In the background a log that cannot be opened would be dropped without a word.
+    const int fd = open(m.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      std::cerr << "bucketfs: --log-file " << m.log_file << ": " << strerror(errno) << "\n";
+      return 1;
+    }
+    close(fd);
+  }
   if (Status format = ConfigureLogFormat(m.log_format); !format.ok()) {
     std::cerr << "bucketfs: --log-format: " << format.ToString() << "\n";
     return 1;

@@ -260,20 +260,51 @@ std::shared_ptr<spdlog::logger> Logger(const std::string& component) {
   return logger;
 }
 
-void ConfigureLogging(const std::string& spec) {
+Status ConfigureLogging(const std::string& spec) {
+  // spdlog's from_str() takes an unknown name for "off": a typo would silence the log.
+  static const std::vector<std::string> kLevels = {"trace", "debug", "info",     "warn",
+                                                   "error", "critical", "off"};
+  struct Setting {
+    std::string component;  // Empty: every component.
+    spdlog::level::level_enum level;
+  };
+  std::vector<Setting> settings;
   std::stringstream in(spec);
   std::string item;
   while (std::getline(in, item, ',')) {
-    auto eq = item.find('=');
-    if (eq == std::string::npos) {
-      spdlog::set_level(spdlog::level::from_str(item));
-      spdlog::apply_all([&](const std::shared_ptr<spdlog::logger>& l) {
-        l->set_level(spdlog::level::from_str(item));
-      });
-    } else {
-      Logger(item.substr(0, eq))->set_level(spdlog::level::from_str(item.substr(eq + 1)));
+    const auto eq = item.find('=');
+    const std::string component(eq == std::string::npos ? std::string_view()
+                                                        : Trim(std::string_view(item).substr(0, eq)));
+    const std::string level(Trim(eq == std::string::npos ? std::string_view(item)
+                                                        : std::string_view(item).substr(eq + 1)));
+    const auto& known = LogComponents();
+    if (eq != std::string::npos && std::find(known.begin(), known.end(), component) == known.end()) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("--log-level: unknown component '{}' in '{}'; the components are {}",
+                                component, spec, KnownComponentsText()));
     }
+    if (std::find(kLevels.begin(), kLevels.end(), level) == kLevels.end()) {
+      return Status(ErrorCode::kInvalidArgument,
+                    fmt::format("--log-level: unknown level '{}' in '{}'; the levels are {} (all "
+                                "lowercase), for every component or one: s3=debug,fuse=info",
+                                level, spec, fmt::join(kLevels, ", ")));
+    }
+    settings.push_back({component, spdlog::level::from_str(level)});
   }
+  if (settings.empty()) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "--log-level: empty; give a level (info) or component=level pairs");
+  }
+  for (const Setting& setting : settings) {
+    if (!setting.component.empty()) {
+      Logger(setting.component)->set_level(setting.level);
+      continue;
+    }
+    spdlog::set_level(setting.level);
+    spdlog::apply_all(
+        [&](const std::shared_ptr<spdlog::logger>& l) { l->set_level(setting.level); });
+  }
+  return Status::Ok();
 }
 
 void SetLogContext(std::string_view name, std::string value) {

@@ -55,8 +55,10 @@ namespace bucketfs {
 // ConfigureLogFormat(). Thread-safe.
 std::shared_ptr<spdlog::logger> Logger(const std::string& component);
 
-// Sets the level for all components ("trace".."off"), or one ("s3=debug,fuse=info").
-void ConfigureLogging(const std::string& spec);
+// Sets the level for all components ("trace".."off"), or one ("s3=debug,fuse=info"), in
+// the order given. An unknown level or component is kInvalidArgument naming the known ones,
+// and then nothing is changed.
+Status ConfigureLogging(const std::string& spec);
 
 // One named value of a structured log line: `{"status", 200}`, `{"key", key}`.
 // It only views its name and string value: build it in the LogEvent() call (a temporary

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <cerrno>
@@ -76,6 +77,24 @@ std::vector<char*> ExecArgs(const std::vector<std::string>& argv) {
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   return args;
+}
+
+// The environment of execve, built before fork (see ExecArgs): ours, with `extra`'s names
+// set to its values. `storage` owns the strings the pointers point into.
+std::vector<char*> ExecEnvironment(const std::vector<std::pair<std::string, std::string>>& extra,
+                                   std::vector<std::string>& storage) {
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    const bool replaced = std::any_of(extra.begin(), extra.end(),
+                                      [&](const auto& var) { return var.first == name; });
+    if (!replaced) storage.emplace_back(entry);
+  }
+  for (const auto& [name, value] : extra) storage.push_back(name + "=" + value);
+  std::vector<char*> env;
+  for (auto& entry : storage) env.push_back(entry.data());
+  env.push_back(nullptr);
+  return env;
 }
 
 // In a child between fork and exec: descriptors above stderr (S3 connections, control
@@ -310,6 +329,11 @@ struct Coordinator::State {
     unlink(startup_error_file.c_str());
     // /proc/self/exe: the binary we run, even if a package upgrade replaced its path.
     std::vector<char*> args = ExecArgs(argv);
+    std::vector<std::string> env_storage;
+    std::vector<char*> env = ExecEnvironment(
+        services.daemon_environment ? services.daemon_environment()
+                                    : std::vector<std::pair<std::string, std::string>>{},
+        env_storage);
     const pid_t parent = getpid();
     const pid_t pid = fork();
     if (pid < 0) return Status(ErrorCode::kInternal, std::string("fork: ") + strerror(errno));
@@ -324,7 +348,7 @@ struct Coordinator::State {
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, nullptr);
       CloseInheritedDescriptors();
-      execv("/proc/self/exe", args.data());
+      execve("/proc/self/exe", args.data(), env.data());
       static const char kMessage[] = "bucketfs: cannot run the daemon (/proc/self/exe)\n";
       if (write(STDERR_FILENO, kMessage, sizeof kMessage - 1) < 0) {
       }

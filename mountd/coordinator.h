@@ -39,6 +39,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/clock.h"
@@ -102,6 +103,11 @@ struct CoordinatorServices {
   // Whether the bucket's spool holds files a mount here must upload first (the spool's
   // layout is cache::Spool's); nullptr: none.
   std::function<bool()> spool_holds_files;
+  // Variables every daemon started from now on gets on top of the coordinator's own
+  // environment (NAME, VALUE): asked at each start, so that a daemon restarted after a
+  // `reload` gets the credentials handed over then, not the ones the coordinator started
+  // with. nullptr: none.
+  std::function<std::vector<std::pair<std::string, std::string>>()> daemon_environment;
 };
 
 class Coordinator {

@@ -627,13 +627,61 @@ TEST_F(MountdTest, AMountThatFailsToStartKeepsTheLeaseWhileItsSpoolHoldsFilesToU
   const std::filesystem::path files = std::filesystem::path(a.spool()) / bucket_ / "files";
   std::filesystem::create_directories(files);
   std::ofstream(files / "left-behind.json") << "{}";
-  // The daemon fails after the lease is taken (an option only it checks).
-  CommandResult r = a.Mount("--part-size 1M");
+  // The daemon fails after the lease is taken: its disk cache cannot be made (under a file).
+  const std::string not_a_dir = a.spool() + "/../not-a-dir";
+  std::ofstream(not_a_dir) << "a file\n";
+  CommandResult r = a.Mount("--cache-dir " + not_a_dir + "/cache");
   EXPECT_NE(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("--part-size"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("not-a-dir"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("the lease is kept until it expires"), std::string::npos) << r.output;
   // Released, another pod could mount and change those keys before they are uploaded.
   EXPECT_EQ(LeaseObject().value("state", ""), "held") << LeaseObject().dump();
+}
+
+TEST_F(MountdTest, AnInvalidOptionIsRefusedBeforeTheBucketIsTouched) {
+  Pod a(*server_, bucket_, "pod-a");
+  struct Case {
+    std::string options, says;
+  };
+  for (const Case& c : {Case{"--part-size 1M", "--part-size must be between 5M and 5G"},
+                        Case{"--block-size 0", "--block-size must be more than 0"},
+                        Case{"--max-memory 1X", "--max-memory: unknown size unit in '1X'"},
+                        Case{"--file-mode 0999", "--file-mode: '0999' is not an octal mode"},
+                        Case{"--log-level INFO", "--log-level: unknown level 'INFO'"},
+                        Case{"--drain-timeout -1", "--drain-timeout must be 0 or more seconds"}}) {
+    CommandResult r = a.Mount(c.options);
+    EXPECT_EQ(r.exit_code, 1) << c.options << ": " << r.output;
+    EXPECT_NE(r.output.find(c.says), std::string::npos) << c.options << ": " << r.output;
+    EXPECT_EQ(r.output.find("signal"), std::string::npos) << c.options << ": " << r.output;
+  }
+  // Refused before the probe and the lease: nothing was written to the bucket.
+  EXPECT_FALSE(Exists(".bucketfs/lease"));
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+}
+
+TEST_F(MountdTest, RelativePathsMeanWhatTheyMeantWhereTheMountWasRun) {
+  Pod a(*server_, bucket_, "pod-a");
+  const std::string cwd = a.spool() + "/../cwd";
+  fs::create_directories(cwd);
+  const std::string unique = "bfs-rel-" + std::to_string(getpid());
+  // In the background the coordinator and daemon run in /: before, these landed at
+  // /<unique>.log and /<unique>-spool.
+  CommandResult r = RunCommand(
+      "cd " + cwd + " && " +
+      a.Cli(fmt::format("mount {} {} --endpoint {} --region {} --runtime-dir {} --holder-id "
+                        "pod-a --lease-ttl {} --lease-margin {} --spool-dir {}-spool "
+                        "--log-file {}.log",
+                        bucket_, a.dir(), server_->endpoint, server_->region, a.runtime(), kTtl,
+                        kMargin, unique, unique)));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  a.RefreshPids();
+  WriteFile(a.dir() + "/relative.txt", "spooled where asked\n");
+  ASSERT_EQ(a.Unmount().exit_code, 0);
+  EXPECT_EQ(Get("relative.txt"), "spooled where asked\n");
+  EXPECT_TRUE(fs::is_directory(cwd + "/" + unique + "-spool/" + bucket_));
+  EXPECT_GT(fs::file_size(cwd + "/" + unique + ".log"), 0u);
+  EXPECT_FALSE(fs::exists("/" + unique + "-spool"));
+  EXPECT_FALSE(fs::exists("/" + unique + ".log"));
 }
 
 TEST_F(MountdTest, AnUnmountFromOutsideEndsTheCoordinatorAndReleasesTheLease) {
@@ -743,6 +791,18 @@ TEST_F(MountdTest, ReloadTakesARotatedKeyWithoutRemounting) {
   json s = a.Status();
   EXPECT_EQ(s["lease"].value("state", ""), "held") << s.dump(2);
   EXPECT_GE(s["lease"].value("renew_seq", 0), 1) << s.dump(2);
+
+  // A daemon the coordinator restarts gets the new key too: its environment is the one the
+  // coordinator started with, whose key is revoked now.
+  const pid_t first = a.daemon_pid();
+  kill(first, SIGKILL);
+  ASSERT_TRUE(ServedByANewDaemon(a, first)) << a.log();
+  WriteFile(a.dir() + "/after-restart.txt", "the restarted daemon has the new key\n");
+  const int fd2 = open((a.dir() + "/after-restart.txt").c_str(), O_RDONLY);
+  ASSERT_GE(fd2, 0);
+  EXPECT_EQ(fsync(fd2), 0) << strerror(errno) << "\n" << a.log();
+  close(fd2);
+  EXPECT_EQ(Get("after-restart.txt"), "the restarted daemon has the new key\n");
   ASSERT_EQ(a.Unmount().exit_code, 0) << a.log();
 }
 

@@ -347,6 +347,34 @@ TEST(LogFormatTest, RejectsAnUnknownFormatNamingTheChoices) {
   EXPECT_TRUE(ConfigureLogFormat("text").ok());
 }
 
+TEST(LogLevelTest, AnUnknownLevelOrComponentIsRefusedAndChangesNothing) {
+  ASSERT_TRUE(ConfigureLogging("info").ok());
+  // spdlog reads an unknown level name as "off": a typo must not silence the log.
+  for (const char* spec : {"INFO", "verbose", "", "info,s3=loud", "s4=debug", "s3=debug,=info"}) {
+    Status s = ConfigureLogging(spec);
+    EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << spec;
+    EXPECT_EQ(spdlog::get_level(), spdlog::level::info) << spec;
+    EXPECT_EQ(Logger("s3")->level(), spdlog::level::info) << spec;
+  }
+  Status s = ConfigureLogging("Debug");
+  EXPECT_NE(s.message().find("'Debug'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("trace, debug, info, warn, error"), std::string::npos) << s.message();
+  s = ConfigureLogging("s4=debug");
+  EXPECT_NE(s.message().find("'s4'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("writeback"), std::string::npos) << s.message();
+}
+
+TEST(LogLevelTest, LevelsApplyToEveryComponentOrOneInTheOrderGiven) {
+  ASSERT_TRUE(ConfigureLogging("warn,s3=debug").ok());
+  EXPECT_EQ(Logger("fuse")->level(), spdlog::level::warn);
+  EXPECT_EQ(Logger("s3")->level(), spdlog::level::debug);
+  ASSERT_TRUE(ConfigureLogging(" error , fuse = trace ").ok());
+  EXPECT_EQ(Logger("s3")->level(), spdlog::level::err);
+  EXPECT_EQ(Logger("fuse")->level(), spdlog::level::trace);
+  ASSERT_TRUE(ConfigureLogging("info").ok());
+  EXPECT_EQ(Logger("fuse")->level(), spdlog::level::info);
+}
+
 TEST(DebugLevelSpecTest, AllOrNothingMeansEveryComponent) {
   for (std::string_view in : {"", "all", "  ", " all ", "s3,all"}) {
     Result<std::string> spec = DebugLevelSpec(in);
