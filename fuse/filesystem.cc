@@ -167,6 +167,7 @@ bool Filesystem::MissingSince(const std::string& path, MonoTime since) {
 void Filesystem::RememberMissing(const std::string& path) {
   if (options_.metadata_ttl <= Duration::zero()) return;
   std::lock_guard lock(mu_);
+  checked_.erase(path);
   if (negative_.size() >= options_.max_negative_entries) {
     // Drop the expired ones; if that frees nothing, start over (a cache, not a record).
     const MonoTime now = Now();
@@ -179,11 +180,16 @@ void Filesystem::RememberMissing(const std::string& path) {
 void Filesystem::ForgetMissing(const std::string& path) {
   std::lock_guard lock(mu_);
   negative_.erase(path);
+  // This mount just made the object: a HEAD's word on an earlier one with the same ETag (a
+  // chmod copies the bytes onto themselves; a symlink rewritten as a file of the same bytes)
+  // no longer holds.
+  checked_.erase(path);
 }
 
 void Filesystem::ForgetMissingUnder(const std::string& prefix) {
   std::lock_guard lock(mu_);
   std::erase_if(negative_, [&](const auto& kv) { return kv.first.starts_with(prefix); });
+  std::erase_if(checked_, [&](const auto& kv) { return kv.first.starts_with(prefix); });
 }
 
 Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
@@ -459,13 +465,25 @@ Node Filesystem::TakeLookup(const std::string& path, const Node& node) {
 
 void Filesystem::Forget(InodeId ino, uint64_t nlookup) { inodes_.Forget(ino, nlookup); }
 
+Result<Node> Filesystem::MovedMeanwhile(const Node& node) {
+  // Renamed while its attributes were fetched: the node under its new name, as it is (the
+  // reply was about the old name). Removed: stale.
+  if (auto now = inodes_.Get(node.ino); now && !now->unlinked && !now->path.empty()) return *now;
+  return Status(ErrorCode::kStale, "'" + node.path + "' was removed while its attributes were "
+                                   "fetched");
+}
+
 Result<Node> Filesystem::Refresh(const Node& node) {
   if (Now() < node.attr_expiry || node.ino == kRootInode) return node;
   if (node.attr.type == FileType::kDirectory) {
     // A directory's attributes do not change with its contents; keep it until a listing of
     // its parent says it is gone.
     // Not news: it keeps its stamp.
-    return inodes_.UpsertUnlessNewer(node.path, node.attr, node.etag, Expiry(), 0, node.stored);
+    if (auto kept = inodes_.RefreshIfStillAt(node.ino, node.path, node.attr, node.etag, Expiry(),
+                                             node.stored)) {
+      return *kept;
+    }
+    return MovedMeanwhile(node);
   }
   counters_.heads.fetch_add(1, std::memory_order_relaxed);
   const uint64_t as_of = inodes_.Tick();
@@ -479,8 +497,10 @@ Result<Node> Filesystem::Refresh(const Node& node) {
     return std::move(head).TakeStatus();
   }
   // A commit of this mount that finished while the HEAD was in flight stored a newer node.
-  Node fresh = inodes_.UpsertUnlessNewer(node.path, ObjectAttributes(*head, options_.defaults),
-                                         head->etag, Expiry(), 0, as_of);
+  auto refreshed = inodes_.RefreshIfStillAt(
+      node.ino, node.path, ObjectAttributes(*head, options_.defaults), head->etag, Expiry(), as_of);
+  if (!refreshed) return MovedMeanwhile(node);
+  const Node& fresh = *refreshed;
   if (fresh.ino != node.ino) {
     // Its type changed (a file turned out to be a symlink): the kernel must look it up again.
     return Status(ErrorCode::kStale, "'" + node.path + "' changed type in the bucket");

@@ -385,6 +385,8 @@ class Filesystem {
   Result<Node> Probe(const std::string& path);
   // Fresh attributes of `node`: as cached, or refreshed by HEAD.
   Result<Node> Refresh(const Node& node);
+  // What a refresh of `node` answers when its path was taken from it meanwhile.
+  Result<Node> MovedMeanwhile(const Node& node);
 
   // Asks the kernel, asynchronously, to forget the attributes and pages of `ino`: its object
   // changed (the kernel would otherwise keep the old size until its attribute timeout).

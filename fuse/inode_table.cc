@@ -61,6 +61,17 @@ Node InodeTable::UpsertLocked(const std::string& path, const Attributes& attr,
   return *node;
 }
 
+std::optional<Node> InodeTable::RefreshIfStillAt(InodeId ino, const std::string& path,
+                                                 const Attributes& attr, const std::string& etag,
+                                                 MonoTime expiry, uint64_t as_of) {
+  std::lock_guard lock(mu_);
+  auto p = by_path_.find(path);
+  if (p == by_path_.end() || p->second != ino) return std::nullopt;
+  Node* existing = nodes_.at(p->second).get();
+  if (existing->stored > as_of) return *existing;
+  return UpsertLocked(path, attr, etag, expiry, 0, as_of, /*own=*/false);
+}
+
 Node InodeTable::UpsertUnlessNewer(const std::string& path, const Attributes& attr,
                                    const std::string& etag, MonoTime expiry, uint64_t lookups,
                                    uint64_t as_of) {

@@ -74,6 +74,12 @@ class InodeTable {
   Node UpsertUnlessNewer(const std::string& path, const Attributes& attr,
                          const std::string& etag, MonoTime expiry, uint64_t lookups,
                          uint64_t as_of);
+  // UpsertUnlessNewer of a refresh of node `ino`, only while `path` is still its path:
+  // nullopt if an unlink or a rename took the path from it meanwhile (the reply must not
+  // bring a node back at a path that was just removed).
+  std::optional<Node> RefreshIfStillAt(InodeId ino, const std::string& path,
+                                       const Attributes& attr, const std::string& etag,
+                                       MonoTime expiry, uint64_t as_of);
   // Upsert that keeps the ETag the node of `path` has (none if new), read and written under
   // one lock: a dirty file's attributes come from the spool, its ETag from the last commit,
   // which may be landing meanwhile.

@@ -368,6 +368,63 @@ TEST_F(FilesystemWriteTest, AHeadAnsweredBeforeACommitDoesNotUndoIt) {
   EXPECT_EQ(server_.ObjectBody("r.bin"), "now nine!");
 }
 
+// The HEAD that told a small listed object's type and mode is not taken for its word after
+// this mount changed the object: a chmod copies the bytes onto themselves, so the ETag the
+// HEAD was for still matches the listing's, but the mode is new.
+TEST_F(FilesystemWriteTest, AChmodOfASmallListedFileIsShownOnceTheKernelForgotIt) {
+  server_.PutDirect("small.txt", "data", {{"mode", ModeOf(S_IFREG, 0644)}});
+  auto dir = fs_->OpenDir(kRootInode);  // Lists the root and HEADs small.txt (small: type?).
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  InodeId ino = 0;
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+    if (e.name == "small.txt") ino = e.attr.ino;
+    return true;
+  }).ok());
+  fs_->ReleaseDir(*dir);
+  ASSERT_NE(ino, 0u);
+  SetAttrRequest req;
+  req.permissions = 0600;
+  ASSERT_TRUE(fs_->SetAttr(ino, req).ok());
+  ASSERT_TRUE(WaitCommitted("small.txt"));
+  ASSERT_EQ(MetaOf("small.txt", "mode"), ModeOf(S_IFREG, 0600));
+  fs_->Forget(ino, 1);  // The kernel lets go of it; the listing is still fresh.
+
+  auto looked = fs_->Lookup(kRootInode, "small.txt");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.permissions, 0600u);
+}
+
+// A stat whose HEAD was answered just before this mount removed or renamed the file: the
+// answer must not bring a node back at the old name (stat, open and `test -e` would find a
+// file that was just removed, for the whole TTL).
+TEST_F(FilesystemWriteTest, AHeadAnsweredBeforeAnUnlinkOrRenameDoesNotBringTheNameBack) {
+  server_.PutDirect("gone.bin", "four");
+  server_.PutDirect("moved.bin", "five!");
+  LateHeadClient late(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  const InodeId gone = MustLookup(kRootInode, "gone.bin");
+  const InodeId moved = MustLookup(kRootInode, "moved.bin");
+  clock_.Advance(kTtl + 1s);  // The next stats ask the server.
+
+  late.after_head = [&] { ASSERT_TRUE(fs_->Unlink(kRootInode, "gone.bin").ok()); };
+  auto attr = fs_->GetAttr(gone);
+  EXPECT_FALSE(late.after_head) << "the unlink ran inside the HEAD";
+  EXPECT_EQ(attr.status().code(), ErrorCode::kStale) << attr.status().ToString();
+  EXPECT_EQ(fs_->Lookup(kRootInode, "gone.bin").status().code(), ErrorCode::kNotFound);
+
+  late.after_head = [&] {
+    ASSERT_TRUE(fs_->Rename(kRootInode, "moved.bin", kRootInode, "there.bin", 0).ok());
+  };
+  attr = fs_->GetAttr(moved);
+  EXPECT_FALSE(late.after_head) << "the rename ran inside the HEAD";
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->attr.ino, moved);
+  EXPECT_EQ(attr->attr.size, 5u);
+  EXPECT_EQ(fs_->Lookup(kRootInode, "moved.bin").status().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(MustLookup(kRootInode, "there.bin"), moved);
+}
+
 // The entry of an old directory handle, read late, was true when the handle listed it; a
 // listing fetched since is newer, and wins: over the old entry in READDIRPLUS (the kernel
 // keeps what it gets for the TTL), and in the next lookup.
