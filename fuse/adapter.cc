@@ -318,7 +318,7 @@ void ReadDirCommon(fuse_req_t req, size_t size, off_t off, fuse_file_info* fi, b
       if (e.counts_lookup) {
         p.ino = e.attr.ino;
         p.generation = fs.options().generation;
-        p.attr_timeout = Seconds(fs.options().metadata_ttl);
+        p.attr_timeout = Seconds(e.ttl);
         p.entry_timeout = p.attr_timeout;
       }
       need = fuse_add_direntry_plus(req, buf.data() + used, size - used, name.c_str(), &p, next);

@@ -55,7 +55,12 @@ Filesystem::~Filesystem() {
 }
 
 EntryReply Filesystem::MakeEntry(const Node& node) const {
-  return EntryReply{node.attr, inodes_.generation(), options_.metadata_ttl};
+  return EntryReply{node.attr, inodes_.generation(), KernelTtl(node)};
+}
+
+Duration Filesystem::KernelTtl(const Node& node) const {
+  if (node.attr.type == FileType::kDirectory) return options_.metadata_ttl;
+  return std::clamp<Duration>(node.attr_expiry - Now(), Duration::zero(), options_.metadata_ttl);
 }
 
 // --- Metadata caches ---------------------------------------------------------------------
@@ -572,40 +577,20 @@ Result<std::string> Filesystem::ReadLink(InodeId ino) {
 
 // --- Directories -------------------------------------------------------------------------
 
-Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
-  auto node = inodes_.Get(ino);
-  if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
-  if (node->attr.type != FileType::kDirectory) {
-    return Status(ErrorCode::kNotDirectory, "'" + node->path + "' is not a directory");
-  }
-  auto handle = std::make_shared<DirHandle>();
-  handle->ino = ino;
-  handle->path = node->path;
-  handle->self = node->attr;
-  if (node->unlinked) {
-    // Removed while the kernel still had it (a shell's working directory): empty, as a
-    // local directory is after rmdir. Its path is empty now; it must not list the root.
-    handle->listing = std::make_shared<const DirectoryListing>();
-    std::lock_guard lock(mu_);
-    const uint64_t id = next_handle_++;
-    dirs_.emplace(id, std::move(handle));
-    return id;
-  }
-  if (node->path.empty() && ino != kRootInode) {
-    return Status(ErrorCode::kStale, "directory inode " + std::to_string(ino) + " was replaced");
-  }
-  std::shared_ptr<const DirectoryListing> listing = FreshListing(node->path);
+Result<std::shared_ptr<const DirectoryListing>> Filesystem::HandleListing(
+    InodeId ino, const std::string& dir_path) {
+  std::shared_ptr<const DirectoryListing> listing = FreshListing(dir_path);
   if (!listing) {
-    BFS_ASSIGN_OR_RETURN(listing, FetchListing(node->path));
+    BFS_ASSIGN_OR_RETURN(listing, FetchListing(dir_path));
   }
   if (!listing->exists) {
-    ForgetListing(node->path);
+    ForgetListing(dir_path);
     inodes_.Expire(ino);
-    return Status(ErrorCode::kStale, "directory '" + node->path + "' was removed from the bucket");
+    return Status(ErrorCode::kStale, "directory '" + dir_path + "' was removed from the bucket");
   }
   // What the server does not know yet: files still in the spool; and what it still shows
   // but is gone: files unlinked while open.
-  const std::string prefix = DirectoryPrefix(node->path);
+  const std::string prefix = DirectoryPrefix(dir_path);
   std::vector<ListedEntry> extra;
   const uint64_t now_tick = inodes_.Tick();  // When the spool's sizes below were true.
   if (writeback_ != nullptr) {
@@ -630,7 +615,7 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
     if (hides) {
       std::lock_guard lock(mu_);
       std::erase_if(merged->entries, [&](const ListedEntry& e) {
-        return hidden_.contains(ChildPath(node->path, e.name));
+        return hidden_.contains(ChildPath(dir_path, e.name));
       });
     }
     merged->entries.insert(merged->entries.end(), extra.begin(), extra.end());
@@ -638,8 +623,33 @@ Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
               [](const ListedEntry& a, const ListedEntry& b) { return a.name < b.name; });
     listing = std::move(merged);
   }
-  CheckSmallEntries(node->path, *listing);
-  handle->listing = std::move(listing);
+  CheckSmallEntries(dir_path, *listing);
+  return listing;
+}
+
+Result<uint64_t> Filesystem::OpenDir(InodeId ino) {
+  auto node = inodes_.Get(ino);
+  if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
+  if (node->attr.type != FileType::kDirectory) {
+    return Status(ErrorCode::kNotDirectory, "'" + node->path + "' is not a directory");
+  }
+  auto handle = std::make_shared<DirHandle>();
+  handle->ino = ino;
+  handle->path = node->path;
+  handle->self = node->attr;
+  if (node->unlinked) {
+    // Removed while the kernel still had it (a shell's working directory): empty, as a
+    // local directory is after rmdir. Its path is empty now; it must not list the root.
+    handle->listing = std::make_shared<const DirectoryListing>();
+    std::lock_guard lock(mu_);
+    const uint64_t id = next_handle_++;
+    dirs_.emplace(id, std::move(handle));
+    return id;
+  }
+  if (node->path.empty() && ino != kRootInode) {
+    return Status(ErrorCode::kStale, "directory inode " + std::to_string(ino) + " was replaced");
+  }
+  BFS_ASSIGN_OR_RETURN(handle->listing, HandleListing(ino, node->path));
   std::lock_guard lock(mu_);
   const uint64_t id = next_handle_++;
   dirs_.emplace(id, std::move(handle));
@@ -670,7 +680,26 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
   } else {
     removed = true;
   }
-  const auto& entries = removed ? kNothing : dir->listing->entries;
+  std::shared_ptr<const DirectoryListing> listing;
+  {
+    std::lock_guard lock(mu_);
+    listing = dir->listing;
+  }
+  if (offset == 0 && !removed && dir->read.exchange(true) &&
+      Now() >= listing->fetched_at + options_.metadata_ttl) {
+    // From the start again (rewinddir, or a handle kept open to be read again) with a
+    // snapshot older than the TTL: what the directory holds now, as a new opendir sees it.
+    // (Within one pass the snapshot stays: offsets are positions in it.)
+    auto fresh = HandleListing(dir->ino, dir_path);
+    if (fresh.ok()) {
+      listing = *fresh;
+      std::lock_guard lock(mu_);
+      dir->listing = listing;
+    } else if (fresh.status().code() == ErrorCode::kStale) {
+      removed = true;
+    }  // Otherwise (the server unreachable) the old snapshot serves.
+  }
+  const auto& entries = removed ? kNothing : listing->entries;
   // Offsets: 0 = start; "." is 0 -> 1, ".." 1 -> 2, entry i is (i + 2) -> (i + 3).
   for (uint64_t pos = offset; pos < entries.size() + 2; ++pos) {
     DirEntryView view;
@@ -695,7 +724,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       Node node;
       if (auto dirty = FindDirty(path)) {
         node = EnterDirty(path, *dirty, 0);
-      } else if (MissingSince(path, dir->listing->fetched_at)) {
+      } else if (MissingSince(path, listing->fetched_at)) {
         // Removed or renamed away since the snapshot: an entry would give the kernel a name
         // that is gone.
         continue;
@@ -715,6 +744,7 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
       node = TakeLookup(path, node);
       view.attr = node.attr;
       view.counts_lookup = true;
+      view.ttl = KernelTtl(node);
       if (!fill(view)) {
         inodes_.Forget(node.ino, 1);  // Not returned: the lookup goes back.
         return Status::Ok();

@@ -112,6 +112,7 @@ struct DirEntryView {
   Attributes attr;           // attr.ino is the entry's inode (plus) or a placeholder.
   uint64_t next_offset = 0;  // The offset to resume after this entry.
   bool counts_lookup = false;  // readdirplus entry that adds to nlookup when accepted.
+  Duration ttl{};              // readdirplus: how long the kernel may keep the entry.
 };
 
 struct CreateReply {
@@ -267,8 +268,14 @@ class Filesystem {
     InodeId ino = 0;
     std::string path;
     Attributes self;
-    std::shared_ptr<const DirectoryListing> listing;
+    std::shared_ptr<const DirectoryListing> listing;  // Replaced under mu_ (a rewind).
+    std::atomic<bool> read{false};  // A READDIR has been answered from `listing`.
   };
+  // The listing a directory handle of `ino` at `dir_path` serves: the cached or a fetched
+  // listing, with files still in the spool added and files unlinked while open left out.
+  // kStale if the directory is gone from the bucket.
+  Result<std::shared_ptr<const DirectoryListing>> HandleListing(InodeId ino,
+                                                                const std::string& dir_path);
 
   // The path of child `name` of directory `parent`, checked (name rules, key length, the
   // reserved prefix).
@@ -346,6 +353,9 @@ class Filesystem {
   MonoTime Deadline() const { return Now() + options_.request_timeout; }
   MonoTime Expiry() const { return Now() + options_.metadata_ttl; }
   EntryReply MakeEntry(const Node& node) const;
+  // How long the kernel may keep what `node` says: what is left of its attributes' TTL (a
+  // cached answer must not start a new TTL in the kernel); a directory's for the whole TTL.
+  Duration KernelTtl(const Node& node) const;
 
   // The cached listing of `dir_path` if younger than the TTL, else nullptr.
   std::shared_ptr<const DirectoryListing> FreshListing(const std::string& dir_path);

@@ -172,6 +172,40 @@ TEST_F(FilesystemTest, LookupOutsideAListingIsOneHeadAndOneSingleKeyList) {
   EXPECT_EQ(server_.total_calls(), 2u);
 }
 
+// An answer from cached attributes gives the kernel what is left of their TTL, not a new
+// one: a change in the bucket is seen within one TTL, not two.
+TEST_F(FilesystemTest, ACachedAnswerGivesTheKernelOnlyWhatIsLeftOfTheTtl) {
+  server_.PutDirect("f", "x");
+  server_.PutDirect("d/g", "y");
+  auto first = fs_->Lookup(kRootInode, "f");
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->ttl, kTtl);
+  clock_.Advance(20s);
+  auto again = fs_->Lookup(kRootInode, "f");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->ttl, kTtl - 20s);
+  auto dir = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(dir.ok());
+  EXPECT_EQ(dir->ttl, kTtl);
+
+  auto dh = fs_->OpenDir(kRootInode);  // Lists the root: "f" is known from 20 s ago.
+  ASSERT_TRUE(dh.ok());
+  clock_.Advance(10s);
+  bool seen = false;
+  ASSERT_TRUE(fs_->ReadDir(*dh, 0, /*plus=*/true, [&](const DirEntryView& e) {
+    if (e.name == "f") {
+      seen = true;
+      // What the mount knows of it is at least 10 s old (the listing's age; the HEAD's is
+      // 30 s): at most 50 s left.
+      EXPECT_LE(e.ttl, kTtl - 10s);
+      EXPECT_GT(e.ttl, 0s);
+    }
+    return true;
+  }).ok());
+  EXPECT_TRUE(seen);
+  fs_->ReleaseDir(*dh);
+}
+
 TEST_F(FilesystemTest, MarkerOnlyDirectoryIsFoundByLookup) {
   server_.PutDirect("m/", "");
   auto m = fs_->Lookup(kRootInode, "m");
@@ -607,6 +641,33 @@ TEST_F(FilesystemTest, AnOpenDirectoryReplacedByAFileListsNothingAndEntersNothin
 
   EXPECT_EQ(Names(ReadDirAll(*dh, 2, /*plus=*/true)), std::vector<std::string>{});
   EXPECT_EQ(fs_->Lookup(kRootInode, "a").status().code(), ErrorCode::kNotFound);
+  fs_->ReleaseDir(*dh);
+}
+
+// rewinddir (READDIR from offset 0 again) on a handle whose snapshot is older than the TTL
+// shows what the directory holds now, as POSIX asks; a first pass, or a rewind within the
+// TTL, lists nothing again.
+TEST_F(FilesystemTest, ARewindAfterTheTtlShowsTheDirectoryAsItIsNow) {
+  server_.PutDirect("a", "1");
+  server_.PutDirect("b", "2");
+  auto dh = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dh.ok()) << dh.status().ToString();
+  server_.ResetCounters();
+  EXPECT_EQ(Names(ReadDirAll(*dh, 0, /*plus=*/false)),
+            (std::vector<std::string>{".", "..", "a", "b"}));
+  server_.PutDirect("c", "3");
+  server_.DeleteDirect("a");
+  clock_.Advance(kTtl - 1s);
+  EXPECT_EQ(Names(ReadDirAll(*dh, 0, /*plus=*/false)),
+            (std::vector<std::string>{".", "..", "a", "b"}));
+  EXPECT_EQ(server_.calls(s3::Op::kList), 0u) << "within the TTL the snapshot serves";
+
+  clock_.Advance(2s);
+  EXPECT_EQ(Names(ReadDirAll(*dh, 0, /*plus=*/true)),
+            (std::vector<std::string>{".", "..", "b", "c"}));
+  EXPECT_EQ(server_.calls(s3::Op::kList), 1u);
+  // Reading on from an offset keeps that pass's snapshot.
+  EXPECT_EQ(Names(ReadDirAll(*dh, 3, /*plus=*/false)), (std::vector<std::string>{"c"}));
   fs_->ReleaseDir(*dh);
 }
 
