@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +23,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/ranges.h>
 #include <systemd/sd-daemon.h>
+#include <algorithm>
 #include <atomic>
 #include <nlohmann/json.hpp>
 #include <cerrno>
@@ -31,6 +33,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -696,11 +699,25 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
   return rc;
 }
 
+// What the background child tells the waiting caller through the pipe: progress lines
+// ("P<line>\n", printed as they come) and, last, the outcome ("R" then "ok" or the error,
+// to the end of the pipe).
+using ReportFn = std::function<void(const std::string&)>;
+
+// The caller's signal while it waits: forwarded to the child, which stops waiting for a
+// lease, or unmounts once it is up, instead of mounting behind the caller's back.
+std::atomic<pid_t> g_background_child{0};
+std::atomic<int> g_forwarded_signal{0};
+void ForwardToBackgroundChild(int sig) {
+  g_forwarded_signal.store(sig);
+  if (const pid_t child = g_background_child.load(); child > 0) kill(child, SIGTERM);
+}
+
 // Forks before any thread exists (the client's event loop, the I/O pool): the child runs
 // `body` detached (its own session, / as working directory) and tells the parent through a
-// pipe when it is ready, or why it failed. Returns the parent's exit status.
+// pipe how it goes, and when it is ready or why it failed. Returns the parent's exit status.
 int RunInBackground(const std::string& log_file, const std::string& what,
-                    const std::function<int(const std::function<void(const std::string&)>&)>& body) {
+                    const std::function<int(const ReportFn& report, const ReportFn& progress)>& body) {
   int fds[2];
   // Close-on-exec: the daemon the coordinator starts must not hold the write end, or the
   // caller would wait for its end of file until the daemon exits.
@@ -715,19 +732,51 @@ int RunInBackground(const std::string& log_file, const std::string& what,
   }
   if (pid > 0) {
     close(fds[1]);
-    std::string message;
+    g_background_child.store(pid);
+    struct sigaction sa {};
+    sa.sa_handler = ForwardToBackgroundChild;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    std::string received, outcome;
+    bool outcome_started = false;
     char buf[512];
-    ssize_t n;
-    while ((n = read(fds[0], buf, sizeof buf)) > 0) message.append(buf, static_cast<size_t>(n));
+    for (;;) {
+      const ssize_t n = read(fds[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;  // A forwarded signal; the child says the rest.
+      if (n <= 0) break;
+      received.append(buf, static_cast<size_t>(n));
+      while (!outcome_started && !received.empty()) {
+        if (received[0] == 'R') {
+          outcome_started = true;
+          outcome = received.substr(1);
+          received.clear();
+          break;
+        }
+        const size_t eol = received.find('\n');
+        if (eol == std::string::npos) break;  // A progress line not complete yet.
+        std::cerr << "bucketfs: " << received.substr(1, eol - 1) << std::endl;
+        received.erase(0, eol + 1);
+      }
+      if (outcome_started && !received.empty()) {
+        outcome += received;
+        received.clear();
+      }
+    }
     close(fds[0]);
-    if (message == "ok") return 0;
-    if (message.empty()) {
+    const int forwarded = g_forwarded_signal.load();
+    if (outcome == "ok") {
+      if (forwarded == 0) return 0;
+      std::cerr << "bucketfs: interrupted (" << strsignal(forwarded) << ") as the mount came "
+                << "up: it is being unmounted again (see `bucketfs status`)\n";
+      return 128 + forwarded;
+    }
+    if (outcome.empty()) {
       int status = 0;
       waitpid(pid, &status, 0);
-      message = "the " + what + " exited before the mount was ready";
+      outcome = "the " + what + " exited before the mount was ready";
     }
-    std::cerr << "bucketfs: " << message << "\n";
-    return 1;
+    std::cerr << "bucketfs: " << outcome << "\n";
+    return forwarded != 0 ? 128 + forwarded : 1;
   }
   close(fds[0]);
   setsid();
@@ -749,18 +798,31 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     }
     if (log_fd > STDERR_FILENO) close(log_fd);
   }
+  // The progress lines come from the coordinator's lease wait while its main thread runs
+  // `body`: one writer at a time.
+  auto pipe_mu = std::make_shared<std::mutex>();
   int write_fd = fds[1];
-  auto report = [&](const std::string& error) {
+  auto write_all = [&write_fd](const std::string& bytes) {
     if (write_fd < 0) return;
-    std::string msg = error.empty() ? "ok" : error;
-    if (!error.empty()) Logger("mountd")->error("{}", error);
-    if (write(write_fd, msg.data(), msg.size()) < 0) {
+    if (write(write_fd, bytes.data(), bytes.size()) < 0) {
       // The parent is gone; nothing to tell.
     }
+  };
+  auto report = [&](const std::string& error) {
+    std::lock_guard lock(*pipe_mu);
+    if (write_fd < 0) return;
+    if (!error.empty()) Logger("mountd")->error("{}", error);
+    write_all("R" + (error.empty() ? std::string("ok") : error));
     close(write_fd);
     write_fd = -1;
   };
-  int rc = body(report);
+  auto progress = [&](const std::string& line) {
+    std::string one_line = line;
+    std::replace(one_line.begin(), one_line.end(), '\n', ' ');
+    std::lock_guard lock(*pipe_mu);
+    write_all("P" + one_line + "\n");
+  };
+  int rc = body(report, progress);
   if (write_fd >= 0) report("the " + what + " stopped before the mount was ready");
   _exit(rc);
 }
@@ -777,7 +839,8 @@ std::string HostName() {
 
 // The coordinator (mountd/coordinator.h) of `bucketfs mount`.
 int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrough,
-                   const std::function<void(const std::string&)>& report) {
+                   const std::function<void(const std::string&)>& report,
+                   const std::function<void(const std::string&)>& progress = nullptr) {
   auto parts = BuildClient(a);
   if (!parts.ok()) {
     report(parts.status().ToString());
@@ -838,6 +901,7 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
   services.spool_holds_files = [root = a.spool_dir, bucket = settings.config.bucket] {
     return cache::Spool::HoldsFiles(root, bucket);
   };
+  services.progress = progress;
   mountd::Coordinator coordinator(*client, std::move(services), std::move(o));
   return coordinator.Run(report);
 }
@@ -1342,7 +1406,7 @@ int main(int argc, char** argv) {
         if (!error.empty()) std::cerr << "bucketfs: " << error << "\n";
       });
     }
-    return RunInBackground(m.log_file, "daemon", [&m](const auto& report) {
+    return RunInBackground(m.log_file, "daemon", [&m](const auto& report, const auto&) {
       return RunMount(m, report);
     });
   }
@@ -1363,7 +1427,7 @@ int main(int argc, char** argv) {
       sd_notify(0, notice.c_str());
     });
   }
-  return RunInBackground(m.log_file, "coordinator", [&](const auto& report) {
-    return RunCoordinator(m, passthrough, report);
+  return RunInBackground(m.log_file, "coordinator", [&](const auto& report, const auto& progress) {
+    return RunCoordinator(m, passthrough, report, progress);
   });
 }

@@ -1038,7 +1038,10 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
     }
     auto lease = std::make_unique<Lease>(s.client, s.clock, o.lease, o.holder);
     Status acquired = lease->Acquire(
-        [](const std::string& line) { Logger("mountd")->info("{}", line); },
+        [&s](const std::string& line) {
+          Logger("mountd")->info("{}", line);
+          if (s.services.progress) s.services.progress(line);
+        },
         [] { return (g_signals.load() & kStopSignal) != 0; });
     if (!acquired.ok()) {
       ready(acquired.ToString());

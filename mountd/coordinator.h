@@ -108,6 +108,9 @@ struct CoordinatorServices {
   // `reload` gets the credentials handed over then, not the ones the coordinator started
   // with. nullptr: none.
   std::function<std::vector<std::pair<std::string, std::string>>()> daemon_environment;
+  // Lines for the person waiting for the mount (the wait for another pod's lease), besides
+  // the log; nullptr: the log only.
+  std::function<void(const std::string&)> progress;
 };
 
 class Coordinator {

@@ -245,11 +245,36 @@ TEST_F(MountdTest, AKilledHoldersLeaseIsTakenOverOnlyAfterTtlPlusMargin) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_EQ(rb.exit_code, 0) << rb.output << b.log();
   EXPECT_GE(waited, kTtl + kMargin) << "took over an abandoned lease too early";
+  // The person waiting saw why (the log is a file they may not know of).
+  EXPECT_NE(rb.output.find("pod-a"), std::string::npos) << rb.output;
+  EXPECT_NE(rb.output.find("waiting until"), std::string::npos) << rb.output;
   json lease = LeaseObject();
   EXPECT_EQ(lease.value("holder", ""), "pod-b");
   EXPECT_EQ(lease.value("epoch", 0), 2) << lease.dump();
   EXPECT_EQ(ReadFile(b.dir() + "/closed.txt"), "closed before the crash\n");
   EXPECT_EQ(b.Unmount().exit_code, 0);
+}
+
+// Ctrl-C on a `bucketfs mount` waiting for an abandoned lease: the wait ends there, and the
+// coordinator it started does not take the lease and mount later behind the person's back.
+TEST_F(MountdTest, AnInterruptedMountWaitingForTheLeaseNeverMountsLater) {
+  Pod a(*server_, bucket_, "pod-a"), b(*server_, bucket_, "pod-b");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  kill(a.coordinator_pid(), SIGKILL);  // Its lease stays "held" until taken over.
+  ASSERT_TRUE(Eventually([&] { return !Alive(a.coordinator_pid()); }));
+  ASSERT_TRUE(Eventually([&] { return !IsMountedAt(a.dir()); }, std::chrono::seconds(30)));
+
+  CommandResult rb = RunCommand("timeout -s INT 2 " + b.Cli(fmt::format(
+      "mount {} {} --endpoint {} --region {} --runtime-dir {} --spool-dir {} --holder-id pod-b "
+      "--lease-ttl {} --lease-margin {} --log-file {}/../bucketfs.log",
+      bucket_, b.dir(), server_->endpoint, server_->region, b.runtime(), b.spool(), kTtl,
+      kMargin, b.spool())));
+  EXPECT_NE(rb.exit_code, 0) << rb.output;
+  EXPECT_NE(rb.output.find("waiting until"), std::string::npos) << rb.output;
+  // Past the moment the wait would have taken the lease over.
+  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int>((kTtl + kMargin) * 1000)));
+  EXPECT_FALSE(IsMountedAt(b.dir())) << b.log();
+  EXPECT_EQ(LeaseObject().value("holder", ""), "pod-a") << b.log();
 }
 
 TEST_F(MountdTest, ALeaseTakenAwayFencesWritesWithErofsAndKeepsUnsyncedDataInTheSpool) {
