@@ -955,10 +955,22 @@ Result<std::string> ControlSocketFor(const std::string& runtime_dir, const std::
 // Prints the coordinator's answer: its message on success, its error otherwise.
 int PrintReply(const Result<nlohmann::json>& reply, const std::string& mountpoint) {
   if (!reply.ok()) {
-    std::cerr << "bucketfs: " << mountpoint << ": " << reply.status().ToString()
-              << (reply.status().code() == ErrorCode::kNotFound
-                      ? " (is a bucket mounted there with `bucketfs mount`?)"
-                      : "")
+    std::string advice;
+    if (reply.status().code() == ErrorCode::kNotFound) {
+      auto resolved = ResolveMountpoint(mountpoint);
+      if (resolved.ok() && mountd::IsFuseMounted(*resolved)) {
+        // Mounted, and nobody answers for it: its coordinator and daemon were killed (or it
+        // was mounted with another --runtime-dir).
+        advice = " (a FUSE filesystem is mounted there, but no bucketfs coordinator or daemon "
+                 "answers for it: if they were killed, detach it with `fusermount3 -u -z " +
+                 *resolved + "`; files closed before they died wait in the spool, and the next "
+                 "`bucketfs mount` with it uploads them. If it was mounted with --runtime-dir, "
+                 "pass the same here)";
+      } else {
+        advice = " (is a bucket mounted there with `bucketfs mount`?)";
+      }
+    }
+    std::cerr << "bucketfs: " << mountpoint << ": " << reply.status().ToString() << advice
               << "\n";
     return 1;
   }

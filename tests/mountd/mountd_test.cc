@@ -277,6 +277,24 @@ TEST_F(MountdTest, AnInterruptedMountWaitingForTheLeaseNeverMountsLater) {
   EXPECT_EQ(LeaseObject().value("holder", ""), "pod-a") << b.log();
 }
 
+// Coordinator and daemon both killed: the mount is dead and nothing answers for it. The
+// unmount says how to detach it instead of asking whether anything is mounted.
+TEST_F(MountdTest, UnmountOfAMountWhoseProcessesWereKilledSaysHowToDetachIt) {
+  Pod a(*server_, bucket_, "pod-a");
+  ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
+  // Stopped first, so that it neither restarts the daemon nor has it unmount on its death.
+  ASSERT_EQ(kill(a.coordinator_pid(), SIGSTOP), 0);
+  ASSERT_EQ(kill(a.daemon_pid(), SIGKILL), 0);
+  ASSERT_EQ(kill(a.coordinator_pid(), SIGKILL), 0);
+  ASSERT_TRUE(Eventually([&] { return !Alive(a.coordinator_pid()) && !Alive(a.daemon_pid()); }));
+  ASSERT_TRUE(IsMountedAt(a.dir()));
+  CommandResult r = a.Unmount();
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("fusermount3 -u -z " + a.dir()), std::string::npos) << r.output;
+  ASSERT_EQ(RunCommand("fusermount3 -u -z " + a.dir()).exit_code, 0);
+  EXPECT_FALSE(IsMountedAt(a.dir()));
+}
+
 TEST_F(MountdTest, ALeaseTakenAwayFencesWritesWithErofsAndKeepsUnsyncedDataInTheSpool) {
   Pod a(*server_, bucket_, "pod-a");
   ASSERT_EQ(a.Mount().exit_code, 0) << a.log();
