@@ -924,6 +924,14 @@ struct Coordinator::State {
       Status set = services.set_credentials(creds);
       if (!set.ok()) return json{{"ok", false}, {"error", set.ToString()}};
       how = "now using " + creds.Redacted();
+    } else if (services.set_credentials) {
+      // Keys from variables: nothing to re-read here; new ones come with the request.
+      return json{{"ok", false},
+                  {"error", "this mount's credentials came from " +
+                                services.credentials->Describe() +
+                                ", and none came with this reload: run `bucketfs reload` in a "
+                                "shell where the new key and secret are set in the same "
+                                "variables (a SIGHUP cannot carry them)"}};
     } else {
       Status reloaded = services.credentials->Reload();
       if (!reloaded.ok()) return json{{"ok", false}, {"error", reloaded.ToString()}};

@@ -816,6 +816,16 @@ TEST_F(MountdTest, ReloadTakesARotatedKeyWithoutRemounting) {
   WriteFile(a.dir() + "/before.txt", "before rotation\n");
   ASSERT_TRUE(Eventually([&] { return Exists("before.txt"); }, std::chrono::seconds(30)));
 
+  // A reload from a shell without the variables: nothing to take, and it says so (it used
+  // to report the keys "re-read" while keeping the old ones).
+  CommandResult bare = RunCommand(fmt::format(
+      "env -u S3_ACCESS_KEY -u S3_SECRET_KEY -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY {} "
+      "reload {} --runtime-dir {} 2>&1",
+      BUCKETFS_BINARY, a.dir(), a.runtime()));
+  EXPECT_NE(bare.exit_code, 0) << bare.output;
+  EXPECT_NE(bare.output.find("S3_ACCESS_KEY"), std::string::npos) << bare.output;
+  EXPECT_NE(bare.output.find("none came with this reload"), std::string::npos) << bare.output;
+
   add_key(&new_access, &new_secret);
   a.UseKeys(new_access, new_secret);  // The operator's shell now has the new Secret.
   CommandResult r = RunCommand(a.Cli("reload " + a.dir() + " --runtime-dir " + a.runtime()));
