@@ -26,6 +26,10 @@ bool IsWriteOpen(int flags) {
   return (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0;
 }
 
+// HEADs and single-key listings in flight at once for lookups and type checks; more wait.
+constexpr size_t kMetadataThreads = 16;
+constexpr size_t kMetadataQueue = 1024;
+
 }  // namespace
 
 Filesystem::Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads,
@@ -41,6 +45,7 @@ Filesystem::Filesystem(s3::ObjectClient& client, const cache::ReadContext& reads
       clock_(reads.clock ? *reads.clock : RealClock()),
       inodes_(DirectoryAttributes(options_.mount_time, options_.defaults),
               options_.generation) {
+  metadata_pool_ = std::make_unique<TaskPool>("bfs-meta", kMetadataThreads, kMetadataQueue);
   page_invalidations_ = std::make_unique<PageInvalidations>([this](uint64_t ino) {
     if (Invalidator invalidate = CurrentInvalidator()) invalidate(ino, /*pages=*/true);
   });
@@ -304,7 +309,7 @@ void Filesystem::CheckSmallEntries(const std::string& dir_path, const DirectoryL
       CheckType(item.first, item.second);
       done.count_down();
     };
-    if (reads_.pool == nullptr || !reads_.pool->TrySubmit(check)) check();
+    if (!metadata_pool_->TrySubmit(check)) check();
   }
   done.wait();
 }
@@ -314,7 +319,7 @@ void Filesystem::CheckSmallEntries(const std::string& dir_path, const DirectoryL
 Result<Node> Filesystem::Probe(const std::string& path) {
   counters_.probes.fetch_add(1, std::memory_order_relaxed);
   const MonoTime deadline = Deadline();
-  // Is anything under `path/`? Runs on the I/O pool while this thread does the HEAD.
+  // Is anything under `path/`? Runs on the metadata pool while this thread does the HEAD.
   auto list_one = [this, path, deadline]() -> Result<s3::ListPage> {
     s3::ListRequest req;
     req.prefix = DirectoryPrefix(path);
@@ -325,7 +330,7 @@ Result<Node> Filesystem::Probe(const std::string& path) {
   auto task = std::make_shared<std::packaged_task<Result<s3::ListPage>()>>(list_one);
   std::future<Result<s3::ListPage>> listed = task->get_future();
   const uint64_t as_of = inodes_.Tick();  // Before either request is sent.
-  if (reads_.pool == nullptr || !reads_.pool->TrySubmit([task] { (*task)(); })) (*task)();
+  if (!metadata_pool_->TrySubmit([task] { (*task)(); })) (*task)();
 
   auto head = client_.Head(s3::HeadRequest{path, {}}, {deadline});
   Result<s3::ListPage> page = listed.get();

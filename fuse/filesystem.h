@@ -64,6 +64,7 @@
 #include "cache/writeback.h"
 #include "common/clock.h"
 #include "common/status.h"
+#include "common/task_pool.h"
 #include "fuse/attributes.h"
 #include "fuse/directory_listing.h"
 #include "fuse/inode_table.h"
@@ -473,6 +474,10 @@ class Filesystem {
   // Namespace operations stay out of the keys a directory rename is moving.
   PrefixGate gate_;
   std::mutex directory_rename_mu_;  // Held by a directory rename, before gate_.Enter().
+  // The lookups' single-key listings and the type checks' HEADs: threads of their own, not
+  // the read-ahead pool, where they would queue behind the 4 MiB GETs of every file being
+  // read (an `ls` waiting on a dataset's prefetches).
+  std::unique_ptr<TaskPool> metadata_pool_;
   // Last: its thread calls into the rest, so it goes first.
   std::unique_ptr<PageInvalidations> page_invalidations_;
 };

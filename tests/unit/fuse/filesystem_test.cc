@@ -7,6 +7,8 @@
 #include <condition_variable>
 
 #include <memory>
+#include <mutex>
+#include <future>
 #include <random>
 #include <string>
 #include <vector>
@@ -204,6 +206,32 @@ TEST_F(FilesystemTest, ACachedAnswerGivesTheKernelOnlyWhatIsLeftOfTheTtl) {
   }).ok());
   EXPECT_TRUE(seen);
   fs_->ReleaseDir(*dh);
+}
+
+// Every read-ahead thread busy (a dataset being read): a lookup's requests do not queue
+// behind them.
+TEST_F(FilesystemTest, ALookupDoesNotWaitForTheReadAheadThreads) {
+  server_.PutDirect("d/f", "x");
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  for (int i = 0; i < 2; ++i) {  // The fixture's pool has two threads.
+    pool_->Submit([&] {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return release; });
+    });
+  }
+  auto lookup = std::async(std::launch::async, [&] { return fs_->Lookup(kRootInode, "d"); });
+  const bool answered = lookup.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  {
+    std::lock_guard lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  EXPECT_TRUE(answered) << "the lookup waited for the busy read-ahead threads";
+  auto r = lookup.get();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->attr.type, FileType::kDirectory);
 }
 
 TEST_F(FilesystemTest, MarkerOnlyDirectoryIsFoundByLookup) {
