@@ -157,7 +157,9 @@ TEST_F(ObservabilityTest, ASequentialReadLeavesTheCacheHoldingAboutAWindowNotThe
   const uint64_t object_size = 256 * kMiB;
   PutPattern("data/shard.bin", 9, object_size);
   MountedBucket m(*server_, bucket_);
-  ASSERT_TRUE(m.Mount({"--metrics-address", "127.0.0.1:0", "--max-memory", "1G"}));
+  // 4 MiB blocks (not the default's 16): enough of them for the counts below to mean much.
+  ASSERT_TRUE(m.Mount(
+      {"--metrics-address", "127.0.0.1:0", "--max-memory", "1G", "--block-size", "4M"}));
   const std::string url = MetricsUrl(m);
   ASSERT_FALSE(url.empty());
 
@@ -188,6 +190,23 @@ TEST_F(ObservabilityTest, ASequentialReadLeavesTheCacheHoldingAboutAWindowNotThe
   EXPECT_LE(SumSamples(after, "bucketfs_memory_peak_bytes"), 192.0 * kMiB);
   EXPECT_LE(SumSamples(after, "bucketfs_cache_bytes"), 160.0 * kMiB);
   EXPECT_EQ(m.Unmount(), 0) << m.Log();
+}
+
+// The block size follows the memory budget unless given: 16 MiB GETs (four in flight) when
+// the block cache holds sixteen of them, smaller blocks for a small budget.
+TEST_F(ObservabilityTest, TheDefaultBlockSizeFollowsTheMemoryBudget) {
+  PutPattern("sized.bin", 3, 3 * kMiB);
+  for (const auto& [budget, says] :
+       {std::pair<std::string, std::string>{"4G", "in blocks of 16.0 MiB, read-ahead up to "
+                                                  "64.0 MiB with 4 GETs in flight"},
+        {"256M", "in blocks of 8.0 MiB, read-ahead up to 64.0 MiB with 8 GETs in flight"},
+        {"64M", "in blocks of 4.0 MiB, read-ahead up to 64.0 MiB with 8 GETs in flight"}}) {
+    MountedBucket m(*server_, bucket_);
+    ASSERT_TRUE(m.Mount({"--max-memory", budget}));
+    EXPECT_TRUE(ReadFile(m.Path("sized.bin")) == Pattern(3, 0, 3 * kMiB)) << budget;
+    EXPECT_EQ(m.Unmount(), 0) << m.Log();
+    EXPECT_NE(m.Log().find(says), std::string::npos) << budget << "\n" << m.Log();
+  }
 }
 
 TEST_F(ObservabilityTest, JsonLogLinesCarryBucketKeyRequestIdAndLatency) {
@@ -239,7 +258,8 @@ TEST_F(ObservabilityTest, TheDiskCacheServesARemountWithoutS3AndNeverAReplacedOb
   PutPattern("weights/model.bin", 21, size);
   const std::string cache_dir = fmt::format("/tmp/bfs-dc-{}-{}", getpid(), bucket_);
   const std::vector<std::string> args = {"--cache-dir", cache_dir, "--cache-size", "1G",
-                                         "--metrics-address", "127.0.0.1:0"};
+                                         "--metrics-address", "127.0.0.1:0", "--block-size",
+                                         "4M"};
   auto mount_and_read = [&](MetricSamples* metrics) {
     MountedBucket m(*server_, bucket_);
     if (!m.Mount(args)) return std::string();
