@@ -8,6 +8,9 @@
     helpers.py fio JSONFILE                     iops and latency of a fio --output-format=json run
     helpers.py put-many BUCKET PREFIX COUNT     COUNT small objects PREFIX000000.. (boto3, 32 threads)
     helpers.py delete-prefix BUCKET PREFIX      delete every object under PREFIX (boto3)
+    helpers.py touch-memory KEEP_GIB [MAX_GIB]  write one byte per page of all but KEEP_GIB of the
+                                                available memory (at most MAX_GIB), then free it
+                                                (see run.sh)
 
 Measuring commands print "key=value" pairs on one line (run.sh records them as they are).
 Times are taken inside the process, so interpreter start-up is not measured.
@@ -135,6 +138,29 @@ def cmd_delete_prefix(bucket, prefix):
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
+def cmd_touch_memory(keep_gib, max_gib=None):
+    import mmap
+    available = 0
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    size = available - int(float(keep_gib) * (1 << 30))
+    if max_gib is not None:
+        size = min(size, int(float(max_gib) * (1 << 30)))
+    if size <= 0:
+        print("touched=0")
+        return
+    start = time.monotonic()
+    region = mmap.mmap(-1, size)
+    view = memoryview(region)
+    for offset in range(0, size, mmap.PAGESIZE):
+        view[offset] = 1
+    view.release()
+    region.close()
+    print(f"touched_gib={size / (1 << 30):.1f} seconds={time.monotonic() - start:.1f}")
+
+
 COMMANDS = {
     "offsets": cmd_offsets,
     "randread": cmd_randread,
@@ -143,6 +169,7 @@ COMMANDS = {
     "fio": cmd_fio,
     "put-many": cmd_put_many,
     "delete-prefix": cmd_delete_prefix,
+    "touch-memory": cmd_touch_memory,
 }
 
 if __name__ == "__main__":

@@ -53,6 +53,15 @@
 # description. Outputs: DIR/<date>.json (every sample), DIR/<date>.png (the ratios), a
 # Markdown table appended to bench/RESULTS.md and printed.
 #
+# Before anything is measured, a full run writes one byte to every page of the free memory but
+# TOUCH_KEEP_GIB (2), then frees it (helpers.py touch-memory; once per run, about 3 s a GiB
+# the first time). On a virtual machine whose memory the host backs lazily, as these
+# machines are, the first write to a page costs a fault in the host: measured here, the
+# first 1 GiB read through any mount (whose page cache takes fresh pages) ran at half the
+# speed of the next, its daemon spending 3x the CPU in the copy into those pages, while
+# curl to /dev/null takes no new pages at all. The host may take free pages back over time
+# (the balloon's free page reporting), so every group first touches TOUCH_GROUP_GIB (3) again.
+#
 # Every mount and daemon it started is stopped by PID at the end, also on failure and on
 # Ctrl-C. Logs of the mounts and the server's start stay in STATE-work/logs.
 set -euo pipefail
@@ -185,6 +194,11 @@ fi
 
 # --- the server and the data -------------------------------------------------------------------------
 
+if ((QUICK)); then
+  log "not touching the free memory first (a --quick run's numbers are not compared)"
+else
+  log "touching the free memory once (all but ${TOUCH_KEEP_GIB:-2} GiB): $("$PY" "$HELPERS" touch-memory "${TOUCH_KEEP_GIB:-2}")"
+fi
 log "starting RGW on 127.0.0.1:$PORT (state $STATE)"
 RGW_STARTED=1
 # The block file is sparse; 1 GiB writes are deleted and collected after each measurement.
