@@ -57,10 +57,17 @@ ReadAhead::ReadAhead(const ReadContext& context, ObjectVersion object, ReadAhead
   shared_->context = context;
   shared_->object = std::move(object);
   shared_->timeout = options.timeout;
-  window_ = std::min(options_.initial_window, MaxWindow());
+  window_ = InitialWindow();
 }
 
 ReadAhead::~ReadAhead() = default;
+
+uint64_t ReadAhead::InitialWindow() const {
+  // At least a quarter block: the window doubles once per block entered, so prefetching
+  // starts in the second block whatever the block size (from a 1 MiB window, 16 MiB blocks
+  // would read their first 48 MiB on demand, one GET at a time).
+  return std::min(std::max(options_.initial_window, block_size_ / 4), MaxWindow());
+}
 
 uint64_t ReadAhead::MaxWindow() const {
   uint64_t cap = std::max<uint64_t>(shared_->context.cache->capacity() / 4, block_size_);
@@ -232,7 +239,7 @@ Result<ReadReply> ReadAhead::Read(uint64_t offset, size_t length) {
       BlocksBehindLocked(&discard_first, &discard_last);
     } else {
       ++stats_.random_reads;
-      window_ = std::min(options_.initial_window, MaxWindow());
+      window_ = InitialWindow();
       last_end_ = end;
       next_prefetch_ = last_block + 1;
       next_growth_block_ = last_block + 1;

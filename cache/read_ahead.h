@@ -22,8 +22,8 @@
 //    requests that can overtake one another. The first read at offset 0 counts as
 //    sequential: most files are read from the start.
 //  - The window. Each sequential read that enters a new block doubles the window, from
-//    `initial_window` (1 MiB) up to `max_window` (64 MiB by default). After serving a read
-//    that ends in block b, the blocks (b, b + window/block_size] are prefetched by tasks on
+//    `initial_window` (1 MiB, and at least a quarter block) up to `max_window` (64 MiB by
+//    default). After serving a read that ends in block b, the blocks (b, b + window/block_size] are prefetched by tasks on
 //    the shared TaskPool, at most `max_parallel_gets` GETs in flight per handle. A prefetch
 //    is a BlockCache::GetOrFetch whose handle is dropped at once: the block lands unpinned in
 //    the cache, where the reader (or any other handle) finds it, or joins its fetch while it
@@ -179,6 +179,7 @@ class ReadAhead {
   // keyed by ETag, so only an object without one can find another version's block here.
   bool HasVersionSize(const BlockHandle& h) const;
   Result<ReadReply> ReadDirect(uint64_t offset, uint64_t length, MonoTime deadline);
+  uint64_t InitialWindow() const;
   uint64_t MaxWindow() const;
 
   const std::shared_ptr<Shared> shared_;

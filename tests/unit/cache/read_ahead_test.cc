@@ -334,6 +334,28 @@ TEST(ReadAheadTest, SequentialReadsGrowTheWindowAndPrefetchWithinIt) {
   }
 }
 
+// Large blocks and a small initial window (16 MiB blocks, 1 MiB window by default): the
+// window starts at a quarter block, so prefetching starts in the second block as it does
+// for 4 MiB blocks, not after the first three blocks were each read on demand.
+TEST(ReadAheadTest, PrefetchStartsInTheSecondBlockWhateverTheBlockSize) {
+  Env env(64);
+  const std::string body = Body(16 * kBlock);
+  ObjectVersion v = env.Put("big-blocks", body);
+  ReadAheadOptions o = Options(8);
+  o.initial_window = kBlock / 16;
+  ReadAhead ra(env.Context(), v, o);
+  EXPECT_EQ(ra.Stats().window, kBlock / 4);
+  EXPECT_EQ(MustRead(ra, 0, kBlock / 2), body.substr(0, kBlock / 2));
+  EXPECT_EQ(MustRead(ra, kBlock / 2, kBlock / 2), body.substr(kBlock / 2, kBlock / 2));
+  EXPECT_EQ(MustRead(ra, kBlock, kBlock / 2), body.substr(kBlock, kBlock / 2));
+  // In block 1 the window is a whole block: block 2 is on its way.
+  EXPECT_EQ(ra.Stats().window, kBlock);
+  ASSERT_TRUE(Eventually([&] {
+    auto max_block = env.client.max_block();
+    return max_block.has_value() && *max_block >= 2;
+  }));
+}
+
 TEST(ReadAheadTest, WindowIsCappedAtAQuarterOfTheCache) {
   Env env(16);  // Quarter: 4 blocks, below max_window.
   const std::string body = Body(40 * kBlock);
