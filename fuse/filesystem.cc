@@ -65,7 +65,10 @@ EntryReply Filesystem::MakeEntry(const Node& node) const {
 
 Duration Filesystem::KernelTtl(const Node& node) const {
   if (node.attr.type == FileType::kDirectory) return options_.metadata_ttl;
-  return std::clamp<Duration>(node.attr_expiry - Now(), Duration::zero(), options_.metadata_ttl);
+  const MonoTime now = Now();
+  // (Expire() sets MonoTime::min(): subtracting now from it would overflow.)
+  if (node.attr_expiry <= now) return Duration::zero();
+  return std::min<Duration>(node.attr_expiry - now, options_.metadata_ttl);
 }
 
 // --- Metadata caches ---------------------------------------------------------------------
@@ -203,7 +206,11 @@ void Filesystem::ForgetMissingUnder(const std::string& prefix) {
 }
 
 Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
-                             uint64_t lookups) {
+                             uint64_t lookups, MonoTime listed_at) {
+  // What a listing says is as old as the listing: it is trusted until the listing's TTL
+  // ends, not for a whole TTL from now (a stat answered from a 59 s old listing would
+  // otherwise be believed, and handed to the kernel, for another minute).
+  const MonoTime expiry = listed_at + options_.metadata_ttl;
   if (auto existing = inodes_.GetByPath(path)) {
     if (existing->stored > entry.as_of) {
       // The node was known after the entry was true: a directory handle's snapshot read
@@ -228,7 +235,7 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
     if (same_version && existing->attr.type != FileType::kDirectory) {
       // The same version: what a HEAD told before (symlink, mode, owner, the mtime in its
       // metadata) still holds, and the listing cannot tell it.
-      return inodes_.UpsertUnlessNewer(path, existing->attr, existing->etag, Expiry(), lookups,
+      return inodes_.UpsertUnlessNewer(path, existing->attr, existing->etag, expiry, lookups,
                                        entry.as_of);
     }
   }
@@ -243,7 +250,7 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
     info.last_modified = entry.mtime;
     attr = ObjectAttributes(info, options_.defaults);
   }
-  return inodes_.UpsertUnlessNewer(path, attr, entry.etag, Expiry(), lookups, entry.as_of);
+  return inodes_.UpsertUnlessNewer(path, attr, entry.etag, expiry, lookups, entry.as_of);
 }
 
 bool Filesystem::NodeNewerThan(const std::string& path, uint64_t as_of) const {
@@ -290,9 +297,9 @@ void Filesystem::CheckType(const std::string& path, const std::string& etag) {
 }
 
 Node Filesystem::EnterListedChecked(const std::string& path, const ListedEntry& entry,
-                                    uint64_t lookups) {
+                                    uint64_t lookups, MonoTime listed_at) {
   if (NeedsTypeCheck(path, entry)) CheckType(path, entry.etag);
-  return EnterListed(path, entry, lookups);
+  return EnterListed(path, entry, lookups, listed_at);
 }
 
 void Filesystem::CheckSmallEntries(const std::string& dir_path, const DirectoryListing& listing) {
@@ -399,7 +406,7 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
     counters_.lookups_from_listing.fetch_add(1, std::memory_order_relaxed);
     const ListedEntry* entry = listing->Find(name);
     if (entry == nullptr) return NotFound(path);
-    return EnterListedChecked(path, *entry, 0);
+    return EnterListedChecked(path, *entry, 0, listing->fetched_at);
   }
   // 2. A node whose attributes are fresh.
   if (auto node = inodes_.GetByPath(path); node && Now() < node->attr_expiry) return *node;
@@ -433,7 +440,7 @@ Result<Node> Filesystem::Resolve(const std::string& dir_path, std::string_view n
     if (listing.ok() && *listing != nullptr && (*listing)->exists) {
       const ListedEntry* entry = (*listing)->Find(name);
       if (entry == nullptr) return NotFound(path);
-      return EnterListedChecked(path, *entry, 0);
+      return EnterListedChecked(path, *entry, 0, (*listing)->fetched_at);
     }
   }
   // 5. Ask the server.
@@ -548,10 +555,7 @@ Result<AttrReply> Filesystem::GetAttr(InodeId ino) {
   BFS_ASSIGN_OR_RETURN(Node fresh, Refresh(*node));
   // Only for as long as this mount trusts them itself: the kernel must ask again when the
   // node would be refreshed, not a whole TTL after a cached answer.
-  if (fresh.attr.type == FileType::kDirectory) return AttrReply{fresh.attr, options_.metadata_ttl};
-  const Duration left = std::clamp<Duration>(fresh.attr_expiry - Now(), Duration::zero(),
-                                             options_.metadata_ttl);
-  return AttrReply{fresh.attr, left};
+  return AttrReply{fresh.attr, KernelTtl(fresh)};
 }
 
 Result<std::string> Filesystem::ReadLink(InodeId ino) {
@@ -740,9 +744,9 @@ Status Filesystem::ReadDir(uint64_t dir_handle, uint64_t offset, bool plus,
         // the one it had then. Ask.
         auto now = Resolve(dir_path, entry.name, path);
         if (!now.ok() && now.status().code() == ErrorCode::kNotFound) continue;  // Gone.
-        node = now.ok() ? *now : EnterListed(path, best, 0);
+        node = now.ok() ? *now : EnterListed(path, best, 0, listing->fetched_at);
       } else {
-        node = EnterListed(path, best, 0);
+        node = EnterListed(path, best, 0, listing->fetched_at);
       }
       // The lookup the entry gives the kernel is taken before the entry is handed out: a
       // concurrent readdirplus that refuses the same new node could drop it otherwise.

@@ -375,14 +375,17 @@ class Filesystem {
   // Requires mu_. Caches `listing` of `dir_path`, dropping the oldest beyond the limit.
   void CacheListingLocked(const std::string& dir_path,
                           std::shared_ptr<const DirectoryListing> listing);
-  // The node for a listed entry, with `lookups` added. Keeps a fresh node's attributes when
-  // they describe the same version (they may hold metadata a listing lacks).
-  Node EnterListed(const std::string& path, const ListedEntry& entry, uint64_t lookups);
+  // The node for a listed entry of a listing fetched at `listed_at`, with `lookups` added;
+  // trusted until that listing's TTL ends. Keeps a fresh node's attributes when they
+  // describe the same version (they may hold metadata a listing lacks).
+  Node EnterListed(const std::string& path, const ListedEntry& entry, uint64_t lookups,
+                   MonoTime listed_at);
   // True if the node of `path` was known after `as_of`.
   bool NodeNewerThan(const std::string& path, uint64_t as_of) const;
   // As EnterListed, but a small object (it could be a symlink, which a listing cannot
   // show) not yet seen by HEAD is looked at with one HEAD first.
-  Node EnterListedChecked(const std::string& path, const ListedEntry& entry, uint64_t lookups);
+  Node EnterListedChecked(const std::string& path, const ListedEntry& entry, uint64_t lookups,
+                          MonoTime listed_at);
   // The HEADs EnterListedChecked would do, for up to kMaxSymlinkChecks small entries of a
   // listing, in parallel on the I/O pool (opendir: readdirplus then needs none).
   void CheckSmallEntries(const std::string& dir_path, const DirectoryListing& listing);

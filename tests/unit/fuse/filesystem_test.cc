@@ -234,6 +234,25 @@ TEST_F(FilesystemTest, ALookupDoesNotWaitForTheReadAheadThreads) {
   EXPECT_EQ(r->attr.type, FileType::kDirectory);
 }
 
+// What a listing says is as old as the listing: a lookup answered from a 50 s old listing
+// is trusted (and given to the kernel) for the 10 s the listing has left, not a new TTL.
+TEST_F(FilesystemTest, AnAnswerFromAListingLastsOnlyAsLongAsTheListing) {
+  server_.PutDirect("a", "1");
+  auto dh = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dh.ok());
+  fs_->ReleaseDir(*dh);
+  clock_.Advance(50s);
+  server_.ResetCounters();
+  auto r = fs_->Lookup(kRootInode, "a");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->ttl, 10s);
+  EXPECT_EQ(server_.total_calls(), 0u) << "answered from the listing";
+  clock_.Advance(11s);
+  auto attr = fs_->GetAttr(r->attr.ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(server_.calls(s3::Op::kHead), 1u) << "the listing's word has run out: asked again";
+}
+
 TEST_F(FilesystemTest, MarkerOnlyDirectoryIsFoundByLookup) {
   server_.PutDirect("m/", "");
   auto m = fs_->Lookup(kRootInode, "m");
