@@ -732,8 +732,10 @@ using ReportFn = std::function<void(const std::string&)>;
 std::atomic<pid_t> g_background_child{0};
 std::atomic<int> g_forwarded_signal{0};
 void ForwardToBackgroundChild(int sig) {
+  const int saved_errno = errno;
   g_forwarded_signal.store(sig);
   if (const pid_t child = g_background_child.load(); child > 0) kill(child, SIGTERM);
+  errno = saved_errno;
 }
 
 // Forks before any thread exists (the client's event loop, the I/O pool): the child runs
@@ -748,8 +750,15 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     std::cerr << "bucketfs: pipe: " << strerror(errno) << "\n";
     return 1;
   }
+  // A signal between the fork and the handler would end the caller and leave the child to
+  // mount behind its back: held until the handler is in place.
+  sigset_t held, previous;
+  sigemptyset(&held);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&held, sig);
+  sigprocmask(SIG_BLOCK, &held, &previous);
   pid_t pid = fork();
   if (pid < 0) {
+    sigprocmask(SIG_SETMASK, &previous, nullptr);
     std::cerr << "bucketfs: fork: " << strerror(errno) << "\n";
     return 1;
   }
@@ -760,6 +769,7 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     sa.sa_handler = ForwardToBackgroundChild;
     sigemptyset(&sa.sa_mask);
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    sigprocmask(SIG_SETMASK, &previous, nullptr);
     std::string received, outcome;
     bool outcome_started = false;
     char buf[512];
@@ -786,6 +796,7 @@ int RunInBackground(const std::string& log_file, const std::string& what,
       }
     }
     close(fds[0]);
+    g_background_child.store(0);  // Told: a signal from now on is the caller's own.
     const int forwarded = g_forwarded_signal.load();
     if (outcome == "ok") {
       if (forwarded == 0) return 0;
@@ -802,6 +813,7 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     return forwarded != 0 ? 128 + forwarded : 1;
   }
   close(fds[0]);
+  sigprocmask(SIG_SETMASK, &previous, nullptr);
   setsid();
   if (chdir("/") != 0) _exit(1);
   // Detach at once, as daemons do: nothing may keep the caller's terminal or pipes open (a
@@ -1106,6 +1118,11 @@ int Reload(const std::string& runtime_dir, const std::string& mountpoint) {
   // variables); without any, the mount re-reads its own source (its credentials file).
   auto settings = s3::ResolveBucket(status->value("alias", std::string()),
                                     s3::ProcessEnvironment());
+  if (!settings.ok() && settings.status().code() == ErrorCode::kInvalidCredentials) {
+    // Half a key in this shell (a key without its secret): say so, send nothing.
+    std::cerr << "bucketfs: " << settings.status().message() << "\n";
+    return 1;
+  }
   if (settings.ok() && !settings->credentials.empty()) {
     request["credentials"] = {{"access_key", settings->credentials.access_key},
                               {"secret_key", settings->credentials.secret_key},

@@ -264,6 +264,8 @@ Status ConfigureLogging(const std::string& spec) {
   // spdlog's from_str() takes an unknown name for "off": a typo would silence the log.
   static const std::vector<std::string> kLevels = {"trace", "debug", "info",     "warn",
                                                    "error", "critical", "off"};
+  // spdlog's own spellings, which earlier versions of bucketfs took as well.
+  static const std::vector<std::string> kAliases = {"warning", "err"};
   struct Setting {
     std::string component;  // Empty: every component.
     spdlog::level::level_enum level;
@@ -283,7 +285,8 @@ Status ConfigureLogging(const std::string& spec) {
                     fmt::format("--log-level: unknown component '{}' in '{}'; the components are {}",
                                 component, spec, KnownComponentsText()));
     }
-    if (std::find(kLevels.begin(), kLevels.end(), level) == kLevels.end()) {
+    if (std::find(kLevels.begin(), kLevels.end(), level) == kLevels.end() &&
+        std::find(kAliases.begin(), kAliases.end(), level) == kAliases.end()) {
       return Status(ErrorCode::kInvalidArgument,
                     fmt::format("--log-level: unknown level '{}' in '{}'; the levels are {} (all "
                                 "lowercase), for every component or one: s3=debug,fuse=info",

@@ -1108,7 +1108,12 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
       if (s.finished) break;
     }
     const unsigned signals = g_signals.exchange(0);
-    if ((signals & kReloadSignal) != 0) {
+    if ((signals & kReloadSignal) != 0 && s.services.set_credentials) {
+      // Keys from variables: a signal cannot carry new ones (`bucketfs reload` can).
+      Logger("mountd")->warn("SIGHUP: this mount's credentials came from {}; nothing to re-read. "
+                             "Run `bucketfs reload` where the new ones are set",
+                             s.services.credentials->Describe());
+    } else if ((signals & kReloadSignal) != 0) {
       json reply = s.Reload(json{{"op", "reload"}});
       if (!reply.value("ok", false)) {
         s.NoteError("SIGHUP reload: " + reply.value("error", std::string()));

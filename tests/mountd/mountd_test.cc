@@ -825,6 +825,14 @@ TEST_F(MountdTest, ReloadTakesARotatedKeyWithoutRemounting) {
   EXPECT_NE(bare.exit_code, 0) << bare.output;
   EXPECT_NE(bare.output.find("S3_ACCESS_KEY"), std::string::npos) << bare.output;
   EXPECT_NE(bare.output.find("none came with this reload"), std::string::npos) << bare.output;
+  // Half a key in the shell: that is what is said, and nothing is sent.
+  CommandResult half = RunCommand(fmt::format(
+      "env -u S3_SECRET_KEY -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY S3_ACCESS_KEY=new {} "
+      "reload {} --runtime-dir {} 2>&1",
+      BUCKETFS_BINARY, a.dir(), a.runtime()));
+  EXPECT_NE(half.exit_code, 0) << half.output;
+  EXPECT_NE(half.output.find("S3_ACCESS_KEY is set but S3_SECRET_KEY is not"), std::string::npos)
+      << half.output;
 
   add_key(&new_access, &new_secret);
   a.UseKeys(new_access, new_secret);  // The operator's shell now has the new Secret.

@@ -371,6 +371,9 @@ TEST(LogLevelTest, LevelsApplyToEveryComponentOrOneInTheOrderGiven) {
   ASSERT_TRUE(ConfigureLogging(" error , fuse = trace ").ok());
   EXPECT_EQ(Logger("s3")->level(), spdlog::level::err);
   EXPECT_EQ(Logger("fuse")->level(), spdlog::level::trace);
+  ASSERT_TRUE(ConfigureLogging("warning,s3=err").ok());  // spdlog's spellings too.
+  EXPECT_EQ(Logger("fuse")->level(), spdlog::level::warn);
+  EXPECT_EQ(Logger("s3")->level(), spdlog::level::err);
   ASSERT_TRUE(ConfigureLogging("info").ok());
   EXPECT_EQ(Logger("fuse")->level(), spdlog::level::info);
 }
