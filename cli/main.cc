@@ -833,9 +833,9 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     }
     if (log_fd > STDERR_FILENO) close(log_fd);
   }
-  // The progress lines come from the coordinator's lease wait while its main thread runs
-  // `body`: one writer at a time.
-  auto pipe_mu = std::make_shared<std::mutex>();
+  // Progress lines and the outcome may come from different threads of `body`: one writer
+  // at a time.
+  std::mutex pipe_mu;
   int write_fd = fds[1];
   auto write_all = [&write_fd](const std::string& bytes) {
     if (write_fd < 0) return;
@@ -844,7 +844,7 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     }
   };
   auto report = [&](const std::string& error) {
-    std::lock_guard lock(*pipe_mu);
+    std::lock_guard lock(pipe_mu);
     if (write_fd < 0) return;
     if (!error.empty()) Logger("mountd")->error("{}", error);
     write_all("R" + (error.empty() ? std::string("ok") : error));
@@ -854,7 +854,7 @@ int RunInBackground(const std::string& log_file, const std::string& what,
   auto progress = [&](const std::string& line) {
     std::string one_line = line;
     std::replace(one_line.begin(), one_line.end(), '\n', ' ');
-    std::lock_guard lock(*pipe_mu);
+    std::lock_guard lock(pipe_mu);
     write_all("P" + one_line + "\n");
   };
   int rc = body(report, progress);
@@ -1165,6 +1165,11 @@ int Share(const std::string& runtime_dir, const std::string& path, int ttl) {
 
 // The command-line tokens of `mount` that the daemon must see too: every option with its
 // value, without positionals, -f and the coordinator's own options.
+// `path` relative to the working directory made absolute; empty stays empty (not given).
+std::string AbsolutePath(const std::string& path) {
+  return path.empty() ? path : std::filesystem::absolute(path).lexically_normal().string();
+}
+
 std::vector<std::string> PassThrough(CLI::App* mount, const std::vector<std::string>& tokens) {
   static const std::set<std::string> kCoordinatorOnly = {
       "--runtime-dir", "--holder-id", "--lease-ttl", "--lease-margin", "--no-wait",
@@ -1173,9 +1178,6 @@ std::vector<std::string> PassThrough(CLI::App* mount, const std::vector<std::str
   // relative to the caller's directory are handed on absolute.
   static const std::set<std::string> kPaths = {"--credentials-file", "--spool-dir", "--cache-dir",
                                                "--ca-bundle"};
-  auto absolute = [](const std::string& path) {
-    return path.empty() ? path : std::filesystem::absolute(path).lexically_normal().string();
-  };
   std::vector<std::string> out;
   for (size_t i = 0; i < tokens.size(); ++i) {
     const std::string& t = tokens[i];
@@ -1190,9 +1192,10 @@ std::vector<std::string> PassThrough(CLI::App* mount, const std::vector<std::str
     const bool value_next = takes_value && eq == std::string::npos;
     const bool path = kPaths.count(name) != 0;
     if (kCoordinatorOnly.count(name) == 0) {
-      out.push_back(path && eq != std::string::npos ? name + "=" + absolute(t.substr(eq + 1)) : t);
+      out.push_back(path && eq != std::string::npos ? name + "=" + AbsolutePath(t.substr(eq + 1))
+                                                    : t);
       if (value_next && i + 1 < tokens.size()) {
-        out.push_back(path ? absolute(tokens[i + 1]) : tokens[i + 1]);
+        out.push_back(path ? AbsolutePath(tokens[i + 1]) : tokens[i + 1]);
       }
     }
     if (value_next) ++i;
@@ -1423,7 +1426,7 @@ int main(int argc, char** argv) {
   for (std::string* path : {&m.credentials_file, &m.spool_dir, &m.cache_dir, &m.ca_bundle,
                             &m.log_file, &m.runtime_dir, &m.control_socket,
                             &m.startup_error_file}) {
-    if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
+    *path = AbsolutePath(*path);
   }
   if (!m.log_file.empty() && !m.foreground) {
     // In the background a log that cannot be opened would be dropped without a word.
