@@ -1661,8 +1661,18 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
   {
     std::unique_lock lock(file->mu_);
     file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
-    file->committing_ = true;
     exists_remotely = file->exists_remotely_;
+    if (!exists_remotely) {
+      // Nothing of the file is in S3: journal it under `to` before anything changes, so
+      // that a daemon killed from here on uploads it there, never at `from` (a name the
+      // caller gave up). A journal that cannot be written (a full spool disk) fails the
+      // rename with nothing changed.
+      SpoolRecord moved = file->RecordLocked();
+      moved.key = to;
+      moved.create_only = false;
+      if (Status journaled = spool_.WriteRecord(moved); !journaled.ok()) return journaled;
+    }
+    file->committing_ = true;
     upload_id = std::exchange(file->upload_id_, std::string());
     file->parts_.clear();
   }
@@ -1712,7 +1722,20 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
     } else {
       files_[to] = file;
       file->remove_on_destroy_ = false;
-      (void)file->JournalLocked();
+      if (Status journaled = file->JournalLocked(); !journaled.ok()) {
+        // Never committed: the record written above already names `to`. Copied: the
+        // record still names `from` and the base `from` had, which the caller deletes
+        // next, so a daemon killed before this file's next upload would find its base
+        // gone and keep the data in lost+found/ rather than at `to`. Nothing is lost;
+        // say so, since the rename itself has happened.
+        LogEvent(*Logger("writeback"), spdlog::level::err,
+                 exists_remotely
+                     ? "renamed, but the spool journal could not record the new name; if "
+                       "the daemon dies before the file's next upload, its data goes to "
+                       "lost+found/ instead"
+                     : "renamed, but the spool journal could not record the file's new state",
+                 {{"from", from}, {"to", to}, {"error", journaled.ToString()}});
+      }
     }
   }
   if (replaced) {

@@ -2297,6 +2297,35 @@ TEST_F(WritebackTest, RenameOfAFileNeverCommittedMovesItAndItCommitsAtTheNewKeyO
   EXPECT_EQ(fake_.ObjectInfoDirect("to")->metadata, Stored(kMeta));
 }
 
+// A file never committed is journaled under its new name before the rename changes
+// anything: when that journal cannot be written, the rename fails and the file stays
+// where it was, so a killed daemon never uploads it under a name its program gave up.
+TEST_F(WritebackTest, RenameOfAFileNeverCommittedFailsWhenItsJournalCannotBeWritten) {
+  Start(fake_);
+  auto file = MustOpen("stay");
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("kept at its name")).ok());
+  const stdfs::path record = stdfs::path(spool_->directory()) / "files" / (file->id() + ".json");
+  ASSERT_TRUE(stdfs::exists(record));
+  // A directory where the record goes: no write of it can succeed.
+  stdfs::remove(record);
+  stdfs::create_directory(record);
+
+  auto renamed = wb_->Rename("stay", "moved");
+  ASSERT_FALSE(renamed.ok());
+  EXPECT_NE(renamed.status().message().find("spool journal"), std::string::npos)
+      << renamed.status().ToString();
+  EXPECT_EQ(wb_->Find("stay"), file);
+  EXPECT_EQ(wb_->Find("moved"), nullptr);
+  EXPECT_EQ(file->key(), "stay");
+
+  stdfs::remove(record);
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("stay"));
+  EXPECT_EQ(fake_.ObjectBody("stay"), "kept at its name");
+  EXPECT_FALSE(fake_.Exists("moved"));
+}
+
 TEST_F(WritebackTest, RenameOntoAnotherDirtyFileReplacesIt) {
   Start(fake_);
   auto a = MustOpen("a");
