@@ -48,6 +48,7 @@
 #include "cache/write_fence.h"
 #include "cache/writeback.h"
 #include "common/control_channel.h"
+#include "common/exit_code.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/metrics_endpoint.h"
@@ -644,7 +645,7 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
   auto built = BuildDaemon(a, &fsname);
   if (!built.ok()) {
     report(built.status().ToString());
-    return 1;
+    return ExitCodeFor(built.status());
   }
   Daemon& d = **built;
   // Declared after `built`: scrapes stop before the daemon's parts are destroyed.
@@ -655,7 +656,7 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
     auto endpoint = MetricsEndpoint::Start(a.metrics_address, Metrics());
     if (!endpoint.ok()) {
       report(endpoint.status().ToString());
-      return 1;
+      return ExitCodeFor(endpoint.status());
     }
     metrics = std::move(*endpoint);
     d.metrics_url = metrics->url();  // Before the control server can read it.
@@ -668,7 +669,7 @@ int RunMount(const MountArgs& a, const std::function<void(const std::string&)>& 
         });
     if (!server.ok()) {
       report(server.status().ToString());
-      return 1;
+      return ExitCodeFor(server.status());
     }
     control = std::move(*server);
   }
@@ -804,13 +805,15 @@ int RunInBackground(const std::string& log_file, const std::string& what,
                 << "up: it is being unmounted again (see `bucketfs status`)\n";
       return 128 + forwarded;
     }
-    if (outcome.empty()) {
-      int status = 0;
-      waitpid(pid, &status, 0);
-      outcome = "the " + what + " exited before the mount was ready";
-    }
+    // The child exits right after it reported a failure: its status is the cause's
+    // (common/exit_code.h).
+    int status = 0;
+    const bool reaped = waitpid(pid, &status, 0) == pid;
+    if (outcome.empty()) outcome = "the " + what + " exited before the mount was ready";
     std::cerr << "bucketfs: " << outcome << "\n";
-    return forwarded != 0 ? 128 + forwarded : 1;
+    if (forwarded != 0) return 128 + forwarded;
+    const int child_code = reaped && WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+    return child_code > kExitFailure ? child_code : kExitFailure;
   }
   close(fds[0]);
   sigprocmask(SIG_SETMASK, &previous, nullptr);
@@ -879,7 +882,7 @@ int RunCoordinator(const MountArgs& a, const std::vector<std::string>& passthrou
   auto parts = BuildClient(a);
   if (!parts.ok()) {
     report(parts.status().ToString());
-    return 1;
+    return ExitCodeFor(parts.status());
   }
   const s3::BucketSettings& settings = parts->settings;
   mountd::CoordinatorOptions o;
@@ -1392,7 +1395,7 @@ int main(int argc, char** argv) {
     if (share_ttl < 1 || share_ttl > 604800) {
       std::cerr << "bucketfs: --ttl " << share_ttl
                 << " is out of range: a presigned URL lasts 1 s to 7 days (604800 s)\n";
-      return 1;
+      return kExitUsage;
     }
     return Share(runtime_dir, share_path, share_ttl);
   }
@@ -1401,7 +1404,7 @@ int main(int argc, char** argv) {
   if (!m.metrics_address.empty()) {
     if (auto address = ParseHostPort(m.metrics_address); !address.ok()) {
       std::cerr << "bucketfs: --metrics-address: " << address.status().ToString() << "\n";
-      return 1;
+      return kExitUsage;
     }
   }
   std::string log_spec = m.log_level;
@@ -1409,17 +1412,17 @@ int main(int argc, char** argv) {
     auto debug = DebugLevelSpec(m.debug);
     if (!debug.ok()) {
       std::cerr << "bucketfs: --debug: " << debug.status().ToString() << "\n";
-      return 1;
+      return kExitUsage;
     }
     log_spec += "," + *debug;
   }
   if (Status levels = ConfigureLogging(log_spec); !levels.ok()) {
     std::cerr << "bucketfs: " << levels.message() << "\n";
-    return 1;
+    return kExitUsage;
   }
   if (auto checked = CheckMountArgs(m); !checked.ok()) {
     std::cerr << "bucketfs: " << checked.status().message() << "\n";
-    return 1;
+    return kExitUsage;
   }
   // In the background the coordinator and the daemon run in / (RunInBackground): a relative
   // path must mean what it meant here.
@@ -1433,13 +1436,13 @@ int main(int argc, char** argv) {
     const int fd = open(m.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0) {
       std::cerr << "bucketfs: --log-file " << m.log_file << ": " << strerror(errno) << "\n";
-      return 1;
+      return kExitUsage;
     }
     close(fd);
   }
   if (Status format = ConfigureLogFormat(m.log_format); !format.ok()) {
     std::cerr << "bucketfs: --log-format: " << format.ToString() << "\n";
-    return 1;
+    return kExitUsage;
   }
   struct stat st {};
   auto resolved = ResolveMountpoint(m.mountpoint);
@@ -1448,13 +1451,13 @@ int main(int argc, char** argv) {
                                          !S_ISDIR(st.st_mode)))) {
     std::cerr << "bucketfs: mountpoint '" << m.mountpoint
               << "' is not an existing directory: create it with mkdir -p\n";
-    return 1;
+    return kExitUsage;
   }
   if (dead_mount && *serve) {
     std::cerr << "bucketfs: '" << m.mountpoint << "' is a mount whose daemon is gone "
               << "(Transport endpoint is not connected): detach it with `fusermount3 -u -z "
               << m.mountpoint << "` (`bucketfs mount` does that itself)\n";
-    return 1;
+    return kExitUsage;
   }
   m.mountpoint = *resolved;
   if (*serve) {

@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "common/control_channel.h"
+#include "common/exit_code.h"
 #include "common/format_bytes.h"
 #include "common/log.h"
 
@@ -268,6 +269,7 @@ struct Coordinator::State {
   std::unique_ptr<control::ControlServer> server;
   std::string daemon_socket;
   std::string startup_error_file;
+  int daemon_exit_code = 0;  // Of the last daemon that exited before its mount was ready.
 
   std::mutex mu;                // Guards the fields below.
   pid_t daemon_pid = -1;
@@ -359,6 +361,7 @@ struct Coordinator::State {
       daemon_pid = pid;
     }
     daemon_fence_confirmed = false;  // A new daemon: fenced only by its start argument yet.
+    daemon_exit_code = 0;
     Logger("mountd")->info("daemon pid {} starting for {}", pid, Where());
     MonoTime deadline = clock.Now() + options.mount_timeout;
     while (clock.Now() < deadline) {
@@ -367,6 +370,7 @@ struct Coordinator::State {
       if (done == pid) {
         std::lock_guard lock(mu);
         daemon_pid = -1;
+        daemon_exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
         std::string why;
         std::ifstream err(startup_error_file);
         std::getline(err, why, '\0');
@@ -1010,7 +1014,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
   Status dir = control::EnsureRuntimeDir(o.runtime_dir);
   if (!dir.ok()) {
     ready(dir.ToString());
-    return 1;
+    return ExitCodeFor(dir);
   }
   s.daemon_socket = DaemonSocketPath(o.runtime_dir, o.mountpoint);
   s.startup_error_file = o.runtime_dir + "/" + MountHash(o.mountpoint) + ".startup-error";
@@ -1026,7 +1030,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
               ? o.mountpoint + " is already mounted by bucketfs (" + server.status().ToString() +
                     "); see `bucketfs status " + o.mountpoint + "`"
               : server.status().ToString());
-    return 1;
+    return ExitCodeFor(server.status());
   }
   s.server = std::move(*server);
 
@@ -1042,7 +1046,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
     Status probe = ProbeConditionalWrites(s.client, s.clock, o.lease);
     if (!probe.ok()) {
       ready(probe.ToString());
-      return 1;
+      return ExitCodeFor(probe);
     }
     auto lease = std::make_unique<Lease>(s.client, s.clock, o.lease, o.holder);
     Status acquired = lease->Acquire(
@@ -1053,7 +1057,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
         [] { return (g_signals.load() & kStopSignal) != 0; });
     if (!acquired.ok()) {
       ready(acquired.ToString());
-      return 1;
+      return ExitCodeFor(acquired);
     }
     std::lock_guard lock(s.mu);
     s.lease = std::move(lease);
@@ -1071,7 +1075,7 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
     }
     ready(o.mountpoint + " already has a FUSE filesystem mounted on it (see /proc/mounts); "
           "unmount it first or choose another mountpoint");
-    return 1;
+    return kExitBusy;
   }
   Status started = s.StartDaemonGuarded();
   if (!started.ok()) {
@@ -1089,8 +1093,10 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
         (void)released;  // Logged by the lease; it expires on its own otherwise.
       }
     }
-    ready("cannot mount " + s.Where() + ": " + started.ToString() + lease_note);
-    return 1;
+    // The message, not ToString(): a daemon's own error already starts with its cause.
+    ready("cannot mount " + s.Where() + ": " + started.message() + lease_note);
+    // The daemon's own status says what failed (credentials, bucket, …) when it has one.
+    return s.daemon_exit_code > kExitFailure ? s.daemon_exit_code : ExitCodeFor(started);
   }
   s.PushLeaseToDaemon();  // Renewals may have happened while it started.
   {

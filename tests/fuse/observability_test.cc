@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "common/exit_code.h"
 #include "tests/support/eventually.h"
 #include "tests/support/metrics_scrape.h"
 #include "tests/support/mounted_bucket.h"
@@ -343,7 +344,7 @@ TEST_F(ObservabilityTest, ABusyMetricsAddressFailsTheMountAndSaysSo) {
       server_->access_key, server_->secret_key, BUCKETFS_BINARY, bucket_, m.dir(),
       server_->endpoint, m.dir(), address));
   close(sock);
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
   EXPECT_NE(r.output.find(address), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("in use"), std::string::npos) << r.output;
   EXPECT_FALSE(IsBucketfsMountedAt(m.dir()));
@@ -353,7 +354,7 @@ TEST_F(ObservabilityTest, ABusyMetricsAddressFailsTheMountAndSaysSo) {
                              "--metrics-address 9464 2>&1",
                              server_->access_key, server_->secret_key, BUCKETFS_BINARY, bucket_,
                              m.dir(), server_->endpoint));
-  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
   EXPECT_NE(r.output.find("HOST:PORT"), std::string::npos) << r.output;
   EXPECT_FALSE(IsBucketfsMountedAt(m.dir()));
 }

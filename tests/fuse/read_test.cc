@@ -18,6 +18,7 @@
 #include <set>
 #include <thread>
 
+#include "common/exit_code.h"
 #include "tests/support/mounted_bucket.h"
 #include "tests/support/s3_test_env.h"
 
@@ -407,13 +408,13 @@ TEST_F(FuseReadTest, WrongSecretOrMissingBucketFailsTheMountWithAdvice) {
     CommandResult r = RunCommand(fmt::format(
         "S3_ACCESS_KEY={} S3_SECRET_KEY=wrong-secret {} mount {} {} --endpoint {} 2>&1",
         server_->access_key, BUCKETFS_BINARY, bucket_, m.dir(), server_->endpoint));
-    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.exit_code, kExitCredentials) << r.output;
     EXPECT_NE(r.output.find("S3_SECRET_KEY"), std::string::npos) << r.output;
     r = RunCommand(fmt::format("S3_ACCESS_KEY={} S3_SECRET_KEY={} {} mount no-such-bucket-{} {} "
                                "--endpoint {} 2>&1",
                                server_->access_key, server_->secret_key, BUCKETFS_BINARY,
                                getpid(), m.dir(), server_->endpoint));
-    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.exit_code, kExitNoBucket) << r.output;
     EXPECT_NE(r.output.find("NoSuchBucket"), std::string::npos) << r.output;
   }
 }

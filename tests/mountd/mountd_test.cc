@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/exit_code.h"
 #include "tests/support/eventually.h"
 #include "tests/support/metrics_scrape.h"
 #include "tests/support/mounted_bucket.h"
@@ -205,13 +206,13 @@ TEST_F(MountdTest, SecondPodIsRefusedWhileTheFirstHoldsTheLeaseAndMountsAfterIts
 
   // B watches the lease, sees A renew it, and gives up naming A.
   CommandResult rb = b.Mount();
-  EXPECT_NE(rb.exit_code, 0) << rb.output;
+  EXPECT_EQ(rb.exit_code, kExitBusy) << rb.output;
   EXPECT_NE(rb.output.find("pod-a"), std::string::npos) << rb.output;
   EXPECT_NE(rb.output.find(bucket_), std::string::npos) << rb.output;
   EXPECT_FALSE(IsMountedAt(b.dir()));
   // And with --no-wait at once.
   CommandResult rb2 = b.Mount("--no-wait");
-  EXPECT_NE(rb2.exit_code, 0) << rb2.output;
+  EXPECT_EQ(rb2.exit_code, kExitBusy) << rb2.output;
   EXPECT_NE(rb2.output.find("pod-a"), std::string::npos) << rb2.output;
 
   WriteFile(a.dir() + "/from-a.txt", "written by pod a\n");
@@ -693,13 +694,56 @@ TEST_F(MountdTest, AnInvalidOptionIsRefusedBeforeTheBucketIsTouched) {
                         Case{"--log-level INFO", "--log-level: unknown level 'INFO'"},
                         Case{"--drain-timeout -1", "--drain-timeout must be 0 or more seconds"}}) {
     CommandResult r = a.Mount(c.options);
-    EXPECT_EQ(r.exit_code, 1) << c.options << ": " << r.output;
+    EXPECT_EQ(r.exit_code, kExitUsage) << c.options << ": " << r.output;
     EXPECT_NE(r.output.find(c.says), std::string::npos) << c.options << ": " << r.output;
     EXPECT_EQ(r.output.find("signal"), std::string::npos) << c.options << ": " << r.output;
   }
   // Refused before the probe and the lease: nothing was written to the bucket.
   EXPECT_FALSE(Exists(".bucketfs/lease"));
   EXPECT_FALSE(IsMountedAt(a.dir()));
+}
+
+// A script or an init container tells "fix the configuration" from "try again later" by
+// the exit status alone (common/exit_code.h); the message still says what to do.
+TEST_F(MountdTest, EachKindOfMountFailureHasItsOwnExitStatus) {
+  Pod a(*server_, bucket_, "pod-a");
+  struct Case {
+    std::string what, args;
+    int exit_code;
+    std::string says;
+  };
+  const std::string common = fmt::format("--runtime-dir {} --spool-dir {} --log-file {}/../log",
+                                         a.runtime(), a.spool(), a.spool());
+  const std::string here = fmt::format("--endpoint {} --region {}", server_->endpoint,
+                                       server_->region);
+  const std::vector<Case> cases = {
+      {"no such bucket", fmt::format("nobucket-{} {} {} {}", getpid(), a.dir(), here, common),
+       kExitNoBucket, "NoSuchBucket"},
+      {"no such bucket, read-only",
+       fmt::format("nobucket-{} {} {} {} --read-only", getpid(), a.dir(), here, common),
+       kExitNoBucket, "NoSuchBucket"},
+      {"nothing listening", fmt::format("{} {} --endpoint http://127.0.0.1:1 --region {} {}",
+                                        bucket_, a.dir(), server_->region, common),
+       kExitUnreachable, "check that the S3 endpoint is right"},
+      {"no mountpoint", fmt::format("{} {}/absent {} {}", bucket_, a.dir(), here, common),
+       kExitUsage, "mkdir -p"},
+  };
+  for (const Case& c : cases) {
+    CommandResult r = RunCommand(a.Cli("mount " + c.args));
+    EXPECT_EQ(r.exit_code, c.exit_code) << c.what << ": " << r.output;
+    EXPECT_NE(r.output.find(c.says), std::string::npos) << c.what << ": " << r.output;
+    EXPECT_FALSE(IsMountedAt(a.dir())) << c.what;
+  }
+  // A wrong secret, for the writable mount (refused by the coordinator's probe) and the
+  // read-only one (refused by the daemon, whose status the coordinator passes on).
+  a.UseKeys(server_->access_key, "not-the-secret");
+  for (const std::string extra : {"", "--read-only"}) {
+    CommandResult r = a.Mount(extra);
+    EXPECT_EQ(r.exit_code, kExitCredentials) << extra << ": " << r.output;
+    EXPECT_NE(r.output.find("S3_SECRET_KEY"), std::string::npos) << extra << ": " << r.output;
+    EXPECT_EQ(r.output.find("Internal"), std::string::npos) << extra << ": " << r.output;
+    EXPECT_FALSE(IsMountedAt(a.dir())) << extra;
+  }
 }
 
 TEST_F(MountdTest, RelativePathsMeanWhatTheyMeantWhereTheMountWasRun) {

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "common/errno_map.h"
+#include "common/exit_code.h"
 
 namespace bucketfs {
 namespace {
@@ -73,6 +74,27 @@ TEST(ErrnoMapTest, MapsEachCodeToItsErrno) {
   for (int c = 1; c <= static_cast<int>(ErrorCode::kInternal); ++c) {
     EXPECT_GT(ToErrno(Status(static_cast<ErrorCode>(c), "")), 0) << c;
     EXPECT_NE(ErrorCodeName(static_cast<ErrorCode>(c)), "Unknown");
+  }
+}
+
+TEST(ExitCodeTest, EachCauseOfAFailedMountHasItsOwnStatus) {
+  EXPECT_EQ(ExitCodeFor(Status()), kExitOk);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kInvalidArgument, "")), kExitUsage);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kInvalidCredentials, "")), kExitCredentials);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kExpiredCredentials, "")), kExitCredentials);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kAccessDenied, "")), kExitCredentials);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kNoSuchBucket, "")), kExitNoBucket);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kBusy, "")), kExitBusy);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kNetwork, "")), kExitUnreachable);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kTimeout, "")), kExitUnreachable);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kServerError, "")), kExitUnreachable);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kNoSpace, "")), kExitNoSpace);
+  EXPECT_EQ(ExitCodeFor(Status(ErrorCode::kInternal, "")), kExitFailure);
+  // Every failure is a failure: never 0, never a code a signal would give (128 + N).
+  for (int c = 1; c <= static_cast<int>(ErrorCode::kInternal); ++c) {
+    const int code = ExitCodeFor(static_cast<ErrorCode>(c));
+    EXPECT_GE(code, 1) << ErrorCodeName(static_cast<ErrorCode>(c));
+    EXPECT_LT(code, 100) << ErrorCodeName(static_cast<ErrorCode>(c));
   }
 }
 
