@@ -22,6 +22,7 @@ WORKLOADS = {
     "seq_read_cold": ("sequential read {big}, fresh mount", "mb_s", "MB/s", True),
     "seq_read_warm": ("sequential read {big} again, same mount", "mb_s", "MB/s", True),
     "seq_write": ("sequential write {write}, until in S3", "mb_s", "MB/s", True),
+    "seq_write_signed": ("sequential write {write} by one curl PUT, SHA-256 signed and verified", "mb_s", "MB/s", True),
     "seq_write_awscli": ("sequential write {write} by `aws s3 cp` (parallel parts)", "mb_s", "MB/s", True),
     "small_files": ("{small_n} × 4 KiB files, until all in S3", "wall_s", "s", False),
     "ls_cold": ("`ls -l` of {ls_n} objects, fresh mount", "wall_s", "s", False),

@@ -28,7 +28,8 @@
 #
 #   seq_read_cold / _warm   dd bs=1M of a 1 GiB object on a fresh mount, then again on it
 #   seq_write               dd bs=1M conv=fsync of 1 GiB, timed until the object is in S3
-#                           (raw: one curl PUT, and `aws s3 cp` as the parallel-multipart baseline)
+#                           (raw: one curl PUT; one with a signed, server-verified SHA-256,
+#                           as bucketfs sends; and `aws s3 cp` as the parallel-multipart baseline)
 #   small_files             1,000 files of 4 KiB, timed until all are in S3
 #   ls_cold / ls_warm       ls -l of a directory of 10,000 objects, fresh mount, then again
 #   rand_read               1,000 random 4 KiB preads one at a time, fresh mount (mean/p50/p99)
