@@ -40,6 +40,16 @@ bool TaskPool::TrySubmit(Task task) {
   return true;
 }
 
+bool TaskPool::TrySubmitFirst(Task task) {
+  {
+    std::lock_guard lock(mu_);
+    if (queue_.size() >= max_queued_) return false;
+    queue_.push_front(std::move(task));
+  }
+  has_task_.notify_one();
+  return true;
+}
+
 void TaskPool::Submit(Task task) {
   {
     std::unique_lock lock(mu_);

@@ -3,7 +3,9 @@
 //
 // Contract:
 //  - Thread-safe. Submit() queues a task and returns at once; tasks run in submission order
-//    on the first free thread. A task must not throw (the process aborts if one does).
+//    on the first free thread, except that TrySubmitFirst() puts its task before every
+//    task waiting (for a request someone waits on, queued behind background work). A task
+//    must not throw (the process aborts if one does).
 //  - Bounded: at most `max_queued` tasks wait; TrySubmit() refuses (returns false) beyond
 //    that instead of growing without limit, so a caller can fall back to doing less
 //    (read-ahead simply prefetches less). Submit() waits for room instead.
@@ -47,6 +49,8 @@ class TaskPool {
 
   // Queues `task` if fewer than max_queued tasks wait; false otherwise.
   bool TrySubmit(Task task);
+  // As TrySubmit, but `task` goes first: the next free thread runs it.
+  bool TrySubmitFirst(Task task);
   // Queues `task`, waiting for room.
   void Submit(Task task);
 

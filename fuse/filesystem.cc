@@ -337,7 +337,9 @@ Result<Node> Filesystem::Probe(const std::string& path) {
   auto task = std::make_shared<std::packaged_task<Result<s3::ListPage>()>>(list_one);
   std::future<Result<s3::ListPage>> listed = task->get_future();
   const uint64_t as_of = inodes_.Tick();  // Before either request is sent.
-  if (!metadata_pool_->TrySubmit([task] { (*task)(); })) (*task)();
+  // First in line: an opendir's type checks (CheckSmallEntries) may fill the queue, and
+  // this lookup is what a program waits on.
+  if (!metadata_pool_->TrySubmitFirst([task] { (*task)(); })) (*task)();
 
   auto head = client_.Head(s3::HeadRequest{path, {}}, {deadline});
   Result<s3::ListPage> page = listed.get();

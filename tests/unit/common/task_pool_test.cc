@@ -75,6 +75,24 @@ TEST(TaskPoolTest, SingleThreadRunsTasksInSubmissionOrder) {
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[static_cast<size_t>(i)], i);
 }
 
+TEST(TaskPoolTest, TrySubmitFirstRunsBeforeEveryWaitingTask) {
+  std::vector<int> order;  // Only the one pool thread touches it until the pool is gone.
+  {
+    TaskPool pool("test-pool", 1, 8);
+    std::latch started(1), release(1);
+    pool.Submit([&] {
+      started.count_down();
+      release.wait();
+    });
+    started.wait();  // The thread is busy: what follows waits in the queue.
+    for (int i = 1; i <= 3; ++i) pool.Submit([&order, i] { order.push_back(i); });
+    ASSERT_TRUE(pool.TrySubmitFirst([&order] { order.push_back(0); }));
+    EXPECT_EQ(pool.queued(), 4u);
+    release.count_down();
+  }
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3}));
+}
+
 TEST(TaskPoolTest, TrySubmitRefusesWhenTheQueueIsFull) {
   std::latch release(1);
   std::atomic<int> started{0};

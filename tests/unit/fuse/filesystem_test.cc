@@ -19,11 +19,13 @@
 #include "common/task_pool.h"
 #include "s3/fake_client.h"
 #include "s3/forwarding_client.h"
+#include "tests/support/eventually.h"
 
 namespace bucketfs::fs {
 namespace {
 
 using namespace std::chrono_literals;
+using bucketfs::testing::Eventually;
 
 constexpr uint64_t kBlock = 64 * 1024;
 constexpr Duration kTtl = 60s;
@@ -732,6 +734,102 @@ class DirectoryPageCounter : public s3::ForwardingClient {
  private:
   std::string prefix_;
 };
+
+// HEADs of keys under `prefix` wait for a permit each; every other call goes through.
+class GatedHeadClient : public s3::ForwardingClient {
+ public:
+  GatedHeadClient(s3::ObjectClient& inner, std::string prefix)
+      : ForwardingClient(inner), prefix_(std::move(prefix)) {}
+  Result<s3::ObjectInfo> Head(const s3::HeadRequest& req, const s3::CallOptions& opts) override {
+    if (req.key.compare(0, prefix_.size(), prefix_) != 0) {
+      std::lock_guard lock(mu_);
+      ungated_.push_back(req.key);
+    } else {
+      std::unique_lock lock(mu_);
+      ++started_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return permits_ > 0; });
+      --permits_;
+    }
+    return inner().Head(req, opts);
+  }
+  void Permit(int n) {
+    std::lock_guard lock(mu_);
+    permits_ += n;
+    changed_.notify_all();
+  }
+  int started() {
+    std::lock_guard lock(mu_);
+    return started_;
+  }
+  bool HeadOf(const std::string& key) {
+    std::lock_guard lock(mu_);
+    return std::find(ungated_.begin(), ungated_.end(), key) != ungated_.end();
+  }
+  Result<s3::ListPage> List(const s3::ListRequest& req, const s3::CallOptions& opts) override {
+    {
+      std::lock_guard lock(mu_);
+      listed_.push_back(req.prefix);
+    }
+    return inner().List(req, opts);
+  }
+  bool Listed(const std::string& prefix) {
+    std::lock_guard lock(mu_);
+    return std::find(listed_.begin(), listed_.end(), prefix) != listed_.end();
+  }
+
+ private:
+  const std::string prefix_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  int permits_ = 0;
+  int started_ = 0;
+  std::vector<std::string> ungated_;
+  std::vector<std::string> listed_;
+};
+
+// A lookup made while an `ls` of a directory of small files has its type checks (a HEAD
+// each) queued on the metadata pool goes before them: it waits for one pool thread to be
+// free, not for the whole queue.
+TEST_F(FilesystemTest, ALookupGoesBeforeTheTypeChecksOfAListingInFlight) {
+  constexpr int kSmall = 200;  // Under the 256 checks of one listing; more than the threads.
+  for (int i = 0; i < kSmall; ++i) server_.PutDirect(fmt::format("many/{:03}", i), "x");
+  server_.PutDirect("other/file", "y");
+  GatedHeadClient gated(server_, "many/");
+  FilesystemOptions o;
+  o.metadata_ttl = kTtl;
+  o.mount_time = clock_.WallNow();
+  Remake(gated, o);
+  const InodeId many = MustLookup(kRootInode, "many");
+
+  auto listed = std::async(std::launch::async, [&] {
+    auto dir = fs_->OpenDir(many);
+    if (!dir.ok()) return dir.status();
+    Status read = fs_->ReadDir(*dir, 0, /*plus=*/true, [](const DirEntryView&) { return true; });
+    fs_->ReleaseDir(*dir);
+    return read;
+  });
+  // Every metadata thread waits in a HEAD; the rest of the checks wait in the queue.
+  ASSERT_TRUE(Eventually([&] { return gated.started() >= 16; }));
+  auto looked_up = std::async(std::launch::async, [&] { return fs_->Lookup(kRootInode, "other"); });
+  // Its HEAD comes right after its listing was queued: from here the queue holds it.
+  ASSERT_TRUE(Eventually([&] { return gated.HeadOf("other"); }));
+  // One HEAD at a time: each lets one thread go on to the next task in the queue, which is
+  // either the lookup's listing or another check (which starts, and waits).
+  int permits = 0;
+  while (!gated.Listed("other/") && permits < kSmall) {
+    const int started = gated.started();
+    gated.Permit(1);
+    ++permits;
+    ASSERT_TRUE(Eventually([&] { return gated.started() > started || gated.Listed("other/"); }));
+  }
+  auto entry = looked_up.get();
+  ASSERT_TRUE(entry.ok()) << entry.status().ToString();
+  EXPECT_EQ(entry->attr.type, FileType::kDirectory);
+  EXPECT_EQ(permits, 1) << "the lookup waited for the type checks queued before it";
+  gated.Permit(kSmall);
+  EXPECT_TRUE(listed.get().ok());
+}
 
 // A program creating files in a large dataset directory: its lookups of new names are not
 // answered by listing the directory to its end (thousands of pages for millions of keys),
