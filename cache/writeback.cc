@@ -194,7 +194,7 @@ void DirtyFile::TouchLocked(uint64_t begin, uint64_t end) {
 
 std::vector<int> DirtyFile::EagerPartsLocked(uint64_t begin, uint64_t end) {
   std::vector<int> eager;
-  if (unlinked_ || committing_ || begin >= end) return eager;
+  if (unlinked_ || committing_ || eager_waiters_ > 0 || begin >= end) return eager;
   if (owner_.clock_.Now() < eager_paused_until_) return eager;
   const size_t cap = owner_.options_.upload_parallelism * 2;
   for (PartSpan span = layout_->PartAt(begin); span.offset < end;
@@ -1568,11 +1568,17 @@ void Writeback::Unlink(const std::string& key) {
   if (!upload_id.empty()) (void)client_.AbortMultipart(key, upload_id, {Deadline()});
 }
 
+void DirtyFile::WaitUntilSettledLocked(std::unique_lock<std::mutex>& lock) {
+  ++eager_waiters_;
+  changed_.wait(lock, [&] { return !committing_ && eager_in_flight_ == 0; });
+  --eager_waiters_;
+}
+
 Writeback::CommitHold Writeback::HoldCommits(const std::string& key) {
   std::shared_ptr<DirtyFile> file = Find(key);
   if (!file) return CommitHold();
   std::unique_lock lock(file->mu_);
-  file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
+  file->WaitUntilSettledLocked(lock);
   // Commit(), early parts, the retry loop and Drain() all stand back from a file marked
   // committing.
   file->committing_ = true;
@@ -1644,7 +1650,7 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
   bool exists_remotely = false;
   {
     std::unique_lock lock(file->mu_);
-    file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
+    file->WaitUntilSettledLocked(lock);
     exists_remotely = file->exists_remotely_;
   }
   if (exists_remotely) {
@@ -1660,7 +1666,7 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
   std::string upload_id;
   {
     std::unique_lock lock(file->mu_);
-    file->changed_.wait(lock, [&] { return !file->committing_ && file->eager_in_flight_ == 0; });
+    file->WaitUntilSettledLocked(lock);
     exists_remotely = file->exists_remotely_;
     if (!exists_remotely) {
       // Nothing of the file is in S3: journal it under `to` before anything changes, so

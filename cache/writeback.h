@@ -280,6 +280,9 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   s3::UserMetadata UploadMetadataLocked() const;
   SpoolRecord RecordLocked() const;
   Status JournalLocked();
+  // Waits until no commit and no early part is under way; no new early part starts while
+  // it waits (eager_waiters_). `lock` holds mu_.
+  void WaitUntilSettledLocked(std::unique_lock<std::mutex>& lock);
   // Requires mu_ and closed_. Journals the file as open again (a crash from here on keeps it
   // in lost+found/); on failure it stays closed, and the caller must change nothing.
   Status JournalReopenedLocked();
@@ -329,6 +332,10 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   bool creating_upload_ = false;
   Status create_error_;  // What the last failed CreateMultipart answered.
   int eager_in_flight_ = 0;
+  // Callers waiting for eager_in_flight_ to reach 0 (a rename, a commit hold): no new early
+  // part starts meanwhile, or a writer streaming faster than the uploads would keep it
+  // above 0, and `mv` of a file being downloaded would wait for the download to end.
+  int eager_waiters_ = 0;
   // An eager part failed: no more are started (nor those queued sent) until this time
   // (options' first_retry later) or the next commit, so that a server that is down costs
   // a commit one request deadline, not one per part, and a passing error does not stop

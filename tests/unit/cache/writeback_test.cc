@@ -217,6 +217,31 @@ class GatedCreateClient final : public s3::ForwardingClient {
   int waiting_ = 0;                  // Guarded by mu_.
 };
 
+// UploadPart waits for a permit each; everything else is forwarded.
+class GatedPartClient final : public s3::ForwardingClient {
+ public:
+  explicit GatedPartClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+  void Permit(int n) {
+    std::lock_guard lock(mu_);
+    permits_ += n;
+    changed_.notify_all();
+  }
+  Result<s3::PartInfo> UploadPart(const s3::UploadPartRequest& req,
+                                  const s3::CallOptions& opts) override {
+    {
+      std::unique_lock lock(mu_);
+      changed_.wait(lock, [&] { return permits_ > 0; });
+      --permits_;
+    }
+    return inner().UploadPart(req, opts);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;  // With mu_: permits_ grew.
+  int permits_ = 0;                  // Guarded by mu_.
+};
+
 class WritebackTest : public ::testing::Test {
  protected:
   WritebackTest() : budget_(64 * kMiB, clock_) {
@@ -2324,6 +2349,40 @@ TEST_F(WritebackTest, RenameOfAFileNeverCommittedFailsWhenItsJournalCannotBeWrit
   ASSERT_TRUE(WaitCommitted("stay"));
   EXPECT_EQ(fake_.ObjectBody("stay"), "kept at its name");
   EXPECT_FALSE(fake_.Exists("moved"));
+}
+
+// `mv` of a file a program is still streaming into: the rename waits for the parts already
+// on their way, not for the writer to stop. Here a part is always in flight when the next
+// one is written, so a rename that let new parts start beside it would wait forever.
+TEST_F(WritebackTest, ARenameOfAFileBeingStreamedDoesNotWaitForTheWriterToStop) {
+  GatedPartClient gated(fake_);
+  Start(gated);
+  auto file = MustOpen("stream");
+  ASSERT_NE(file, nullptr);
+  const std::string part = Body(kPart, 5);
+  ASSERT_TRUE(file->Write(0, Bytes(part)).ok());
+  ASSERT_TRUE(file->Write(kPart, Bytes(part)).ok());  // Parts 1 and 2 wait at the server.
+  auto renamed = std::async(std::launch::async, [&] { return wb_->Rename("stream", "moved"); });
+  uint64_t size = 2 * kPart;
+  for (int i = 0; i < 40 && renamed.wait_for(50ms) != std::future_status::ready; ++i) {
+    ASSERT_TRUE(file->Write(size, Bytes(part)).ok());  // A new part, before an old one ends.
+    size += kPart;
+    gated.Permit(1);
+  }
+  const bool done = renamed.wait_for(0s) == std::future_status::ready;
+  gated.Permit(1000);  // Whatever happened, nothing waits at the server any more.
+  ASSERT_TRUE(done) << "the rename waited for the writer";
+  auto outcome = renamed.get();
+  ASSERT_TRUE(outcome.ok()) << outcome.status().ToString();
+  EXPECT_EQ(*outcome, Writeback::RenameOutcome::kMoved);
+  EXPECT_EQ(file->key(), "moved");
+
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("moved"));
+  std::string expected;
+  for (uint64_t n = 0; n < size / kPart; ++n) expected += part;
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("moved"), expected));
+  EXPECT_FALSE(fake_.Exists("stream"));
 }
 
 TEST_F(WritebackTest, RenameOntoAnotherDirtyFileReplacesIt) {
