@@ -675,11 +675,9 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
   std::string copy_etag;
   BFS_ASSIGN_OR_RETURN(Outcome moved, writeback_->Rename(from, to, &copy_etag));
   if (moved != Outcome::kNotDirty) {
-    if (moved == Outcome::kCopied) {
-      // The file's dirty state has moved to `to` already: whatever the delete says, the
-      // nodes follow it there.
-      *old_keys_kept = DeleteRenamedKey(from, to);
-    }
+    // The file's dirty state has moved to `to` already: whatever the delete of `from` (for
+    // kCopied) says, the nodes follow it there, before that delete, so that a read meanwhile
+    // goes to the copy and never to a key being deleted (ESTALE).
     inodes_.Rename(from, to);
     if (auto dirty = FindDirty(to)) {
       if (moved == Outcome::kCopied) {
@@ -706,6 +704,7 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
         inodes_.Expire(source.ino);
       }
     }
+    if (moved == Outcome::kCopied) *old_keys_kept = DeleteRenamedKey(from, to);
     return Status::Ok();
   }
   // The source's current version: RGW ignores x-amz-copy-source-if-match, so look first.
@@ -715,14 +714,15 @@ Status Filesystem::RenameFile(const Node& source, const std::string& from, const
                                          cache::CopySpec{from, to, head.size, head.etag,
                                                          std::nullopt, {}},
                                          Deadline()));
-  *old_keys_kept = DeleteRenamedKey(from, to);
   Attributes attr = source.attr.type == FileType::kSymlink ? source.attr
                                                            : ObjectAttributes(head, options_.defaults);
   if (source.attr.type == FileType::kSymlink) attr.type = FileType::kSymlink;
+  // The node follows the copy before `from` is deleted (see above).
   inodes_.Rename(from, to);
   EnterCopy(to, attr, etag);
   const ListedEntry entry{NameOf(to), FileType::kRegular, head.size, attr.mtime, etag};
   PatchListing(ParentOf(to), entry.name, &entry);
+  *old_keys_kept = DeleteRenamedKey(from, to);
   return Status::Ok();
 }
 
@@ -866,6 +866,17 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   }
   // Everything is copied, and the files being written have moved: the rename has
   // happened, whatever the deletes say (see RenameFile's contract in the header).
+  inodes_.Rename(from, to);
+  // The moved nodes hold their copy's ETag, fresh: a descriptor open on one follows it to
+  // the new key (Read), as on a local disk; the source's ETag would fail its If-Match (a
+  // copy of a multipart object has another ETag). Unknown: ask the server next time.
+  // Before the deletes: a read meanwhile goes to the copy, never to a key being deleted
+  // (which would fail it with ESTALE).
+  for (const auto& [dest, etag] : copies) {
+    auto node = inodes_.GetByPath(dest);
+    if (!node || node->attr.type == FileType::kDirectory) continue;
+    EnterCopy(dest, node->attr, etag);
+  }
   auto deleted = DeleteInBatches(sources, /*stop_at_first_failure=*/true);
   const std::string kept = "old keys under '" + from + "/'";
   if (!deleted.ok()) {
@@ -873,15 +884,6 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   } else if (!deleted->errors.empty()) {
     *old_keys_kept = OldKeysKept(
         s3::DeleteErrorStatus(deleted->errors.front()), from, to, kept);
-  }
-  inodes_.Rename(from, to);
-  // The moved nodes hold their copy's ETag, fresh: a descriptor open on one follows it to
-  // the new key (Read), as on a local disk; the source's ETag would fail its If-Match (a
-  // copy of a multipart object has another ETag). Unknown: ask the server next time.
-  for (const auto& [dest, etag] : copies) {
-    auto node = inodes_.GetByPath(dest);
-    if (!node || node->attr.type == FileType::kDirectory) continue;
-    EnterCopy(dest, node->attr, etag);
   }
   return Status::Ok();
 }

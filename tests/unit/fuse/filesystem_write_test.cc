@@ -1050,6 +1050,75 @@ TEST_F(FilesystemWriteTest, AFileOpenInADirectoryRenamedLaterStillReads) {
   fs_->Release(opened->handle);
 }
 
+// Deletes go through, then wait (the first one only) until the test lets them answer: the
+// moment between a rename's delete of the old keys and its return.
+class PausedAfterDeleteClient : public s3::ForwardingClient {
+ public:
+  using ForwardingClient::ForwardingClient;
+  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
+    Status deleted = inner().Delete(key, opts);
+    Pause();
+    return deleted;
+  }
+  Result<s3::DeleteManyResult> DeleteMany(const std::vector<std::string>& keys,
+                                          const s3::CallOptions& opts) override {
+    auto deleted = inner().DeleteMany(keys, opts);
+    Pause();
+    return deleted;
+  }
+  bool paused() {
+    std::lock_guard lock(mu_);
+    return paused_;
+  }
+  void Resume() {
+    std::lock_guard lock(mu_);
+    resumed_ = true;
+    changed_.notify_all();
+  }
+
+ private:
+  void Pause() {
+    std::unique_lock lock(mu_);
+    if (resumed_) return;
+    paused_ = true;
+    changed_.wait(lock, [&] { return resumed_; });
+  }
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool paused_ = false, resumed_ = false;
+};
+
+// A descriptor open on a file whose name (or directory) is being renamed reads on while the
+// old keys are deleted: the copy is where its reads go from the moment it exists.
+TEST_F(FilesystemWriteTest, AFileBeingRenamedReadsOnWhileItsOldKeyIsDeleted) {
+  for (const bool directory : {false, true}) {
+    SCOPED_TRACE(directory ? "directory rename" : "file rename");
+    std::string body(3 * kBlock, '\0');
+    for (size_t i = 0; i < body.size(); ++i) body[i] = static_cast<char>((i * 131 + (directory ? 7 : 8)) % 251);
+    const std::string dir = directory ? "d" : "";
+    server_.PutDirect(directory ? "d/x" : "x", body);
+    PausedAfterDeleteClient paused(server_);
+    fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &paused);
+    const InodeId parent = directory ? MustLookup(kRootInode, "d") : kRootInode;
+    auto opened = fs_->Open(MustLookup(parent, "x"), O_RDONLY);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+
+    auto renamed = std::async(std::launch::async, [&] {
+      return directory ? fs_->Rename(kRootInode, "d", kRootInode, "e", 0)
+                       : fs_->Rename(kRootInode, "x", kRootInode, "y", 0);
+    });
+    ASSERT_TRUE(Eventually([&] { return paused.paused(); }));
+    ASSERT_FALSE(server_.Exists(directory ? "d/x" : "x")) << "the old key is gone by now";
+    auto read = fs_->Read(opened->handle, kBlock, 4096);  // Not cached: from the server.
+    paused.Resume();
+    ASSERT_TRUE(read.ok()) << read.status().ToString();
+    EXPECT_EQ(read->ToString(), body.substr(kBlock, 4096));
+    EXPECT_TRUE(renamed.get().ok());
+    fs_->Release(opened->handle);
+    fs_.reset();
+  }
+}
+
 TEST_F(FilesystemWriteTest, ConcurrentStaleReadsOfOneHandleShareItsReaderSafely) {
   // Several FUSE threads read one handle when its object goes stale at once: whichever
   // replaces the handle's reader must not free the one the others are still using (ASan
