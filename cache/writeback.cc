@@ -1646,14 +1646,19 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
   }
   // Make the object at `from` (if any) hold the file's current bytes and metadata, so
   // that one server-side copy carries them; a file never committed needs no server work
-  // at all. A commit in flight decides which: wait for it first.
+  // at all. A commit in flight decides which: wait for it first. A file a program still
+  // has open is not committed: its bytes may be half-written (no such version reaches S3,
+  // docs/SEMANTICS.md), so the copy is of the object as it was, and the file's changes
+  // land at `to` when it is closed.
   bool exists_remotely = false;
+  bool writers_open = false;
   {
     std::unique_lock lock(file->mu_);
     file->WaitUntilSettledLocked(lock);
     exists_remotely = file->exists_remotely_;
+    writers_open = file->writers_ > 0;
   }
-  if (exists_remotely) {
+  if (exists_remotely && !writers_open) {
     {
       std::lock_guard lock(mu_);
       ++commits_in_flight_;
@@ -1691,13 +1696,30 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
     {
       std::lock_guard lock(file->mu_);
       base_etag = file->base_etag_;
-      size = file->base_limit_;
+      size = file->base_limit_;  // Committed just now: the object's size.
     }
-    auto copy = CopyObject(client_, CopySpec{from, to, size, base_etag, std::nullopt, {}}, Deadline());
-    if (copy.ok()) {
-      etag = *copy;
-    } else {
-      copied = copy.status();
+    if (writers_open) {
+      // Not committed: the object is the one the file was opened on, whose size the file
+      // no longer knows once it was truncated.
+      auto head = client_.Head({from, ""}, {Deadline()});
+      if (!head.ok()) {
+        copied = head.status();
+      } else if (!base_etag.empty() && head->etag != base_etag) {
+        copied = Status(ErrorCode::kStale, "'" + from +
+                                               "' changed in the bucket since it was opened "
+                                               "for writing; close it before renaming it");
+      } else {
+        size = head->size;
+      }
+    }
+    if (copied.ok()) {
+      auto copy =
+          CopyObject(client_, CopySpec{from, to, size, base_etag, std::nullopt, {}}, Deadline());
+      if (copy.ok()) {
+        etag = *copy;
+      } else {
+        copied = copy.status();
+      }
     }
   }
   std::shared_ptr<DirtyFile> replaced;

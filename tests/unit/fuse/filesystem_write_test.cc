@@ -953,7 +953,8 @@ TEST_F(FilesystemWriteTest, ARenameWhoseOldKeyCannotBeDeletedHappensAndShowsBoth
 }
 
 // The same for a file open for writing whose object exists: its dirty data has moved to the
-// new name (the writeback committed and copied it), so its handle follows it there, and what
+// new name (the writeback copied the object as it was, and keeps the file's changes for
+// its close: nothing half-written is uploaded), so its handle follows it there, and what
 // it writes next lands under the new name.
 TEST_F(FilesystemWriteTest, ARenamedFileBeingWrittenWhoseOldKeyStaysKeepsWritingAtTheNewName) {
   s3::FaultInjectingClient faulty(server_, clock_);
@@ -974,10 +975,10 @@ TEST_F(FilesystemWriteTest, ARenamedFileBeingWrittenWhoseOldKeyStaysKeepsWriting
   fs_->Release(opened->handle);
   ASSERT_TRUE(WaitCommitted("final"));
   EXPECT_EQ(server_.ObjectBody("final"), "one two three");
-  EXPECT_EQ(server_.ObjectBody("draft"), "one two");  // Committed before the copy.
+  EXPECT_EQ(server_.ObjectBody("draft"), "one");  // Never the half-written "one two".
   auto old_name = fs_->Lookup(kRootInode, "draft");
   ASSERT_TRUE(old_name.ok()) << old_name.status().ToString();
-  EXPECT_EQ(old_name->attr.size, 7u);
+  EXPECT_EQ(old_name->attr.size, 3u);
   EXPECT_NE(old_name->attr.ino, ino) << "the open file's node moved to 'final'";
   fs_.reset();
 }
@@ -1160,16 +1161,16 @@ TEST_F(FilesystemWriteTest, AReaderFollowsAFileRewrittenInPartsWhenItsDirectoryI
   const InodeId f = MustLookup(d, "f");
   auto reader = fs_->Open(f, O_RDONLY);
   ASSERT_TRUE(reader.ok()) << reader.status().ToString();
-  // Rewritten here in two parts, still open: the directory rename commits it (a multipart
-  // ETag) and copies it, and the copy has another ETag (an MD5).
+  // Rewritten here in two parts and closed, its commit under way: the directory rename
+  // waits for it (a multipart ETag) and copies it, and the copy has another ETag (an MD5).
   auto writer = fs_->Open(f, O_WRONLY | O_TRUNC);
   ASSERT_TRUE(writer.ok()) << writer.status().ToString();
   const std::string data(s3::kMinPartSize + 100, 'n');
   ASSERT_TRUE(fs_->Write(writer->handle, 0, Bytes(data)).ok());
-  Status renamed = fs_->Rename(kRootInode, "d", kRootInode, "d2", 0);
-  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
   ASSERT_TRUE(fs_->Flush(writer->handle).ok());
   fs_->Release(writer->handle);
+  Status renamed = fs_->Rename(kRootInode, "d", kRootInode, "d2", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
   ASSERT_TRUE(WaitCommitted("d2/f"));
   ASSERT_EQ(server_.ObjectInfoDirect("d2/f")->etag.find('-'), std::string::npos)
       << "the copy of a multipart object has a plain MD5 ETag";
