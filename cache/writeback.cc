@@ -1082,17 +1082,24 @@ bool DirtyFile::torn() const {
   return torn_;
 }
 
-void DirtyFile::MarkTorn() {
+bool DirtyFile::MarkTorn() {
   std::lock_guard lock(mu_);
-  if (torn_) return;
+  if (torn_) return true;
+  if (closed_ && !unlinked_) {
+    // Journaled closed and unchanged since: the refused write was the first of a reopen,
+    // and the version every program closed is whole. Tearing it would send the data a
+    // close(2) reported as safe to lost+found/ instead of the bucket.
+    LogEvent(*Logger("writeback"), spdlog::level::warn,
+             "a write was refused; the file's last closed version is kept for its upload",
+             {{"key", key_}});
+    return false;
+  }
   torn_ = true;
-  // Journaled open, as a torn file's record must be (a restart keeps it in lost+found/):
-  // the refused write may be the first since the file was last closed.
-  if (closed_ && !unlinked_) (void)JournalReopenedLocked();
   LogEvent(*Logger("writeback"), spdlog::level::err,
            "a write was refused; the file will not be uploaded, its spool file goes to "
            "lost+found/",
            {{"key", key_}});
+  return true;
 }
 
 void DirtyFile::JournalLandingLocked(const std::string& etag) {

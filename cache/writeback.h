@@ -182,7 +182,10 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   // its spool file moves to lost+found/, and the next open of the key starts from S3. A
   // daemon stopped before then leaves its record "open", and the next Recover() moves it
   // to lost+found/ instead of uploading a torn file.
-  void MarkTorn();
+  // Except when nothing changed since its last close (the refused write was the first of a
+  // reopen): then the closed version is whole, stays committable (now or by the next
+  // mount), and false is returned; the caller refuses further writes of that descriptor.
+  bool MarkTorn();
   bool torn() const;
 
   ~DirtyFile();

@@ -263,6 +263,9 @@ class Filesystem {
     bool writer = false;
     // A writer changed the file since its last FLUSH (Writeback::WriterChanged).
     std::atomic<bool> changed_since_flush{false};
+    // A write through this descriptor was refused (fenced): it takes no more, or its file
+    // would get the bytes after the refused ones without them.
+    std::atomic<bool> write_refused{false};
     std::mutex reader_mu;  // Guards `reader` (the pointer, not the ReadAhead).
   };
   struct DirHandle {

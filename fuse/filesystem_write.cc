@@ -335,9 +335,15 @@ Result<size_t> Filesystem::Write(uint64_t handle, uint64_t offset, std::span<con
   // spool, and the program learns at once (EROFS) instead of at close.
   if (options_.fence != nullptr) {
     if (Status fenced = options_.fence->Check(); !fenced.ok()) {
-      file->dirty->MarkTorn();
+      file->write_refused.store(true);
+      (void)file->dirty->MarkTorn();  // Unless nothing changed since its last close.
       return fenced;
     }
+  }
+  if (file->write_refused.load()) {
+    return Status(ErrorCode::kReadOnly,
+                  "an earlier write through this descriptor was refused (the mount was "
+                  "fenced); close and reopen the file to write again");
   }
   MarkChanged(*file);
   BFS_RETURN_IF_ERROR(file->dirty->Write(offset, data));

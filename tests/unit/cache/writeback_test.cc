@@ -1497,10 +1497,12 @@ TEST_F(WritebackTest, ATornFileIsNeverUploadedAndIsSetAsideAtItsLastRelease) {
   wb_.reset();  // Before `fenced` goes.
 }
 
-TEST_F(WritebackTest, AFileClosedThenTornOnItsFirstWriteIsJournaledOpen) {
+TEST_F(WritebackTest, AFileClosedThenRefusedOnItsFirstWriteKeepsItsClosedVersionForTheUpload) {
   // Closed (journaled closed, its commit not done yet), then opened again, and the first
-  // write refused: a restart must not upload it as if nothing happened.
-  faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+  // write refused (the mount fenced): nothing changed since the close, so the version its
+  // program closed, and was told was safe, still goes to S3, not to lost+found/.
+  const s3::FaultInjectingClient::RuleId failing =
+      faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
   Start(faulty_);
   auto file = MustOpen("f");
   ASSERT_NE(file, nullptr);
@@ -1510,13 +1512,17 @@ TEST_F(WritebackTest, AFileClosedThenTornOnItsFirstWriteIsJournaledOpen) {
   ASSERT_TRUE(RecordOf("f")->closed);
   auto again = wb_->ReopenForWrite("f");
   ASSERT_EQ(again, file);
-  file->MarkTorn();
-  EXPECT_FALSE(RecordOf("f")->closed);
+  EXPECT_FALSE(file->MarkTorn());
+  EXPECT_FALSE(file->torn());
+  EXPECT_TRUE(RecordOf("f")->closed) << "a restart uploads it";
   wb_->ReleaseWriter(file);
-  file.reset();
   again.reset();
-  EXPECT_EQ(wb_->Find("f"), nullptr);
-  EXPECT_EQ(LostAndFound().size(), 2u);
+  EXPECT_TRUE(LostAndFound().empty());
+
+  faulty_.RemoveRule(failing);
+  clock_.Advance(Options().max_retry + 1s);
+  ASSERT_TRUE(WaitCommitted("f"));
+  EXPECT_EQ(fake_.ObjectBody("f"), "closed");
 }
 
 TEST_F(WritebackTest, ATornFileStillOpenWhenTheDaemonStopsIsQuarantinedByRecover) {

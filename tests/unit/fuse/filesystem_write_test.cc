@@ -1882,6 +1882,26 @@ TEST_F(FilesystemFenceTest, WriteAfterTheFenceClosesIsReadOnlyFlushTooAndTheFile
   EXPECT_EQ(server_.calls(s3::Op::kPut), 0u);
 }
 
+// A renewal late, then made: the fence its deadline closed opens again. A descriptor whose
+// write was refused in the gap takes no more writes (its file would get the bytes after the
+// refused ones without them); a new descriptor writes again.
+TEST_F(FilesystemFenceTest, ADescriptorWhoseWriteWasRefusedTakesNoMoreWritesWhenTheFenceReopens) {
+  cache::WriteFence fence(clock_, clock_.Now() + 10s);  // A lease renewed until then.
+  fs_ = Make(/*read_only=*/false, writeback_.get(), &fence);
+  auto created = fs_->Create(kRootInode, "r", 0644, O_RDWR | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const uint64_t handle = created->open.handle;
+  ASSERT_TRUE(fs_->Write(handle, 0, Bytes("abc")).ok());
+  clock_.Advance(11s);  // The deadline passed: fenced.
+  EXPECT_EQ(fs_->Write(handle, 3, Bytes("def")).status().code(), ErrorCode::kReadOnly);
+  fence.ExtendUntil(clock_.Now() + 10s);  // Renewed: open again.
+  auto later = fs_->Write(handle, 6, Bytes("ghi"));
+  EXPECT_EQ(later.status().code(), ErrorCode::kReadOnly) << "a hole where the refused bytes were";
+  EXPECT_NE(later.status().message().find("reopen"), std::string::npos) << later.status().ToString();
+  fs_->Release(handle);
+  fs_.reset();  // Before `fence` goes.
+}
+
 TEST_F(FilesystemFenceTest, ClosedFenceStillServesLookupsListingsAndReads) {
   server_.PutDirect("r", "readable");
   fence_.Close("the lease was lost");
