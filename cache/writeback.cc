@@ -1011,11 +1011,12 @@ Status DirtyFile::CommitOnce() {
   return Status::Ok();
 }
 
-Status DirtyFile::Commit() {
+Status DirtyFile::Commit(bool unless_being_written) {
   {
     std::unique_lock lock(mu_);
     changed_.wait(lock, [&] { return !committing_; });
     if (unlinked_) return Status::Ok();
+    if (unless_being_written && writers_ > 0 && unflushed_writers_ > 0) return Status::Ok();
     // Not a failure to retry (error_ stays): a torn file is never uploaded (MarkTorn).
     if (torn_) return TornLocked();
     committing_ = true;
@@ -1438,7 +1439,8 @@ void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file) {
 }
 
 void Writeback::SubmitCommit(const std::shared_ptr<DirtyFile>& file) {
-  commit_pool_->Submit([this, file] { Settle(file, file->Commit()); });
+  commit_pool_->Submit(
+      [this, file] { Settle(file, file->Commit(/*unless_being_written=*/true)); });
 }
 
 Status Writeback::Sync(const std::shared_ptr<DirtyFile>& file) {

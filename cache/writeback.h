@@ -271,7 +271,12 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   void RunEagerPart(int number, std::optional<AssembledPart> assembled);
   // Uploads the file as it is now. Requires committing_ (set by Commit).
   Status CommitOnce();
-  Status Commit();  // CommitOnce, serialised with other commits of this file.
+  // CommitOnce, serialised with other commits of this file. `unless_being_written` (the
+  // commits the writeback starts on its own: at a last close, a retry, a change after a
+  // commit): does nothing while a writer has changed the file since its last FLUSH, since
+  // its bytes may be half-written (no such version reaches S3); the writer's close starts
+  // the commit again. fsync, a rename and Drain() commit what is there.
+  Status Commit(bool unless_being_written = false);
   // The whole upload of a multipart file of `size` bytes; returns the new ETag.
   Result<std::string> UploadMultipart(const std::string& key, uint64_t size,
                                       const s3::UserMetadata& metadata, uint64_t meta_generation,

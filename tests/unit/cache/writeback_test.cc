@@ -2435,16 +2435,20 @@ TEST_F(WritebackTest, RenameOntoAnotherDirtyFileReplacesIt) {
   EXPECT_EQ(wb_->GetStats().commits, 1u);
 }
 
-// Synced, modified and closed: the rename makes (or waits for) its commit and copies the new
-// bytes. (Still open, it would copy the synced version: see above.)
+// Synced, modified and closed, its upload failed (to be retried): the rename commits it and
+// copies the new bytes. (Still open, it would copy the synced version: see above.)
 TEST_F(WritebackTest, RenameOfACommittedAndModifiedFileCopiesItsNewBytes) {
-  Start(fake_);
+  Start(faulty_);
   auto file = MustOpen("c1");
   ASSERT_NE(file, nullptr);
   ASSERT_TRUE(file->Write(0, Bytes("version one")).ok());
   ASSERT_TRUE(wb_->Sync(file).ok());
   ASSERT_TRUE(file->Write(11, Bytes(" and two")).ok());
-  wb_->ReleaseWriter(file);  // Closed: its commit starts, or the rename makes it.
+  const s3::FaultInjectingClient::RuleId failing =
+      faulty_.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+  wb_->ReleaseWriter(file);  // Closed: its commit fails, and waits for its retry.
+  ASSERT_TRUE(WaitFailedCommits(1));
+  faulty_.RemoveRule(failing);
 
   auto renamed = wb_->Rename("c1", "c2");
   ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();

@@ -1433,6 +1433,65 @@ TEST_F(FilesystemWriteTest, ADirectoryRenameThatFailsOnAFileBeingWrittenMovesThe
   writeback_.reset();
 }
 
+// Its first PUT fails after running `hook` (another program's write while the commit is
+// on its way); the rest go through.
+class FailFirstPutAfterClient : public s3::ForwardingClient {
+ public:
+  using ForwardingClient::ForwardingClient;
+  std::function<void()> hook;
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    if (auto h = std::exchange(hook, nullptr)) {
+      h();
+      return Status(ErrorCode::kServerError, "injected: the first PUT fails");
+    }
+    return inner().Put(req, opts);
+  }
+};
+
+// A closed file whose upload failed is retried in the background, but not while another
+// program has it open and half rewritten: that version must never reach S3. The rewrite's
+// close uploads it whole.
+TEST_F(FilesystemWriteTest, ABackgroundRetryWaitsForAWriterThatIsRewritingTheFile) {
+  FailFirstPutAfterClient failing(server_);
+  fs_.reset();
+  writeback_ = std::make_unique<cache::Writeback>(
+      cache::WriteContext{&failing, &budget_, spool_.get(), &clock_}, WriteOptions());
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
+  auto created = fs_->Create(kRootInode, "h", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const InodeId ino = created->entry.attr.ino;
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("first version")).ok());
+  uint64_t rewriter = 0;
+  bool half_written = false;
+  failing.hook = [&] {  // While the close's commit is on its way.
+    auto opened = fs_->Open(ino, O_RDWR);
+    if (!opened.ok()) return;
+    rewriter = opened->handle;
+    half_written = fs_->Write(rewriter, 0, Bytes("HALF")).ok();
+  };
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(Eventually([&] { return writeback_->GetStats().failed_commits == 1; }));
+  ASSERT_TRUE(half_written);
+
+  clock_.Advance(1h);  // The retry is due.
+  std::this_thread::sleep_for(500ms);  // Time for a retry that should not happen.
+  EXPECT_FALSE(server_.Exists("h")) << "uploaded half rewritten: "
+                                    << server_.ObjectBody("h").value_or("");
+
+  // The rewriter's next write learns the failed upload (the error is sticky); once it has
+  // closed the file, the retry uploads what the file holds, the bytes it accepted.
+  EXPECT_EQ(fs_->Write(rewriter, 4, Bytes(" rewritten")).status().code(),
+            ErrorCode::kServerError);
+  (void)fs_->Flush(rewriter);
+  fs_->Release(rewriter);
+  clock_.Advance(1h);
+  ASSERT_TRUE(WaitCommitted("h"));
+  EXPECT_EQ(server_.ObjectBody("h").value_or(""), "HALFt version");
+  fs_.reset();  // Before `failing` goes.
+  writeback_.reset();
+}
+
 TEST_F(FilesystemWriteTest, RenameExchangeIsInvalidAndMovesNothing) {
   server_.PutDirect("x", "1");
   server_.PutDirect("y", "2");
