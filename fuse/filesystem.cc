@@ -839,12 +839,15 @@ Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr)
     }
     handle->writer = true;
     if ((flags & O_TRUNC) != 0) {
+      // Emptied: not a file to upload until this writer closes. Marked before the
+      // truncation, so that another descriptor's close meanwhile cannot journal the empty
+      // file as closed (a crash would then upload it).
+      MarkChanged(*handle);
       Status truncated = handle->dirty->Truncate(0);
       if (!truncated.ok()) {
-        writeback_->ReleaseWriter(handle->dirty);
+        writeback_->ReleaseWriter(handle->dirty, handle->changed_since_flush.exchange(false));
         return truncated;
       }
-      MarkChanged(*handle);  // Emptied: not a file to upload until this writer closes.
     }
     inodes_.OpenHandle(ino, "");
     InvalidateKernelCache(ino);  // Its pages were of the old object's size, perhaps.
