@@ -30,21 +30,19 @@ void TaskPool::Shutdown() {
   }
 }
 
-bool TaskPool::TrySubmit(Task task) {
-  {
-    std::lock_guard lock(mu_);
-    if (queue_.size() >= max_queued_) return false;
-    queue_.push_back(std::move(task));
-  }
-  has_task_.notify_one();
-  return true;
-}
+bool TaskPool::TrySubmit(Task task) { return TryQueue(std::move(task), /*first=*/false); }
 
-bool TaskPool::TrySubmitFirst(Task task) {
+bool TaskPool::TrySubmitFirst(Task task) { return TryQueue(std::move(task), /*first=*/true); }
+
+bool TaskPool::TryQueue(Task task, bool first) {
   {
     std::lock_guard lock(mu_);
     if (queue_.size() >= max_queued_) return false;
-    queue_.push_front(std::move(task));
+    if (first) {
+      queue_.push_front(std::move(task));
+    } else {
+      queue_.push_back(std::move(task));
+    }
   }
   has_task_.notify_one();
   return true;

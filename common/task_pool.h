@@ -59,6 +59,7 @@ class TaskPool {
   size_t queued() const;
 
  private:
+  bool TryQueue(Task task, bool first);
   void Run();
 
   const std::string name_;
