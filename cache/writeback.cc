@@ -1016,7 +1016,11 @@ Status DirtyFile::Commit(bool unless_being_written) {
     std::unique_lock lock(mu_);
     changed_.wait(lock, [&] { return !committing_; });
     if (unlinked_) return Status::Ok();
-    if (unless_being_written && writers_ > 0 && unflushed_writers_ > 0) return Status::Ok();
+    // Changes pending (a write or truncate reopened the record): a refused write, or one
+    // that got the sticky error, changed nothing, and the closed version goes up whole.
+    if (unless_being_written && writers_ > 0 && unflushed_writers_ > 0 && !closed_) {
+      return Status::Ok();
+    }
     // Not a failure to retry (error_ stays): a torn file is never uploaded (MarkTorn).
     if (torn_) return TornLocked();
     committing_ = true;
@@ -1430,17 +1434,18 @@ void Writeback::SetAsideTorn(const std::shared_ptr<DirtyFile>& file) {
   if (!upload_id.empty()) (void)client_.AbortMultipart(key, upload_id, {Deadline()});
 }
 
-void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file) {
+void Writeback::StartCommit(const std::shared_ptr<DirtyFile>& file, bool unless_being_written) {
   {
     std::lock_guard lock(mu_);
     ++commits_in_flight_;
   }
-  SubmitCommit(file);
+  SubmitCommit(file, unless_being_written);
 }
 
-void Writeback::SubmitCommit(const std::shared_ptr<DirtyFile>& file) {
-  commit_pool_->Submit(
-      [this, file] { Settle(file, file->Commit(/*unless_being_written=*/true)); });
+void Writeback::SubmitCommit(const std::shared_ptr<DirtyFile>& file, bool unless_being_written) {
+  commit_pool_->Submit([this, file, unless_being_written] {
+    Settle(file, file->Commit(unless_being_written));
+  });
 }
 
 Status Writeback::Sync(const std::shared_ptr<DirtyFile>& file) {
@@ -1916,7 +1921,8 @@ Status Writeback::Drain(MonoTime deadline, bool closed_only) {
                                          : file->data_generation_ != file->committed_data_generation_ ||
                                                file->meta_generation_ != file->committed_meta_generation_);
     }
-    if (needs_commit) StartCommit(file);
+    // Not only closed files: what is there goes up, being written or not.
+    if (needs_commit) StartCommit(file, /*unless_being_written=*/closed_only);
   }
   std::unique_lock lock(mu_);
   while (commits_in_flight_ > 0) {

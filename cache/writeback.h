@@ -511,10 +511,11 @@ class Writeback {
   void AdoptLanded(DirtyFile& file, const SpoolRecord& record);
   // A torn file's last writer is gone: moves its spool file to lost+found/ and forgets it.
   void SetAsideTorn(const std::shared_ptr<DirtyFile>& file);
-  // Counts a commit of `file` in flight and runs it in the background.
-  void StartCommit(const std::shared_ptr<DirtyFile>& file);
+  // Counts a commit of `file` in flight and runs it in the background; by default it
+  // waits for a writer with changes pending (DirtyFile::Commit).
+  void StartCommit(const std::shared_ptr<DirtyFile>& file, bool unless_being_written = true);
   // Runs it; the caller has counted it in flight already (under mu_).
-  void SubmitCommit(const std::shared_ptr<DirtyFile>& file);
+  void SubmitCommit(const std::shared_ptr<DirtyFile>& file, bool unless_being_written = true);
   // After a commit of `file` ended (ok or not): drop it when clean, or schedule a retry.
   void Settle(const std::shared_ptr<DirtyFile>& file, const Status& result);
   void RetryLoop();

@@ -811,9 +811,10 @@ int RunInBackground(const std::string& log_file, const std::string& what,
     const bool reaped = waitpid(pid, &status, 0) == pid;
     if (outcome.empty()) outcome = "the " + what + " exited before the mount was ready";
     std::cerr << "bucketfs: " << outcome << "\n";
-    if (forwarded != 0) return 128 + forwarded;
+    // A signal may have come while we waited for the child.
+    if (const int signal_seen = g_forwarded_signal.load(); signal_seen != 0) return 128 + signal_seen;
     const int child_code = reaped && WIFEXITED(status) ? WEXITSTATUS(status) : 0;
-    return child_code > kExitFailure ? child_code : kExitFailure;
+    return child_code > kExitFailure && child_code <= kExitNoSpace ? child_code : kExitFailure;
   }
   close(fds[0]);
   sigprocmask(SIG_SETMASK, &previous, nullptr);

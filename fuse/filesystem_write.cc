@@ -335,8 +335,9 @@ Result<size_t> Filesystem::Write(uint64_t handle, uint64_t offset, std::span<con
   // spool, and the program learns at once (EROFS) instead of at close.
   if (options_.fence != nullptr) {
     if (Status fenced = options_.fence->Check(); !fenced.ok()) {
-      file->write_refused.store(true);
-      (void)file->dirty->MarkTorn();  // Unless nothing changed since its last close.
+      // Unless nothing changed since its last close; once per descriptor (a program that
+      // retries its write while fenced would log each time).
+      if (!file->write_refused.exchange(true)) (void)file->dirty->MarkTorn();
       return fenced;
     }
   }
@@ -420,6 +421,11 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
   std::shared_ptr<cache::DirtyFile> dirty;
   if (request.handle) {
     if (auto file = FindFile(*request.handle); file && file->writer) {
+      if (request.size && file->write_refused.load()) {
+        return Status(ErrorCode::kReadOnly,
+                      "an earlier write through this descriptor was refused (the mount was "
+                      "fenced); close and reopen the file to change it");
+      }
       dirty = file->dirty;
       if (request.size) MarkChanged(*file);  // ftruncate changes it like a write.
     }

@@ -1096,7 +1096,12 @@ int Coordinator::Run(const std::function<void(const std::string&)>& ready) {
     // The message, not ToString(): a daemon's own error already starts with its cause.
     ready("cannot mount " + s.Where() + ": " + started.message() + lease_note);
     // The daemon's own status says what failed (credentials, bucket, …) when it has one.
-    return s.daemon_exit_code > kExitFailure ? s.daemon_exit_code : ExitCodeFor(started);
+    // Only the documented causes (2-7): 127 (exec failed) or a parser's 100+ say nothing.
+    // A daemon that did not mount in time says nothing of the server either.
+    if (s.daemon_exit_code > kExitFailure && s.daemon_exit_code <= kExitNoSpace) {
+      return s.daemon_exit_code;
+    }
+    return started.code() == ErrorCode::kTimeout ? kExitFailure : ExitCodeFor(started);
   }
   s.PushLeaseToDaemon();  // Renewals may have happened while it started.
   {

@@ -1475,7 +1475,8 @@ TEST_F(FilesystemWriteTest, ABackgroundRetryWaitsForAWriterThatIsRewritingTheFil
   ASSERT_TRUE(half_written);
 
   clock_.Advance(1h);  // The retry is due.
-  std::this_thread::sleep_for(500ms);  // Time for a retry that should not happen.
+  // Time for a retry that should not happen: the retry loop looks every second.
+  std::this_thread::sleep_for(2500ms);
   EXPECT_FALSE(server_.Exists("h")) << "uploaded half rewritten: "
                                     << server_.ObjectBody("h").value_or("");
 
@@ -1489,6 +1490,39 @@ TEST_F(FilesystemWriteTest, ABackgroundRetryWaitsForAWriterThatIsRewritingTheFil
   ASSERT_TRUE(WaitCommitted("h"));
   EXPECT_EQ(server_.ObjectBody("h").value_or(""), "HALFt version");
   fs_.reset();  // Before `failing` goes.
+  writeback_.reset();
+}
+
+// A program opens a closed file whose upload failed, and its write gets that failure (the
+// error is sticky): it changed nothing, so the retry still uploads the closed version, and
+// once it has, the program writes again.
+TEST_F(FilesystemWriteTest, AWriterRefusedByAFailedUploadDoesNotHoldItsRetryBack) {
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_.reset();
+  writeback_ = std::make_unique<cache::Writeback>(
+      cache::WriteContext{&faulty, &budget_, spool_.get(), &clock_}, WriteOptions());
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  const s3::FaultInjectingClient::RuleId failing =
+      faulty.FailAlways(s3::Op::kPut, s3::InjectedError(ErrorCode::kServerError));
+  auto created = fs_->Create(kRootInode, "s", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("closed whole")).ok());
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(Eventually([&] { return writeback_->GetStats().failed_commits >= 1; }));
+  faulty.RemoveRule(failing);
+
+  auto appender = fs_->Open(created->entry.attr.ino, O_WRONLY);
+  ASSERT_TRUE(appender.ok()) << appender.status().ToString();
+  EXPECT_EQ(fs_->Write(appender->handle, 12, Bytes("!")).status().code(), ErrorCode::kServerError);
+  clock_.Advance(1h);  // The retry is due.
+  ASSERT_TRUE(Eventually([&] { return server_.Exists("s"); }, 10s)) << "the retry waited";
+  EXPECT_EQ(server_.ObjectBody("s").value_or(""), "closed whole");
+  EXPECT_TRUE(fs_->Write(appender->handle, 12, Bytes("!")).ok());
+  ASSERT_TRUE(fs_->Flush(appender->handle).ok());
+  fs_->Release(appender->handle);
+  ASSERT_TRUE(Eventually([&] { return server_.ObjectBody("s") == "closed whole!"; }, 10s));
+  fs_.reset();  // Before `faulty` goes.
   writeback_.reset();
 }
 
