@@ -790,10 +790,26 @@ Result<OpenReply> Filesystem::OpenFile(InodeId ino, int flags, bool for_setattr)
     return Status(ErrorCode::kIsDirectory, "'" + node->path + "' is a directory");
   }
   if (!for_setattr || FindDirty(node->path) == nullptr) BFS_RETURN_IF_ERROR(CheckOpensAllowed());
-  PrefixGate::Hold entered;  // A write open starts a file at its key: not mid-rename.
+  // A write open starts a file at its key: not while a directory rename moves it (gate_),
+  // nor while a rename or unlink of the file itself moves or deletes the key (key_locks_).
+  PrefixGate::Hold entered;
+  KeyLocks::Hold writing;
   if (IsWriteOpen(flags)) {
     BFS_RETURN_IF_ERROR(CheckWritable());
-    BFS_ASSIGN_OR_RETURN(entered, EnterInode(ino, &node));
+    for (;;) {
+      BFS_ASSIGN_OR_RETURN(entered, EnterInode(ino, &node));
+      const std::string key = node->path;
+      writing = key_locks_.Share(key);
+      node = inodes_.Get(ino);
+      if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
+      if (node->path != key) {
+        // Renamed while this open waited for the key: the key to write at is the new one.
+        writing.Release();
+        entered.Release();
+        continue;
+      }
+      break;
+    }
   }
   if (node->unlinked || node->path.empty()) {
     return Status(ErrorCode::kStale, "'" + node->path + "' was removed or replaced");

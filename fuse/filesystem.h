@@ -68,6 +68,7 @@
 #include "fuse/attributes.h"
 #include "fuse/directory_listing.h"
 #include "fuse/inode_table.h"
+#include "fuse/key_locks.h"
 #include "fuse/names.h"
 #include "fuse/page_invalidations.h"
 #include "fuse/prefix_gate.h"
@@ -480,6 +481,9 @@ class Filesystem {
   // Namespace operations stay out of the keys a directory rename is moving.
   PrefixGate gate_;
   std::mutex directory_rename_mu_;  // Held by a directory rename, before gate_.Enter().
+  // A write open (shared) of a file's key and a rename or unlink of it (exclusive) do not
+  // interleave: taken after gate_.Enter().
+  KeyLocks key_locks_;
   // The lookups' single-key listings and the type checks' HEADs: threads of their own, not
   // the read-ahead pool, where they would queue behind the 4 MiB GETs of every file being
   // read (an `ls` waiting on a dataset's prefetches).

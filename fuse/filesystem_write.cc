@@ -289,13 +289,18 @@ Result<CreateReply> Filesystem::Create(InodeId parent, std::string_view name,
   Node dir;
   PrefixGate::Hold entered;
   BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
+  // From the look at the name to the new file's start: a rename onto it (or an unlink of
+  // it) comes before or after, never in between (it would be truncated by the new file).
+  KeyLocks::Hold writing = key_locks_.Share(path);
   auto existing = Resolve(dir.path, name, path);
   if (existing.ok()) {
     if ((flags & O_EXCL) != 0) return Status(ErrorCode::kExists, "'" + path + "' exists");
     if (existing->attr.type == FileType::kDirectory) {
       return Status(ErrorCode::kIsDirectory, "'" + path + "' is a directory");
     }
-    entered.Release();  // Open() enters the gate itself (one Enter per thread at a time).
+    // Open() takes the gate and the key itself (one hold of each per thread at a time).
+    writing.Release();
+    entered.Release();
     BFS_ASSIGN_OR_RETURN(OpenReply opened, Open(existing->ino, flags));
     Node node = *existing;
     if (!inodes_.AddLookups(node.ino, 1)) {
@@ -583,6 +588,9 @@ Status Filesystem::Unlink(InodeId parent, std::string_view name) {
   Node dir;
   PrefixGate::Hold entered;
   BFS_ASSIGN_OR_RETURN(std::string path, EnterChild(parent, name, &dir, &entered));
+  // Not while a write open starts the file at its key: it would start after the delete and
+  // bring the file back, or unnoticed (no handle yet) by the choice of a deferred delete.
+  KeyLocks::Hold removing = key_locks_.Exclusive({path});
   BFS_ASSIGN_OR_RETURN(Node node, Resolve(dir.path, name, path));
   if (node.attr.type == FileType::kDirectory) {
     return Status(ErrorCode::kIsDirectory, "'" + path + "' is a directory");
@@ -932,6 +940,17 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   }
   if (from == to) return Status::Ok();
   Logger("fuse")->debug("rename '{}' -> '{}'", from, to);
+  KeyLocks::Hold moving_keys;
+  if (source.attr.type != FileType::kDirectory) {
+    // Not while a write open starts the file at `from` (its data would be committed under
+    // the old name) or a new file at `to` (it would replace the renamed one). Looked at
+    // again once held: an unlink or rename of `from` may have run while this one waited.
+    moving_keys = key_locks_.Exclusive({from, to});
+    BFS_ASSIGN_OR_RETURN(source, Resolve(from_dir.path, name, from));
+    if (source.attr.type == FileType::kDirectory) {
+      return Status(ErrorCode::kStale, "'" + from + "' was replaced by a directory meanwhile");
+    }
+  }
   const bool source_is_dir = source.attr.type == FileType::kDirectory;
   if (source_is_dir) BFS_RETURN_IF_ERROR(CheckDirectoryKeyFits(to));
   if (source_is_dir && IsUnder(to, from)) {

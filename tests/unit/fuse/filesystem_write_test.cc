@@ -425,6 +425,101 @@ TEST_F(FilesystemWriteTest, AHeadAnsweredBeforeAnUnlinkOrRenameDoesNotBringTheNa
   EXPECT_EQ(MustLookup(kRootInode, "there.bin"), moved);
 }
 
+// A rename that comes while a write open looks at the file (its HEAD) waits for the open:
+// the descriptor belongs to the file, and its writes reach the file at its new name, never
+// the old key (where they would land as a stray object, or be refused, and `b` would keep
+// the old bytes).
+TEST_F(FilesystemWriteTest, ARenameDuringAWriteOpenWaitsForItAndTheWritesFollowTheFile) {
+  server_.PutDirect("a.bin", "old contents");
+  LateHeadClient late(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  const InodeId ino = MustLookup(kRootInode, "a.bin");
+  std::future<Status> renamed;
+  late.after_head = [&] {
+    renamed = std::async(std::launch::async, [&] {
+      return fs_->Rename(kRootInode, "a.bin", kRootInode, "b.bin", 0);
+    });
+    renamed.wait_for(300ms);  // Runs whole here unless it waits for this open.
+  };
+  auto opened = fs_->Open(ino, O_WRONLY);
+  ASSERT_FALSE(late.after_head) << "the open sent no HEAD";
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("new contents")).ok());
+  Status rename_status = renamed.get();
+  ASSERT_TRUE(rename_status.ok()) << rename_status.ToString();
+  ASSERT_TRUE(fs_->Flush(opened->handle).ok());
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("b.bin"));
+  ASSERT_TRUE(WaitCommitted("a.bin"));
+  EXPECT_EQ(server_.ObjectBody("b.bin").value_or("<none>"), "new contents");
+  EXPECT_FALSE(server_.Exists("a.bin")) << "the writes went to the old name";
+  EXPECT_EQ(MustLookup(kRootInode, "b.bin"), ino);
+}
+
+// An unlink that comes while a write open looks at the file waits for it, and so sees the
+// file open: its descriptor keeps working, the name is gone at once, and the object goes at
+// the last close. Run between the open's look and its start, the unlink would delete the
+// object first, and the open start a file at the removed name.
+TEST_F(FilesystemWriteTest, AnUnlinkDuringAWriteOpenWaitsForItAndDeletesAtTheLastClose) {
+  server_.PutDirect("a.bin", "old contents");
+  LateHeadClient late(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  const InodeId ino = MustLookup(kRootInode, "a.bin");
+  std::future<Status> unlinked;
+  late.after_head = [&] {
+    unlinked = std::async(std::launch::async, [&] { return fs_->Unlink(kRootInode, "a.bin"); });
+    unlinked.wait_for(300ms);
+  };
+  auto opened = fs_->Open(ino, O_WRONLY);
+  ASSERT_FALSE(late.after_head) << "the open sent no HEAD";
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  Status unlink_status = unlinked.get();
+  ASSERT_TRUE(unlink_status.ok()) << unlink_status.ToString();
+  EXPECT_TRUE(server_.Exists("a.bin")) << "deleted while a descriptor was open on it";
+  ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("new contents")).ok());
+  auto read = fs_->Read(opened->handle, 0, 100);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->ToString(), "new contents");
+  EXPECT_EQ(fs_->Lookup(kRootInode, "a.bin").status().code(), ErrorCode::kNotFound);
+  ASSERT_TRUE(fs_->Flush(opened->handle).ok());
+  fs_->Release(opened->handle);
+  ASSERT_TRUE(WaitCommitted("a.bin"));
+  EXPECT_TRUE(Eventually([&] { return !server_.Exists("a.bin"); }, 5s))
+      << "the removed file came back";
+  EXPECT_EQ(fs_->Lookup(kRootInode, "a.bin").status().code(), ErrorCode::kNotFound);
+}
+
+// A rename onto a name that a create looks at (not there yet) comes before or after the
+// create, never between its look and the new file's start: the new, empty file would
+// then be committed over the renamed one, and its data lost.
+TEST_F(FilesystemWriteTest, ARenameOntoANameBeingCreatedIsNotOverwrittenByTheNewFile) {
+  server_.PutDirect("a.bin", "renamed data");
+  LateHeadClient late(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  MustLookup(kRootInode, "a.bin");
+  std::future<Status> renamed;
+  late.after_head = [&] {
+    renamed = std::async(std::launch::async, [&] {
+      return fs_->Rename(kRootInode, "a.bin", kRootInode, "b.bin", 0);
+    });
+    renamed.wait_for(300ms);
+  };
+  auto created = fs_->Create(kRootInode, "b.bin", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_FALSE(late.after_head) << "the create sent no HEAD";
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Status rename_status = renamed.get();
+  ASSERT_TRUE(rename_status.ok()) << rename_status.ToString();
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("b.bin"));
+  EXPECT_EQ(server_.ObjectBody("b.bin").value_or("<none>"), "renamed data")
+      << "the created file replaced the one renamed after it";
+  EXPECT_FALSE(server_.Exists("a.bin"));
+}
+
 // The entry of an old directory handle, read late, was true when the handle listed it; a
 // listing fetched since is newer, and wins: over the old entry in READDIRPLUS (the kernel
 // keeps what it gets for the TTL), and in the next lookup.
