@@ -720,6 +720,15 @@ void DirtyFile::RunEagerPart(int number, std::optional<AssembledPart> assembled)
   changed_.notify_all();
 }
 
+Status DirtyFile::CutWhileReadLocked(const std::string& key, uint64_t size) const {
+  // Truncated (O_TRUNC, ftruncate) since the commit took its size: the bytes it read after
+  // the cut are the new file's, or zeros up to the old size, and those before it the old
+  // one's; uploaded together they would be a version nobody wrote. Start over from the
+  // file as it is now (the caller tries again at once).
+  if (min_size_since_snapshot_ >= size) return Status::Ok();
+  return Status(ErrorCode::kCancelled, "'" + key + "' was truncated while its commit read it");
+}
+
 Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
                                         const s3::UserMetadata& metadata,
                                         const s3::WriteCondition& condition) {
@@ -730,6 +739,7 @@ Result<std::string> DirtyFile::PutWhole(const std::string& key, uint64_t size,
   BFS_RETURN_IF_ERROR(ReadThrough(0, size, bytes));
   {
     std::lock_guard lock(mu_);
+    BFS_RETURN_IF_ERROR(CutWhileReadLocked(key, size));
     JournalLandingLocked(SinglePutEtag(bytes));
   }
   s3::PutRequest put;
@@ -823,6 +833,7 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
   complete.condition = condition;
   {
     std::lock_guard lock(mu_);
+    BFS_RETURN_IF_ERROR(CutWhileReadLocked(key, size));
     complete.upload_id = upload_id_;
     // A part written to while this commit uploaded it keeps its older ETag (UploadPart
     // drops an upload whose bytes may be torn). Completing with that ETag cannot work: S3

@@ -281,6 +281,8 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   Result<std::string> UploadMultipart(const std::string& key, uint64_t size,
                                       const s3::UserMetadata& metadata, uint64_t meta_generation,
                                       const s3::WriteCondition& condition);
+  // kCancelled if the file was cut below `size` (the commit's) since the commit began.
+  Status CutWhileReadLocked(const std::string& key, uint64_t size) const;
   Result<std::string> PutWhole(const std::string& key, uint64_t size,
                                const s3::UserMetadata& metadata,
                                const s3::WriteCondition& condition);

@@ -2732,5 +2732,116 @@ TEST_F(WritebackTest, SixtyFourMiBThroughASixteenMiBBudgetCommitsAndGivesEveryBy
   EXPECT_EQ(small.used(), 0u);
 }
 
+// Runs a hook once, in the committing thread, inside the first request of its kind (a
+// ranged GET of the base, or the CreateMultipartUpload), and records every version that lands (after
+// a PUT or a CompleteMultipart): each must be one the file held at some moment.
+class TruncatedMidCommitClient final : public s3::ForwardingClient {
+ public:
+  TruncatedMidCommitClient(s3::FakeObjectClient& inner, std::string key)
+      : s3::ForwardingClient(inner), fake_(inner), key_(std::move(key)) {}
+  std::function<void()> during_get, during_create;
+  std::vector<std::string> landed() {
+    std::lock_guard lock(mu_);
+    return landed_;
+  }
+  Result<s3::GetResult> Get(const s3::GetRequest& req, std::span<char> buffer,
+                            const s3::CallOptions& opts) override {
+    if (auto hook = Take(during_get)) hook();
+    return inner().Get(req, buffer, opts);
+  }
+  Result<std::string> CreateMultipart(const s3::CreateMultipartRequest& req,
+                                      const s3::CallOptions& opts) override {
+    if (auto hook = Take(during_create)) hook();
+    return inner().CreateMultipart(req, opts);
+  }
+  Result<s3::PutResult> Put(const s3::PutRequest& req, const s3::CallOptions& opts) override {
+    auto r = inner().Put(req, opts);
+    if (r.ok()) Record();
+    return r;
+  }
+  Result<s3::PutResult> CompleteMultipart(const s3::CompleteMultipartRequest& req,
+                                          const s3::CallOptions& opts) override {
+    auto r = inner().CompleteMultipart(req, opts);
+    if (r.ok()) Record();
+    return r;
+  }
+
+ private:
+  std::function<void()> Take(std::function<void()>& hook) {
+    std::lock_guard lock(mu_);
+    return std::exchange(hook, nullptr);
+  }
+  void Record() {
+    std::lock_guard lock(mu_);
+    landed_.push_back(fake_.ObjectBody(key_).value_or("<none>"));
+  }
+  s3::FakeObjectClient& fake_;
+  const std::string key_;
+  std::mutex mu_;
+  std::vector<std::string> landed_;  // Guarded by mu_.
+};
+
+// An fsync's commit reads the file while another descriptor opens it with O_TRUNC and
+// writes anew: the bytes read after the cut are the new file's (or zeros past its end),
+// those read before are the old one's. Put together they are a version nobody wrote; the
+// commit starts over from the file as it is now instead.
+TEST_F(WritebackTest, AFileTruncatedWhileItsCommitReadsItIsNotUploadedHalfOldHalfNew) {
+  const std::string base = Body(100, 7);
+  fake_.PutDirect("f", base, kMeta);
+  TruncatedMidCommitClient client(fake_, "f");
+  Start(client);
+  auto file = MustOpen("f", BaseOf("f"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("0123456789")).ok());  // The rest is the base's: a GET.
+  const std::string first = "0123456789" + base.substr(10);
+  client.during_get = [&] {
+    ASSERT_TRUE(file->Truncate(0).ok());
+    ASSERT_TRUE(file->Write(0, Bytes("tiny")).ok());
+  };
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_FALSE(client.during_get) << "the commit fetched nothing from the base";
+  for (const std::string& body : client.landed()) {
+    EXPECT_TRUE(body == first || body == "tiny")
+        << "landed a version the file never held: " << body.size() << " bytes, starting "
+        << ::testing::PrintToString(body.substr(0, 12));
+  }
+  EXPECT_EQ(fake_.ObjectBody("f"), "tiny");
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("f"));
+  EXPECT_EQ(fake_.ObjectBody("f"), "tiny");
+}
+
+TEST_F(WritebackTest, AFileTruncatedBeforeItsPartsAreReadIsNotCompletedAsZeros) {
+  // Cut after the commit took its size, before it read a part: every part read is of the
+  // new file, each at its current version, and only the size is the old one's.
+  TruncatedMidCommitClient client(fake_, "big");
+  Start(client);
+  auto file = MustOpen("big");
+  ASSERT_NE(file, nullptr);
+  const std::string first = Body(3 * kPart, 11);
+  // Written back to front: no write completes a part, so none goes early, and the commit
+  // creates the upload.
+  for (uint64_t at = first.size(); at > 0; at -= kMiB) {
+    ASSERT_TRUE(file->Write(at - kMiB, std::span<const char>(first.data() + at - kMiB, kMiB)).ok());
+  }
+  client.during_create = [&] {
+    ASSERT_TRUE(file->Truncate(0).ok());
+    ASSERT_TRUE(file->Write(0, Bytes("tiny")).ok());
+  };
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_FALSE(client.during_create) << "the commit created no upload";
+  for (const std::string& body : client.landed()) {
+    EXPECT_TRUE(body == "tiny" || SameBytes(body, first))
+        << "completed a version the file never held: " << body.size() << " bytes, starting "
+        << ::testing::PrintToString(body.substr(0, 12));
+  }
+  EXPECT_EQ(fake_.ObjectBody("big"), "tiny");
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("big"));
+  EXPECT_EQ(fake_.ObjectBody("big"), "tiny");
+}
+
 }  // namespace
 }  // namespace bucketfs::cache
