@@ -48,6 +48,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -57,6 +58,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "cache/read_ahead.h"
@@ -471,6 +473,10 @@ class Filesystem {
   // Unlinked while open: the key to DELETE when the last handle closes.     // Guarded by mu_.
   std::unordered_map<InodeId, std::string> deferred_deletes_;
   std::unordered_map<std::string, InodeId> hidden_;  // Their paths, hidden meanwhile. mu_.
+  // Keys whose last close's DELETE is in flight (mu_): a new file at the key waits for it
+  // (Unhide), or that DELETE, landing late, would remove the new file.
+  std::unordered_set<std::string> deleting_at_close_;
+  std::condition_variable deleted_at_close_;  // With mu_: deleting_at_close_ shrank.
 
   struct Counters {
     std::atomic<uint64_t> lookups{0}, lookups_from_listing{0}, negative_hits{0}, probes{0},

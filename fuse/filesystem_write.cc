@@ -154,6 +154,7 @@ void Filesystem::FinishDeferredDelete(InodeId ino) {
     if (auto node = inodes_.Get(ino); node && node->open_handles > 0) return;
     key = it->second;
     deferred_deletes_.erase(it);
+    deleting_at_close_.insert(key);
   }
   Logger("fuse")->debug("last close of unlinked '{}': deleting it", key);
   Status deleted = client_.Delete(key, {Deadline()});
@@ -162,15 +163,17 @@ void Filesystem::FinishDeferredDelete(InodeId ino) {
                           "failed: {} (it stays hidden here; reusing its name deletes it)",
                           key, deleted.ToString());
   }
-  if (!deleted.ok()) return;  // Still hidden: the next reuse of the name deletes it (Unhide).
   bool still_hidden = false;
   {
     std::lock_guard lock(mu_);
-    if (auto h = hidden_.find(key); h != hidden_.end() && h->second == ino) {
+    deleting_at_close_.erase(key);
+    // Failed: still hidden, and the next reuse of the name deletes it (Unhide).
+    if (auto h = hidden_.find(key); deleted.ok() && h != hidden_.end() && h->second == ino) {
       hidden_.erase(h);
       still_hidden = true;
     }
   }
+  deleted_at_close_.notify_all();
   if (still_hidden) {
     // A listing fetched since the unlink still shows the object (it was there until now).
     PatchListing(ParentOf(key), NameOf(key), nullptr);
@@ -243,7 +246,10 @@ Status Filesystem::UnhideUnder(const std::string& prefix) {
 Status Filesystem::Unhide(const std::string& path) {
   InodeId ino = 0;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    // The predecessor's last close is deleting it: once that DELETE is answered the name is
+    // free, or (it failed) still hidden, and deleted here.
+    deleted_at_close_.wait(lock, [&] { return !deleting_at_close_.contains(path); });
     auto h = hidden_.find(path);
     if (h == hidden_.end()) return Status::Ok();
     ino = h->second;

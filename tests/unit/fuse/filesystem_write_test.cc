@@ -443,7 +443,8 @@ TEST_F(FilesystemWriteTest, ARenameDuringAWriteOpenWaitsForItAndTheWritesFollowT
     renamed.wait_for(300ms);  // Runs whole here unless it waits for this open.
   };
   auto opened = fs_->Open(ino, O_WRONLY);
-  ASSERT_FALSE(late.after_head) << "the open sent no HEAD";
+  // (Not late.after_head: the rename's own HEAD may clear it now, on its thread.)
+  ASSERT_TRUE(renamed.valid()) << "the open sent no HEAD";
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   ASSERT_TRUE(fs_->Write(opened->handle, 0, Bytes("new contents")).ok());
   Status rename_status = renamed.get();
@@ -473,7 +474,7 @@ TEST_F(FilesystemWriteTest, AnUnlinkDuringAWriteOpenWaitsForItAndDeletesAtTheLas
     unlinked.wait_for(300ms);
   };
   auto opened = fs_->Open(ino, O_WRONLY);
-  ASSERT_FALSE(late.after_head) << "the open sent no HEAD";
+  ASSERT_TRUE(unlinked.valid()) << "the open sent no HEAD";
   ASSERT_TRUE(opened.ok()) << opened.status().ToString();
   Status unlink_status = unlinked.get();
   ASSERT_TRUE(unlink_status.ok()) << unlink_status.ToString();
@@ -508,7 +509,7 @@ TEST_F(FilesystemWriteTest, ARenameOntoANameBeingCreatedIsNotOverwrittenByTheNew
     renamed.wait_for(300ms);
   };
   auto created = fs_->Create(kRootInode, "b.bin", 0644, O_WRONLY | O_CREAT, kCaller);
-  ASSERT_FALSE(late.after_head) << "the create sent no HEAD";
+  ASSERT_TRUE(renamed.valid()) << "the create sent no HEAD";
   ASSERT_TRUE(created.ok()) << created.status().ToString();
   Status rename_status = renamed.get();
   ASSERT_TRUE(rename_status.ok()) << rename_status.ToString();
@@ -871,6 +872,79 @@ TEST_F(FilesystemWriteTest, UnlinkOfAFileOpenForReadingDeletesItAtTheLastClose) 
   EXPECT_EQ(read->ToString(), "still readable");
   fs_->Release(opened->handle);
   EXPECT_FALSE(server_.Exists("reading"));
+}
+
+// Holds the first DELETE until Permit(); everything else is forwarded.
+class HeldDeleteClient final : public s3::ForwardingClient {
+ public:
+  explicit HeldDeleteClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+  void Permit() {
+    std::lock_guard lock(mu_);
+    permitted_ = true;
+    changed_.notify_all();
+  }
+  bool WaitHeld() {
+    std::unique_lock lock(mu_);
+    return changed_.wait_for(lock, 10s, [&] { return held_; });
+  }
+  Status Delete(const std::string& key, const s3::CallOptions& opts) override {
+    {
+      std::unique_lock lock(mu_);
+      if (!first_done_) {
+        first_done_ = true;
+        held_ = true;
+        changed_.notify_all();
+        changed_.wait(lock, [&] { return permitted_; });
+      }
+    }
+    return inner().Delete(key, opts);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool first_done_ = false, held_ = false, permitted_ = false;  // Guarded by mu_.
+};
+
+// The last close of a file unlinked while open deletes its object; a file created at the
+// same name meanwhile waits for that DELETE. Made before it landed, the new file would be
+// committed, and then removed by the old file's late DELETE.
+TEST_F(FilesystemWriteTest, AFileCreatedWhileItsPredecessorsLastCloseDeletesItSurvives) {
+  server_.PutDirect("n.txt", "predecessor");
+  HeldDeleteClient held(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &held);
+  const InodeId ino = MustLookup(kRootInode, "n.txt");
+  auto opened = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "n.txt").ok());
+  std::thread last_close([&] { fs_->Release(opened->handle); });
+  if (!held.WaitHeld()) {
+    held.Permit();
+    last_close.join();
+    FAIL() << "the last close sent no DELETE";
+  }
+  auto made = std::async(std::launch::async, [&]() -> Status {
+    auto created = fs_->Create(kRootInode, "n.txt", 0644, O_WRONLY | O_CREAT, kCaller);
+    if (!created.ok()) return created.status();
+    BFS_RETURN_IF_ERROR(fs_->Write(created->open.handle, 0, Bytes("successor")).status());
+    BFS_RETURN_IF_ERROR(fs_->Flush(created->open.handle));
+    fs_->Release(created->open.handle);
+    return Status::Ok();
+  });
+  if (made.wait_for(300ms) == std::future_status::ready) {
+    // Not waiting for the DELETE: let the new file's commit land before it.
+    EXPECT_TRUE(WaitCommitted("n.txt"));
+  }
+  held.Permit();
+  last_close.join();
+  Status made_status = made.get();
+  ASSERT_TRUE(made_status.ok()) << made_status.ToString();
+  ASSERT_TRUE(WaitCommitted("n.txt"));
+  EXPECT_EQ(server_.ObjectBody("n.txt").value_or("<deleted>"), "successor");
+  auto looked = fs_->Lookup(kRootInode, "n.txt");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.size, 9u);
 }
 
 TEST_F(FilesystemWriteTest, ADirectoryWithoutAMarkerStaysWhenItsLastFileIsRemoved) {

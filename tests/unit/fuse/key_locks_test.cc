@@ -13,8 +13,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Whether `f` finishes within a short time (it is blocked otherwise).
-bool FinishesSoon(std::future<void>& f) { return f.wait_for(200ms) == std::future_status::ready; }
+// Whether `f` finishes (generous: a loaded machine or TSan may be slow to run it), or stays
+// blocked for a while (it can only pass wrongly: a thread not yet scheduled looks blocked).
+bool FinishesSoon(std::future<void>& f) { return f.wait_for(10s) == std::future_status::ready; }
 bool StaysBlocked(std::future<void>& f) { return f.wait_for(100ms) == std::future_status::timeout; }
 
 TEST(KeyLocksTest, SharersOfOneKeyAndHoldersOfOtherKeysNeverWait) {
@@ -36,6 +37,9 @@ TEST(KeyLocksTest, AnExclusiveWaitsForTheSharersThenHoldsNewOnesBack) {
     std::this_thread::sleep_for(50ms);
   });
   EXPECT_TRUE(StaysBlocked(rename)) << "the rename ran while a write open of its key ran";
+  // The rename waits for both keys (b's entry exists only for its waiter) before the open.
+  for (int i = 0; i < 1000 && locks.tracked() < 2; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(locks.tracked(), 2u);
   // A new open of either key queues behind the waiting rename, not ahead of it.
   std::atomic<bool> opened_during_rename{false};
   auto later_open = std::async(std::launch::async, [&] {
