@@ -720,6 +720,17 @@ void DirtyFile::RunEagerPart(int number, std::optional<AssembledPart> assembled)
   changed_.notify_all();
 }
 
+void DirtyFile::NoteLandedLocked(const std::string& etag, uint64_t size,
+                                 uint64_t data_generation) {
+  base_etag_ = etag;
+  base_limit_ = std::min(size, min_size_since_snapshot_);
+  exists_remotely_ = true;
+  create_only_ = false;
+  committed_data_generation_ = data_generation;
+  upload_id_.clear();
+  parts_.clear();
+}
+
 Status DirtyFile::CutWhileReadLocked(const std::string& key, uint64_t size) const {
   // Truncated (O_TRUNC, ftruncate) since the commit took its size: the bytes it read after
   // the cut are the new file's, or zeros up to the old size, and those before it the old
@@ -969,6 +980,12 @@ Status DirtyFile::CommitOnce() {
       if (!head.ok()) return Explain(head.status(), key, owner_.spool_.DataPath(id_));
       etag = head->etag;
     }
+    // The bytes are in S3 at `key`, whatever fails from here (the metadata copy): they are
+    // the base of what comes next. A retry copies only the metadata, and a rename copies
+    // the object and deletes `key` rather than leave it behind as a stray file.
+    std::lock_guard lock(mu_);
+    NoteLandedLocked(etag, size, data_generation);
+    if (stale_metadata && !unlinked_) (void)JournalLocked();  // A restart If-Matches it.
   } else {
     std::lock_guard lock(mu_);
     etag = base_etag_;
@@ -991,14 +1008,12 @@ Status DirtyFile::CommitOnce() {
   CommittedObject committed{key, etag, size, metadata};
   {
     std::lock_guard lock(mu_);
-    base_etag_ = etag;
-    base_limit_ = std::min(size, min_size_since_snapshot_);
-    exists_remotely_ = true;
-    create_only_ = false;
-    committed_data_generation_ = data_generation;
+    if (data_dirty) {
+      base_etag_ = etag;  // The metadata copy's version.
+    } else {
+      NoteLandedLocked(etag, size, data_generation);
+    }
     committed_meta_generation_ = meta_generation;
-    upload_id_.clear();
-    parts_.clear();
     error_ = Status::Ok();
     conflict_ = false;
     retry_delay_ = {};

@@ -281,6 +281,9 @@ class DirtyFile : public std::enable_shared_from_this<DirtyFile> {
   Result<std::string> UploadMultipart(const std::string& key, uint64_t size,
                                       const s3::UserMetadata& metadata, uint64_t meta_generation,
                                       const s3::WriteCondition& condition);
+  // The commit's bytes (data_generation, `size` of them) are in S3 as `etag`: the base
+  // of the next commit, and an object a rename must move.
+  void NoteLandedLocked(const std::string& etag, uint64_t size, uint64_t data_generation);
   // kCancelled if the file was cut below `size` (the commit's) since the commit began.
   Status CutWhileReadLocked(const std::string& key, uint64_t size) const;
   Result<std::string> PutWhole(const std::string& key, uint64_t size,

@@ -1617,6 +1617,53 @@ class FailFirstPutAfterClient : public s3::ForwardingClient {
   }
 };
 
+// Fails the first server-side copy of an object onto itself (a metadata update) with a 500.
+class FailFirstSelfCopyClient final : public s3::ForwardingClient {
+ public:
+  explicit FailFirstSelfCopyClient(s3::ObjectClient& inner) : s3::ForwardingClient(inner) {}
+  std::atomic<int> failed{0};
+  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
+    if (req.source_key == req.dest_key && failed.exchange(1) == 0) {
+      return Status(ErrorCode::kServerError, "injected: the metadata copy failed", true);
+    }
+    return inner().Copy(req, opts);
+  }
+};
+
+// A chmod while a large file is written changes what its multipart upload was created
+// with: the commit lands the bytes, then copies the object onto itself with the new mode.
+// When that copy fails, the object is there all the same: renamed before the retry, the
+// file is moved with it, and nothing stays behind at the old name.
+TEST_F(FilesystemWriteTest, AFileWhoseMetadataCopyFailedAfterItsBytesLandedIsRenamedWhole) {
+  FailFirstSelfCopyClient failing(server_);
+  fs_.reset();
+  writeback_ = std::make_unique<cache::Writeback>(
+      cache::WriteContext{&failing, &budget_, spool_.get(), &clock_}, WriteOptions());
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
+  auto created = fs_->Create(kRootInode, "a", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const std::string body(s3::kMinPartSize + 4096, 'x');
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes(body)).ok());
+  // Part 1 goes early, in an upload created with mode 0644; the chmod comes after.
+  ASSERT_TRUE(Eventually([&] { return writeback_->GetStats().parts_uploaded >= 1; }, 5s));
+  SetAttrRequest chmod;
+  chmod.permissions = 0600;
+  chmod.handle = created->open.handle;
+  ASSERT_TRUE(fs_->SetAttr(created->entry.attr.ino, chmod).ok());
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(Eventually([&] { return writeback_->GetStats().failed_commits >= 1; }, 5s));
+  ASSERT_EQ(failing.failed.load(), 1) << "the commit failed, but not at its metadata copy";
+  ASSERT_TRUE(server_.Exists("a")) << "the bytes did not land";
+
+  Status renamed = fs_->Rename(kRootInode, "a", kRootInode, "b", 0);
+  ASSERT_TRUE(renamed.ok()) << renamed.ToString();
+  ASSERT_TRUE(WaitCommitted("b"));
+  EXPECT_FALSE(server_.Exists("a")) << "a stray copy of the file stayed at its old name";
+  EXPECT_TRUE(server_.ObjectBody("b") == body) << "b does not hold the file's bytes";
+  EXPECT_EQ(MetaOf("b", "mode"), ModeOf(S_IFREG, 0600));
+}
+
 // A closed file whose upload failed is retried in the background, but not while another
 // program has it open and half rewritten: that version must never reach S3. The rewrite's
 // close uploads it whole.
