@@ -567,7 +567,13 @@ Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_g
   // that failure as its own: asking again at once would cost every queued part its own
   // deadline, one after the other, against a server that does not answer (an fsync waited
   // 30 minutes so). The commit clears the pause and asks again.
-  if (early && owner_.clock_.Now() < eager_paused_until_) return create_error_;
+  if (early && owner_.clock_.Now() < eager_paused_until_) {
+    if (!create_error_.ok()) return create_error_;
+    // Paused by a failed part (its upload vanished: NoSuchUpload), not by a creation.
+    return Status(ErrorCode::kCancelled, "early uploads of '" + key_ +
+                                             "' are paused after a failed part; the commit "
+                                             "sends this one");
+  }
   creating_upload_ = true;
   const std::string key = key_;
   lock.unlock();
@@ -581,6 +587,7 @@ Status DirtyFile::EnsureUpload(const s3::UserMetadata& metadata, uint64_t meta_g
     return created.status();
   }
   upload_id_ = *created;
+  create_error_ = Status::Ok();  // A later pause is not this old failure's.
   upload_meta_generation_ = meta_generation;
   const auto mtime = metadata.find("mtime");
   upload_mtime_ = mtime != metadata.end() ? mtime->second : std::string();
@@ -610,6 +617,14 @@ Status DirtyFile::UploadPart(int number, uint64_t file_size, bool copy,
     key = key_;
     upload_id = upload_id_;
     base_etag = base_etag_;
+  }
+  if (upload_id.empty()) {
+    // Dropped since the caller made sure of it (another part found it gone, a rename, a
+    // commit that shrank the file): a request without one would not be a part of anything.
+    if (assembled) owner_.GivePartBuffer(std::move(assembled->buffer));
+    return Status(ErrorCode::kCancelled, "the multipart upload of '" + key +
+                                             "' was dropped; part " + std::to_string(number) +
+                                             " is sent again in a new one");
   }
   // The assembled bytes serve only while the part is as they were and whole in the file.
   const bool from_memory = !copy && assembled && assembled->number == number &&
@@ -1251,7 +1266,21 @@ Result<Writeback::PartBuffer> Writeback::TakePartBuffer(uint64_t bytes) {
     if (std::optional<PartBuffer> spare = TakeSpareLocked(bytes)) return std::move(*spare);
   }
   PartBuffer part;
-  Result<Reservation> charge = budget_.Reserve(bytes, Deadline());
+  Result<Reservation> charge = budget_.TryReserve(bytes);
+  if (!charge.ok()) {
+    // The budget is short. Spares would sit on the bytes this part waits for (the wrong
+    // size, or given back while it waits): they go, and none is kept until it has its own.
+    std::vector<PartBuffer> freed;
+    {
+      std::lock_guard lock(spare_mu_);
+      ++part_waiters_;
+      freed.swap(spare_parts_);
+    }
+    freed.clear();
+    charge = budget_.Reserve(bytes, Deadline());
+    std::lock_guard lock(spare_mu_);
+    --part_waiters_;
+  }
   if (charge.ok()) {
     part.charge = std::move(*charge);
     part.buffer = MappedBuffer::Allocate(bytes);  // No memset, no malloc arena.
@@ -1273,7 +1302,8 @@ void Writeback::GivePartBuffer(PartBuffer part) {
   {
     std::lock_guard lock(spare_mu_);
     --parts_out_;
-    if (part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_) {
+    if (part_waiters_ == 0 && part.charge.bytes() == options_.part_size &&
+        spare_parts_.size() < max_spare_parts_) {
       spare_parts_.push_back(std::move(part));
     } else {
       freed.push_back(std::move(part));
@@ -1316,7 +1346,7 @@ void Writeback::GiveAssemblyBuffer(PartBuffer part) {
   std::lock_guard lock(spare_mu_);
   --assemblies_;
   // A spare only while parts are out (an idle daemon keeps none).
-  if (parts_out_ > 0 && part.charge.bytes() == options_.part_size &&
+  if (parts_out_ > 0 && part_waiters_ == 0 && part.charge.bytes() == options_.part_size &&
       spare_parts_.size() < max_spare_parts_) {
     spare_parts_.push_back(std::move(part));
   } else {

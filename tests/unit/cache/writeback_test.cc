@@ -2843,5 +2843,49 @@ TEST_F(WritebackTest, AFileTruncatedBeforeItsPartsAreReadIsNotCompletedAsZeros) 
   EXPECT_EQ(fake_.ObjectBody("big"), "tiny");
 }
 
+// Under a tight memory budget, a part waiting for budget bytes gets the buffer the part
+// before it gives back: kept as a spare, it would sit on exactly those bytes, and the
+// waiting part (and the commit, the fsync) would wait out its whole request deadline.
+TEST_F(WritebackTest, APartWaitingForMemoryGetsTheBufferAnotherPartGivesBack) {
+  MemoryBudget small(8 * kPart, clock_);  // Room for one spare part (an eighth).
+  auto others = small.TryReserve(7 * kPart);  // The read cache, say: one part is left.
+  ASSERT_TRUE(others.ok()) << others.status().ToString();
+  GatedPartClient gated(fake_);
+  WritebackOptions options = Options();
+  options.upload_parallelism = 2;
+  options.assemble_parts = false;
+  options.request_timeout = 3s;
+  Start(gated, &small, options);
+  auto file = MustOpen("big");
+  ASSERT_NE(file, nullptr);
+  const std::string body = Body(3 * kPart, 5);
+  // Written back to front: no write completes a part, so none goes early.
+  for (uint64_t at = body.size(); at > 0; at -= kMiB) {
+    ASSERT_TRUE(file->Write(at - kMiB, std::span<const char>(body.data() + at - kMiB, kMiB)).ok());
+  }
+  std::atomic<bool> done{false};
+  Status synced;
+  std::thread sync([&] {
+    synced = wb_->Sync(file);
+    done = true;
+  });
+  // One part holds the only free part of the budget, at the server; the other waits for it.
+  const bool one_waits = Eventually([&] { return small.waiters() == 1; }, kWait);
+  gated.Permit(1000);
+  const bool finished = Eventually([&] { return done.load(); }, 10s);
+  // Still waiting: its deadline is on the fake clock, which moves only when told to.
+  if (!finished) clock_.Advance(options.request_timeout + 1s);
+  sync.join();
+  ASSERT_TRUE(one_waits) << "no part waited for memory";
+  EXPECT_TRUE(finished) << "the waiting part did not get the buffer given back";
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("big"), body));
+  EXPECT_LE(small.peak(), small.capacity());
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitCommitted("big"));
+  file.reset();
+  wb_.reset();  // Before `small`: its buffers are charged to it.
+}
+
 }  // namespace
 }  // namespace bucketfs::cache
