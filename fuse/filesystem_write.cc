@@ -764,7 +764,7 @@ Status Filesystem::MoveBack(const std::string& dest, const std::string& key) {
 }
 
 Status Filesystem::RenameDirectory(const std::string& from, const std::string& to,
-                                   Status* old_keys_kept) {
+                                   bool replaces_directory, Status* old_keys_kept) {
   const std::string from_prefix = DirectoryPrefix(from);
   const std::string to_prefix = DirectoryPrefix(to);
   // An unlinked file still open inside is not moved: copied, it would appear under the
@@ -820,8 +820,8 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   // A step failed before anything was deleted: take back what was done, so the directory
   // is as it was and the rename can be tried again. The files being written move back
   // first (one that cannot stays at its new key with its data, and its copy is kept); then
-  // the copies go. The new name's marker stays: it may be the empty directory the rename
-  // was replacing, and an empty directory is harmless when it was not.
+  // the copies go, and the new name's marker with them unless it is the empty directory
+  // the rename was replacing.
   const auto take_back = [&](Status failed) -> Status {
     std::set<std::string> stranded;
     for (auto it = moved_dirty.rbegin(); it != moved_dirty.rend(); ++it) {
@@ -837,7 +837,7 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     // object there too), once each.
     std::set<std::string> made;
     for (const auto& [dest, etag] : copies) {
-      if (dest != to_prefix) made.insert(dest);
+      if (dest != to_prefix || !replaces_directory) made.insert(dest);
     }
     for (const auto& [key, dest] : moved_dirty) made.insert(dest);
     for (const std::string& dest : stranded) made.erase(dest);
@@ -995,7 +995,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   if (source_is_dir) {
     // Nothing is created, removed or renamed under either name while the keys move.
     PrefixGate::Hold moving = gate_.Exclusive({DirectoryPrefix(from), DirectoryPrefix(to)}, entered);
-    BFS_RETURN_IF_ERROR(RenameDirectory(from, to, &old_keys_kept));
+    BFS_RETURN_IF_ERROR(RenameDirectory(from, to, target.ok(), &old_keys_kept));
     ForgetListingsUnder(from);
     ForgetListingsUnder(to);
     // Names looked up in vain under `to` before (`rmdir b; mv a b`) may exist now.

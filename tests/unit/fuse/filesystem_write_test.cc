@@ -1537,6 +1537,44 @@ TEST_F(FilesystemWriteTest, RenameDirectoryWithAFileBeingWrittenCommitsItUnderTh
   EXPECT_EQ(server_.ObjectBody("dst/old"), "committed");
 }
 
+// Fails the server-side copy of one source key with a 500; the others are forwarded.
+class FailCopyOfClient final : public s3::ForwardingClient {
+ public:
+  FailCopyOfClient(s3::ObjectClient& inner, std::string key)
+      : s3::ForwardingClient(inner), key_(std::move(key)) {}
+  Result<s3::PutResult> Copy(const s3::CopyRequest& req, const s3::CallOptions& opts) override {
+    if (req.source_key == key_) return Status(ErrorCode::kServerError, "injected: copy failed", true);
+    return inner().Copy(req, opts);
+  }
+
+ private:
+  const std::string key_;
+};
+
+// A directory rename that fails part way takes back what it copied, the new name's
+// marker included: `mv d e` that failed must not leave an empty directory e behind.
+// Over an existing empty directory, that one stays.
+TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesNoNewDirectoryBehind) {
+  server_.PutDirect("d/", "", {{"mode", ModeOf(S_IFDIR, 0755)}});
+  server_.PutDirect("d/a", "first");
+  server_.PutDirect("d/b", "second");
+  server_.PutDirect("kept/", "", {{"mode", ModeOf(S_IFDIR, 0700)}});
+  FailCopyOfClient failing(server_, "d/b");
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
+  MustLookup(kRootInode, "d");
+  Status renamed = fs_->Rename(kRootInode, "d", kRootInode, "e", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kServerError) << renamed.ToString();
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"d/", "d/a", "d/b", "kept/"}));
+  EXPECT_EQ(fs_->Lookup(kRootInode, "e").status().code(), ErrorCode::kNotFound);
+
+  MustLookup(kRootInode, "kept");
+  renamed = fs_->Rename(kRootInode, "d", kRootInode, "kept", 0);
+  EXPECT_EQ(renamed.code(), ErrorCode::kServerError) << renamed.ToString();
+  EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"d/", "d/a", "d/b", "kept/"}));
+  EXPECT_TRUE(fs_->Lookup(kRootInode, "kept").ok()) << "the replaced directory went";
+}
+
 TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesTheFilesBeingWrittenInIt) {
   FailingCopyClient failing(server_);
   fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &failing);
