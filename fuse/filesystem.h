@@ -241,6 +241,9 @@ class Filesystem {
   // The inode `ino` (into `node`), its path entered in gate_ (waiting out a directory
   // rename that covers it). kStale if the inode is gone.
   Result<PrefixGate::Hold> EnterInode(InodeId ino, std::optional<Node>* node);
+  // SetAttr() of a file unlinked while open (no size change): applied to what its open
+  // descriptors show, never stored.
+  Result<AttrReply> SetAttrOfUnlinked(InodeId ino, const Node& node, const SetAttrRequest& request);
   // A torn file's last writer released it and the writeback set it aside: the node and
   // listing forget what it showed.
   void ForgetSetAside(InodeId ino, const cache::DirtyFile& dirty);

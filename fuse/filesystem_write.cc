@@ -392,6 +392,49 @@ Status Filesystem::Fsync(uint64_t handle) {
   return writeback_->Sync(dirty);
 }
 
+namespace {
+
+// A regular file's mode, uid and gid as `request` changes them, as object metadata.
+s3::UserMetadata MetadataChanges(const SetAttrRequest& request) {
+  s3::UserMetadata changes;
+  if (request.permissions) {
+    changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
+  }
+  if (request.uid) changes["uid"] = std::to_string(*request.uid);
+  if (request.gid) changes["gid"] = std::to_string(*request.gid);
+  return changes;
+}
+
+}  // namespace
+
+Result<AttrReply> Filesystem::SetAttrOfUnlinked(InodeId ino, const Node& node,
+                                                const SetAttrRequest& request) {
+  // Its object goes at the last close: nothing is stored, but the open file shows the
+  // change until then, as a local one would (fchmod and futimens on its descriptor reach
+  // here without the descriptor's handle).
+  std::shared_ptr<FileHandle> writer;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, f] : files_) {
+      if (f->ino == ino && f->dirty) writer = f;
+    }
+  }
+  Attributes attr = node.attr;
+  if (writer) {
+    writer->dirty->SetMetadata(MetadataChanges(request), request.mtime);
+    attr = DirtyAttributesOf(*writer->dirty);
+  } else {
+    if (request.permissions) attr.permissions = *request.permissions & 07777;
+    if (request.uid) attr.uid = *request.uid;
+    if (request.gid) attr.gid = *request.gid;
+    attr.mtime = request.mtime.value_or(clock_.WallNow());
+    inodes_.SetUnlinkedAttributes(ino, attr);
+  }
+  attr.ino = ino;
+  attr.nlink = 0;
+  return AttrReply{attr, Duration::zero()};
+}
+
 Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request) {
   auto node = inodes_.Get(ino);
   if (!node) return Status(ErrorCode::kStale, "inode " + std::to_string(ino) + " is gone");
@@ -441,6 +484,7 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
       if (request.size) MarkChanged(*file);  // ftruncate changes it like a write.
     }
   }
+  if (!dirty && node->unlinked && !request.size) return SetAttrOfUnlinked(ino, *node, request);
   std::optional<uint64_t> own_handle;
   if (!dirty) {
     if (node->unlinked || node->path.empty()) {
@@ -452,15 +496,7 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
   }
   Status applied = Status::Ok();
   if (request.size) applied = dirty->Truncate(*request.size);
-  if (applied.ok() && changes_metadata) {
-    s3::UserMetadata changes;
-    if (request.permissions) {
-      changes["mode"] = std::to_string((*request.permissions & 07777) | S_IFREG);
-    }
-    if (request.uid) changes["uid"] = std::to_string(*request.uid);
-    if (request.gid) changes["gid"] = std::to_string(*request.gid);
-    dirty->SetMetadata(changes, request.mtime);
-  }
+  if (applied.ok() && changes_metadata) dirty->SetMetadata(MetadataChanges(request), request.mtime);
   Attributes attr = DirtyAttributesOf(*dirty);
   attr.ino = ino;
   if (own_handle) Release(*own_handle);

@@ -222,6 +222,15 @@ void InodeTable::Expire(InodeId ino) {
   }
 }
 
+void InodeTable::SetUnlinkedAttributes(InodeId ino, const Attributes& attr) {
+  std::lock_guard lock(mu_);
+  auto it = nodes_.find(ino);
+  if (it == nodes_.end() || !it->second->unlinked) return;
+  const InodeId kept = it->second->attr.ino;
+  it->second->attr = attr;
+  it->second->attr.ino = kept;
+}
+
 void InodeTable::SetSymlinkTarget(InodeId ino, std::string target) {
   std::lock_guard lock(mu_);
   auto it = nodes_.find(ino);

@@ -113,6 +113,9 @@ class InodeTable {
   // answer from before (a directory handle's old listing) cannot make them fresh again.
   void Expire(InodeId ino);
   void SetSymlinkTarget(InodeId ino, std::string target);
+  // The attributes of `ino` if it is unlinked (a chmod through a descriptor still open on
+  // it): no path, so no listing or server answer can replace them.
+  void SetUnlinkedAttributes(InodeId ino, const Attributes& attr);
 
   size_t size() const;
   // Advances the logical clock; returns the new tick.

@@ -947,6 +947,40 @@ TEST_F(FilesystemWriteTest, AFileCreatedWhileItsPredecessorsLastCloseDeletesItSu
   EXPECT_EQ(looked->attr.size, 9u);
 }
 
+// fchmod and futimens reach the daemon without the descriptor's handle: on a file unlinked
+// while open they succeed and show on the descriptor (fstat), as on a local disk, and
+// nothing is stored (the object goes at the last close).
+TEST_F(FilesystemWriteTest, AChmodOfAFileUnlinkedWhileOpenShowsOnItsDescriptor) {
+  server_.PutDirect("reading", "still readable", {{"mode", ModeOf(S_IFREG, 0644)}});
+  const InodeId reader_ino = MustLookup(kRootInode, "reading");
+  auto reader = fs_->Open(reader_ino, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto created = fs_->Create(kRootInode, "writing", 0644, O_WRONLY | O_CREAT, kCaller);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const InodeId writer_ino = created->entry.attr.ino;
+  ASSERT_TRUE(fs_->Write(created->open.handle, 0, Bytes("unsaved")).ok());
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "reading").ok());
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "writing").ok());
+
+  SetAttrRequest chmod;
+  chmod.permissions = 0600;
+  for (const InodeId ino : {reader_ino, writer_ino}) {
+    auto changed = fs_->SetAttr(ino, chmod);
+    ASSERT_TRUE(changed.ok()) << changed.status().ToString();
+    EXPECT_EQ(changed->attr.permissions, 0600u);
+    EXPECT_EQ(changed->attr.nlink, 0u);
+    auto shown = fs_->GetAttr(ino);
+    ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+    EXPECT_EQ(shown->attr.permissions, 0600u) << "inode " << ino;
+  }
+  EXPECT_EQ(MetaOf("reading", "mode"), ModeOf(S_IFREG, 0644)) << "stored for a removed file";
+  fs_->Release(reader->handle);
+  ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
+  fs_->Release(created->open.handle);
+  ASSERT_TRUE(WaitCommitted("writing"));
+  EXPECT_TRUE(server_.Keys().empty());
+}
+
 TEST_F(FilesystemWriteTest, ADirectoryWithoutAMarkerStaysWhenItsLastFileIsRemoved) {
   server_.PutDirect("d/x", "1");
   server_.PutDirect("d/y", "2");
