@@ -999,8 +999,9 @@ Status DirtyFile::CommitOnce() {
     // the base of what comes next. A retry copies only the metadata, and a rename copies
     // the object and deletes `key` rather than leave it behind as a stray file.
     std::lock_guard lock(mu_);
+    // (The record keeps the old base and this landing's ETag until the commit ends: a
+    // restart finds the object landed, or copied with the metadata, or re-uploads it.)
     NoteLandedLocked(etag, size, data_generation);
-    if (stale_metadata && !unlinked_) (void)JournalLocked();  // A restart If-Matches it.
   } else {
     std::lock_guard lock(mu_);
     etag = base_etag_;
@@ -1302,8 +1303,8 @@ void Writeback::GivePartBuffer(PartBuffer part) {
   {
     std::lock_guard lock(spare_mu_);
     --parts_out_;
-    if (part_waiters_ == 0 && part.charge.bytes() == options_.part_size &&
-        spare_parts_.size() < max_spare_parts_) {
+    if (part_waiters_ == 0 && budget_.waiters() == 0 &&
+        part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_) {
       spare_parts_.push_back(std::move(part));
     } else {
       freed.push_back(std::move(part));
@@ -1346,8 +1347,8 @@ void Writeback::GiveAssemblyBuffer(PartBuffer part) {
   std::lock_guard lock(spare_mu_);
   --assemblies_;
   // A spare only while parts are out (an idle daemon keeps none).
-  if (parts_out_ > 0 && part_waiters_ == 0 && part.charge.bytes() == options_.part_size &&
-      spare_parts_.size() < max_spare_parts_) {
+  if (parts_out_ > 0 && part_waiters_ == 0 && budget_.waiters() == 0 &&
+      part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_) {
     spare_parts_.push_back(std::move(part));
   } else {
     freed.push_back(std::move(part));
@@ -1733,7 +1734,12 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
       std::lock_guard lock(mu_);
       ++commits_in_flight_;
     }
+    // Overtaken by a change (a truncate by path meanwhile): tried again, as by Sync.
     Status committed = file->Commit();
+    for (int attempt = 1; attempt < kSyncAttempts && committed.code() == ErrorCode::kCancelled;
+         ++attempt) {
+      committed = file->Commit();
+    }
     Settle(file, committed);
     if (!committed.ok()) return committed;
   }

@@ -529,8 +529,8 @@ class Writeback {
   // them, until the request deadline, with the spares freed) and a new mapping. Give it
   // back with GivePartBuffer.
   Result<PartBuffer> TakePartBuffer(uint64_t bytes);
-  // Keeps `part` as a spare if allowed (no TakePartBuffer waits for budget bytes), else
-  // frees it; frees every spare once no part buffer is out.
+  // Keeps `part` as a spare if allowed (nothing waits for budget bytes), else frees it;
+  // frees every spare once no part buffer is out.
   void GivePartBuffer(PartBuffer part);
   // Requires spare_mu_. A spare buffer for `bytes` (counted as reused), or nullopt.
   std::optional<PartBuffer> TakeSpareLocked(uint64_t bytes);
@@ -574,8 +574,9 @@ class Writeback {
   mutable std::mutex spare_mu_;
   std::vector<PartBuffer> spare_parts_;  // Guarded by spare_mu_. Each options_.part_size.
   size_t parts_out_ = 0;                 // Guarded by spare_mu_. Buffers taken, not given.
-  // TakePartBuffer()s waiting for budget bytes (spare_mu_): while any waits, a buffer given
-  // back is freed, not kept as a spare that nobody waiting could use.
+  // TakePartBuffer()s waiting for budget bytes (spare_mu_): while any waits, or anything
+  // else waits for budget bytes (a small file's PUT, the read cache), a buffer given back
+  // is freed, not kept as a spare that the waiter could not use.
   size_t part_waiters_ = 0;
   const size_t max_spare_parts_;
   size_t assemblies_ = 0;  // Guarded by spare_mu_. Assembly buffers held by files.
