@@ -348,10 +348,7 @@ class Filesystem {
   // and a failed rename would leave the kernel's entry of `from` on the moved inode).
   Status RenameFile(const Node& source, const std::string& from, const std::string& to,
                     Status* old_keys_kept);
-  // `replaces_directory`: `to` is an empty directory the rename replaces (a failed rename
-  // keeps its marker; otherwise the marker copied there goes with the other copies).
-  Status RenameDirectory(const std::string& from, const std::string& to, bool replaces_directory,
-                         Status* old_keys_kept);
+  Status RenameDirectory(const std::string& from, const std::string& to, Status* old_keys_kept);
   // Deletes a file rename's old key: Ok, or the failure as `*old_keys_kept` tells it.
   Status DeleteRenamedKey(const std::string& from, const std::string& to);
   // A directory rename that failed takes back a file being written that it had moved from

@@ -247,14 +247,16 @@ Status Filesystem::Unhide(const std::string& path) {
   InodeId ino = 0;
   {
     std::unique_lock lock(mu_);
-    // The predecessor's last close is deleting it: once that DELETE is answered the name is
-    // free, or (it failed) still hidden, and deleted here.
+    // The predecessor's last close (or another reuse of the name) is deleting it: once that
+    // DELETE is answered the name is free, or (it failed) still hidden, and deleted here.
     deleted_at_close_.wait(lock, [&] { return !deleting_at_close_.contains(path); });
     auto h = hidden_.find(path);
     if (h == hidden_.end()) return Status::Ok();
     ino = h->second;
     hidden_.erase(h);
     deferred_deletes_.erase(ino);
+    // Another reuse of the name (two creates share the key lock) waits for this DELETE.
+    deleting_at_close_.insert(path);
   }
   // The old object goes now, before the new file can be committed: deleting it at the old
   // file's last close could delete the new one. Its open handles read from their spool, or
@@ -262,16 +264,18 @@ Status Filesystem::Unhide(const std::string& path) {
   Logger("fuse")->debug("'{}' made anew while its unlinked predecessor is open: deleting that "
                         "one now", path);
   Status deleted = client_.Delete(path, {Deadline()});
-  if (!deleted.ok()) {
-    // The name is not made anew (the caller fails): the predecessor stays hidden, and is
-    // deleted at its last close, or by the next attempt to reuse its name.
-    {
-      std::lock_guard lock(mu_);
+  {
+    std::lock_guard lock(mu_);
+    deleting_at_close_.erase(path);
+    if (!deleted.ok()) {
+      // The name is not made anew (the caller fails): the predecessor stays hidden, and is
+      // deleted at its last close, or by the next attempt to reuse its name.
       hidden_.try_emplace(path, ino);
       deferred_deletes_.try_emplace(ino, path);
     }
-    FinishDeferredDelete(ino);  // Its last handle may have closed meanwhile.
   }
+  deleted_at_close_.notify_all();
+  if (!deleted.ok()) FinishDeferredDelete(ino);  // Its last handle may have closed meanwhile.
   return deleted;
 }
 
@@ -412,23 +416,24 @@ Result<AttrReply> Filesystem::SetAttrOfUnlinked(InodeId ino, const Node& node,
   // Its object goes at the last close: nothing is stored, but the open file shows the
   // change until then, as a local one would (fchmod and futimens on its descriptor reach
   // here without the descriptor's handle).
+  // A writer's file left the writeback at the unlink (nothing of it is journaled or
+  // uploaded any more); a reader's may be a committed file's, which would journal it.
   std::shared_ptr<FileHandle> writer;
   {
     std::lock_guard lock(mu_);
     for (const auto& [id, f] : files_) {
-      if (f->ino == ino && f->dirty) writer = f;
+      if (f->ino == ino && f->writer && f->dirty) writer = f;
     }
   }
   Attributes attr = node.attr;
+  if (request.permissions) attr.permissions = *request.permissions & 07777;
+  if (request.uid) attr.uid = *request.uid;
+  if (request.gid) attr.gid = *request.gid;
+  if (request.mtime) attr.mtime = *request.mtime;  // A chmod changes the ctime only.
+  inodes_.SetUnlinkedAttributes(ino, attr);  // What its readers see once the writers close.
   if (writer) {
     writer->dirty->SetMetadata(MetadataChanges(request), request.mtime);
     attr = DirtyAttributesOf(*writer->dirty);
-  } else {
-    if (request.permissions) attr.permissions = *request.permissions & 07777;
-    if (request.uid) attr.uid = *request.uid;
-    if (request.gid) attr.gid = *request.gid;
-    attr.mtime = request.mtime.value_or(clock_.WallNow());
-    inodes_.SetUnlinkedAttributes(ino, attr);
   }
   attr.ino = ino;
   attr.nlink = 0;
@@ -800,7 +805,7 @@ Status Filesystem::MoveBack(const std::string& dest, const std::string& key) {
 }
 
 Status Filesystem::RenameDirectory(const std::string& from, const std::string& to,
-                                   bool replaces_directory, Status* old_keys_kept) {
+                                   Status* old_keys_kept) {
   const std::string from_prefix = DirectoryPrefix(from);
   const std::string to_prefix = DirectoryPrefix(to);
   // An unlinked file still open inside is not moved: copied, it would appear under the
@@ -830,14 +835,17 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   // new name must refuse the rename while nothing has moved.
   s3::ListRequest list;
   list.prefix = from_prefix;
-  bool has_marker = false;
+  std::optional<s3::ObjectInfo> marker;  // Copied last: see take_back.
   std::vector<s3::ObjectInfo> listed;
   size_t longest = 0;  // The longest key under `from`, past its prefix.
   for (const std::string& key : dirty) longest = std::max(longest, key.size() - from_prefix.size());
   for (;;) {
     BFS_ASSIGN_OR_RETURN(s3::ListPage page, client_.List(list, {Deadline()}));
     for (auto& object : page.objects) {
-      if (object.key == from_prefix) has_marker = true;
+      if (object.key == from_prefix) {
+        marker = std::move(object);
+        continue;
+      }
       if (dirty.contains(object.key)) continue;
       longest = std::max(longest, object.key.size() - from_prefix.size());
       listed.push_back(std::move(object));
@@ -856,8 +864,9 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
   // A step failed before anything was deleted: take back what was done, so the directory
   // is as it was and the rename can be tried again. The files being written move back
   // first (one that cannot stays at its new key with its data, and its copy is kept); then
-  // the copies go, and the new name's marker with them unless it is the empty directory
-  // the rename was replacing.
+  // the copies go. The new name's marker is made last, when nothing can fail any more: an
+  // empty directory the rename replaces keeps its own, and none is left where there was
+  // none.
   const auto take_back = [&](Status failed) -> Status {
     std::set<std::string> stranded;
     for (auto it = moved_dirty.rbegin(); it != moved_dirty.rend(); ++it) {
@@ -873,7 +882,7 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     // object there too), once each.
     std::set<std::string> made;
     for (const auto& [dest, etag] : copies) {
-      if (dest != to_prefix || !replaces_directory) made.insert(dest);
+      made.insert(dest);
     }
     for (const auto& [key, dest] : moved_dirty) made.insert(dest);
     for (const std::string& dest : stranded) made.erase(dest);
@@ -916,7 +925,10 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     Status copied = copy(key, head->size, head->etag);
     if (!copied.ok()) return take_back(std::move(copied));
   }
-  if (!has_marker) {
+  if (marker) {
+    Status copied = copy(marker->key, marker->size, marker->etag);
+    if (!copied.ok()) return take_back(std::move(copied));
+  } else {
     // The directory had no marker (it existed through its files): give the new one a
     // marker, so it stays a directory whatever happens to its files.
     Status marked = PutSmallObject(to_prefix, "",
@@ -1031,7 +1043,7 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   if (source_is_dir) {
     // Nothing is created, removed or renamed under either name while the keys move.
     PrefixGate::Hold moving = gate_.Exclusive({DirectoryPrefix(from), DirectoryPrefix(to)}, entered);
-    BFS_RETURN_IF_ERROR(RenameDirectory(from, to, target.ok(), &old_keys_kept));
+    BFS_RETURN_IF_ERROR(RenameDirectory(from, to, &old_keys_kept));
     ForgetListingsUnder(from);
     ForgetListingsUnder(to);
     // Names looked up in vain under `to` before (`rmdir b; mv a b`) may exist now.

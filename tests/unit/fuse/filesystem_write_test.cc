@@ -947,6 +947,49 @@ TEST_F(FilesystemWriteTest, AFileCreatedWhileItsPredecessorsLastCloseDeletesItSu
   EXPECT_EQ(looked->attr.size, 9u);
 }
 
+// Two creates of a name whose unlinked predecessor is still open: the first deletes the
+// predecessor's object, and the second waits for that DELETE. Going ahead, the second
+// file's data would be committed and then removed by the first one's late DELETE.
+TEST_F(FilesystemWriteTest, TwoCreatesOfANameStillHiddenDoNotLoseTheSecondOnesData) {
+  server_.PutDirect("n.txt", "predecessor");
+  HeldDeleteClient held(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &held);
+  const InodeId ino = MustLookup(kRootInode, "n.txt");
+  auto reader = fs_->Open(ino, O_RDONLY);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  ASSERT_TRUE(fs_->Unlink(kRootInode, "n.txt").ok());  // Open: hidden, deleted at the last close.
+  auto first = std::async(std::launch::async, [&] {
+    return fs_->Create(kRootInode, "n.txt", 0644, O_WRONLY | O_CREAT, kCaller);
+  });
+  if (!held.WaitHeld()) {
+    held.Permit();
+    first.wait();
+    FAIL() << "the first create sent no DELETE of the predecessor";
+  }
+  auto second = std::async(std::launch::async, [&]() -> Status {
+    auto created = fs_->Create(kRootInode, "n.txt", 0644, O_WRONLY | O_CREAT, kCaller);
+    if (!created.ok()) return created.status();
+    BFS_RETURN_IF_ERROR(fs_->Write(created->open.handle, 0, Bytes("second")).status());
+    BFS_RETURN_IF_ERROR(fs_->Flush(created->open.handle));
+    fs_->Release(created->open.handle);
+    return Status::Ok();
+  });
+  if (second.wait_for(300ms) == std::future_status::ready) {
+    EXPECT_TRUE(WaitCommitted("n.txt"));  // Not waiting: let it land before the DELETE.
+  }
+  held.Permit();
+  auto made = first.get();
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  Status second_status = second.get();
+  ASSERT_TRUE(second_status.ok()) << second_status.ToString();
+  ASSERT_TRUE(fs_->Flush(made->open.handle).ok());
+  fs_->Release(made->open.handle);
+  fs_->Release(reader->handle);
+  ASSERT_TRUE(WaitCommitted("n.txt"));
+  EXPECT_EQ(server_.ObjectBody("n.txt").value_or("<deleted>"), "second");
+}
+
 // fchmod and futimens reach the daemon without the descriptor's handle: on a file unlinked
 // while open they succeed and show on the descriptor (fstat), as on a local disk, and
 // nothing is stored (the object goes at the last close).
@@ -974,10 +1017,12 @@ TEST_F(FilesystemWriteTest, AChmodOfAFileUnlinkedWhileOpenShowsOnItsDescriptor) 
     EXPECT_EQ(shown->attr.permissions, 0600u) << "inode " << ino;
   }
   EXPECT_EQ(MetaOf("reading", "mode"), ModeOf(S_IFREG, 0644)) << "stored for a removed file";
+  EXPECT_FALSE(RecordOf("reading")) << "journaled for a removed file";
+  EXPECT_FALSE(RecordOf("writing")) << "journaled for a removed file";
   fs_->Release(reader->handle);
   ASSERT_TRUE(fs_->Flush(created->open.handle).ok());
   fs_->Release(created->open.handle);
-  ASSERT_TRUE(WaitCommitted("writing"));
+  EXPECT_FALSE(RecordOf("writing"));
   EXPECT_TRUE(server_.Keys().empty());
 }
 
@@ -1585,9 +1630,9 @@ class FailCopyOfClient final : public s3::ForwardingClient {
   const std::string key_;
 };
 
-// A directory rename that fails part way takes back what it copied, the new name's
-// marker included: `mv d e` that failed must not leave an empty directory e behind.
-// Over an existing empty directory, that one stays.
+// A directory rename that fails part way takes back what it copied, and leaves the new
+// name's marker as it was: `mv d e` that failed must not leave an empty directory e
+// behind, and an empty directory it was replacing keeps its own marker (its mode).
 TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesNoNewDirectoryBehind) {
   server_.PutDirect("d/", "", {{"mode", ModeOf(S_IFDIR, 0755)}});
   server_.PutDirect("d/a", "first");
@@ -1607,6 +1652,7 @@ TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesNoNewDirectoryBehind) {
   EXPECT_EQ(renamed.code(), ErrorCode::kServerError) << renamed.ToString();
   EXPECT_EQ(server_.Keys(), (std::vector<std::string>{"d/", "d/a", "d/b", "kept/"}));
   EXPECT_TRUE(fs_->Lookup(kRootInode, "kept").ok()) << "the replaced directory went";
+  EXPECT_EQ(MetaOf("kept/", "mode"), ModeOf(S_IFDIR, 0700)) << "its marker was overwritten";
 }
 
 TEST_F(FilesystemWriteTest, AFailedDirectoryRenameLeavesTheFilesBeingWrittenInIt) {
