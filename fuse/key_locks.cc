@@ -4,22 +4,6 @@
 
 namespace bucketfs::fs {
 
-KeyLocks::Hold& KeyLocks::Hold::operator=(Hold&& other) noexcept {
-  if (this != &other) {
-    Release();
-    locks_ = std::exchange(other.locks_, nullptr);
-    keys_ = std::move(other.keys_);
-    exclusive_ = other.exclusive_;
-  }
-  return *this;
-}
-
-void KeyLocks::Hold::Release() {
-  if (locks_ == nullptr) return;
-  std::exchange(locks_, nullptr)->Release(keys_, exclusive_);
-  keys_.clear();
-}
-
 KeyLocks::Hold KeyLocks::Share(const std::string& key) {
   std::unique_lock lock(mu_);
   // Looked up on every wake: a Release() meanwhile may have dropped the key's entry.

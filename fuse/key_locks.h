@@ -28,30 +28,13 @@
 #include <utility>
 #include <vector>
 
+#include "fuse/keyed_hold.h"
+
 namespace bucketfs::fs {
 
 class KeyLocks {
  public:
-  class Hold {
-   public:
-    Hold() = default;
-    Hold(Hold&& other) noexcept
-        : locks_(std::exchange(other.locks_, nullptr)), keys_(std::move(other.keys_)),
-          exclusive_(other.exclusive_) {}
-    Hold& operator=(Hold&& other) noexcept;
-    Hold(const Hold&) = delete;
-    Hold& operator=(const Hold&) = delete;
-    ~Hold() { Release(); }
-    void Release();
-
-   private:
-    friend class KeyLocks;
-    Hold(KeyLocks* locks, std::vector<std::string> keys, bool exclusive)
-        : locks_(locks), keys_(std::move(keys)), exclusive_(exclusive) {}
-    KeyLocks* locks_ = nullptr;
-    std::vector<std::string> keys_;
-    bool exclusive_ = false;
-  };
+  using Hold = KeyedHold<KeyLocks>;
 
   Hold Share(const std::string& key);
   Hold Exclusive(std::vector<std::string> keys);
@@ -65,6 +48,7 @@ class KeyLocks {
     bool exclusive = false;     // An Exclusive() holds it.
     int exclusive_waiters = 0;  // Exclusive()s waiting for it.
   };
+  friend Hold;
   void Release(const std::vector<std::string>& keys, bool exclusive);
   // Requires mu_. Drops the key's entry once nobody holds or waits for it.
   void Prune(std::map<std::string, State>::iterator it);

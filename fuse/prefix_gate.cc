@@ -13,22 +13,6 @@ bool IsCoveredBy(const std::string& path, const std::string& prefix) {
 
 }  // namespace
 
-PrefixGate::Hold& PrefixGate::Hold::operator=(Hold&& other) noexcept {
-  if (this != &other) {
-    Release();
-    gate_ = std::exchange(other.gate_, nullptr);
-    keys_ = std::move(other.keys_);
-    exclusive_ = other.exclusive_;
-  }
-  return *this;
-}
-
-void PrefixGate::Hold::Release() {
-  if (gate_ == nullptr) return;
-  std::exchange(gate_, nullptr)->Release(keys_, exclusive_);
-  keys_.clear();
-}
-
 bool PrefixGate::Covered(const std::string& path) const {
   return std::any_of(exclusive_.begin(), exclusive_.end(),
                      [&](const std::string& prefix) { return IsCoveredBy(path, prefix); });
@@ -58,7 +42,7 @@ std::pair<PrefixGate::Hold, bool> PrefixGate::Enter(std::vector<std::string> pat
 }
 
 PrefixGate::Hold PrefixGate::Exclusive(std::vector<std::string> prefixes, const Hold& own) {
-  const std::vector<std::string> own_paths = own.gate_ == this ? own.keys_ : std::vector<std::string>{};
+  const std::vector<std::string> own_paths = own.owner() == this ? own.keys() : std::vector<std::string>{};
   std::unique_lock lock(mu_);
   ++epoch_;
   exclusive_.insert(exclusive_.end(), prefixes.begin(), prefixes.end());

@@ -31,30 +31,13 @@
 #include <utility>
 #include <vector>
 
+#include "fuse/keyed_hold.h"
+
 namespace bucketfs::fs {
 
 class PrefixGate {
  public:
-  class Hold {
-   public:
-    Hold() = default;
-    Hold(Hold&& other) noexcept
-        : gate_(std::exchange(other.gate_, nullptr)), keys_(std::move(other.keys_)),
-          exclusive_(other.exclusive_) {}
-    Hold& operator=(Hold&& other) noexcept;
-    Hold(const Hold&) = delete;
-    Hold& operator=(const Hold&) = delete;
-    ~Hold() { Release(); }
-    void Release();
-
-   private:
-    friend class PrefixGate;
-    Hold(PrefixGate* gate, std::vector<std::string> keys, bool exclusive)
-        : gate_(gate), keys_(std::move(keys)), exclusive_(exclusive) {}
-    PrefixGate* gate_ = nullptr;
-    std::vector<std::string> keys_;
-    bool exclusive_ = false;
-  };
+  using Hold = KeyedHold<PrefixGate>;
 
   // Counts the Exclusive()s begun so far.
   uint64_t epoch();
@@ -67,6 +50,7 @@ class PrefixGate {
   bool Covered(const std::string& path) const;
   // Paths entered under `prefix`, but for those of `own`.
   bool EnteredUnder(const std::string& prefix, const std::vector<std::string>& own) const;
+  friend Hold;
   void Release(const std::vector<std::string>& keys, bool exclusive);
 
   std::mutex mu_;
