@@ -355,9 +355,11 @@ class Filesystem {
   // `key` to `dest`: its dirty data, or its object if it committed meanwhile, is at `key`
   // again (the caller then deletes `dest`).
   Status MoveBack(const std::string& dest, const std::string& key);
-  // Writes an object with no data body besides `body` (markers, symlinks).
+  // Writes an object with no data body besides `body` (markers, symlinks), stamped with
+  // `mtime` (default: now).
   Result<std::string> PutSmallObject(const std::string& key, std::string_view body,
-                                     s3::UserMetadata metadata);
+                                     s3::UserMetadata metadata,
+                                     std::optional<WallTime> mtime = std::nullopt);
 
   MonoTime Now() const { return clock_.Now(); }
   MonoTime Deadline() const { return Now() + options_.request_timeout; }

@@ -280,8 +280,9 @@ Status Filesystem::Unhide(const std::string& path) {
 }
 
 Result<std::string> Filesystem::PutSmallObject(const std::string& key, std::string_view body,
-                                               s3::UserMetadata metadata) {
-  metadata["mtime"] = cache::EncodeMtime(clock_.WallNow());
+                                               s3::UserMetadata metadata,
+                                               std::optional<WallTime> mtime) {
+  metadata["mtime"] = cache::EncodeMtime(mtime.value_or(clock_.WallNow()));
   s3::PutRequest put;
   put.key = key;
   put.body = std::span<const char>(body.data(), body.size());
@@ -462,10 +463,13 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
     if (request.permissions) attr.permissions = *request.permissions & 07777;
     if (request.uid) attr.uid = *request.uid;
     if (request.gid) attr.gid = *request.gid;
-    attr.mtime = request.mtime.value_or(clock_.WallNow());
+    // touch -d stores the time it was given; chmod and chown keep the directory's (they
+    // change its ctime only, which S3 has no place for).
+    if (request.mtime) attr.mtime = *request.mtime;
     BFS_RETURN_IF_ERROR(PutSmallObject(DirectoryPrefix(node->path), "",
                                        AttributeMetadata(FileType::kDirectory, attr.permissions,
-                                                         attr.uid, attr.gid))
+                                                         attr.uid, attr.gid),
+                                       attr.mtime)
                             .status());
     return AttrReply{inodes_.Upsert(node->path, attr, "", Expiry(), 0).attr, options_.metadata_ttl};
   }

@@ -752,6 +752,30 @@ TEST_F(FilesystemWriteTest, SetAttrSizeTruncatesTheObject) {
 
 // --- Directories ---------------------------------------------------------------------------
 
+// A directory's marker stores the mtime `touch -d` gives it, and a chmod keeps the one it
+// had (the marker is written anew, but only its ctime changes on a local disk).
+TEST_F(FilesystemWriteTest, ADirectoryKeepsTheMtimeItWasGivenAndAChmodKeepsIt) {
+  auto made = fs_->MkDir(kRootInode, "d", 0750, kCaller);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  const std::string made_at = MetaOf("d/", "mtime");
+  clock_.Advance(3600s);
+  SetAttrRequest chmod;
+  chmod.permissions = 0700;
+  auto changed = fs_->SetAttr(made->attr.ino, chmod);
+  ASSERT_TRUE(changed.ok()) << changed.status().ToString();
+  EXPECT_EQ(MetaOf("d/", "mode"), ModeOf(S_IFDIR, 0700));
+  EXPECT_EQ(MetaOf("d/", "mtime"), made_at) << "the chmod moved the directory's mtime";
+  EXPECT_EQ(cache::EncodeMtime(changed->attr.mtime), made_at);
+
+  SetAttrRequest touch;
+  touch.mtime = WallTime(std::chrono::seconds(1600000000));
+  auto touched = fs_->SetAttr(made->attr.ino, touch);
+  ASSERT_TRUE(touched.ok()) << touched.status().ToString();
+  EXPECT_EQ(MetaOf("d/", "mtime"), "1600000000") << "touch -d was not stored";
+  EXPECT_EQ(MetaOf("d/", "mode"), ModeOf(S_IFDIR, 0700));
+  EXPECT_EQ(cache::EncodeMtime(touched->attr.mtime), "1600000000");
+}
+
 TEST_F(FilesystemWriteTest, MkDirWritesADirectoryMarker) {
   auto made = fs_->MkDir(kRootInode, "d", 0750, kCaller);
   ASSERT_TRUE(made.ok()) << made.status().ToString();
