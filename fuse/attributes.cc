@@ -24,6 +24,26 @@ const std::string* Find(const s3::UserMetadata& md, const char* name) {
   return it == md.end() ? nullptr : &it->second;
 }
 
+// Mode, owner and mtime from `info`'s metadata over what `a` holds; returns the mode's file
+// type bits (0 when there is no valid mode).
+uint32_t ApplyMetadata(const s3::ObjectInfo& info, Attributes* a) {
+  uint32_t type_bits = 0;
+  if (const auto* mode = Find(info.metadata, "mode")) {
+    uint32_t m = 0;
+    if (ParseDecimal(*mode, &m)) {
+      a->permissions = m & 07777;
+      type_bits = m & S_IFMT;
+    }
+  }
+  if (const auto* uid = Find(info.metadata, "uid")) ParseDecimal(*uid, &a->uid);
+  if (const auto* gid = Find(info.metadata, "gid")) ParseDecimal(*gid, &a->gid);
+  if (const auto* mtime = Find(info.metadata, "mtime")) {
+    // Seconds, possibly with a fraction ("1700000000" or "1700000000.25"), exactly.
+    if (auto t = cache::DecodeMtime(*mtime)) a->mtime = *t;
+  }
+  return type_bits;
+}
+
 }  // namespace
 
 uint32_t Attributes::Mode() const {
@@ -41,19 +61,13 @@ Attributes ObjectAttributes(const s3::ObjectInfo& info, const AttributeDefaults&
   a.permissions = defaults.file_mode & 07777;
   a.uid = defaults.uid;
   a.gid = defaults.gid;
-  if (const auto* mode = Find(info.metadata, "mode")) {
-    uint32_t m = 0;
-    if (ParseDecimal(*mode, &m)) {
-      a.permissions = m & 07777;
-      if ((m & S_IFMT) == S_IFLNK) a.type = FileType::kSymlink;
-    }
-  }
-  if (const auto* uid = Find(info.metadata, "uid")) ParseDecimal(*uid, &a.uid);
-  if (const auto* gid = Find(info.metadata, "gid")) ParseDecimal(*gid, &a.gid);
-  if (const auto* mtime = Find(info.metadata, "mtime")) {
-    // Seconds, possibly with a fraction ("1700000000" or "1700000000.25"), exactly.
-    if (auto t = cache::DecodeMtime(*mtime)) a.mtime = *t;
-  }
+  if (ApplyMetadata(info, &a) == S_IFLNK) a.type = FileType::kSymlink;
+  return a;
+}
+
+Attributes MarkerAttributes(const s3::ObjectInfo& marker, const AttributeDefaults& defaults) {
+  Attributes a = DirectoryAttributes(marker.last_modified, defaults);
+  ApplyMetadata(marker, &a);  // Its type bits mean nothing: the marker makes a directory.
   return a;
 }
 

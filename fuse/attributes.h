@@ -8,7 +8,7 @@
 //    (the object's body is the target); any other type bits are ignored: whether a name is
 //    a file or a directory is decided by the bucket's structure, not by metadata.
 //  - Listings carry no user metadata: entries filled from a listing use the defaults until a
-//    HEAD of the object refreshes them.
+//    HEAD of the object (of a directory: of its marker) refreshes them.
 //  - Pure functions: no I/O, no clock.
 #pragma once
 
@@ -55,5 +55,9 @@ s3::UserMetadata AttributeMetadata(FileType type, uint32_t permissions, uint32_t
 
 // Attributes of a directory; `mtime` from its marker object, or the mount's start.
 Attributes DirectoryAttributes(WallTime mtime, const AttributeDefaults& defaults);
+// Attributes of a directory whose marker object (`dir/`) a HEAD saw: mode, uid, gid and
+// mtime from the marker's metadata as for a file (chmod, chown and touch -d of a directory
+// store them there), else the defaults and the marker's Last-Modified.
+Attributes MarkerAttributes(const s3::ObjectInfo& marker, const AttributeDefaults& defaults);
 
 }  // namespace bucketfs::fs

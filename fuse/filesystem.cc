@@ -211,7 +211,8 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
   // ends, not for a whole TTL from now (a stat answered from a 59 s old listing would
   // otherwise be believed, and handed to the kernel, for another minute).
   const MonoTime expiry = listed_at + options_.metadata_ttl;
-  if (auto existing = inodes_.GetByPath(path)) {
+  auto existing = inodes_.GetByPath(path);
+  if (existing) {
     if (existing->stored > entry.as_of) {
       // The node was known after the entry was true: a directory handle's snapshot read
       // after a commit, or a listing fetched while the commit ran. It shows the new size and
@@ -241,8 +242,14 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
   }
   Attributes attr;
   if (entry.type == FileType::kDirectory) {
-    attr = DirectoryAttributes(options_.mount_time, options_.defaults);
-  } else if (auto checked = CheckedAttributes(path, entry.etag)) {
+    if (auto checked = CheckedAttributes(path, entry)) {
+      attr = *checked;  // A HEAD of its marker: the mode, owner and mtime stored there.
+    } else if (existing && existing->attr.type == FileType::kDirectory) {
+      attr = existing->attr;  // What this mount learnt of it before (as Refresh keeps it).
+    } else {
+      attr = DirectoryAttributes(options_.mount_time, options_.defaults);
+    }
+  } else if (auto checked = CheckedAttributes(path, entry)) {
     attr = *checked;  // A HEAD saw this version: its type (symlink?), mode and owner.
   } else {
     s3::ObjectInfo info;
@@ -260,60 +267,84 @@ bool Filesystem::NodeNewerThan(const std::string& path, uint64_t as_of) const {
 
 // Symlinks are small objects whose type is in their metadata, which listings do not carry.
 // An object below this size, listed but never HEADed, is checked before the kernel sees it.
+// So is a directory: its mode, owner and mtime are in its marker's metadata.
 constexpr uint64_t kSymlinkMaxSize = 4096;
-constexpr size_t kMaxSymlinkChecks = 256;
+constexpr size_t kMaxEntryChecks = 256;
 
-bool Filesystem::NeedsTypeCheck(const std::string& path, const ListedEntry& entry) {
-  if (entry.type != FileType::kRegular || entry.size == 0 || entry.size >= kSymlinkMaxSize) {
-    return false;
-  }
-  // Seen by HEAD (or written here) in this version: its type is known.
+bool Filesystem::NeedsCheck(const std::string& path, const ListedEntry& entry) {
   const auto existing = inodes_.GetByPath(path);
-  if (existing && existing->etag == entry.etag &&
-      (existing->attr.type == FileType::kSymlink || Now() < existing->attr_expiry)) {
-    return false;
+  if (entry.type == FileType::kDirectory) {
+    if (existing && existing->attr.type == FileType::kDirectory &&
+        Now() < existing->attr_expiry) {
+      return false;
+    }
+  } else {
+    if (entry.type != FileType::kRegular || entry.size == 0 || entry.size >= kSymlinkMaxSize) {
+      return false;
+    }
+    // Seen by HEAD (or written here) in this version: its type is known.
+    if (existing && existing->etag == entry.etag &&
+        (existing->attr.type == FileType::kSymlink || Now() < existing->attr_expiry)) {
+      return false;
+    }
   }
-  return !CheckedAttributes(path, entry.etag).has_value();
+  return !CheckedAttributes(path, entry).has_value();
 }
 
 std::optional<Attributes> Filesystem::CheckedAttributes(const std::string& path,
-                                                        const std::string& etag) {
+                                                        const ListedEntry& entry) {
+  const bool directory = entry.type == FileType::kDirectory;
   std::lock_guard lock(mu_);
   auto it = checked_.find(path);
-  if (it == checked_.end() || it->second.etag != etag || Now() >= it->second.expiry) {
+  if (it == checked_.end() || Now() >= it->second.expiry ||
+      (it->second.attr.type == FileType::kDirectory) != directory ||
+      (!directory && it->second.etag != entry.etag)) {
     return std::nullopt;
   }
   return it->second.attr;
 }
 
-void Filesystem::CheckType(const std::string& path, const std::string& etag) {
+void Filesystem::Check(const std::string& path, const ListedEntry& entry) {
   counters_.heads.fetch_add(1, std::memory_order_relaxed);
-  auto head = client_.Head(s3::HeadRequest{path, {}}, {Deadline()});
-  if (!head.ok() || head->etag != etag) return;  // Changed or gone: the listing is stale.
-  const Attributes attr = ObjectAttributes(*head, options_.defaults);
+  Attributes attr;
+  if (entry.type == FileType::kDirectory) {
+    auto head = client_.Head(s3::HeadRequest{DirectoryPrefix(path), {}}, {Deadline()});
+    if (head.ok()) {
+      attr = MarkerAttributes(*head, options_.defaults);
+    } else if (head.status().code() == ErrorCode::kNotFound) {
+      // No marker: a directory only through the keys under it, with nothing stored.
+      attr = DirectoryAttributes(options_.mount_time, options_.defaults);
+    } else {
+      return;  // Unknown: the listing's defaults serve, and the next listing asks again.
+    }
+  } else {
+    auto head = client_.Head(s3::HeadRequest{path, {}}, {Deadline()});
+    if (!head.ok() || head->etag != entry.etag) return;  // Changed or gone: the listing is stale.
+    attr = ObjectAttributes(*head, options_.defaults);
+  }
   std::lock_guard lock(mu_);
   if (checked_.size() >= options_.max_negative_entries) checked_.clear();  // A cache.
-  checked_[path] = CheckedType{etag, attr, Expiry()};
+  checked_[path] = CheckedEntry{entry.etag, attr, Expiry()};
 }
 
 Node Filesystem::EnterListedChecked(const std::string& path, const ListedEntry& entry,
                                     uint64_t lookups, MonoTime listed_at) {
-  if (NeedsTypeCheck(path, entry)) CheckType(path, entry.etag);
+  if (NeedsCheck(path, entry)) Check(path, entry);
   return EnterListed(path, entry, lookups, listed_at);
 }
 
-void Filesystem::CheckSmallEntries(const std::string& dir_path, const DirectoryListing& listing) {
-  std::vector<std::pair<std::string, std::string>> todo;  // Path, ETag.
+void Filesystem::CheckListedEntries(const std::string& dir_path, const DirectoryListing& listing) {
+  std::vector<std::pair<std::string, const ListedEntry*>> todo;  // Path, entry.
   for (const auto& entry : listing.entries) {
-    if (todo.size() >= kMaxSymlinkChecks) break;
+    if (todo.size() >= kMaxEntryChecks) break;
     std::string path = ChildPath(dir_path, entry.name);
-    if (NeedsTypeCheck(path, entry)) todo.emplace_back(std::move(path), entry.etag);
+    if (NeedsCheck(path, entry)) todo.emplace_back(std::move(path), &entry);
   }
   if (todo.empty()) return;
   std::latch done(static_cast<std::ptrdiff_t>(todo.size()));
   for (const auto& item : todo) {
     auto check = [this, &item, &done] {
-      CheckType(item.first, item.second);
+      Check(item.first, *item.second);
       done.count_down();
     };
     if (!metadata_pool_->TrySubmit(check)) check();
@@ -337,7 +368,7 @@ Result<Node> Filesystem::Probe(const std::string& path) {
   auto task = std::make_shared<std::packaged_task<Result<s3::ListPage>()>>(list_one);
   std::future<Result<s3::ListPage>> listed = task->get_future();
   const uint64_t as_of = inodes_.Tick();  // Before either request is sent.
-  // First in line: an opendir's type checks (CheckSmallEntries) may fill the queue, and
+  // First in line: an opendir's checks (CheckListedEntries) may fill the queue, and
   // this lookup is what a program waits on.
   if (!metadata_pool_->TrySubmitFirst([task] { (*task)(); })) (*task)();
 
@@ -349,12 +380,20 @@ Result<Node> Filesystem::Probe(const std::string& path) {
     if (head.ok()) {
       problems_.Report(path, "both a file and a directory; shown as the directory, the file is hidden");
     }
-    WallTime mtime = options_.mount_time;
+    Attributes attr = DirectoryAttributes(options_.mount_time, options_.defaults);
     if (!page->objects.empty() && page->objects.front().key == DirectoryPrefix(path)) {
-      mtime = page->objects.front().last_modified;  // The marker's.
+      // Its marker: what chmod, chown and touch -d stored is in its metadata.
+      counters_.heads.fetch_add(1, std::memory_order_relaxed);
+      auto marker = client_.Head(s3::HeadRequest{DirectoryPrefix(path), {}}, {deadline});
+      if (marker.ok()) {
+        attr = MarkerAttributes(*marker, options_.defaults);
+      } else if (marker.status().code() == ErrorCode::kNotFound) {
+        attr.mtime = page->objects.front().last_modified;  // Removed meanwhile: as listed.
+      } else {
+        return std::move(marker).TakeStatus();
+      }
     }
-    return inodes_.UpsertUnlessNewer(path, DirectoryAttributes(mtime, options_.defaults), "",
-                                     Expiry(), 0, as_of);
+    return inodes_.UpsertUnlessNewer(path, attr, "", Expiry(), 0, as_of);
   }
   if (!head.ok()) {
     if (head.status().code() == ErrorCode::kNotFound) return NotFound(path);
@@ -634,7 +673,7 @@ Result<std::shared_ptr<const DirectoryListing>> Filesystem::HandleListing(
               [](const ListedEntry& a, const ListedEntry& b) { return a.name < b.name; });
     listing = std::move(merged);
   }
-  CheckSmallEntries(dir_path, *listing);
+  CheckListedEntries(dir_path, *listing);
   return listing;
 }
 

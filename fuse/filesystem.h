@@ -393,19 +393,22 @@ class Filesystem {
                    MonoTime listed_at);
   // True if the node of `path` was known after `as_of`.
   bool NodeNewerThan(const std::string& path, uint64_t as_of) const;
-  // As EnterListed, but a small object (it could be a symlink, which a listing cannot
-  // show) not yet seen by HEAD is looked at with one HEAD first.
+  // As EnterListed, but an entry whose attributes only a HEAD can tell, and not yet seen by
+  // one, is looked at with one HEAD first: a small object (it could be a symlink), or a
+  // directory (its marker holds its mode, owner and mtime).
   Node EnterListedChecked(const std::string& path, const ListedEntry& entry, uint64_t lookups,
                           MonoTime listed_at);
-  // The HEADs EnterListedChecked would do, for up to kMaxSymlinkChecks small entries of a
-  // listing, in parallel on the I/O pool (opendir: readdirplus then needs none).
-  void CheckSmallEntries(const std::string& dir_path, const DirectoryListing& listing);
-  // True if `entry` may be a symlink whose type only a HEAD can tell.
-  bool NeedsTypeCheck(const std::string& path, const ListedEntry& entry);
-  // HEADs `path` and remembers its attributes for `etag` (if it still has that ETag).
-  void CheckType(const std::string& path, const std::string& etag);
-  // Attributes a HEAD found for this version of `path`, while fresh.
-  std::optional<Attributes> CheckedAttributes(const std::string& path, const std::string& etag);
+  // The HEADs EnterListedChecked would do, for up to kMaxEntryChecks entries of a listing,
+  // in parallel on the I/O pool (opendir: readdirplus then needs none).
+  void CheckListedEntries(const std::string& dir_path, const DirectoryListing& listing);
+  // True if `entry`'s attributes are not all in the listing (see EnterListedChecked) and
+  // nothing here knows them yet.
+  bool NeedsCheck(const std::string& path, const ListedEntry& entry);
+  // HEADs `entry` (a directory: its marker) and remembers its attributes: a file's for its
+  // listed ETag, if it still has it.
+  void Check(const std::string& path, const ListedEntry& entry);
+  // Attributes a HEAD found for this entry (a file: this version of it), while fresh.
+  std::optional<Attributes> CheckedAttributes(const std::string& path, const ListedEntry& entry);
   // Asks the server what `path` is: HEAD and a single-key listing, concurrently.
   Result<Node> Probe(const std::string& path);
   // Fresh attributes of `node`: as cached, or refreshed by HEAD.
@@ -467,13 +470,13 @@ class Filesystem {
     bool too_large = false;
   };
   std::unordered_map<std::string, MissHint> misses_;
-  // What HEADs of small listed objects found (their type, mode, owner), by path.  // mu_.
-  struct CheckedType {
+  // What HEADs of listed entries found (type, mode, owner, mtime), by path.      // mu_.
+  struct CheckedEntry {
     std::string etag;
     Attributes attr;
     MonoTime expiry{};
   };
-  std::unordered_map<std::string, CheckedType> checked_;
+  std::unordered_map<std::string, CheckedEntry> checked_;
   Invalidator invalidate_;                                                    // Guarded by mu_.
   // Unlinked while open: the key to DELETE when the last handle closes.     // Guarded by mu_.
   std::unordered_map<InodeId, std::string> deferred_deletes_;

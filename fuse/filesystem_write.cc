@@ -471,6 +471,7 @@ Result<AttrReply> Filesystem::SetAttr(InodeId ino, const SetAttrRequest& request
                                                          attr.uid, attr.gid),
                                        attr.mtime)
                             .status());
+    ForgetMissing(node->path);  // What a HEAD of the marker found before holds no longer.
     return AttrReply{inodes_.Upsert(node->path, attr, "", Expiry(), 0).attr, options_.metadata_ttl};
   }
   if (node->attr.type == FileType::kSymlink) {

@@ -1345,6 +1345,48 @@ TEST_F(FuseNamespaceTest, ChmodChownUtimensAreStoredAsS3fsMetadata) {
   EXPECT_EQ(m->Unmount(), 0) << m->Log();
 }
 
+// A directory's mode, owner and mtime live in its marker (s3fs convention) and come back
+// from it on a new mount: through `ls -l` of its parent (readdirplus) and through a lookup
+// of the directory itself. A directory with no marker shows the mount's defaults.
+TEST_F(FuseNamespaceTest, ChmodChownUtimensOfADirectoryAreStoredInItsMarkerAndSurviveARemount) {
+  PutBytes("implicit/child.txt", "no marker above me");
+  auto m = MountBucket();
+  ASSERT_NE(m, nullptr);
+  ASSERT_EQ(Outcome(mkdir(m->Path("kept").c_str(), 0755)), "OK");
+  const uid_t uid = geteuid() == 0 ? 1234 : geteuid();
+  const gid_t gid = geteuid() == 0 ? 5678 : getegid();
+  const struct timespec times[2] = {{1600000000, 0}, {1600000000, 0}};
+  EXPECT_EQ(Outcome(chmod(m->Path("kept").c_str(), 0710)), "OK");
+  EXPECT_EQ(Outcome(chown(m->Path("kept").c_str(), uid, gid)), "OK");
+  EXPECT_EQ(Outcome(utimensat(AT_FDCWD, m->Path("kept").c_str(), times, 0)), "OK");
+  EXPECT_TRUE(MetadataBecomes("kept/", "mode", std::to_string(S_IFDIR | 0710)));
+  EXPECT_TRUE(MetadataBecomes("kept/", "uid", std::to_string(uid)));
+  EXPECT_TRUE(MetadataBecomes("kept/", "gid", std::to_string(gid)));
+  EXPECT_TRUE(MetadataBecomes("kept/", "mtime", SecondsAre(1600000000)));
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+
+  auto expect_kept = [&](const std::string& how) {
+    SCOPED_TRACE(how);
+    struct stat st {};
+    ASSERT_EQ(stat(m->Path("kept").c_str(), &st), 0) << strerror(errno);
+    EXPECT_EQ(st.st_mode, static_cast<mode_t>(S_IFDIR | 0710));
+    EXPECT_EQ(st.st_uid, uid);
+    EXPECT_EQ(st.st_gid, gid);
+    EXPECT_EQ(st.st_mtime, 1600000000);
+    ASSERT_EQ(stat(m->Path("implicit").c_str(), &st), 0) << strerror(errno);
+    EXPECT_EQ(st.st_mode, static_cast<mode_t>(S_IFDIR | 0755)) << "the mount's --dir-mode";
+  };
+  m = MountBucket();
+  ASSERT_NE(m, nullptr);
+  ASSERT_TRUE(Sh("ls -ln " + ShellQuote(m->Path("")) + " > /dev/null"));  // readdirplus.
+  expect_kept("after ls -l of the parent");
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+  m = MountBucket();
+  ASSERT_NE(m, nullptr);
+  expect_kept("looked up by name");
+  EXPECT_EQ(m->Unmount(), 0) << m->Log();
+}
+
 TEST_F(FuseNamespaceTest, ExclusiveCreateOfAnExistingFileIsEexist) {
   PutBytes("in-s3.txt", "s3");
   auto m = MountBucket();

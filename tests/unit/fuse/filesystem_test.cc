@@ -18,6 +18,7 @@
 #include "common/clock.h"
 #include "common/task_pool.h"
 #include "s3/fake_client.h"
+#include "s3/fault_client.h"
 #include "s3/forwarding_client.h"
 #include "tests/support/eventually.h"
 
@@ -970,6 +971,90 @@ TEST_F(FilesystemTest, ReadLinkOfAnS3fsSymlinkFoundByLookup) {
   auto not_link = fs_->ReadLink(MustLookup(kRootInode, "plain"));
   ASSERT_FALSE(not_link.ok());
   EXPECT_EQ(not_link.status().code(), ErrorCode::kInvalidArgument);
+}
+
+// chmod, chown and touch -d of a directory are stored in its marker's metadata (s3fs's
+// convention): a lookup, a readdirplus of its parent and a new mount all show them, and a
+// directory without a marker shows the mount's defaults.
+TEST_F(FilesystemTest, ADirectorysModeOwnerAndMtimeComeFromItsMarker) {
+  server_.PutDirect("d/", "", {{"mode", std::to_string(040710)}, {"uid", "7"}, {"gid", "8"},
+                               {"mtime", "1600000000"}});
+  server_.PutDirect("d/x", "1");
+  server_.PutDirect("implicit/y", "2");
+  auto expect_marked = [](const Attributes& a) {
+    EXPECT_EQ(a.type, FileType::kDirectory);
+    EXPECT_EQ(a.permissions, 0710u);
+    EXPECT_EQ(a.uid, 7u);
+    EXPECT_EQ(a.gid, 8u);
+    EXPECT_EQ(a.mtime, WallTime(std::chrono::seconds(1600000000)));
+  };
+  auto expect_defaults = [this](const Attributes& a) {
+    EXPECT_EQ(a.type, FileType::kDirectory);
+    EXPECT_EQ(a.permissions, 0755u);
+    EXPECT_EQ(a.uid, 1000u);
+    EXPECT_EQ(a.mtime, clock_.WallNow());  // The mount's start: nothing is stored.
+  };
+  {
+    SCOPED_TRACE("lookup");
+    auto d = fs_->Lookup(kRootInode, "d");
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    expect_marked(d->attr);
+    auto implicit = fs_->Lookup(kRootInode, "implicit");
+    ASSERT_TRUE(implicit.ok()) << implicit.status().ToString();
+    expect_defaults(implicit->attr);
+  }
+  FilesystemOptions o;
+  o.defaults.uid = 1000;
+  o.defaults.gid = 1000;
+  o.metadata_ttl = kTtl;
+  o.mount_time = clock_.WallNow();
+  Remake(server_, o);  // A new mount: nothing known.
+  {
+    SCOPED_TRACE("readdirplus of the parent");
+    auto dh = fs_->OpenDir(kRootInode);
+    ASSERT_TRUE(dh.ok()) << dh.status().ToString();
+    server_.ResetCounters();
+    auto entries = ReadDirAll(*dh, 0, /*plus=*/true);
+    EXPECT_EQ(server_.total_calls(), 0u) << "opendir checked the markers; readdirplus asks none";
+    ASSERT_EQ(Names(entries), (std::vector<std::string>{".", "..", "d", "implicit"}));
+    expect_marked(entries[2].attr);
+    expect_defaults(entries[3].attr);
+    fs_->ReleaseDir(*dh);
+  }
+  {
+    SCOPED_TRACE("lookup from the listing");
+    auto d = fs_->Lookup(kRootInode, "d");
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    expect_marked(d->attr);
+  }
+  {
+    SCOPED_TRACE("a listing after the TTL");
+    clock_.Advance(kTtl + 1s);
+    auto dh = fs_->OpenDir(kRootInode);
+    ASSERT_TRUE(dh.ok()) << dh.status().ToString();
+    auto entries = ReadDirAll(*dh, 0, /*plus=*/true);
+    ASSERT_EQ(entries.size(), 4u);
+    expect_marked(entries[2].attr);
+    fs_->ReleaseDir(*dh);
+  }
+}
+
+// A marker whose HEAD fails is not taken for one without metadata: the lookup fails with
+// the error rather than showing the defaults for a TTL.
+TEST_F(FilesystemTest, ALookupOfADirectoryWhoseMarkerCannotBeReadFails) {
+  server_.PutDirect("d/", "", {{"mode", std::to_string(040700)}});
+  s3::FaultInjectingClient faulty(server_);
+  FilesystemOptions o;
+  o.metadata_ttl = kTtl;
+  Remake(faulty, o);
+  faulty.FailNext(s3::Op::kHead, 1, s3::InjectedError(ErrorCode::kServerError), "d/");
+  auto d = fs_->Lookup(kRootInode, "d");
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), ErrorCode::kServerError);
+  d = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ(d->attr.permissions, 0700u);
+  fs_.reset();
 }
 
 TEST_F(FilesystemTest, GetAttrIsCachedForTheTtlThenReHeads) {
