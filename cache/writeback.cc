@@ -1298,13 +1298,18 @@ Result<Writeback::PartBuffer> Writeback::TakePartBuffer(uint64_t bytes) {
   return part;
 }
 
+bool Writeback::KeepsAsSpareLocked(const PartBuffer& part) const {
+  // Never while anything waits for memory: the waiter needs the bytes more than a spare.
+  return part_waiters_ == 0 && budget_.waiters() == 0 &&
+         part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_;
+}
+
 void Writeback::GivePartBuffer(PartBuffer part) {
   std::vector<PartBuffer> freed;  // Unmapped after the lock is dropped.
   {
     std::lock_guard lock(spare_mu_);
     --parts_out_;
-    if (part_waiters_ == 0 && budget_.waiters() == 0 &&
-        part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_) {
+    if (KeepsAsSpareLocked(part)) {
       spare_parts_.push_back(std::move(part));
     } else {
       freed.push_back(std::move(part));
@@ -1347,8 +1352,7 @@ void Writeback::GiveAssemblyBuffer(PartBuffer part) {
   std::lock_guard lock(spare_mu_);
   --assemblies_;
   // A spare only while parts are out (an idle daemon keeps none).
-  if (parts_out_ > 0 && part_waiters_ == 0 && budget_.waiters() == 0 &&
-      part.charge.bytes() == options_.part_size && spare_parts_.size() < max_spare_parts_) {
+  if (parts_out_ > 0 && KeepsAsSpareLocked(part)) {
     spare_parts_.push_back(std::move(part));
   } else {
     freed.push_back(std::move(part));
@@ -1505,7 +1509,9 @@ void Writeback::SubmitCommit(const std::shared_ptr<DirtyFile>& file, bool unless
   });
 }
 
-Status Writeback::Sync(const std::shared_ptr<DirtyFile>& file) {
+Status Writeback::Sync(const std::shared_ptr<DirtyFile>& file) { return CommitNow(file); }
+
+Status Writeback::CommitNow(const std::shared_ptr<DirtyFile>& file) {
   {
     std::lock_guard lock(mu_);
     ++commits_in_flight_;
@@ -1730,18 +1736,8 @@ Result<Writeback::RenameOutcome> Writeback::Rename(const std::string& from,
     writers_open = file->writers_ > 0;
   }
   if (exists_remotely && !writers_open) {
-    {
-      std::lock_guard lock(mu_);
-      ++commits_in_flight_;
-    }
     // Overtaken by a change (a truncate by path meanwhile): tried again, as by Sync.
-    Status committed = file->Commit();
-    for (int attempt = 1; attempt < kSyncAttempts && committed.code() == ErrorCode::kCancelled;
-         ++attempt) {
-      committed = file->Commit();
-    }
-    Settle(file, committed);
-    if (!committed.ok()) return committed;
+    BFS_RETURN_IF_ERROR(CommitNow(file));
   }
   // Hold the file's commits off while its key changes.
   std::string upload_id;

@@ -521,6 +521,9 @@ class Writeback {
   void StartCommit(const std::shared_ptr<DirtyFile>& file, bool unless_being_written = true);
   // Runs it; the caller has counted it in flight already (under mu_).
   void SubmitCommit(const std::shared_ptr<DirtyFile>& file, bool unless_being_written = true);
+  // Commits `file` on this thread, counted in flight, trying again (up to kSyncAttempts in
+  // all) a commit that a change overtook, and settles it; returns the last attempt's status.
+  Status CommitNow(const std::shared_ptr<DirtyFile>& file);
   // After a commit of `file` ended (ok or not): drop it when clean, or schedule a retry.
   void Settle(const std::shared_ptr<DirtyFile>& file, const Status& result);
   void RetryLoop();
@@ -532,6 +535,9 @@ class Writeback {
   // Keeps `part` as a spare if allowed (nothing waits for budget bytes), else frees it;
   // frees every spare once no part buffer is out.
   void GivePartBuffer(PartBuffer part);
+  // Requires spare_mu_. Whether a given-back `part` may stay as a spare: a whole part's
+  // size, room among the spares, and nothing waiting for a part buffer or budget bytes.
+  bool KeepsAsSpareLocked(const PartBuffer& part) const;
   // Requires spare_mu_. A spare buffer for `bytes` (counted as reused), or nullopt.
   std::optional<PartBuffer> TakeSpareLocked(uint64_t bytes);
   // A buffer of `bytes` for an assembly now, or nullopt: when fewer than max_assemblies_

@@ -573,14 +573,7 @@ Result<AttrReply> Filesystem::GetAttr(InodeId ino) {
     // Unlinked while open (fstat on the descriptor): what it was, with no links. A dirty
     // one still grows through its handles.
     Attributes attr = node->attr;
-    std::shared_ptr<FileHandle> open;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [id, f] : files_) {
-        if (f->ino == ino && f->dirty) open = f;
-      }
-    }
-    if (open) {
+    if (auto open = DirtyHandleOf(ino, /*writers_only=*/false)) {
       attr = DirtyAttributesOf(*open->dirty);
       attr.ino = ino;
     }
@@ -939,6 +932,15 @@ uint64_t Filesystem::AddFile(std::shared_ptr<FileHandle> handle) {
   const uint64_t id = next_handle_++;
   files_.emplace(id, std::move(handle));
   return id;
+}
+
+std::shared_ptr<Filesystem::FileHandle> Filesystem::DirtyHandleOf(InodeId ino,
+                                                                   bool writers_only) {
+  std::lock_guard lock(mu_);
+  for (const auto& [id, f] : files_) {
+    if (f->ino == ino && f->dirty && (f->writer || !writers_only)) return f;
+  }
+  return nullptr;
 }
 
 std::shared_ptr<Filesystem::FileHandle> Filesystem::FindFile(uint64_t handle) {

@@ -299,6 +299,8 @@ class Filesystem {
   Status CheckWritable() const;
   Status CheckOpensAllowed() const;
   std::shared_ptr<FileHandle> FindFile(uint64_t handle);
+  // A handle open on `ino` with a dirty file (only a writer's if `writers_only`), or null.
+  std::shared_ptr<FileHandle> DirtyHandleOf(InodeId ino, bool writers_only);
   uint64_t AddFile(std::shared_ptr<FileHandle> handle);
   // Updates cached listings after a mutation: the entry `name` of `dir_path` set (or
   // removed, when `entry` is null). `entry->as_of` is when it was true (the stamp of the

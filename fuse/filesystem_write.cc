@@ -419,13 +419,7 @@ Result<AttrReply> Filesystem::SetAttrOfUnlinked(InodeId ino, const Node& node,
   // here without the descriptor's handle).
   // A writer's file left the writeback at the unlink (nothing of it is journaled or
   // uploaded any more); a reader's may be a committed file's, which would journal it.
-  std::shared_ptr<FileHandle> writer;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& [id, f] : files_) {
-      if (f->ino == ino && f->writer && f->dirty) writer = f;
-    }
-  }
+  std::shared_ptr<FileHandle> writer = DirtyHandleOf(ino, /*writers_only=*/true);
   Attributes attr = node.attr;
   if (request.permissions) attr.permissions = *request.permissions & 07777;
   if (request.uid) attr.uid = *request.uid;

@@ -2812,6 +2812,37 @@ TEST_F(WritebackTest, AFileTruncatedWhileItsCommitReadsItIsNotUploadedHalfOldHal
   EXPECT_EQ(fake_.ObjectBody("f"), "tiny");
 }
 
+// A rename commits a file that exists in S3 before copying it. When a truncate overtakes
+// that commit (it reads the base while the file is cut), the rename commits again, as an
+// fsync does, rather than failing with the commit's "changed meanwhile".
+TEST_F(WritebackTest, ARenameCommitsAgainWhenATruncateOvertakesItsCommit) {
+  const std::string base = Body(100, 7);
+  fake_.PutDirect("f", base, kMeta);
+  TruncatedMidCommitClient truncating(fake_, "f");
+  s3::FaultInjectingClient client(truncating, clock_);
+  Start(client);
+  auto file = MustOpen("f", BaseOf("f"));
+  ASSERT_NE(file, nullptr);
+  ASSERT_TRUE(file->Write(0, Bytes("0123456789")).ok());
+  // Its commit at close fails reading the base, and waits for a retry that the fake clock
+  // never brings: the file is dirty, with no writer and no commit, when the rename comes,
+  // and the rename's commit reads the base.
+  client.FailNext(s3::Op::kGet, 1, s3::InjectedError(ErrorCode::kServerError));
+  wb_->ReleaseWriter(file);
+  ASSERT_TRUE(WaitFailedCommits(1));
+  // A truncate by path (`truncate -s 0 f`) while the rename's commit reads the base.
+  truncating.during_get = [&] { ASSERT_TRUE(file->Truncate(0).ok()); };
+  auto renamed = wb_->Rename("f", "g");
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(*renamed, Writeback::RenameOutcome::kCopied);
+  EXPECT_FALSE(truncating.during_get) << "the rename's commit fetched nothing from the base";
+  for (const std::string& body : truncating.landed()) {
+    EXPECT_EQ(body, "") << "landed a version the file never held";
+  }
+  EXPECT_EQ(fake_.ObjectBody("g"), "");
+  file.reset();
+}
+
 TEST_F(WritebackTest, AFileTruncatedBeforeItsPartsAreReadIsNotCompletedAsZeros) {
   // Cut after the commit took its size, before it read a part: every part read is of the
   // new file, each at its current version, and only the size is the old one's.
