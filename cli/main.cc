@@ -1248,7 +1248,7 @@ void AddMountOptions(CLI::App* cmd, MountArgs& a) {
   cmd->add_option("--gid", a.gid, "Group of files without x-amz-meta-gid")->capture_default_str();
   cmd->add_option("--file-mode", a.file_mode, "Mode of files without x-amz-meta-mode")
       ->capture_default_str();
-  cmd->add_option("--dir-mode", a.dir_mode, "Mode of directories")->capture_default_str();
+  cmd->add_option("--dir-mode", a.dir_mode, "Mode of directories without x-amz-meta-mode on their marker")->capture_default_str();
   cmd->add_option("--metadata-ttl", a.metadata_ttl,
                   "Seconds attributes, entries and listings are cached")
       ->capture_default_str()

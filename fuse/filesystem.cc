@@ -64,7 +64,8 @@ EntryReply Filesystem::MakeEntry(const Node& node) const {
 }
 
 Duration Filesystem::KernelTtl(const Node& node) const {
-  if (node.attr.type == FileType::kDirectory) return options_.metadata_ttl;
+  // (Directories too: their attributes are their markers', and a directory entered with
+  // attributes nobody read is expired at once, for the kernel to ask again.)
   const MonoTime now = Now();
   // (Expire() sets MonoTime::min(): subtracting now from it would overflow.)
   if (node.attr_expiry <= now) return Duration::zero();
@@ -190,8 +191,14 @@ void Filesystem::RememberMissing(const std::string& path) {
   negative_[path] = Expiry();
 }
 
+uint64_t Filesystem::ChangesSoFar() const {
+  std::lock_guard lock(mu_);
+  return changes_;
+}
+
 void Filesystem::ForgetMissing(const std::string& path) {
   std::lock_guard lock(mu_);
+  ++changes_;
   negative_.erase(path);
   // This mount just made the object: a HEAD's word on an earlier one with the same ETag (a
   // chmod copies the bytes onto themselves; a symlink rewritten as a file of the same bytes)
@@ -201,6 +208,7 @@ void Filesystem::ForgetMissing(const std::string& path) {
 
 void Filesystem::ForgetMissingUnder(const std::string& prefix) {
   std::lock_guard lock(mu_);
+  ++changes_;
   std::erase_if(negative_, [&](const auto& kv) { return kv.first.starts_with(prefix); });
   std::erase_if(checked_, [&](const auto& kv) { return kv.first.starts_with(prefix); });
 }
@@ -244,10 +252,14 @@ Node Filesystem::EnterListed(const std::string& path, const ListedEntry& entry,
   if (entry.type == FileType::kDirectory) {
     if (auto checked = CheckedAttributes(path, entry)) {
       attr = *checked;  // A HEAD of its marker: the mode, owner and mtime stored there.
-    } else if (existing && existing->attr.type == FileType::kDirectory) {
-      attr = existing->attr;  // What this mount learnt of it before (as Refresh keeps it).
     } else {
-      attr = DirectoryAttributes(options_.mount_time, options_.defaults);
+      // Not checked (its HEAD failed, or past the checks one opening makes): what this
+      // mount knew of it, or the defaults, expired at once, so that the kernel asks again
+      // (GetAttr HEADs the marker) instead of trusting a mode nobody read for a TTL.
+      attr = existing && existing->attr.type == FileType::kDirectory
+                 ? existing->attr
+                 : DirectoryAttributes(options_.mount_time, options_.defaults);
+      return inodes_.UpsertUnlessNewer(path, attr, "", Now(), lookups, entry.as_of);
     }
   } else if (auto checked = CheckedAttributes(path, entry)) {
     attr = *checked;  // A HEAD saw this version: its type (symlink?), mode and owner.
@@ -306,6 +318,10 @@ std::optional<Attributes> Filesystem::CheckedAttributes(const std::string& path,
 
 void Filesystem::Check(const std::string& path, const ListedEntry& entry) {
   counters_.heads.fetch_add(1, std::memory_order_relaxed);
+  // Trusted for a TTL from when it was asked: a chmod here while the HEAD is in flight
+  // keeps its node fresh for longer than this answer (the node goes first, then this).
+  const MonoTime expiry = Expiry();
+  const uint64_t changes = ChangesSoFar();
   Attributes attr;
   if (entry.type == FileType::kDirectory) {
     auto head = client_.Head(s3::HeadRequest{DirectoryPrefix(path), {}}, {Deadline()});
@@ -323,8 +339,11 @@ void Filesystem::Check(const std::string& path, const ListedEntry& entry) {
     attr = ObjectAttributes(*head, options_.defaults);
   }
   std::lock_guard lock(mu_);
+  // Something was made or changed here while the HEAD was in flight (a chmod, a mkdir over
+  // a removed directory): the answer may be from before it, and its ForgetMissing is done.
+  if (changes_ != changes) return;
   if (checked_.size() >= options_.max_negative_entries) checked_.clear();  // A cache.
-  checked_[path] = CheckedEntry{entry.etag, attr, Expiry()};
+  checked_[path] = CheckedEntry{entry.etag, attr, expiry};
 }
 
 Node Filesystem::EnterListedChecked(const std::string& path, const ListedEntry& entry,
@@ -533,18 +552,24 @@ Result<Node> Filesystem::MovedMeanwhile(const Node& node) {
 
 Result<Node> Filesystem::Refresh(const Node& node) {
   if (Now() < node.attr_expiry || node.ino == kRootInode) return node;
+  counters_.heads.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t as_of = inodes_.Tick();
   if (node.attr.type == FileType::kDirectory) {
-    // A directory's attributes do not change with its contents; keep it until a listing of
-    // its parent says it is gone.
-    // Not news: it keeps its stamp.
-    if (auto kept = inodes_.RefreshIfStillAt(node.ino, node.path, node.attr, node.etag, Expiry(),
-                                             node.stored)) {
+    // Its attributes are its marker's. A directory stays one until a listing of its parent
+    // says it is gone: without a marker it is a directory through its keys, with defaults.
+    auto marker = client_.Head(s3::HeadRequest{DirectoryPrefix(node.path), {}}, {Deadline()});
+    Attributes attr = DirectoryAttributes(options_.mount_time, options_.defaults);
+    if (marker.ok()) {
+      attr = MarkerAttributes(*marker, options_.defaults);
+    } else if (marker.status().code() != ErrorCode::kNotFound) {
+      return std::move(marker).TakeStatus();
+    }
+    if (auto kept = inodes_.RefreshIfStillAt(node.ino, node.path, attr, node.etag, Expiry(),
+                                             as_of)) {
       return *kept;
     }
     return MovedMeanwhile(node);
   }
-  counters_.heads.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t as_of = inodes_.Tick();
   auto head = client_.Head(s3::HeadRequest{node.path, {}}, {Deadline()});
   if (!head.ok()) {
     if (head.status().code() == ErrorCode::kNotFound) {

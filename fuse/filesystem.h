@@ -14,10 +14,14 @@
 //    and negative, while fresh; a node's attributes serve GetAttr and Open while fresh; a
 //    name found missing is remembered as missing. A Lookup outside a fresh listing costs one
 //    HEAD of the key and, concurrently, one single-key listing of `key/` (to see a
-//    directory, and a file/directory clash); a listing costs ListObjectsV2 pages, and no
-//    HEAD per entry except for small objects (under 4 KiB, at most 256 per directory
-//    opened, in parallel): a symlink is such an object and only its metadata says so. The mount is the bucket's single writer (the lease), so caching for
-//    the TTL does not hide anyone else's writes that should have been seen.
+//    directory, and a file/directory clash), then for a directory with a marker a HEAD of
+//    it (its attributes); a listing costs ListObjectsV2 pages, and no HEAD per entry except
+//    for entries whose attributes only a HEAD tells (at most 256 per directory opened, in
+//    parallel, each once per TTL): small objects (under 4 KiB: a symlink is such an object
+//    and only its metadata says so) and subdirectories (their markers). A directory whose
+//    marker was not read is handed out expired, and GetAttr reads it. The mount is the
+//    bucket's single writer (the lease), so caching for the TTL does not hide anyone
+//    else's writes that should have been seen.
 //  - Reads: Open pins the ETag (and size) it sees (fresh attributes, or a HEAD); the handle
 //    reads that version only, through a ReadAhead (cache/read_ahead.h). If it is replaced or
 //    deleted remotely, reads fail with kStale (ESTALE), the node's attributes are expired,
@@ -41,10 +45,10 @@
 //  - The caller's uid and gid (Caller) are stored as the new object's x-amz-meta-uid|gid.
 //  - Symlinks (s3fs convention: x-amz-meta-mode with S_IFLNK, body = target) are recognised
 //    from HEAD. Listings carry no metadata, so a small listed object (under 4 KiB) is HEADed
-//    before the kernel first sees it (opendir checks up to 256 per directory in parallel;
-//    a lookup from a listing checks its one name). In a directory with more small objects
-//    than that, readdirplus may show a symlink beyond the first 256 as a file until a
-//    lookup after metadata_ttl.
+//    before the kernel first sees it (opendir checks up to 256 entries per directory in
+//    parallel, small objects and subdirectories alike; a lookup from a listing checks its
+//    one name). In a directory with more of them than that, readdirplus may show a symlink
+//    beyond the first 256 as a file until a lookup after metadata_ttl.
 #pragma once
 
 #include <atomic>
@@ -350,7 +354,9 @@ class Filesystem {
   // and a failed rename would leave the kernel's entry of `from` on the moved inode).
   Status RenameFile(const Node& source, const std::string& from, const std::string& to,
                     Status* old_keys_kept);
-  Status RenameDirectory(const std::string& from, const std::string& to, Status* old_keys_kept);
+  // `attr`: the directory's, stored in the new marker when it had none.
+  Status RenameDirectory(const Attributes& attr, const std::string& from, const std::string& to,
+                         Status* old_keys_kept);
   // Deletes a file rename's old key: Ok, or the failure as `*old_keys_kept` tells it.
   Status DeleteRenamedKey(const std::string& from, const std::string& to);
   // A directory rename that failed takes back a file being written that it had moved from
@@ -433,6 +439,9 @@ class Filesystem {
   void ForgetMissing(const std::string& path);
   // ForgetMissing() of every path under `prefix` (a directory renamed onto it). O(entries).
   void ForgetMissingUnder(const std::string& prefix);
+  // How many ForgetMissing*() calls (things made or changed by this mount) came so far: a
+  // Check whose HEAD overlapped one keeps nothing.
+  uint64_t ChangesSoFar() const;
 
   s3::ObjectClient& client_;
   const cache::ReadContext reads_;
@@ -479,6 +488,7 @@ class Filesystem {
     MonoTime expiry{};
   };
   std::unordered_map<std::string, CheckedEntry> checked_;
+  uint64_t changes_ = 0;  // See ChangesSoFar().                                 // mu_.
   Invalidator invalidate_;                                                    // Guarded by mu_.
   // Unlinked while open: the key to DELETE when the last handle closes.     // Guarded by mu_.
   std::unordered_map<InodeId, std::string> deferred_deletes_;

@@ -213,11 +213,13 @@ void Filesystem::KeepEmptiedDirectory(const std::string& dir_path) {
   if (kept) return;
   auto node = inodes_.GetByPath(dir_path);
   const Attributes attr = node ? node->attr : Attributes{};
+  // With what it shows (for its mtime, the mount's start): not changed by its marker.
   auto put = PutSmallObject(DirectoryPrefix(dir_path), "",
                             AttributeMetadata(FileType::kDirectory,
                                               node ? attr.permissions : options_.defaults.dir_mode,
                                               node ? attr.uid : options_.defaults.uid,
-                                              node ? attr.gid : options_.defaults.gid));
+                                              node ? attr.gid : options_.defaults.gid),
+                            node ? attr.mtime : options_.mount_time);
   if (!put.ok()) {
     Logger("fuse")->warn("'{}' has no marker and its last entry is gone; writing one failed, "
                          "so it may vanish: {}", dir_path, put.status().ToString());
@@ -803,8 +805,8 @@ Status Filesystem::MoveBack(const std::string& dest, const std::string& key) {
       .status();
 }
 
-Status Filesystem::RenameDirectory(const std::string& from, const std::string& to,
-                                   Status* old_keys_kept) {
+Status Filesystem::RenameDirectory(const Attributes& attr, const std::string& from,
+                                   const std::string& to, Status* old_keys_kept) {
   const std::string from_prefix = DirectoryPrefix(from);
   const std::string to_prefix = DirectoryPrefix(to);
   // An unlinked file still open inside is not moved: copied, it would appear under the
@@ -929,11 +931,12 @@ Status Filesystem::RenameDirectory(const std::string& from, const std::string& t
     if (!copied.ok()) return take_back(std::move(copied));
   } else {
     // The directory had no marker (it existed through its files): give the new one a
-    // marker, so it stays a directory whatever happens to its files.
+    // marker, so it stays a directory whatever happens to its files, with the attributes
+    // it showed (the defaults, and the mount's start for its mtime).
     Status marked = PutSmallObject(to_prefix, "",
-                                   AttributeMetadata(FileType::kDirectory,
-                                                     options_.defaults.dir_mode,
-                                                     options_.defaults.uid, options_.defaults.gid))
+                                   AttributeMetadata(FileType::kDirectory, attr.permissions,
+                                                     attr.uid, attr.gid),
+                                   attr.mtime)
                         .status();
     if (!marked.ok()) return take_back(std::move(marked));
   }
@@ -1042,11 +1045,13 @@ Status Filesystem::Rename(InodeId parent, std::string_view name, InodeId new_par
   if (source_is_dir) {
     // Nothing is created, removed or renamed under either name while the keys move.
     PrefixGate::Hold moving = gate_.Exclusive({DirectoryPrefix(from), DirectoryPrefix(to)}, entered);
-    BFS_RETURN_IF_ERROR(RenameDirectory(from, to, &old_keys_kept));
+    BFS_RETURN_IF_ERROR(RenameDirectory(source.attr, from, to, &old_keys_kept));
     ForgetListingsUnder(from);
     ForgetListingsUnder(to);
-    // Names looked up in vain under `to` before (`rmdir b; mv a b`) may exist now.
+    // Names looked up in vain under `to` before (`rmdir b; mv a b`) may exist now; what
+    // HEADs found under either name holds no longer.
     ForgetMissingUnder(DirectoryPrefix(to));
+    ForgetMissingUnder(DirectoryPrefix(from));
     const ListedEntry entry{std::string(new_name), FileType::kDirectory, 0, source.attr.mtime, ""};
     PatchListing(to_dir.path, entry.name, &entry);
   } else {

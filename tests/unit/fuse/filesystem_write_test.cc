@@ -394,6 +394,81 @@ TEST_F(FilesystemWriteTest, AChmodOfASmallListedFileIsShownOnceTheKernelForgotIt
   EXPECT_EQ(looked->attr.permissions, 0600u);
 }
 
+// A HEAD of a directory's marker (an opendir of its parent checks it) answered before this
+// mount's chmod of the directory is not kept: once the kernel has let go of the directory,
+// a lookup from the still fresh listing would show the old mode for a TTL.
+TEST_F(FilesystemWriteTest, AChmodOfADirectoryDuringItsMarkersCheckIsShownOnceTheKernelForgotIt) {
+  server_.PutDirect("d/", "", {{"mode", ModeOf(S_IFDIR, 0755)}});
+  LateHeadClient late(server_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &late);
+  const InodeId ino = MustLookup(kRootInode, "d");
+  ASSERT_NE(ino, 0u);
+  clock_.Advance(kTtl + 1s);  // The node is stale: an opendir of the root checks `d/`.
+  late.after_head = [&] {
+    SetAttrRequest req;
+    req.permissions = 0700;
+    ASSERT_TRUE(fs_->SetAttr(ino, req).ok());
+  };
+  auto dir = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  EXPECT_FALSE(late.after_head) << "the chmod ran inside no HEAD";
+  fs_->ReleaseDir(*dir);
+  ASSERT_EQ(MetaOf("d/", "mode"), ModeOf(S_IFDIR, 0700));
+  fs_->Forget(ino, 1);  // The kernel lets go of it; the listing is still fresh.
+
+  auto looked = fs_->Lookup(kRootInode, "d");
+  ASSERT_TRUE(looked.ok()) << looked.status().ToString();
+  EXPECT_EQ(looked->attr.permissions, 0700u);
+}
+
+// A directory whose marker could not be read when its parent was listed is handed out
+// with no time to live (the defaults are nobody's word), and the stat that follows reads
+// the marker. A directory's attributes are re-read after the TTL like a file's: a chmod
+// made elsewhere shows.
+TEST_F(FilesystemWriteTest, ADirectoryWhoseMarkerWasNotReadIsAskedForAgainAndRefreshesAfterTheTtl) {
+  server_.PutDirect("d/", "", {{"mode", ModeOf(S_IFDIR, 0700)}, {"uid", "7"}});
+  s3::FaultInjectingClient faulty(server_, clock_);
+  fs_.reset();
+  fs_ = Make(/*read_only=*/false, writeback_.get(), nullptr, &faulty);
+  faulty.FailNext(s3::Op::kHead, 1, s3::InjectedError(ErrorCode::kServerError), "d/");
+  auto dir = fs_->OpenDir(kRootInode);
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  std::optional<DirEntryView> seen;
+  InodeId ino = 0;
+  Duration ttl{};
+  ASSERT_TRUE(fs_->ReadDir(*dir, 0, /*plus=*/true, [&](const DirEntryView& e) {
+    if (e.name == "d") {
+      ino = e.attr.ino;
+      ttl = e.ttl;
+    }
+    return true;
+  }).ok());
+  fs_->ReleaseDir(*dir);
+  ASSERT_NE(ino, 0u);
+  EXPECT_EQ(ttl, Duration::zero()) << "attributes nobody read were given a time to live";
+  auto attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->attr.permissions, 0700u);
+  EXPECT_EQ(attr->attr.uid, 7u);
+  EXPECT_EQ(attr->ttl, kTtl);
+
+  // Changed by someone else: seen once the TTL is over.
+  server_.PutDirect("d/", "", {{"mode", ModeOf(S_IFDIR, 0750)}, {"uid", "7"}});
+  attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok());
+  EXPECT_EQ(attr->attr.permissions, 0700u) << "fresh attributes are trusted for the TTL";
+  clock_.Advance(kTtl + 1s);
+  attr = fs_->GetAttr(ino);
+  ASSERT_TRUE(attr.ok()) << attr.status().ToString();
+  EXPECT_EQ(attr->attr.permissions, 0750u);
+  EXPECT_EQ(attr->attr.type, FileType::kDirectory);
+  // A marker that cannot be read fails the stat rather than showing the defaults.
+  clock_.Advance(kTtl + 1s);
+  faulty.FailNext(s3::Op::kHead, 1, s3::InjectedError(ErrorCode::kServerError), "d/");
+  EXPECT_EQ(fs_->GetAttr(ino).status().code(), ErrorCode::kServerError);
+}
+
 // A stat whose HEAD was answered just before this mount removed or renamed the file: the
 // answer must not bring a node back at the old name (stat, open and `test -e` would find a
 // file that was just removed, for the whole TTL).
