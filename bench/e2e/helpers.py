@@ -7,6 +7,10 @@
     helpers.py stats                            mean/p50/p99 in ms of seconds read on stdin
     helpers.py fio JSONFILE                     iops and latency of a fio --output-format=json run
     helpers.py put-many BUCKET PREFIX COUNT     COUNT small objects PREFIX000000.. (boto3, 32 threads)
+    helpers.py put-tree BUCKET PREFIX DIRS FILES  DIRS directories PREFIXd000/.. of FILES small
+                                                objects each; every other one has a marker
+                                                object (d000/) with s3fs's mode, uid, gid and
+                                                mtime (0750, 1000, 1000, 1600000000)
     helpers.py delete-prefix BUCKET PREFIX      delete every object under PREFIX (boto3)
     helpers.py touch-memory KEEP_GIB [MAX_GIB]  write one byte per page of all but KEEP_GIB of the
                                                 available memory (at most MAX_GIB), then free it
@@ -129,6 +133,25 @@ def cmd_put_many(bucket, prefix, count):
             pass
 
 
+def cmd_put_tree(bucket, prefix, dirs, files):
+    from concurrent.futures import ThreadPoolExecutor
+    s3 = s3_client()
+    marker_meta = {"mode": str(0o40750), "uid": "1000", "gid": "1000", "mtime": "1600000000"}
+    puts = []
+    for d in range(int(dirs)):
+        path = f"{prefix}d{d:03d}/"
+        if d % 2 == 0:
+            puts.append((path, b"", marker_meta))
+        puts += [(f"{path}f{f}", f"file {f} of {path}\n".encode(), {}) for f in range(int(files))]
+
+    def put(item):
+        s3.put_object(Bucket=bucket, Key=item[0], Body=item[1], Metadata=item[2])
+
+    with ThreadPoolExecutor(32) as pool:
+        for _ in pool.map(put, puts):
+            pass
+
+
 def cmd_delete_prefix(bucket, prefix):
     s3 = s3_client()
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -168,6 +191,7 @@ COMMANDS = {
     "stats": cmd_stats,
     "fio": cmd_fio,
     "put-many": cmd_put_many,
+    "put-tree": cmd_put_tree,
     "delete-prefix": cmd_delete_prefix,
     "touch-memory": cmd_touch_memory,
 }

@@ -27,6 +27,7 @@ WORKLOADS = {
     "small_files": ("{small_n} × 4 KiB files, until all in S3", "wall_s", "s", False),
     "ls_cold": ("`ls -l` of {ls_n} objects, fresh mount", "wall_s", "s", False),
     "ls_warm": ("`ls -l` of {ls_n} objects again", "wall_s", "s", False),
+    "tree_cold": ("`ls -lR` of {tree_dirs} directories × {tree_files} files, fresh mount", "wall_s", "s", False),
     "rand_read": ("{rand_n} cold random 4 KiB reads, mean (p99)", "mean_ms", "ms", False),
     "fio_1j": ("fio randread 4 KiB, 1 job", "iops", "IOPS", True),
     "fio_4j": ("fio randread 4 KiB, 4 jobs", "iops", "IOPS", True),
@@ -136,7 +137,8 @@ def markdown(meta, mach, medians, rat, systems, png_name):
     names = {"big": size_text(sizes["big_bytes"]), "write": size_text(sizes["write_bytes"]),
              "small_n": f"{sizes['small_files']:,}", "ls_n": f"{sizes['ls_entries']:,}",
              "rand_n": f"{sizes['random_reads']:,}", "par_n": sizes["parallel_readers"],
-             "par": size_text(sizes["parallel_bytes_each"])}
+             "par": size_text(sizes["parallel_bytes_each"]),
+             "tree_dirs": sizes.get("tree_dirs", "?"), "tree_files": sizes.get("tree_files", "?")}
     others = [s for s in systems if s != "bucketfs"]
     have_bucketfs = "bucketfs" in systems
     kind = "QUICK smoke run (small sizes; not a benchmark)" if meta["quick"] else f"median of {meta['reps']}"

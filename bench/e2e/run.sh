@@ -109,11 +109,13 @@ MIB=$((1 << 20))
 if ((QUICK)); then
   REPS=${REPS:-1}
   BIG_SIZE=$((16 * MIB)) WRITE_SIZE=$((16 * MIB)) SMALL_COUNT=50 LS_COUNT=300 RAND_COUNT=50
+  TREE_DIRS=10 TREE_FILES=3
   FIO_RUNTIME=2 PAR_SIZE=$((4 * MIB)) OP_TIMEOUT=120 VISIBLE_TIMEOUT=60 QUIET_TIMEOUT=5
   RESULTS_MD=${RESULTS_MD:-none}
 else
   REPS=${REPS:-3}
   BIG_SIZE=$((1024 * MIB)) WRITE_SIZE=$((1024 * MIB)) SMALL_COUNT=1000 LS_COUNT=10000 RAND_COUNT=1000
+  TREE_DIRS=200 TREE_FILES=5
   FIO_RUNTIME=15 PAR_SIZE=$((256 * MIB)) OP_TIMEOUT=900 VISIBLE_TIMEOUT=300 QUIET_TIMEOUT=60
   RESULTS_MD=${RESULTS_MD:-$ROOT/bench/RESULTS.md}
 fi
@@ -225,6 +227,9 @@ s3_put "$READ_BUCKET" ttfb.bin "$DATA/ttfb.bin"
 for ((i = 0; i < PAR_READERS; i++)); do s3_put "$READ_BUCKET" "par-$i.bin" "$DATA/par.bin"; done
 "$PY" "$HELPERS" put-many "$READ_BUCKET" many/ "$LS_COUNT"
 [[ $(s3_count "$READ_BUCKET" many/) == "$LS_COUNT" ]] || die "uploading the $LS_COUNT small objects failed"
+"$PY" "$HELPERS" put-tree "$READ_BUCKET" tree/ "$TREE_DIRS" "$TREE_FILES"
+TREE_KEYS=$((TREE_DIRS * TREE_FILES + (TREE_DIRS + 1) / 2))   # the files, and every other marker
+[[ $(s3_count "$READ_BUCKET" tree/) == "$TREE_KEYS" ]] || die "uploading the directory tree failed"
 
 system_setup
 for s in "${SYS_LIST[@]}"; do
@@ -268,7 +273,8 @@ cat >"$WORK/meta.json" <<EOF
   "versions": {$versions},
   "server": $(json_str "Ceph RGW $(radosgw --version 2>/dev/null | awk '{ print $3 }') (tests/s3server/rgw.sh, bluestore, 127.0.0.1:$PORT)"),
   "sizes": {"big_bytes": $BIG_SIZE, "write_bytes": $WRITE_SIZE, "small_files": $SMALL_COUNT, "small_bytes": $SMALL_SIZE,
-            "ls_entries": $LS_COUNT, "random_reads": $RAND_COUNT, "fio_runtime_s": $FIO_RUNTIME,
+            "ls_entries": $LS_COUNT, "tree_dirs": $TREE_DIRS, "tree_files": $TREE_FILES,
+            "random_reads": $RAND_COUNT, "fio_runtime_s": $FIO_RUNTIME,
             "parallel_readers": $PAR_READERS, "parallel_bytes_each": $PAR_SIZE, "ttfb_bytes": $TTFB_SIZE},
   "bucketfs_writes": $(json_str "${WRITABLE[bucketfs]:-not run}")
 }

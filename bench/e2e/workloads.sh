@@ -8,10 +8,10 @@
 # the mount process's peak resident memory since it started), plus the workload's own
 # numbers.
 
-GROUPS_ALL=(seqread seqwrite smallfiles ls randread fio1 fio4 ttfb parread)
+GROUPS_ALL=(seqread seqwrite smallfiles ls tree randread fio1 fio4 ttfb parread)
 declare -A GROUP_WORKLOADS=(
   [seqread]="seq_read_cold seq_read_warm" [seqwrite]=seq_write [smallfiles]=small_files
-  [ls]="ls_cold ls_warm" [randread]=rand_read [fio1]=fio_1j [fio4]=fio_4j [ttfb]=ttfb
+  [ls]="ls_cold ls_warm" [tree]=tree_cold [randread]=rand_read [fio1]=fio_1j [fio4]=fio_4j [ttfb]=ttfb
   [parread]=parallel_read
 )
 declare -A GROUP_BUCKET=([seqwrite]=write [smallfiles]=write)   # all others: the read bucket
@@ -181,6 +181,31 @@ ls_once() {
 }
 
 group_ls() { ls_once ls_cold && ls_once ls_warm; return 0; }
+
+# `ls -lR` of a tree of directories (half with a marker that holds their mode, owner and
+# mtime, half implicit) of a few small files each: what a directory's attributes cost. Raw:
+# one recursive listing of the keys, which tells no directory's attributes.
+group_tree() {
+  local files dirs marked
+  m_begin
+  if [[ $SYS == raw ]]; then
+    files=$(s3_count "$READ_BUCKET" tree/)
+    m_end
+    [[ $files == "$TREE_KEYS" ]] || { fail tree_cold "listed $files of $TREE_KEYS keys"; return 0; }
+    ok tree_cold "$TREE_KEYS keys" "entries=$files"
+    return 0
+  fi
+  timeout -k 5 "$OP_TIMEOUT" ls -lR "$MNT/tree" >"$WORK/tree.ls" || { m_end; fail tree_cold "ls -lR failed"; return 0; }
+  m_end
+  files=$(grep -c '^-' "$WORK/tree.ls")
+  dirs=$(grep -c '^d' "$WORK/tree.ls")
+  # The marked directories' stored mode, as the mount shows it (a check, not a metric).
+  marked=$(grep -c '^drwxr-x--- ' "$WORK/tree.ls")
+  [[ $files == $((TREE_DIRS * TREE_FILES)) && $dirs == "$TREE_DIRS" ]] ||
+    { fail tree_cold "listed $files files and $dirs directories"; return 0; }
+  ok tree_cold "$TREE_DIRS directories, $files files ($marked show mode 0750)" \
+    "entries=$((files + dirs))" "dirs_0750=$marked"
+}
 
 # --- random reads ------------------------------------------------------------------------------
 
