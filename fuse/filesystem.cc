@@ -331,7 +331,7 @@ void Filesystem::Check(const std::string& path, const ListedEntry& entry) {
       // No marker: a directory only through the keys under it, with nothing stored.
       attr = DirectoryAttributes(options_.mount_time, options_.defaults);
     } else {
-      return;  // Unknown: the listing's defaults serve, and the next listing asks again.
+      return;  // Unknown: EnterListed hands the entry out expired, and the kernel asks again.
     }
   } else {
     auto head = client_.Head(s3::HeadRequest{path, {}}, {Deadline()});
