@@ -13,7 +13,7 @@
 #   --systems L    comma-separated subset of: raw (curl, the limit), bucketfs, s3fs,
 #                  rclone-writes (--vfs-cache-mode writes), rclone-full (--vfs-cache-mode full)
 #   --groups L     comma-separated subset of the workload groups (default all): seqread,
-#                  seqwrite, smallfiles, ls, randread, fio1, fio4, ttfb, parread
+#                  seqwrite, smallfiles, ls, tree, randread, fio1, fio4, ttfb, parread
 #   --out DIR      where <date>.json and <date>.png go (default bench/results)
 #   --results-md F Markdown file the table is appended to (default bench/RESULTS.md for a
 #                  full run; none for --quick: its table goes to DIR/<date>-quick.md only)
