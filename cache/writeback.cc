@@ -882,6 +882,15 @@ Result<std::string> DirtyFile::UploadMultipart(const std::string& key, uint64_t 
     JournalLandingLocked(MultipartEtag(complete.parts));
   }
   auto completed = owner_.client_.CompleteMultipart(complete, {owner_.Deadline()});
+  if (completed.ok() && completed->etag.empty()) {
+    // RGW answers CompleteMultipartUpload with an empty ETag (docs/S3-COMPATIBILITY.md). A
+    // HEAD tells it; if the HEAD fails, the ETag these parts make (lost_reply.h) does: the
+    // bytes have landed, and a commit failed now would leave the file not knowing it (a
+    // rename before the retry would leave a copy at this key). Where ETags are not MD5s
+    // (SSE-KMS) a wrong one costs the next commit a conflict, never data.
+    auto head = owner_.client_.Head({key, ""}, {owner_.Deadline()});
+    return head.ok() ? head->etag : MultipartEtag(complete.parts);
+  }
   if (completed.ok()) return completed->etag;
   const ErrorCode code = completed.status().code();
   if (code == ErrorCode::kNoSuchUpload || code == ErrorCode::kPreconditionFailed) {
@@ -987,10 +996,9 @@ Status DirtyFile::CommitOnce() {
       if (!stale_metadata && !upload_mtime_.empty()) metadata["mtime"] = upload_mtime_;
     }
     if (etag.empty()) {
-      // RGW answers CompleteMultipartUpload with an empty ETag (docs/S3-COMPATIBILITY.md).
-      // The object is there, but without its ETag the next commit could not be conditional,
-      // nor a metadata copy: a failed HEAD fails this commit, and its retry finds the upload
-      // gone and the object landed (lost_reply.h).
+      // A server that answered the PUT without an ETag. The object is there, but without
+      // its ETag the next commit could not be conditional, nor a metadata copy: a failed
+      // HEAD fails this commit, and its retry finds the object landed (lost_reply.h).
       auto head = owner_.client_.Head({key, ""}, {owner_.Deadline()});
       if (!head.ok()) return Explain(head.status(), key, owner_.spool_.DataPath(id_));
       etag = head->etag;

@@ -943,6 +943,35 @@ TEST_F(WritebackTest, ACommitThatCannotLearnItsEtagStaysConditionalAfterwards) {
   EXPECT_EQ(fake_.ObjectBody("mp"), "theirs") << "overwritten by an unconditional upload";
 }
 
+// A new file's multipart object landed, but the HEAD that would tell its ETag (RGW gives
+// none) fails: the commit still knows its bytes are at the key, so a rename right after
+// moves the object instead of leaving it behind at the old name.
+TEST_F(WritebackTest, ANewFileWhoseEtagHeadFailsKnowsItLandedAndARenameMovesTheObject) {
+  BlankCompleteEtagClient rgw_etagless(faulty_);
+  Start(rgw_etagless);
+  auto file = MustOpen("new.bin");
+  ASSERT_NE(file, nullptr);
+  const std::string mine = Body(2 * kPart, 23);
+  ASSERT_TRUE(file->Write(0, Bytes(mine)).ok());
+  faulty_.FailNext(s3::Op::kHead, 1, s3::InjectedError(ErrorCode::kNetwork));
+  Status synced = wb_->Sync(file);
+  ASSERT_TRUE(synced.ok()) << synced.ToString();
+  ASSERT_TRUE(SameBytes(fake_.ObjectBody("new.bin"), mine));
+  auto renamed = wb_->Rename("new.bin", "moved.bin");
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(*renamed, Writeback::RenameOutcome::kCopied)
+      << "the object at the old key was taken for nothing: it would stay there";
+  EXPECT_TRUE(SameBytes(fake_.ObjectBody("moved.bin"), mine));
+
+  // The next commit is conditional on the ETag it took: another client's change is a
+  // conflict, not overwritten.
+  fake_.PutDirect("moved.bin", "theirs");
+  ASSERT_TRUE(file->Write(0, Bytes("more")).ok());
+  EXPECT_EQ(wb_->Sync(file).code(), ErrorCode::kStale);
+  EXPECT_EQ(fake_.ObjectBody("moved.bin"), "theirs");
+  file.reset();
+}
+
 // --- Truncate ------------------------------------------------------------------------------
 
 TEST_F(WritebackTest, TruncateGrowReadsAndCommitsZeros) {
